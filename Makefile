@@ -1,0 +1,50 @@
+# metaland — the two commands: `make repro` (rebuild every result) and `make test`.
+# Both create .venv and install the pinned requirements on first use; no manual step.
+
+VENV ?= .venv
+PYTHON_SYSTEM ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.metaland-installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install repro test lint ui doctor profile lock clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned requirements
+
+repro: $(STAMP) ## rebuild every result: dvc repro (set METALAND_DATA_MIRROR without internet)
+	$(PY) -c "from metaland.tracking import ensure_store; ensure_store()"
+	dvc repro
+
+test: $(STAMP) ## run the test suite (includes the whole DAG on the ci profile)
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: $(STAMP) ## ruff and hadolint
+	$(VENV)/bin/ruff check metaland stages tests benchmarks
+	$(VENV)/bin/hadolint Dockerfile
+
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000
+	$(PY) -m metaland ui
+
+doctor: $(STAMP) ## check versions, device, params, datasets, tracking store
+	$(PY) -m metaland doctor
+
+profile: $(STAMP) ## make params.yaml a profile: make profile PROFILE=ci|default|paper
+	$(PY) -m metaland profile $(PROFILE)
+
+lock: ## regenerate requirements.txt from a fresh environment
+	rm -rf .lock-venv && $(PYTHON_SYSTEM) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -e '.[test]'
+	{ head -2 requirements.txt; .lock-venv/bin/pip freeze | grep -v '^-e \|^metaland'; } > requirements.txt.new
+	mv requirements.txt.new requirements.txt && rm -rf .lock-venv
+
+clean: ## remove pipeline outputs and the tracking store (keeps .venv and the DVC cache)
+	rm -rf data runs checkpoints probes results figures report mlflow.db mlflow.db.lock mlartifacts

@@ -1,0 +1,137 @@
+"""Aggregate: probe tables -> study tables, statistics, metrics and claim verdicts.
+
+Writes ``results/`` as a whole (atomically):
+
+    results/<study>/checkpoints.csv, final_tasks.csv, train_log.csv   (metaland.results)
+    results/<study>/summary.csv        mean and CI over seeds, per algorithm × setting × step
+    results/<study>/final.csv          per run, final checkpoint: mean and CI over tasks
+    results/<study>/correlations.csv   per run: each probe metric vs accuracy and vs step
+    results/metrics.json               DVC metrics: final-checkpoint numbers per run
+    results/claims.json                every claim, its statistic, rule and verdict
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from metaland.claims import claims_of, evaluate
+from metaland.config import Config
+from metaland.io import atomic_dir, write_json, write_text
+from metaland.results import build_tables, write_tables
+from metaland.stats import mean_ci, pearson, spearman
+
+GROUP = ["algorithm", "dataset", "ways", "shots", "inner_steps", "setting"]
+NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", *GROUP}
+ACCURACY = "query_accuracy"
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in NOT_METRICS and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def summarise(checkpoints: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Mean and CI across runs (seeds) for each algorithm × setting × step and metric."""
+    rows = []
+    for key, group in checkpoints.groupby([*GROUP, "step"], sort=True):
+        for metric in metric_columns(checkpoints):
+            ci = mean_ci(group[metric], confidence)
+            rows.append(
+                {
+                    **dict(zip([*GROUP, "step"], key, strict=True)),
+                    "metric": metric,
+                    "mean": ci.mean,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "n_runs": ci.n,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def final_table(final_tasks: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Per run, at its final checkpoint: mean and CI over the fixed probe tasks."""
+    rows = []
+    for run, group in final_tasks.groupby("run", sort=True):
+        for metric in metric_columns(final_tasks):
+            ci = mean_ci(group[metric], confidence)
+            rows.append(
+                {
+                    "run": run,
+                    "step": int(group["step"].iloc[0]),
+                    "metric": metric,
+                    "mean": ci.mean,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "n_tasks": ci.n,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def correlation_table(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """Per run: Pearson/Spearman of each metric with accuracy and Spearman with the step."""
+    rows = []
+    for run, group in checkpoints.groupby("run", sort=True):
+        for metric in metric_columns(checkpoints):
+            with_acc, rank_acc = pearson(group[metric], group[ACCURACY]), spearman(group[metric], group[ACCURACY])
+            with_step = spearman(group["step"], group[metric])
+            rows.append(
+                {
+                    "run": run,
+                    "metric": metric,
+                    "n_checkpoints": with_acc.n,
+                    "pearson_r_accuracy": with_acc.r,
+                    "pearson_p_accuracy": with_acc.p,
+                    "spearman_rho_accuracy": rank_acc.r,
+                    "spearman_p_accuracy": rank_acc.p,
+                    "spearman_rho_step": with_step.r,
+                    "spearman_p_step": with_step.p,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def run_metrics(final: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """``{run: {metric: mean, metric_ci_low: ..., ...}}`` for results/metrics.json."""
+    metrics: dict[str, dict[str, float]] = {}
+    for row in final.itertuples():
+        entry = metrics.setdefault(row.run, {"step": int(row.step)})
+        entry[row.metric] = _round(row.mean)
+        if row.metric == ACCURACY:
+            entry[f"{ACCURACY}_ci_low"], entry[f"{ACCURACY}_ci_high"] = _round(row.ci_low), _round(row.ci_high)
+    return metrics
+
+
+def _round(value: float) -> float | None:
+    return None if pd.isna(value) else round(float(value), 6)
+
+
+def aggregate(config: Config, probes_dir: Path, runs_dir: Path, results_dir: Path) -> dict:
+    """Build every study's tables and claims into ``results_dir``; return the claims record."""
+    metrics: dict = {}
+    claims: list[dict] = []
+    with atomic_dir(results_dir) as out:
+        for name, study in config.studies.items():
+            runs = config.runs_of(name)
+            if not runs:
+                continue
+            tables = build_tables(name, runs, probes_dir, runs_dir)
+            folder = out / name
+            write_tables(tables, folder)
+            confidence = study.aggregate.confidence
+            final = final_table(tables.final_tasks, confidence)
+            for stem, frame in (
+                ("summary", summarise(tables.checkpoints, confidence)),
+                ("final", final),
+                ("correlations", correlation_table(tables.checkpoints)),
+            ):
+                write_text(folder / f"{stem}.csv", frame.to_csv(index=False, lineterminator="\n"))
+            metrics[name] = run_metrics(final)
+            claims += [evaluate(claim, tables, study.aggregate) for claim in claims_of(name)]
+        counts = {v: sum(c["verdict"] == v for c in claims) for v in ("holds", "fails", "inconclusive")}
+        record = {"profile": config.profile, "counts": counts, "claims": claims}
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "claims.json", record)
+    return record

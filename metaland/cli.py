@@ -1,0 +1,362 @@
+"""``python -m metaland`` — one command per DVC stage, plus the UI, a doctor and profiles.
+
+The DVC stages (``stages/*.py``) call these commands, so ``dvc repro`` and a hand-run command do
+exactly the same thing. Every command reads ``params.yaml`` through ``metaland.config`` and stops
+with a one-paragraph message and exit status 2 on any user error, leaving no half-written output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from metaland.errors import ConfigError, DataError, MetalandError
+
+PARAMS = click.option(
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Params file (see `metaland params`).",
+)
+
+
+def _dir(name: str, default: str, help_text: str):
+    return click.option(
+        f"--{name}-dir",
+        f"{name}_dir",
+        default=default,
+        show_default=True,
+        type=click.Path(path_type=Path),
+        help=help_text,
+    )
+
+
+DATA_DIR = _dir("data", "data", "Normalised datasets (fetch output).")
+RUNS_DIR = _dir("runs", "runs", "Training runs: checkpoints, logs (train output).")
+CKPT_DIR = _dir("checkpoints", "checkpoints", "Selected, verified checkpoints (extract output).")
+PROBES_DIR = _dir("probes", "probes", "Probe tables (probe output).")
+RESULTS_DIR = _dir("results", "results", "Study tables, metrics.json, claims.json (aggregate output).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """metaland: rebuild the loss-landscape studies of gradient-based meta-learning.
+
+    \b
+    The pipeline (each command is one DVC stage; `dvc repro` runs them all):
+      fetch DATASET   download, verify and normalise a dataset       -> data/<dataset>/
+      train RUN       meta-train one run, resumable                  -> runs/<run>/
+      extract RUN     select and verify the checkpoints to probe     -> checkpoints/<run>/
+      probe RUN       landscape probes on every selected checkpoint  -> probes/<run>/
+      aggregate       study tables, statistics, claim verdicts       -> results/
+      plot            every figure and the report page               -> figures/, report/
+
+    \b
+    Start with `make repro` (installs, then `dvc repro`) and `make ui` (MLflow UI).
+    `metaland params` lists every knob; `metaland profile ci|default|paper` switches scale.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one paragraph on stderr and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="metaland", standalone_mode=False)
+    except MetalandError as err:
+        click.echo(f"metaland: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared set-up
+# --------------------------------------------------------------------------------------------
+
+
+def _config(params_path: Path):
+    from metaland.config import load_params
+
+    return load_params(params_path)
+
+
+def _run(config, key: str):
+    if key not in config.runs:
+        known = ", ".join(sorted(config.runs)) or "(none)"
+        raise ConfigError(f"{config.source}: no run {key!r} under runs. Fix: use one of: {known}.")
+    return config.runs[key]
+
+
+def _device(config):
+    from metaland.runtime import make_deterministic, select_device
+
+    make_deterministic()
+    return select_device(config.device)
+
+
+def _dataset_dir(data_dir: Path, dataset: str) -> Path:
+    path = data_dir / dataset
+    if not (path / "manifest.json").is_file():
+        raise DataError(
+            f"dataset {dataset!r} has not been fetched: {path}/manifest.json is missing. Fix: run "
+            f"`dvc repro fetch@{dataset}` (or `python -m metaland fetch {dataset}`); without internet, set "
+            "METALAND_DATA_MIRROR to a folder holding its archives."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Stage commands
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("dataset")
+@PARAMS
+@DATA_DIR
+@click.option(
+    "--mirror",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="METALAND_DATA_MIRROR",
+    help="Folder holding the dataset's archive files (replaces the network). Default: $METALAND_DATA_MIRROR.",
+)
+def fetch(dataset: str, params_path: Path, data_dir: Path, mirror: Path | None) -> None:
+    """Download DATASET (or take it from a mirror), verify checksums, unpack safely, normalise.
+
+    The public addresses and checksums are in the dataset registry (metaland/data/); the result
+    is data/DATASET/ with one safetensors file per split, classes.json and manifest.json.
+    """
+    from metaland.data import DATASETS, fetch_dataset
+    from metaland.tracking import stage_run
+
+    config = _config(params_path)
+    if dataset not in config.datasets:
+        raise ConfigError(
+            f"{config.source}: dataset {dataset!r} is not declared under datasets. Fix: add "
+            f"datasets.{dataset} or fetch one of: {', '.join(sorted(config.datasets))}."
+        )
+    spec = DATASETS.get(dataset)
+    params = config.datasets[dataset]
+    with stage_run("fetch", experiment="data", run_key=dataset, params=params.model_dump()) as tracker:
+        out = fetch_dataset(spec, params, data_dir, mirror=mirror)
+        tracker.log_artifact(out / "manifest.json")
+    click.echo(f"fetched {dataset} -> {out}")
+
+
+@cli.command()
+@click.argument("run_key", metavar="RUN")
+@PARAMS
+@DATA_DIR
+@RUNS_DIR
+def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path) -> None:
+    """Meta-train RUN (a key under `runs` in params.yaml) into runs/RUN/.
+
+    Checkpoints (safetensors + JSON sidecar) are written at step 0, every train.checkpoint_every
+    iterations and at the end. Rerunning resumes from the newest valid checkpoint with the same
+    params hash, continuing bit for bit; checkpoints written for other params are removed.
+    """
+    from metaland.meta.train import train as train_run
+    from metaland.tracking import stage_run
+
+    config = _config(params_path)
+    run = _run(config, run_key)
+    device = _device(config)
+    dataset_params = config.datasets[run.dataset]
+    params_hash = run.trajectory_hash(dataset_params)
+
+    def open_tracker(resumed: bool):
+        return stage_run(
+            "train",
+            experiment=run.study,
+            run_key=run.key,
+            params=run.to_dict(),
+            params_hash=params_hash,
+            resume=resumed,
+        )
+
+    result = train_run(
+        run,
+        dataset_params,
+        _dataset_dir(data_dir, run.dataset),
+        runs_dir / run.key,
+        device=device,
+        open_tracker=open_tracker,
+    )
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
+    click.echo(f"trained {run.key}: {len(result.checkpoints)} checkpoints in {runs_dir / run.key}{resumed}")
+
+
+@cli.command()
+@click.argument("run_key", metavar="RUN")
+@PARAMS
+@RUNS_DIR
+@CKPT_DIR
+def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Path) -> None:
+    """Select RUN's checkpoints to probe (studies.<study>.extract), verify, publish to checkpoints/RUN/.
+
+    Each selected checkpoint is also logged to MLflow as a model (safetensors weights + sidecar).
+    """
+    from metaland.extract import extract as extract_run
+    from metaland.tracking import stage_run
+
+    config = _config(params_path)
+    run = _run(config, run_key)
+    rule = config.studies[run.study].extract
+    out_dir = checkpoints_dir / run.key
+    with stage_run("extract", experiment=run.study, run_key=run.key, params=rule.model_dump()) as tracker:
+        manifest = extract_run(run, rule, runs_dir / run.key, out_dir)
+        for entry in manifest["checkpoints"]:
+            with tempfile.TemporaryDirectory() as folder:
+                for suffix in (".safetensors", ".json"):
+                    name = Path(entry["file"]).with_suffix(suffix).name
+                    shutil.copy2(out_dir / name, Path(folder) / name)
+                tracker.log_model_dir(
+                    f"{run.key}-step{entry['step']:08d}",
+                    Path(folder),
+                    params={"step": entry["step"], "reasons": ",".join(entry["reasons"])},
+                    tags={"metaland.run_key": run.key},
+                )
+        tracker.log_artifact(out_dir / "manifest.json")
+    click.echo(f"extracted {len(manifest['checkpoints'])} checkpoints of {run.key} -> {out_dir}")
+
+
+@cli.command()
+@click.argument("run_key", metavar="RUN")
+@PARAMS
+@DATA_DIR
+@CKPT_DIR
+@PROBES_DIR
+def probe(run_key: str, params_path: Path, data_dir: Path, checkpoints_dir: Path, probes_dir: Path) -> None:
+    """Run the study's probes (studies.<study>.probe) on every extracted checkpoint of RUN.
+
+    All checkpoints are probed on one fixed, seeded task set (saved as probes/RUN/tasks.json);
+    results are tidy tables probes/RUN/checkpoints.csv and probes/RUN/tasks.csv, and each
+    checkpoint's summary is logged to MLflow with step = meta-iteration.
+    """
+    from metaland.probes.runner import probe_run
+    from metaland.tracking import stage_run
+
+    config = _config(params_path)
+    run = _run(config, run_key)
+    study = config.studies[run.study]
+    device = _device(config)
+    dataset_dir = _dataset_dir(data_dir, run.dataset)
+    with stage_run("probe", experiment=run.study, run_key=run.key, params=study.probe.model_dump()) as tracker:
+        rows = probe_run(
+            run, study, dataset_dir, checkpoints_dir / run.key, probes_dir / run.key, device=device, tracker=tracker
+        )
+    click.echo(f"probed {len(rows)} checkpoints of {run.key} -> {probes_dir / run.key}")
+
+
+@cli.command()
+@PARAMS
+@RUNS_DIR
+@PROBES_DIR
+@RESULTS_DIR
+def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: Path) -> None:
+    """Join probe tables per study; write statistics, results/metrics.json and results/claims.json."""
+    from metaland.aggregate import aggregate as aggregate_all
+    from metaland.tracking import stage_run
+
+    config = _config(params_path)
+    with stage_run("aggregate", experiment="results", params={"profile": config.profile}) as tracker:
+        record = aggregate_all(config, probes_dir, runs_dir, results_dir)
+        tracker.log_metrics({f"claims/{k}": v for k, v in record["counts"].items()}, step=0)
+        tracker.log_artifact(results_dir / "claims.json")
+    counts = record["counts"]
+    click.echo(f"claims: {counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive")
+
+
+@cli.command()
+@PARAMS
+@RESULTS_DIR
+@click.option("--figures-dir", default="figures", show_default=True, type=click.Path(path_type=Path))
+@click.option("--report-dir", default="report", show_default=True, type=click.Path(path_type=Path))
+def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> None:
+    """Redraw every figure of every study from results/, then write report/index.html."""
+    from metaland.report import plot_all, write_report
+    from metaland.tracking import stage_run
+
+    config = _config(params_path)
+    with stage_run("plot", experiment="results", params={"profile": config.profile}) as tracker:
+        figures = plot_all(config, results_dir, figures_dir)
+        page = write_report(config, params_path, results_dir, figures_dir, report_dir)
+        for path in figures:
+            tracker.log_artifact(path, f"figures/{path.parent.name}")
+        tracker.log_artifact(page, "report")
+    click.echo(f"{len(figures)} figures -> {figures_dir}; report -> {page}")
+
+
+@cli.command()
+@PARAMS
+@RESULTS_DIR
+@click.option("--figures-dir", default="figures", show_default=True, type=click.Path(path_type=Path))
+@click.option("--report-dir", default="report", show_default=True, type=click.Path(path_type=Path))
+def report(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> None:
+    """Rewrite report/index.html from results/ and figures/ (the plot stage does this too)."""
+    from metaland.report import write_report
+
+    click.echo(write_report(_config(params_path), params_path, results_dir, figures_dir, report_dir))
+
+
+# --------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")
+def ui(port: int) -> None:
+    """Open the MLflow UI on http://127.0.0.1:PORT over this repository's tracking store."""
+    from metaland.tracking import ensure_store, tracking_uri
+
+    ensure_store()
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    click.echo(f"MLflow UI: http://127.0.0.1:{port}  (store: {tracking_uri()}; Ctrl-C stops it)")
+    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port)])
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["ci", "default", "paper"]))
+@click.option("--force", is_flag=True, help="Overwrite params.yaml even if it has local edits.")
+def profile(name: str, force: bool) -> None:
+    """Make params.yaml the NAME profile (profiles/NAME.yaml): ci (minutes, tests), default
+    (CPU-sized), paper (the seeds' published settings, for GPU machines)."""
+    from metaland.profiles import use_profile
+
+    click.echo(use_profile(name, Path("profiles"), Path("params.yaml"), force=force))
+
+
+@cli.command(name="params")
+def params_command() -> None:
+    """List every knob: its block, type and range, default, and where the value comes from."""
+    from metaland.profiles import knob_table
+
+    click.echo(knob_table())
+
+
+@cli.command()
+@PARAMS
+@DATA_DIR
+def doctor(params_path: Path, data_dir: Path) -> None:
+    """Check this machine and checkout: versions, device, params, datasets, tracking store."""
+    from metaland.doctor import run_checks
+
+    problems = run_checks(params_path, data_dir, click.echo)
+    if problems:
+        raise MetalandError(f"doctor found {problems} problem(s); each is marked FAIL above with its fix.")

@@ -1,0 +1,473 @@
+"""Typed, validated parameters: the one place a knob is defined.
+
+``params.yaml`` is loaded through :func:`load_params`. Every block is a pydantic model that
+rejects unknown keys; every field has a type, a range, a default and a description citing the
+seed it comes from (``python -m metaland params`` prints them). Cross-field checks that need
+dataset facts (20-way on a split with 10 classes, 5 shots + 16 queries from 20 drawings) run
+here too, before any work starts, and every failure is one paragraph naming the key and the fix.
+
+Shape of ``params.yaml``::
+
+    profile: default                # which profile this file was made from (profiles/<name>.yaml)
+    device: auto                    # auto | cpu | cuda (execution only; not a DVC dependency)
+    datasets:  {<name>: <dataset params>}
+    studies:   {<study>: {defaults: <run params>, extract: ..., probe: ...}}
+    runs:      {<study>-<...>: {study, algorithm, dataset, ways, shots, seed, [overrides]}}
+
+A run names its identity explicitly (study, algorithm, dataset, ways, shots, seed) and inherits
+every other knob from ``studies.<study>.defaults``; it may override any of them. DVC tracks
+``runs.<key>`` and ``studies.<study>.defaults`` for its train stage, so changing one knob reruns
+exactly what depends on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from metaland.errors import ConfigError
+from metaland.io import stable_hash
+from metaland.schema import Params
+
+RUN_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+IDENTITY_KEYS = ("study", "algorithm", "dataset", "ways", "shots", "seed")
+# Knobs that do not change the training trajectory: a run may be extended or shortened and still
+# resume from its checkpoints (they are left out of the checkpoint params hash).
+RESUME_INVARIANT_TRAIN_KEYS = ("iterations", "log_every")
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+class TrainConfig(Params):
+    """Meta-training knobs (seed 000 §2.3.1 eqs. 2.1-2.2, §2.7.3)."""
+
+    inner_steps: int = Field(
+        5, ge=1, le=100, description="T: full-batch GD steps on the support set (eq. 2.1; §2.7.3: 5)."
+    )
+    inner_lr: float = Field(
+        0.1, gt=0, le=10, description="α: inner-loop learning rate (§2.7.3: 0.1 Omniglot, 0.01 MiniImagenet)."
+    )
+    meta_batch: int = Field(
+        16, ge=1, le=1024, description="n: tasks per meta-iteration (§2.7.3: 16 for 1-shot, 8 for 5-shot, Omniglot)."
+    )
+    meta_lr: float = Field(
+        1e-3, gt=0, le=1, description="β: Adam learning rate of the meta-update, no schedule (§2.7.3: 0.001)."
+    )
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="Adam β1, β2 of the meta-update (seed 000 silent: PyTorch/TensorFlow defaults)."
+    )
+    adam_eps: float = Field(1e-8, gt=0, description="Adam ε of the meta-update (seed 000 silent: PyTorch default).")
+    iterations: int = Field(50_000, ge=1, description="Meta-iterations in all (§2.7.3: 100 epochs × 500 iterations).")
+    checkpoint_every: int = Field(
+        500, ge=1, description="Meta-iterations between checkpoints; the thesis probes once per epoch = 500."
+    )
+    log_every: int = Field(25, ge=1, description="Meta-iterations between logged training metrics.")
+    val_tasks: int = Field(
+        50, ge=1, description="Fixed validation-split tasks evaluated at each checkpoint (best-on-validation)."
+    )
+    task_chunk: int = Field(
+        0,
+        ge=0,
+        description="Tasks vectorised together with torch.func.vmap (0 = the whole meta-batch, 1 = a loop); "
+        "changes speed and memory only.",
+    )
+    algorithm_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the algorithm, validated by its registry entry."
+    )
+
+
+class ExtractConfig(Params):
+    """Which checkpoints the study probes (union of the rules)."""
+
+    every: int = Field(1, ge=0, description="Keep every k-th checkpoint of the schedule (0 = none of them).")
+    log_spaced: int = Field(0, ge=0, description="Also keep this many log-spaced checkpoints.")
+    best: bool = Field(True, description="Also keep the checkpoint with the best validation accuracy.")
+    final: bool = Field(True, description="Also keep the final checkpoint.")
+
+
+class ProbeConfig(Params):
+    """Landscape probes on fixed, seeded evaluation task sets (seed 000 §2.4)."""
+
+    split: Literal["val", "test"] = Field(
+        "test", description="Class split the probe tasks come from (§2.4: meta-test)."
+    )
+    tasks: int = Field(
+        100, ge=2, description="Fixed tasks per checkpoint (§2.5.2: 500 for coherence; §2.5.1: 60 for curvature)."
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the study's evaluation task set (same tasks for every run and checkpoint)."
+    )
+    chunk: int = Field(25, ge=1, description="Tasks vectorised together; changes speed and memory only.")
+    probes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Probe name -> options, each validated by the probe registry."
+    )
+
+
+class AggregateConfig(Params):
+    """Study tables and claim statistics."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the reported intervals.")
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Significance level of the claim rules (fixed before the data)."
+    )
+
+
+class StudyBlock(Params):
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Run params every run of the study inherits.")
+    extract: ExtractConfig = ExtractConfig()
+    probe: ProbeConfig = ProbeConfig()
+    aggregate: AggregateConfig = AggregateConfig()
+
+
+class RunBlock(Params):
+    """One run after merging ``studies.<study>.defaults`` with its own entry."""
+
+    study: str
+    algorithm: str = Field(description="Meta-learning algorithm (registry: metaland.meta).")
+    dataset: str
+    ways: int = Field(ge=2, le=1000, description="m: classes per task.")
+    shots: int = Field(ge=1, le=1000, description="k: support samples per class.")
+    queries: int = Field(
+        15, ge=1, le=1000, description="Target (query) samples per class; seed 000 silent, cbfinn/maml: 15."
+    )
+    seed: int = Field(ge=0, description="Run seed: init, task sampling.")
+    model: dict[str, Any] = Field(description="Model name and options (registry: metaland.models).")
+    train: TrainConfig = TrainConfig()
+
+
+class TopLevel(Params):
+    profile: str = Field("default", description="Name of the profile this file was made from.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    studies: dict[str, StudyBlock] = Field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolved configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fully resolved run: what ``train@<key>`` trains and ``probe@<key>`` probes."""
+
+    key: str
+    study: str
+    algorithm: str
+    algorithm_options: Params
+    dataset: str
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+    model_name: str
+    model: Params
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "study": self.study,
+            "algorithm": self.algorithm,
+            "algorithm_options": self.algorithm_options.model_dump(),
+            "dataset": self.dataset,
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "seed": self.seed,
+            "model": {"name": self.model_name, **self.model.model_dump()},
+            "train": self.train.model_dump(),
+        }
+
+    def trajectory_hash(self, dataset_params: Params) -> str:
+        """Hash of everything that determines the training trajectory (checkpoint sidecars)."""
+        spec = self.to_dict()
+        del spec["key"]
+        for name in RESUME_INVARIANT_TRAIN_KEYS:
+            del spec["train"][name]
+        spec["dataset_params"] = dataset_params.model_dump()
+        return stable_hash(spec)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    extract: ExtractConfig
+    probe: ProbeConfig
+    probes: dict[str, Params]  # validated options per probe, in the order given
+    aggregate: AggregateConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    profile: str
+    device: str
+    datasets: dict[str, Params]
+    studies: dict[str, StudyConfig]
+    runs: dict[str, Run]
+
+    def runs_of(self, study: str) -> list[Run]:
+        return [run for run in self.runs.values() if run.study == study]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_params(path: Path | str = "params.yaml") -> Config:
+    """Read, validate and resolve a params file; raise :class:`ConfigError` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist. Fix: run from the repository root, or create it from a profile "
+            "with `python -m metaland profile default`."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({err}). Fix: correct the syntax at the position shown.") from None
+    return resolve(raw, source=str(path))
+
+
+def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
+    """Validate a params mapping (as loaded from YAML) into a :class:`Config`."""
+    # Registries are populated on import; imported here so that config stays importable alone.
+    from metaland.data import DATASETS
+    from metaland.probes import PROBES
+    from metaland.studies import STUDIES
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{source} must be a mapping of top-level keys (datasets, studies, runs). Fix: see README.md."
+        )
+    top = _validate(TopLevel, raw, source, prefix="")
+
+    datasets = {
+        name: _validate(DATASETS.get(name, key=f"datasets.{name}").config_model, block, source, f"datasets.{name}")
+        for name, block in top.datasets.items()
+    }
+
+    studies: dict[str, StudyConfig] = {}
+    for name, block in top.studies.items():
+        STUDIES.get(name, key=f"studies.{name}")
+        probes = {}
+        for probe_name, options in block.probe.probes.items():
+            key = f"studies.{name}.probe.probes.{probe_name}"
+            spec = PROBES.get(probe_name, key=key)
+            probes[probe_name] = _validate(spec.options_model, options, source, key)
+            problem = spec.check(probes[probe_name], block.probe)
+            if problem:
+                raise ConfigError(f"{source}: {key}: {problem}")
+        studies[name] = StudyConfig(name, block.extract, block.probe, probes, block.aggregate)
+
+    runs = {}
+    for key, entry in top.runs.items():
+        runs[key] = _resolve_run(key, entry, top, datasets, source)
+        _check_run(runs[key], datasets[runs[key].dataset], studies[runs[key].study], source)
+    return Config(source, top.profile, top.device, datasets, studies, runs)
+
+
+def _resolve_run(key: str, entry: Any, top: TopLevel, datasets: dict[str, Params], source: str) -> Run:
+    from metaland.meta import ALGORITHMS
+    from metaland.models import MODELS
+
+    where = f"runs.{key}"
+    if not RUN_KEY.match(key):
+        raise ConfigError(
+            f"{source}: run key {key!r} has characters DVC stage names cannot carry. Fix: use lower-case "
+            "letters, digits, '.', '_' and '-', starting with a letter or digit."
+        )
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{source}: {where} must be a mapping with keys {', '.join(IDENTITY_KEYS)}.")
+    missing = [k for k in IDENTITY_KEYS if k not in entry]
+    if missing:
+        raise ConfigError(
+            f"{source}: {where} lacks {', '.join(missing)}. Fix: every run names its identity explicitly "
+            f"({', '.join(IDENTITY_KEYS)}); the rest is inherited from studies.<study>.defaults."
+        )
+    study = entry["study"]
+    if study not in top.studies:
+        raise ConfigError(
+            f"{source}: {where}.study = {study!r} has no block under studies. Fix: add studies.{study} "
+            f"or use one of: {', '.join(sorted(top.studies)) or '(none)'}."
+        )
+    if not key.startswith(f"{study}-"):
+        raise ConfigError(
+            f"{source}: run key {key!r} must start with its study name and a dash ({study}-...), so outputs "
+            "group by study. Fix: rename the run."
+        )
+    if entry["dataset"] not in datasets:
+        raise ConfigError(
+            f"{source}: {where}.dataset = {entry['dataset']!r} is not declared under datasets, so nothing "
+            f"fetches it. Fix: add datasets.{entry['dataset']} or use one of: {', '.join(sorted(datasets))}."
+        )
+    defaults = top.studies[study].defaults
+    merged = _deep_merge(defaults, entry)
+    run_block = _validate(RunBlock, merged, source, where, overrides=entry, defaults_key=f"studies.{study}.defaults")
+
+    model_cfg = dict(run_block.model)
+    model_name = model_cfg.pop("name", None)
+    model_key = _origin(("model", "name"), entry, where, f"studies.{study}.defaults")
+    if model_name is None:
+        raise ConfigError(f"{source}: {model_key} is missing. Fix: name a model, e.g. convnet.")
+    model_params = _validate(
+        MODELS.get(model_name, key=model_key).config_model, model_cfg, source, model_key.rsplit(".", 1)[0]
+    )
+    algo_key = f"{where}.algorithm"
+    algo = ALGORITHMS.get(run_block.algorithm, key=algo_key)
+    options = _validate(
+        algo.options_model,
+        run_block.train.algorithm_options,
+        source,
+        _origin(("train", "algorithm_options"), entry, where, f"studies.{study}.defaults"),
+    )
+    return Run(
+        key=key,
+        study=study,
+        algorithm=run_block.algorithm,
+        algorithm_options=options,
+        dataset=run_block.dataset,
+        ways=run_block.ways,
+        shots=run_block.shots,
+        queries=run_block.queries,
+        seed=run_block.seed,
+        model_name=model_name,
+        model=model_params,
+        train=run_block.train,
+    )
+
+
+def _check_run(run: Run, dataset_params: Params, study: StudyConfig, source: str) -> None:
+    """Cross-field checks that need dataset facts."""
+    from metaland.data import DATASETS
+
+    where = f"runs.{run.key}"
+    spec = DATASETS.get(run.dataset)
+    sizes = spec.split_sizes(dataset_params)
+    needed = {"train": "meta-training", "val": "validation at checkpoints", study.probe.split: "probing"}
+    for split, use in needed.items():
+        if run.ways > sizes[split]:
+            raise ConfigError(
+                f"{source}: {where}.ways = {run.ways} is impossible: the {split} split of dataset "
+                f"{run.dataset!r} has {sizes[split]} classes, and {use} draws {run.ways}-way tasks from it. "
+                f"Fix: lower ways to at most {sizes[split]}, or enlarge the split in datasets.{run.dataset}.split."
+            )
+    per_class = spec.min_instances(dataset_params)
+    if run.shots + run.queries > per_class:
+        raise ConfigError(
+            f"{source}: {where}: shots + queries = {run.shots} + {run.queries} exceeds the {per_class} "
+            f"samples every class of {run.dataset!r} has, and support and query samples must differ. "
+            f"Fix: lower queries (a run may override it) to at most {per_class - run.shots}."
+        )
+    if run.train.checkpoint_every > run.train.iterations:
+        raise ConfigError(
+            f"{source}: {where}: train.checkpoint_every = {run.train.checkpoint_every} is larger than "
+            f"train.iterations = {run.train.iterations}, so only the initial and final checkpoints would exist. "
+            "Fix: lower checkpoint_every."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = copy.deepcopy(v)
+    return merged
+
+
+def _origin(loc: tuple, overrides: Mapping | None, prefix: str, defaults_key: str | None) -> str:
+    """The dotted key a value came from: the run's own entry if it sets it, else the study defaults."""
+    if overrides is None or defaults_key is None:
+        return ".".join([prefix, *map(str, loc)]).strip(".")
+    node: Any = overrides
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return ".".join([defaults_key, *map(str, loc)])
+    return ".".join([prefix, *map(str, loc)])
+
+
+def _validate(model: type[Params], data: Any, source: str, prefix: str, overrides=None, defaults_key=None):
+    if data is None:
+        data = {}
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, model, data, source, prefix, overrides, defaults_key)) from None
+
+
+def _explain(err: ValidationError, model, data, source, prefix, overrides, defaults_key) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        loc = tuple(e["loc"])
+        key = _origin(loc, overrides, prefix, defaults_key)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            known = _known_keys(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            parts.append(
+                f"{key} is not a known parameter.{hint} Known keys there: {', '.join(known) or '(none)'}. "
+                "Fix: correct the spelling or remove it"
+            )
+        elif kind == "missing":
+            parts.append(f"{key} is required but missing. Fix: add it (`python -m metaland params` lists every knob)")
+        else:
+            parts.append(
+                f"{key} = {e.get('input')!r} is invalid: {e['msg']}. Fix: give a value that satisfies this "
+                "(`python -m metaland params` lists every knob with its type, range and default)"
+            )
+    more = f" (and {err.error_count() - 3} more problems)" if err.error_count() > 3 else ""
+    return f"{source}: " + "; ".join(parts) + f"{more}."
+
+
+def _known_keys(model: type[Params], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, Params):
+            model = annotation
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def describe(model: type[Params]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) for every field of a block, for `metaland params`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", "")
+        bounds = [f"{m.__class__.__name__.lower()} {next(iter(vars(m).values()))}" for m in field.metadata]
+        kind = annotation + (f" ({', '.join(bounds)})" if bounds else "")
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            default = repr(field.default_factory())
+        elif isinstance(field.default, Params):
+            default = "(block)"
+        else:
+            default = repr(field.default)
+        rows.append((name, kind, default, field.description or ""))
+    return rows

@@ -1,0 +1,22 @@
+"""Datasets: where they come from, how they are fetched safely, and their normalised layout.
+
+``import metaland.data`` registers every dataset in :data:`DATASETS` (no network is touched);
+``fetch_dataset`` builds ``data/<name>`` and ``load_split`` reads one split of it back.
+"""
+
+from metaland.data import omniglot as _omniglot  # noqa: F401  (registers the Omniglot datasets)
+from metaland.data.fetch import fetch_dataset
+from metaland.data.layout import SplitData, load_split
+from metaland.data.registry import DATASETS, SPLITS, ArchiveSource, DatasetSpec
+from metaland.data.sources import mirror_from_env
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "ArchiveSource",
+    "DatasetSpec",
+    "SplitData",
+    "fetch_dataset",
+    "load_split",
+    "mirror_from_env",
+]

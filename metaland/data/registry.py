@@ -1,0 +1,60 @@
+"""The dataset registry: what a dataset is made of and how its normalised layout is built.
+
+Normalised layout written by ``fetch`` (see ``metaland.data.layout``)::
+
+    data/<dataset>/
+      train.safetensors   images: uint8 [N, C, H, W]; offsets: int64 [classes + 1]
+      val.safetensors     (class c of a split owns images[offsets[c]:offsets[c+1]])
+      test.safetensors
+      classes.json        {"train": [class names], "val": [...], "test": [...]}
+      manifest.json       dataset, its params, source archives and checksums, counts
+
+Pixel convention: uint8, 255 = ink / signal, so ``images / 255`` is the model input everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from metaland.registry import Registry
+from metaland.schema import Params
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    """One downloadable file: its public address and checksums (at least one must be given)."""
+
+    filename: str
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.sha256 or self.md5):
+            raise ValueError(f"archive {self.filename} has no checksum")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset.
+
+    ``split_sizes`` and ``min_instances`` are known before anything is downloaded, so params
+    validation can refuse an impossible task (20-way on a 10-class split) before work starts.
+    ``build`` turns the verified archives into the normalised layout inside ``out_dir``.
+    """
+
+    name: str
+    description: str
+    sources: tuple[ArchiveSource, ...]
+    config_model: type[Params]
+    split_sizes: Callable[[Params], Mapping[str, int]]
+    min_instances: Callable[[Params], int]
+    build: Callable[[Params, Mapping[str, Path], Path], None]
+    channels: int = 1
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")

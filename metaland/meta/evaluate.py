@@ -1,0 +1,46 @@
+"""Meta-test evaluation of θ on a set of tasks (seed 000 §2.4, M1 and M3).
+
+Each task is adapted from θ with the run's inner loop (same T and α as in meta-training, §2.7.3:
+"always"), then measured: target (query) accuracy and loss at θ̃_i, support loss at θ̃_i, and the
+same quantities at θ before adaptation (the §2.4.1 sanity check: chance on average). Used for
+validation during training and by the probes, so both see the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from metaland.data.tasks import TaskBatch
+from metaland.meta.inner import accuracy, adapt_tasks, cross_entropy
+from metaland.models import Forward, ParamDict
+
+
+def evaluate_tasks(
+    forward: Forward, params: ParamDict, batch: TaskBatch, *, steps: int, lr: float, chunk: int
+) -> tuple[dict[str, torch.Tensor], ParamDict]:
+    """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]})."""
+    params = {k: v.detach() for k, v in params.items()}
+    adapted = adapt_tasks(
+        cross_entropy(forward), params, batch.support_x, batch.support_y, steps=steps, lr=lr, chunk=chunk
+    )
+
+    def measure(theta_i: ParamDict, sx, sy, qx, qy) -> dict[str, torch.Tensor]:
+        query_logits = forward(theta_i, qx)
+        support_logits = forward(theta_i, sx)
+        pre_query_logits = forward(params, qx)
+        pre_support_logits = forward(params, sx)
+        return {
+            "query_accuracy": accuracy(query_logits, qy),
+            "query_loss": F.cross_entropy(query_logits, qy),
+            "support_accuracy": accuracy(support_logits, sy),
+            "support_loss": F.cross_entropy(support_logits, sy),
+            "pre_query_accuracy": accuracy(pre_query_logits, qy),
+            "pre_query_loss": F.cross_entropy(pre_query_logits, qy),
+            "pre_support_loss": F.cross_entropy(pre_support_logits, sy),
+        }
+
+    with torch.no_grad():
+        metrics = vmap(measure, chunk_size=chunk)(adapted, *batch.tensors())
+    return metrics, adapted

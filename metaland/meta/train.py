@@ -1,0 +1,215 @@
+"""Meta-training of one run, with checkpoints on a schedule and exact resume.
+
+Iteration ``s`` draws its meta-batch from a generator seeded by (run seed, "train-tasks", s), and
+the Adam state is saved with θ, so a run restarted from its newest valid checkpoint continues
+bit for bit as if it had never stopped. Layout of the run folder (a DVC ``persist`` output)::
+
+    runs/<run>/ckpt/step-XXXXXXXX.safetensors + .json   θ, Adam state; sidecar with val metrics
+    runs/<run>/train_log.csv                            per log step: query loss / accuracy
+    runs/<run>/val_tasks.json                           the fixed validation task set
+
+A restarted run continues the MLflow run of the same run key and params hash, so its metrics
+form one curve in the UI.
+
+A checkpoint is written at step 0 (the initialisation), every ``checkpoint_every`` iterations
+and at the last iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metaland.checkpoints import (
+    Checkpoint,
+    latest_valid,
+    list_checkpoints,
+    load_groups,
+    save_checkpoint,
+)
+from metaland.config import Run
+from metaland.data.layout import SplitData, load_split
+from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
+from metaland.errors import DivergenceError
+from metaland.io import write_csv
+from metaland.meta import ALGORITHMS, MetaProblem
+from metaland.meta.adam import AdamState, adam_init, adam_step
+from metaland.meta.evaluate import evaluate_tasks
+from metaland.meta.inner import cross_entropy
+from metaland.models import ParamDict, build_model, initial_params, make_forward
+from metaland.schema import Params
+from metaland.seeding import generator
+
+log = logging.getLogger(__name__)
+LOG_COLUMNS = ("step", "query_loss", "query_accuracy")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoints: list[Checkpoint]
+    resumed_from: int | None
+
+
+def val_task_set(run: Run, split: SplitData) -> TaskSet:
+    """Fixed validation tasks: identical for every run of the same setting (seed-independent)."""
+    return sample_tasks(
+        split,
+        ways=run.ways,
+        shots=run.shots,
+        queries=run.queries,
+        n_tasks=run.train.val_tasks,
+        generator=generator(0, "val-tasks", run.dataset, run.ways, run.shots, run.queries),
+    )
+
+
+def train_batch(run: Run, split: SplitData, step: int):
+    """The meta-batch of iteration ``step``; depends only on (run seed, step)."""
+    tasks = sample_tasks(
+        split,
+        ways=run.ways,
+        shots=run.shots,
+        queries=run.queries,
+        n_tasks=run.train.meta_batch,
+        generator=generator(run.seed, "train-tasks", step),
+    )
+    return materialise(split, tasks)
+
+
+def train(
+    run: Run,
+    dataset_params: Params,
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    open_tracker: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+) -> TrainResult:
+    """Meta-train ``run`` into ``out_dir``, resuming from its newest valid checkpoint.
+
+    ``open_tracker(resumed)`` opens the MLflow run to log into (none: no tracking).
+    """
+    train_split = load_split(dataset_dir, "train")
+    val_split = load_split(dataset_dir, "val")
+    module = build_model(
+        run.model_name,
+        run.model,
+        channels=train_split.images.shape[1],
+        image_size=train_split.images.shape[-1],
+        ways=run.ways,
+        seed=run.seed,
+    ).to(device)
+    forward = make_forward(module)
+    algorithm = ALGORITHMS.get(run.algorithm)
+    cfg = run.train
+    problem = MetaProblem(forward, cross_entropy(forward), cfg.inner_steps, cfg.inner_lr, cfg.task_chunk)
+    params_hash = run.trajectory_hash(dataset_params)
+    ckpt_dir = Path(out_dir) / "ckpt"
+
+    val_tasks = val_task_set(run, val_split)
+    save_task_set(Path(out_dir) / "val_tasks.json", val_tasks, {"split": "val", "dataset": run.dataset})
+    val_batch = materialise(val_split, val_tasks).to(device)
+
+    def validate(params: ParamDict) -> dict[str, float]:
+        metrics, _ = evaluate_tasks(
+            forward, params, val_batch, steps=cfg.inner_steps, lr=cfg.inner_lr, chunk=cfg.task_chunk or len(val_batch)
+        )
+        return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
+
+    def checkpoint(step: int, params: ParamDict, adam: AdamState, log_rows: list[dict], tracker) -> Checkpoint:
+        val = validate(params)
+        write_csv(Path(out_dir) / "train_log.csv", log_rows, LOG_COLUMNS)
+        ckpt = save_checkpoint(
+            ckpt_dir,
+            step,
+            {"params": params, "adam_m": adam.exp_avg, "adam_v": adam.exp_avg_sq},
+            params_hash=params_hash,
+            metrics=val,
+            extra={"run": run.key, "adam_step": adam.step},
+        )
+        if tracker is not None:
+            tracker.log_metrics(val, step=step)
+            tracker.log_artifact(ckpt.path, "checkpoints")
+            tracker.log_artifact(ckpt.sidecar_path, "checkpoints")
+        return ckpt
+
+    _prune(ckpt_dir, params_hash, cfg.iterations)
+    resume = latest_valid(ckpt_dir, params_hash)
+    tracking = open_tracker(resume is not None) if open_tracker else contextlib.nullcontext()
+    with tracking as tracker:
+        if resume is None:
+            params = {k: v.to(device) for k, v in initial_params(module).items()}
+            adam = adam_init(params)
+            log_rows: list[dict] = []
+            checkpoint(0, params, adam, log_rows, tracker)
+            start = 0
+        else:
+            groups = load_groups(resume, device)
+            params = {name: groups["params"][name] for name, _ in module.named_parameters()}
+            adam = AdamState(int(resume.sidecar["adam_step"]), groups["adam_m"], groups["adam_v"])
+            log_rows = [row for row in _read_log(Path(out_dir) / "train_log.csv") if row["step"] <= resume.step]
+            start = resume.step
+            log.info("resuming %s from step %d", run.key, start)
+
+        window: dict[str, list[float]] = {"query_loss": [], "query_accuracy": []}
+        progress = tqdm(
+            total=cfg.iterations, initial=start, desc=run.key, disable=not sys.stderr.isatty(), dynamic_ncols=True
+        )
+        for step in range(start, cfg.iterations):
+            batch = train_batch(run, train_split, step).to(device)
+            grads, metrics = algorithm.meta_gradient(problem, params, batch, run.algorithm_options)
+            _check_finite(run, step, metrics, grads)
+            params, adam = adam_step(params, grads, adam, lr=cfg.meta_lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+            for k in window:
+                window[k].append(metrics[k])
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                row = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
+                log_rows.append(row)
+                window = {k: [] for k in window}
+                progress.set_postfix(loss=f"{row['query_loss']:.3f}", acc=f"{row['query_accuracy']:.3f}")
+                if tracker is not None:
+                    tracker.log_metrics({f"train/{k}": row[k] for k in LOG_COLUMNS[1:]}, step=done)
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                checkpoint(done, params, adam, log_rows, tracker)
+            progress.update(1)
+        progress.close()
+    return TrainResult(list_checkpoints(ckpt_dir), None if resume is None else resume.step)
+
+
+def _check_finite(run: Run, step: int, metrics: dict[str, float], grads: ParamDict) -> None:
+    if math.isfinite(metrics["query_loss"]) and all(torch.isfinite(g).all() for g in grads.values()):
+        return
+    raise DivergenceError(
+        f"run {run.key} diverged at meta-iteration {step + 1}: the query loss or meta-gradient is not finite. "
+        f"Fix: lower runs.{run.key}.train.meta_lr (now {run.train.meta_lr}) or train.inner_lr "
+        f"(now {run.train.inner_lr}); the checkpoints written so far are kept."
+    )
+
+
+def _prune(ckpt_dir: Path, params_hash: str, iterations: int) -> None:
+    """Remove checkpoints of other params, and those past the last iteration of this run."""
+    for ckpt in list_checkpoints(ckpt_dir):
+        stale = ckpt.sidecar.get("params_hash") != params_hash or ckpt.step > iterations
+        if stale:
+            log.info("removing stale checkpoint %s", ckpt.path.name)
+            ckpt.sidecar_path.unlink(missing_ok=True)
+            ckpt.path.unlink(missing_ok=True)
+    for orphan in ckpt_dir.glob("*.safetensors") if ckpt_dir.is_dir() else []:
+        if not orphan.with_suffix(".json").exists():
+            orphan.unlink()
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as stream:
+        return [{"step": int(r["step"]), **{k: float(r[k]) for k in LOG_COLUMNS[1:]}} for r in csv.DictReader(stream)]

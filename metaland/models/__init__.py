@@ -1,0 +1,81 @@
+"""Model registry and the functional view of a model.
+
+A model is an ``nn.Module`` used only as a *function* of a parameter dict:
+``forward(params, x) = torch.func.functional_call(module, params, (x,))``. Meta-learning code
+never mutates module weights; it passes ``params`` (``{name: tensor}``) around, which is what
+lets inner loops be pure, vectorised with ``vmap`` and differentiated through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from metaland.registry import Registry
+from metaland.schema import Params
+from metaland.seeding import derive_seed
+
+ParamDict = dict[str, torch.Tensor]
+Forward = Callable[[ParamDict, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``build(options, channels, image_size, ways)`` returns a freshly initialised module."""
+
+    name: str
+    description: str
+    config_model: type[Params]
+    build: Callable[[Params, int, int, int], nn.Module]
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def build_model(name: str, options: Params, *, channels: int, image_size: int, ways: int, seed: int) -> nn.Module:
+    """Build a model whose initial weights depend only on ``seed`` (not on global RNG state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        return MODELS.get(name).build(options, channels, image_size, ways)
+
+
+def initial_params(module: nn.Module) -> ParamDict:
+    """The module's parameters as a detached dict (the meta-parameters θ)."""
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def make_forward(module: nn.Module) -> Forward:
+    """``forward(params, x)``: evaluate ``module`` with the given parameters (torch.func)."""
+    if any(buffer is not None for buffer in module.buffers()):
+        raise ValueError("functional models must not carry buffers (use BatchNorm with batch statistics)")
+
+    def forward(params: ParamDict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, params, (x,))
+
+    return forward
+
+
+def flatten(params: ParamDict) -> torch.Tensor:
+    """Concatenate a (possibly task-batched) parameter dict into vectors along the last axis.
+
+    Unbatched dicts give one vector [d]; dicts whose tensors carry a leading task axis [B, ...]
+    must be flattened with ``flatten_batched``.
+    """
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def flatten_batched(params: ParamDict) -> torch.Tensor:
+    """[B, d] from a dict of [B, ...] tensors (one row per task)."""
+    return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
+
+
+def num_params(params: ParamDict) -> int:
+    return sum(p.numel() for p in params.values())
+
+
+# Registrations (one module per model family).
+from metaland.models import convnet as _convnet  # noqa: E402,F401

@@ -1,0 +1,109 @@
+"""Figure helpers shared by the studies: curves over meta-training with confidence bands.
+
+Figures are PNGs with fixed metadata (no software version, no timestamp), so a rerun on the same
+inputs gives the same bytes. Each study module composes these helpers into its figures.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from metaland.io import write_bytes
+from metaland.stats import mean_ci
+
+ALGORITHM_COLORS = {"maml": "#1f77b4", "fomaml": "#d62728", "finetune": "#2ca02c"}
+ACCURACY_COLOR = "#1f77b4"  # seed 000 Fig. 2.5: accuracy in blue
+COHERENCE_COLOR = "#ff7f0e"  # ... and the coherence metric in orange
+LABELS = {
+    "query_accuracy": "meta-test target accuracy",
+    "query_loss": "meta-test target loss",
+    "support_loss": "support loss at θ̃ᵢ",
+    "pre_query_accuracy": "target accuracy at θˢ (before adaptation)",
+    "hessian_top_eigenvalue": "curvature E[‖H(Dᵢ; θ̃ᵢ)‖σ]",
+    "trajectory_coherence": "trajectory coherence E[θ⃗ᵢᵀθ⃗ⱼ]",
+    "gradient_coherence": "gradient coherence E[gᵢᵀgⱼ]",
+    "trajectory_norm": "trajectory norm E[‖θ̃ᵢ − θˢ‖₂]",
+}
+
+plt.rcParams.update(
+    {
+        "figure.dpi": 110,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "font.size": 9,
+        "legend.fontsize": 8,
+        "legend.frameon": False,
+    }
+)
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric.replace("_", " "))
+
+
+def grid(n_panels: int, *, columns: int = 3, width: float = 4.0, height: float = 3.0):
+    columns = min(columns, n_panels)
+    rows = -(-n_panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n_panels])
+
+
+def save(fig, path: Path | str) -> None:
+    """Write a PNG with fixed metadata (byte-stable), atomically, and close the figure."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=130, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def curve(ax, rows: pd.DataFrame, metric: str, *, color: str, name: str, confidence: float = 0.95) -> None:
+    """Mean of ``metric`` over runs at each step, with a CI band when there are several runs."""
+    points = [(step, mean_ci(group[metric], confidence)) for step, group in rows.groupby("step", sort=True)]
+    steps = [s for s, _ in points]
+    ax.plot(steps, [c.mean for _, c in points], color=color, label=name, marker="o", markersize=2.5, linewidth=1.4)
+    if any(c.n > 1 for _, c in points):
+        ax.fill_between(
+            steps, [c.low for _, c in points], [c.high for _, c in points], color=color, alpha=0.18, linewidth=0
+        )
+
+
+def curves_by_algorithm(ax, rows: pd.DataFrame, metric: str, *, title: str | None = None) -> None:
+    for algorithm, group in rows.groupby("algorithm", sort=True):
+        n_runs = group["run"].nunique()
+        curve(
+            ax,
+            group,
+            metric,
+            color=ALGORITHM_COLORS.get(algorithm, "#555555"),
+            name=f"{algorithm.upper()} ({n_runs} run{'s' if n_runs > 1 else ''})",
+        )
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(label(metric))
+    if title:
+        ax.set_title(title)
+    ax.legend()
+
+
+def dual_axis(ax, rows: pd.DataFrame, left: str, right: str, *, title: str) -> None:
+    """Accuracy (left, blue) against a landscape metric (right, orange), as seed 000 Fig. 2.5."""
+    curve(ax, rows, left, color=ACCURACY_COLOR, name=label(left))
+    ax.set_ylabel(label(left), color=ACCURACY_COLOR)
+    ax.set_xlabel("meta-iteration")
+    twin = ax.twinx()
+    twin.grid(False)
+    curve(twin, rows, right, color=COHERENCE_COLOR, name=label(right))
+    twin.set_ylabel(label(right), color=COHERENCE_COLOR)
+    twin.spines["right"].set_visible(True)
+    ax.set_title(title)

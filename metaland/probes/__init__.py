@@ -1,0 +1,77 @@
+"""Landscape probes: one module per probe family, one registry.
+
+A probe is ``run(context, options) -> ProbeOutput``: per-task values (over the first k tasks of
+the fixed task set, k ≤ T) and per-checkpoint summaries. The :class:`ProbeContext` holds θ^s,
+the fixed tasks and the run's inner loop, and caches the meta-test adaptation so that probes
+sharing it (accuracy, norms, coherence, curvature) adapt each task once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from metaland.data.tasks import TaskBatch
+from metaland.meta.evaluate import evaluate_tasks
+from metaland.meta.inner import LossFn, cross_entropy
+from metaland.models import Forward, ParamDict, flatten, flatten_batched
+from metaland.registry import Registry
+from metaland.schema import Params
+
+
+@dataclass
+class ProbeContext:
+    forward: Forward
+    params: ParamDict  # θ^s
+    batch: TaskBatch  # the fixed evaluation tasks
+    steps: int  # inner-loop T (the run's)
+    lr: float  # inner-loop α (the run's)
+    chunk: int  # tasks vectorised together
+    seed: int  # probe seed (start vectors, ...)
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def loss(self) -> LossFn:
+        return cross_entropy(self.forward)
+
+    def adaptation(self) -> tuple[dict[str, torch.Tensor], ParamDict]:
+        """Per-task metrics and adapted parameters θ̃_i (computed once per checkpoint)."""
+        if "adaptation" not in self._cache:
+            self._cache["adaptation"] = evaluate_tasks(
+                self.forward, self.params, self.batch, steps=self.steps, lr=self.lr, chunk=self.chunk
+            )
+        return self._cache["adaptation"]
+
+    def displacements(self) -> torch.Tensor:
+        """θ̃_i − θ^s as rows [T, d]."""
+        _, adapted = self.adaptation()
+        return flatten_batched(adapted) - flatten(self.params)
+
+
+@dataclass(frozen=True)
+class ProbeOutput:
+    per_task: dict[str, torch.Tensor]  # name -> [k], over the first k tasks
+    summary: dict[str, float]
+
+
+def no_check(options: Params, probe_config) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    description: str
+    options_model: type[Params]
+    run: Callable[[ProbeContext, Params], ProbeOutput]
+    check: Callable[[Params, object], str | None] = no_check
+
+
+PROBES: Registry[ProbeSpec] = Registry("probe")
+
+# Registrations (one module per probe family).
+from metaland.probes import adaptation as _adaptation  # noqa: E402,F401
+from metaland.probes import coherence as _coherence  # noqa: E402,F401
+from metaland.probes import hessian as _hessian  # noqa: E402,F401

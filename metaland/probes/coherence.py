@@ -1,0 +1,84 @@
+"""Coherence probes (seed 000 §2.4.2 eq. 2.5 and §2.4.3 eq. 2.6).
+
+* Trajectory coherence, M4: E_{i≠j}[θ⃗_iᵀ θ⃗_j] with θ⃗_i = (θ̃_i − θ^s) / ‖θ̃_i − θ^s‖₂, the mean
+  cosine between adaptation displacements of distinct tasks.
+* Gradient coherence, M5: E_{i≠j}[g_iᵀ g_j] with g_i = −∇_θ L(f(D_i; θ^s)), the raw inner product
+  (not normalised: §2.4.3 found it tracks accuracy better); the cosine is reported beside it.
+
+Pairs are unordered with i ≠ j (including i = j would add 1/n-weighted self terms). Computed in
+O(d) memory per chunk by mean_{i≠j} v_iᵀ v_j = (‖Σ_i v_i‖² − Σ_i ‖v_i‖²) / (n (n − 1)), in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad, vmap
+
+from metaland.models import flatten_batched
+from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec
+from metaland.schema import NoOptions, Params
+
+
+def mean_pairwise_inner_product(vectors: torch.Tensor, chunk: int = 256) -> float:
+    """mean over i ≠ j of v_iᵀ v_j for the rows of ``vectors`` [n, d] (n ≥ 2)."""
+    n = vectors.shape[0]
+    if n < 2:
+        raise ValueError("coherence needs at least two vectors")
+    total = torch.zeros(vectors.shape[1], dtype=torch.float64, device=vectors.device)
+    squared_norms = 0.0
+    for start in range(0, n, chunk):
+        rows = vectors[start : start + chunk].to(torch.float64)
+        total += rows.sum(dim=0)
+        squared_norms += rows.square().sum().item()
+    return (total.square().sum().item() - squared_norms) / (n * (n - 1))
+
+
+def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
+    """mean over i ≠ j of cos(v_i, v_j); a zero vector counts as orthogonal to all."""
+    norms = vectors.norm(dim=1, keepdim=True)
+    return mean_pairwise_inner_product(vectors / norms.clamp_min(torch.finfo(vectors.dtype).tiny))
+
+
+def trajectory_coherence(context: ProbeContext, options: Params) -> ProbeOutput:
+    return ProbeOutput({}, {"trajectory_coherence": mean_pairwise_cosine(context.displacements())})
+
+
+def meta_test_gradients(context: ProbeContext) -> torch.Tensor:
+    """g_i = −∇_θ L(f(D_i; θ^s)) as rows [T, d]."""
+    params = {k: v.detach() for k, v in context.params.items()}
+    per_task = vmap(grad(context.loss), in_dims=(None, 0, 0), chunk_size=context.chunk)
+    grads = per_task(params, context.batch.support_x, context.batch.support_y)
+    return -flatten_batched(grads)
+
+
+def gradient_coherence(context: ProbeContext, options: Params) -> ProbeOutput:
+    g = meta_test_gradients(context)
+    norms = g.norm(dim=1)
+    return ProbeOutput(
+        {"gradient_norm": norms},
+        {
+            "gradient_coherence": mean_pairwise_inner_product(g),
+            "gradient_cosine": mean_pairwise_cosine(g),
+            "gradient_norm": norms.mean().item(),
+        },
+    )
+
+
+PROBES.register(
+    "trajectory_coherence",
+    ProbeSpec(
+        "trajectory_coherence",
+        "Mean pairwise cosine of adaptation displacements (eq. 2.5)",
+        NoOptions,
+        trajectory_coherence,
+    ),
+)
+PROBES.register(
+    "gradient_coherence",
+    ProbeSpec(
+        "gradient_coherence",
+        "Mean pairwise inner product of meta-test gradients at θ^s (eq. 2.6)",
+        NoOptions,
+        gradient_coherence,
+    ),
+)

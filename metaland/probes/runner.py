@@ -1,0 +1,114 @@
+"""Run a study's probes on every extracted checkpoint of one run.
+
+All checkpoints of a run (and all runs of a study with the same setting) are probed on the same
+fixed task set, drawn from the study's probe seed and saved beside the tables. Outputs, one tidy
+row per observation::
+
+    probes/<run>/checkpoints.csv   one row per checkpoint: step + every probe summary
+    probes/<run>/tasks.csv         one row per checkpoint × task: per-task values
+    probes/<run>/tasks.json        the fixed task set (class and sample indices)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metaland.checkpoints import Checkpoint, load_params
+from metaland.config import Run, StudyConfig
+from metaland.data.layout import SplitData, load_split
+from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
+from metaland.extract import read_manifest
+from metaland.io import atomic_dir, read_json, write_csv
+from metaland.models import build_model, make_forward
+from metaland.probes import PROBES, ProbeContext
+from metaland.seeding import generator
+
+
+def probe_task_set(run: Run, study: StudyConfig, split: SplitData) -> TaskSet:
+    """The study's fixed evaluation tasks for this run's setting (independent of the run seed)."""
+    probe = study.probe
+    return sample_tasks(
+        split,
+        ways=run.ways,
+        shots=run.shots,
+        queries=run.queries,
+        n_tasks=probe.tasks,
+        generator=generator(probe.seed, "probe-tasks", run.dataset, probe.split, run.ways, run.shots, run.queries),
+    )
+
+
+def probe_run(
+    run: Run,
+    study: StudyConfig,
+    dataset_dir: Path,
+    checkpoint_dir: Path,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    tracker=None,
+) -> list[dict]:
+    """Probe every checkpoint in ``checkpoint_dir``'s manifest; write the tables; return the rows."""
+    split = load_split(dataset_dir, study.probe.split)
+    tasks = probe_task_set(run, study, split)
+    batch = materialise(split, tasks).to(device)
+    module = build_model(
+        run.model_name,
+        run.model,
+        channels=split.images.shape[1],
+        image_size=split.images.shape[-1],
+        ways=run.ways,
+        seed=run.seed,
+    ).to(device)
+    forward = make_forward(module)
+    order = list(dict(module.named_parameters()))
+    manifest = read_manifest(checkpoint_dir)
+
+    checkpoint_rows, task_rows = [], []
+    entries = tqdm(manifest["checkpoints"], desc=f"probe {run.key}", disable=not sys.stderr.isatty())
+    for entry in entries:
+        path = Path(checkpoint_dir) / entry["file"]
+        checkpoint = Checkpoint(path, read_json(path.with_suffix(".json")))
+        params = load_params(checkpoint, order, device)
+        context = ProbeContext(
+            forward, params, batch, run.train.inner_steps, run.train.inner_lr, study.probe.chunk, study.probe.seed
+        )
+        summary: dict[str, float] = {}
+        per_task: dict[str, torch.Tensor] = {}
+        for name, options in study.probes.items():
+            output = PROBES.get(name).run(context, options)
+            summary.update(output.summary)
+            per_task.update(output.per_task)
+        step = entry["step"]
+        checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **summary})
+        for t in range(len(tasks)):
+            values = {k: _cell(v, t) for k, v in per_task.items()}
+            task_rows.append({"run": run.key, "step": step, "task": t, **values})
+        if tracker is not None:
+            tracker.log_metrics({f"probe/{k}": v for k, v in summary.items()}, step=step)
+
+    checkpoint_columns = [
+        "run",
+        "step",
+        "n_tasks",
+        *[k for k in checkpoint_rows[0] if k not in ("run", "step", "n_tasks")],
+    ]
+    task_columns = ["run", "step", "task", *[k for k in task_rows[0] if k not in ("run", "step", "task")]]
+    with atomic_dir(out_dir) as tmp:
+        write_csv(tmp / "checkpoints.csv", checkpoint_rows, checkpoint_columns)
+        write_csv(tmp / "tasks.csv", task_rows, task_columns)
+        save_task_set(
+            tmp / "tasks.json", tasks, {"split": study.probe.split, "dataset": run.dataset, "seed": study.probe.seed}
+        )
+    return checkpoint_rows
+
+
+def _cell(values: torch.Tensor, task: int):
+    """A per-task value, or None for tasks the probe did not measure (first-k probes)."""
+    if task >= values.shape[0]:
+        return None
+    value = values[task].item()
+    return float(value) if isinstance(value, float) else value

@@ -1,0 +1,73 @@
+"""Scale profiles and the knob listing.
+
+``profiles/<name>.yaml`` are complete params files: ``ci`` (the whole DAG in minutes, used by the
+tests), ``default`` (CPU-sized; what ``params.yaml`` holds in the repository) and ``paper`` (the
+seeds' published settings, for GPU machines). ``metaland profile <name>`` validates one and makes
+it ``params.yaml``; DVC then reruns exactly the stages whose params changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from metaland.config import (
+    AggregateConfig,
+    ExtractConfig,
+    ProbeConfig,
+    RunBlock,
+    TopLevel,
+    TrainConfig,
+    describe,
+    resolve,
+)
+from metaland.errors import ConfigError
+from metaland.io import write_text
+from metaland.schema import Params
+
+
+def use_profile(name: str, profiles_dir: Path, params_path: Path, *, force: bool = False) -> str:
+    source = Path(profiles_dir) / f"{name}.yaml"
+    if not source.is_file():
+        raise ConfigError(f"profile {name!r} not found at {source}. Fix: run from the repository root.")
+    text = source.read_text(encoding="utf-8")
+    resolve(yaml.safe_load(text), source=str(source))
+    if params_path.is_file() and not force:
+        current = params_path.read_text(encoding="utf-8")
+        known = {p.read_text(encoding="utf-8") for p in Path(profiles_dir).glob("*.yaml")}
+        if current not in known:
+            raise ConfigError(
+                f"{params_path} has edits that match no profile; switching would lose them. Fix: save them "
+                f"elsewhere (or commit them), then rerun with --force."
+            )
+    write_text(params_path, text)
+    return f"{params_path} is now the {name!r} profile; `dvc repro` reruns what it changes."
+
+
+def knob_table() -> str:
+    """Every block's fields: name, type and range, default, description."""
+    from metaland.data import DATASETS
+    from metaland.meta import ALGORITHMS
+    from metaland.models import MODELS
+    from metaland.probes import PROBES
+
+    blocks: list[tuple[str, type[Params]]] = [
+        ("params.yaml (top level)", TopLevel),
+        ("runs.<run> (after merging studies.<study>.defaults)", RunBlock),
+        ("runs.<run>.train / studies.<study>.defaults.train", TrainConfig),
+        ("studies.<study>.extract", ExtractConfig),
+        ("studies.<study>.probe", ProbeConfig),
+        ("studies.<study>.aggregate", AggregateConfig),
+    ]
+    blocks += [(f"datasets.{name}", spec.config_model) for name, spec in DATASETS.items()]
+    blocks += [(f"model: {{name: {name}, ...}}", spec.config_model) for name, spec in MODELS.items()]
+    blocks += [(f"train.algorithm_options (algorithm {name})", spec.options_model) for name, spec in ALGORITHMS.items()]
+    blocks += [(f"studies.<study>.probe.probes.{name}", spec.options_model) for name, spec in PROBES.items()]
+    lines = []
+    for title, model in blocks:
+        rows = describe(model)
+        lines.append(f"\n{title}" + ("" if rows else "  (no options)"))
+        for name, kind, default, text in rows:
+            lines.append(f"  {name:<18} {kind:<36} default {default:<14} {text}")
+    return "\n".join(lines).lstrip("\n")

@@ -1,0 +1,94 @@
+"""Study tables: the probe outputs of all runs of a study, joined with run metadata.
+
+``results/<study>/`` holds, one tidy row per observation:
+
+    checkpoints.csv   run × checkpoint: run metadata, step, every probe summary
+    final_tasks.csv   run × task at each run's final checkpoint: per-task probe values
+    train_log.csv     run × log step: meta-training query loss / accuracy
+
+Aggregate writes them; claims, plots and the report read them back with :func:`load_tables`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from metaland.config import Run
+from metaland.errors import MetalandError
+from metaland.io import write_text
+
+TABLES = ("checkpoints", "final_tasks", "train_log")
+
+
+@dataclass(frozen=True)
+class StudyTables:
+    study: str
+    checkpoints: pd.DataFrame
+    final_tasks: pd.DataFrame
+    train_log: pd.DataFrame
+
+
+def run_metadata(run: Run) -> dict:
+    """The columns that identify a run in study tables."""
+    return {
+        "run": run.key,
+        "algorithm": run.algorithm,
+        "dataset": run.dataset,
+        "ways": run.ways,
+        "shots": run.shots,
+        "queries": run.queries,
+        "seed": run.seed,
+        "inner_steps": run.train.inner_steps,
+        "inner_lr": run.train.inner_lr,
+        "setting": f"{run.dataset} {run.ways}-way {run.shots}-shot",
+    }
+
+
+def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) -> StudyTables:
+    """Join every run's probe tables and training log with its metadata."""
+    checkpoints, final_tasks, train_log = [], [], []
+    for run in runs:
+        meta = run_metadata(run)
+        checkpoints.append(_with_meta(_read(Path(probes_dir) / run.key / "checkpoints.csv", run.key), meta))
+        tasks = _read(Path(probes_dir) / run.key / "tasks.csv", run.key)
+        final_tasks.append(_with_meta(tasks[tasks["step"] == tasks["step"].max()], meta))
+        log = Path(runs_dir) / run.key / "train_log.csv"
+        if log.is_file():
+            train_log.append(_with_meta(pd.read_csv(log), meta))
+    return StudyTables(study, *(_concat(frames) for frames in (checkpoints, final_tasks, train_log)))
+
+
+def write_tables(tables: StudyTables, out_dir: Path) -> None:
+    for name in TABLES:
+        frame: pd.DataFrame = getattr(tables, name)
+        write_text(Path(out_dir) / f"{name}.csv", frame.to_csv(index=False, lineterminator="\n"))
+
+
+def load_tables(results_dir: Path, study: str) -> StudyTables:
+    folder = Path(results_dir) / study
+    frames = {}
+    for name in TABLES:
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            raise MetalandError(f"{path} is missing. Fix: run the aggregate stage (`dvc repro aggregate`).")
+        frames[name] = pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
+    return StudyTables(study, **frames)
+
+
+def _read(path: Path, run_key: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise MetalandError(f"{path} is missing. Fix: run the probe stage (`dvc repro probe@{run_key}`).")
+    return pd.read_csv(path)
+
+
+def _with_meta(frame: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Metadata columns first, then the frame's own (its ``run`` column is replaced)."""
+    own = [c for c in frame.columns if c != "run"]
+    return frame[own].assign(**meta)[[*meta, *own]]
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,192 @@
+"""The MLflow boundary: every stage execution is one MLflow run.
+
+Store: ``MLFLOW_TRACKING_URI`` if set, else the embedded ``sqlite:///mlflow.db`` at the repository
+root (the folder DVC runs stages in); artifacts go to ``mlartifacts/<experiment>/`` beside it.
+One experiment per study (``metaland/<study>``) plus ``metaland/data`` for fetch. Each run is
+tagged with the DVC stage, the run key, the git commit and dirty flag, and the params hash, so a
+row in the UI leads back to exactly what produced it.
+
+SQLite does not like concurrent schema creation: :func:`ensure_store` creates the database once,
+under a file lock, before any stage fans out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+EXPERIMENT_PREFIX = "metaland"
+MAX_PARAM_LENGTH = 6000
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _client():
+    # MLflow is imported lazily: it is slow to import and only stages need it.
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri())
+
+
+def ensure_store() -> None:
+    """Create (or migrate) the tracking database once, serialised by a lock file."""
+    uri = tracking_uri()
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else None
+    lock = FileLock(str(lock_path)) if lock_path else contextlib.nullcontext()
+    with lock:
+        _client().search_experiments(max_results=1)
+
+
+def git_state() -> dict[str, str]:
+    """Commit and dirty flag of the working tree ('unknown' outside git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as MLflow's flat string params (``train.inner_lr`` -> ``0.1``)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+@dataclass
+class StageRun:
+    """An open MLflow run for one stage execution."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = _now_ms()
+        batch = [Metric(k, float(v), timestamp, step) for k, v in sorted(metrics.items())]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model_dir(self, name: str, directory: Path, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """Log a folder of safetensors weights + manifest as an MLflow (external) model."""
+        from mlflow.entities import LoggedModelStatus
+
+        model = self.client.create_logged_model(
+            experiment_id=self.experiment_id,
+            name=name,
+            source_run_id=self.run_id,
+            params=flatten_params(params),
+            tags=dict(tags),
+            model_type="safetensors",
+        )
+        self.client.log_model_artifacts(model.model_id, str(directory))
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name.replace("/", "-")).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    *,
+    experiment: str,
+    run_key: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    params_hash: str | None = None,
+    resume: bool = False,
+) -> Iterator[StageRun]:
+    """Open an MLflow run for a stage execution; mark it FINISHED or FAILED on exit.
+
+    With ``resume`` (a training restarted from a checkpoint) the newest earlier run of the same
+    stage, run key and params hash is continued, so its metrics form one curve in the UI.
+    """
+    ensure_store()
+    client = _client()
+    experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
+    run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
+    git = git_state()
+    tags = {
+        "metaland.stage": stage,
+        "metaland.run_key": run_key or "",
+        "metaland.params_hash": params_hash or "",
+        "git.commit": git["commit"],
+        "git.dirty": git["dirty"],
+        "mlflow.source.git.commit": git["commit"],
+    }
+    if run_id is None:
+        run_name = f"{stage}@{run_key}" if run_key else stage
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        if params:
+            from mlflow.entities import Param
+
+            flat = [Param(k, v) for k, v in sorted(flatten_params(params).items())]
+            for start in range(0, len(flat), 100):
+                client.log_batch(run_id, params=flat[start : start + 100])
+    else:
+        client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    try:
+        yield StageRun(client, run_id, experiment_id)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str | None) -> str | None:
+    query = " and ".join(
+        f"tags.`{tag}` = '{value}'"
+        for tag, value in (
+            ("metaland.stage", stage),
+            ("metaland.run_key", run_key or ""),
+            ("metaland.params_hash", params_hash or ""),
+        )
+    )
+    runs = client.search_runs(
+        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,12 @@
+"""DVC stage `plot`: every figure of every study and report/index.html.
+
+A thin shell over `python -m metaland plot` (see `metaland.cli`), so `dvc repro` and a
+hand-run command do the same thing.
+"""
+
+import sys
+
+from metaland.cli import main
+
+if __name__ == "__main__":
+    main(["plot", *sys.argv[1:]])

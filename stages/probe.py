@@ -1,0 +1,12 @@
+"""DVC stage `probe@<run>`: run the study's landscape probes on every extracted checkpoint.
+
+A thin shell over `python -m metaland probe` (see `metaland.cli`), so `dvc repro` and a
+hand-run command do the same thing.
+"""
+
+import sys
+
+from metaland.cli import main
+
+if __name__ == "__main__":
+    main(["probe", *sys.argv[1:]])
