@@ -74,6 +74,9 @@ def register(claim: Claim) -> Claim:
 
 
 def claims_of(study: str) -> list[Claim]:
+    """The claims a study module registered (importing the study registry registers them)."""
+    import metaland.studies  # noqa: F401  (lazy: study modules import this module)
+
     return [claim for _, claim in CLAIMS.items() if claim.study == study]
 
 

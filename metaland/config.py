@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import Field, ValidationError
@@ -133,9 +133,9 @@ class StudyBlock(Params):
 class RunBlock(Params):
     """One run after merging ``studies.<study>.defaults`` with its own entry."""
 
-    study: str
+    study: str = Field(description="Study key (registry: metaland.studies); the run key starts with it.")
     algorithm: str = Field(description="Meta-learning algorithm (registry: metaland.meta).")
-    dataset: str
+    dataset: str = Field(description="Dataset key, declared under datasets (registry: metaland.data).")
     ways: int = Field(ge=2, le=1000, description="m: classes per task.")
     shots: int = Field(ge=1, le=1000, description="k: support samples per class.")
     queries: int = Field(
@@ -143,15 +143,19 @@ class RunBlock(Params):
     )
     seed: int = Field(ge=0, description="Run seed: init, task sampling.")
     model: dict[str, Any] = Field(description="Model name and options (registry: metaland.models).")
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = Field(TrainConfig(), description="Meta-training knobs (block below).")
 
 
 class TopLevel(Params):
     profile: str = Field("default", description="Name of the profile this file was made from.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
-    datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    studies: dict[str, StudyBlock] = Field(default_factory=dict)
-    runs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Dataset name -> its params (one fetch stage each)."
+    )
+    studies: dict[str, StudyBlock] = Field(default_factory=dict, description="Study name -> defaults, extract, probe.")
+    runs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Run key -> identity and overrides (one train/extract/probe each)."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,12 +458,18 @@ def _known_keys(model: type[Params], loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
+BOUNDS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
+
+
 def describe(model: type[Params]) -> list[tuple[str, str, str, str]]:
     """(name, type, default, description) for every field of a block, for `metaland params`."""
     rows = []
     for name, field in model.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", "")
-        bounds = [f"{m.__class__.__name__.lower()} {next(iter(vars(m).values()))}" for m in field.metadata]
+        if get_origin(field.annotation) is Literal:
+            annotation = " | ".join(map(str, get_args(field.annotation)))
+        else:
+            annotation = getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", "")
+        bounds = [f"{symbol} {getattr(m, attr)}" for m in field.metadata for attr, symbol in BOUNDS if hasattr(m, attr)]
         kind = annotation + (f" ({', '.join(bounds)})" if bounds else "")
         if field.is_required():
             default = "required"

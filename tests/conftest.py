@@ -40,3 +40,30 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
+
+
+def synthetic_split(n_classes: int, per_class: int, size: int, seed: int, prefix: str):
+    """A split of class-dependent blob images (learnable, tiny) in the normalised layout."""
+    from metaland.data.layout import SplitData
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(n_classes, 1, size, size, generator=g)
+    noise = torch.rand(n_classes, per_class, 1, size, size, generator=g) * 0.5
+    images = ((centres.unsqueeze(1) * 0.7 + noise).clamp(0, 1) * 255).to(torch.uint8).reshape(-1, 1, size, size)
+    offsets = torch.arange(n_classes + 1, dtype=torch.int64) * per_class
+    return SplitData(images, offsets, tuple(f"{prefix}{c:03d}" for c in range(n_classes)))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """data/<name>/ of a synthetic 8×8 dataset: 12 / 8 / 8 classes × 20 images."""
+    from metaland.data.layout import write_layout
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    splits = {
+        "train": synthetic_split(12, 20, 8, 1, "train-"),
+        "val": synthetic_split(8, 20, 8, 2, "val-"),
+        "test": synthetic_split(8, 20, 8, 3, "test-"),
+    }
+    write_layout(out, splits, {"dataset": "tiny"})
+    return out

@@ -7,7 +7,6 @@ and resumes from safetensors without any pickled optimizer state.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +40,7 @@ def adam_step(
     beta1, beta2 = betas
     step = state.step + 1
     bias_correction1 = 1 - beta1**step
-    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5  # as torch.optim.Adam (not math.sqrt: 1 ulp)
     step_size = lr / bias_correction1
     new_params, exp_avg, exp_avg_sq = {}, {}, {}
     for name, p in params.items():

@@ -66,11 +66,11 @@ def hessian_top_eigenvalue(
     for it in range(1, max_iters + 1):
         hv = batched_hvp(params, x, y, vector)
         estimate = _dot(vector, hv).to(torch.float64).cpu()
+        active = ~converged
         if it > 1:
-            newly = ~converged & ((estimate - eigenvalue).abs() <= tol * estimate.abs())
+            newly = active & ((estimate - eigenvalue).abs() <= tol * estimate.abs())
             iterations[newly] = it
             converged |= newly
-        active = ~converged
         eigenvalue[active] = estimate[active]
         if converged.all():
             break
@@ -85,7 +85,9 @@ def curvature(context: ProbeContext, options: CurvatureOptions) -> ProbeOutput:
     k = min(options.tasks, len(context.batch))
     _, adapted = context.adaptation()
     g = generator(context.seed, "hessian-start")
-    start_all = {name: torch.randn(k, *p.shape, generator=g).to(p.device) for name, p in context.params.items()}
+    start_all = {
+        name: torch.randn(k, *p.shape, generator=g, dtype=p.dtype).to(p.device) for name, p in context.params.items()
+    }
     results = []
     for lo in range(0, k, context.chunk):
         hi = min(lo + context.chunk, k)

@@ -1,0 +1,70 @@
+"""Checkpoints: safetensors + sidecar, verified by sha256, never unpickled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaland.checkpoints import (
+    is_valid,
+    latest_valid,
+    list_checkpoints,
+    load_groups,
+    load_params,
+    save_checkpoint,
+    verify,
+)
+from metaland.errors import CheckpointError
+
+
+def params(value: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((2, 3), value), "b": torch.arange(3.0) + value}
+
+
+def test_round_trip(tmp_path):
+    ckpt = save_checkpoint(
+        tmp_path,
+        5,
+        {"params": params(1.0), "adam_m": params(0.5)},
+        params_hash="h",
+        metrics={"val/query_accuracy": 0.7},
+    )
+    assert ckpt.path.name == "step-00000005.safetensors" and ckpt.sidecar_path.is_file()
+    groups = load_groups(ckpt)
+    assert torch.equal(groups["params"]["w"], params(1.0)["w"])
+    assert torch.equal(groups["adam_m"]["b"], params(0.5)["b"])
+    assert list(load_params(ckpt, ["b", "w"])) == ["b", "w"]
+    assert list_checkpoints(tmp_path)[0].sidecar["metrics"] == {"val/query_accuracy": 0.7}
+
+
+def test_corrupt_file_is_detected_and_skipped(tmp_path):
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"params": params(step)}, params_hash="h", metrics={})
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.path.write_bytes(newest.path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(CheckpointError, match="is corrupt: sha256"):
+        verify(newest)
+    assert not is_valid(newest)
+    assert latest_valid(tmp_path, "h").step == 1
+
+
+def test_tensor_file_without_sidecar_is_not_a_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, 1, {"params": params(1)}, params_hash="h", metrics={})
+    ckpt = save_checkpoint(tmp_path, 2, {"params": params(2)}, params_hash="h", metrics={})
+    ckpt.sidecar_path.unlink()
+    assert [c.step for c in list_checkpoints(tmp_path)] == [1]
+
+
+def test_checkpoints_of_other_params_are_not_resumed(tmp_path):
+    save_checkpoint(tmp_path, 1, {"params": params(1)}, params_hash="old", metrics={})
+    assert latest_valid(tmp_path, "new") is None
+    assert latest_valid(tmp_path, "old").step == 1
+
+
+def test_missing_tensor_file_and_wrong_model(tmp_path):
+    ckpt = save_checkpoint(tmp_path, 1, {"params": params(1)}, params_hash="h", metrics={})
+    with pytest.raises(CheckpointError, match="lacks parameters conv"):
+        load_params(ckpt, ["w", "conv"])
+    ckpt.path.unlink()
+    with pytest.raises(CheckpointError, match="is missing although its sidecar exists"):
+        verify(ckpt)

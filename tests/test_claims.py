@@ -1,0 +1,100 @@
+"""Claim rules on synthetic study tables whose verdicts are known by construction."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metaland.claims import CLAIMS, claims_of, correlation, evaluate, mean_equals, peak_then_fall, trend
+from metaland.config import AggregateConfig
+from metaland.results import StudyTables
+
+CFG = AggregateConfig()
+STEPS = np.arange(0, 110, 10)
+
+
+def tables(series: dict[str, np.ndarray], *, metric: str = "m", other: dict | None = None) -> StudyTables:
+    rows = []
+    for run, values in series.items():
+        for i, (step, value) in enumerate(zip(STEPS[: len(values)], values, strict=True)):
+            row = {"run": run, "algorithm": "maml", "step": int(step), metric: float(value)}
+            if other:
+                row.update({k: float(v[run][i]) for k, v in other.items()})
+            rows.append(row)
+    return StudyTables("s", pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
+
+
+def falling(offset: float = 0.0) -> np.ndarray:
+    return 5.0 - 0.4 * np.arange(11) + offset + np.sin(np.arange(11)) * 0.05
+
+
+def test_trend_holds_when_every_run_falls():
+    evidence = trend("m", -1)(tables({"a": falling(), "b": falling(1)}), CFG)
+    assert evidence.verdict == "holds"
+    assert evidence.statistic.n == 2 and evidence.statistic.value < -0.9
+
+
+def test_trend_fails_when_a_run_significantly_rises():
+    evidence = trend("m", -1)(tables({"a": falling(), "b": -falling()}), CFG)
+    assert evidence.verdict == "fails" and "b" in evidence.reason
+
+
+def test_trend_is_inconclusive_on_noise_or_too_few_checkpoints():
+    noise = np.random.default_rng(0).normal(size=11)
+    assert trend("m", -1)(tables({"a": falling(), "b": noise}), CFG).verdict == "inconclusive"
+    assert trend("m", -1)(tables({"a": falling()[:3]}), CFG).verdict == "inconclusive"
+
+
+def test_algorithm_scope():
+    frame = tables({"a": falling()}).checkpoints.assign(algorithm="finetune")
+    evidence = trend("m", -1, algorithms=["maml"])(StudyTables("s", frame, pd.DataFrame(), pd.DataFrame()), CFG)
+    assert evidence.verdict == "inconclusive" and evidence.statistic.n == 0
+
+
+def test_correlation_rule():
+    acc = {"a": np.linspace(0.2, 0.9, 11), "b": np.linspace(0.3, 0.8, 11)}
+    coherent = {"a": np.linspace(0.0, 0.3, 11) + np.cos(np.arange(11)) * 0.01, "b": np.linspace(0.1, 0.2, 11)}
+    up = tables(coherent, metric="coh", other={"acc": acc})
+    assert correlation("coh", "acc")(up, CFG).verdict == "holds"
+    down = tables({k: -v for k, v in coherent.items()}, metric="coh", other={"acc": acc})
+    assert correlation("coh", "acc")(down, CFG).verdict == "fails"
+
+
+def test_peak_then_fall():
+    rise_fall = np.array([1, 3, 5, 4.5, 4, 3.6, 3.1, 2.7, 2.2, 1.9, 1.5])
+    assert peak_then_fall("m")(tables({"a": rise_fall}), CFG).verdict == "holds"
+    statistic = peak_then_fall("m")(tables({"a": rise_fall}), CFG).statistic
+    assert statistic.per_run["a"]["peak_step"] == 20
+    monotone = np.linspace(1, 5, 11)
+    evidence = peak_then_fall("m")(tables({"a": monotone}), CFG)
+    assert evidence.verdict == "fails" and "peaks at the first or last checkpoint" in evidence.reason
+
+
+def test_mean_equals():
+    rng = np.random.default_rng(1)
+    chance = pd.DataFrame({"ways": 5, "pre": rng.binomial(75, 0.2, size=400) / 75})
+    rule = mean_equals("pre", lambda rows: float((1 / rows["ways"]).mean()))
+    assert rule(StudyTables("s", pd.DataFrame(), chance, pd.DataFrame()), CFG).verdict == "holds"
+    biased = chance.assign(pre=rng.binomial(75, 0.3, size=400) / 75)
+    assert rule(StudyTables("s", pd.DataFrame(), biased, pd.DataFrame()), CFG).verdict == "fails"
+
+
+def test_registered_claims_are_complete_and_serialise():
+    claims = claims_of("guiroy2019")
+    assert len(claims) >= 5
+    for claim in claims:
+        assert claim.id.startswith("guiroy2019/") and claim.seed == "000" and claim.section and claim.rule
+    record = evaluate(
+        CLAIMS.get("guiroy2019/support-loss-falls"), tables({"a": falling()[:2]}, metric="support_loss"), CFG
+    )
+    text = json.dumps(record, allow_nan=False)  # NaN must have become null
+    assert record["verdict"] == "inconclusive" and "NaN" not in text
+
+
+@pytest.mark.parametrize("value", [math.nan])
+def test_nan_series_are_inconclusive(value):
+    assert trend("m", 1)(tables({"a": np.full(11, value)}), CFG).verdict == "inconclusive"

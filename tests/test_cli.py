@@ -1,0 +1,152 @@
+"""The command line: every user error is one paragraph with a fix and exit status 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaland.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    assert err.startswith("metaland: error: ") and err.count("\n") == 1, "one paragraph on stderr"
+    assert "Fix" in err
+    for needle in needles:
+        assert needle in err
+
+
+@pytest.fixture()
+def ci_params(tmp_path) -> Path:
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "profiles" / "ci.yaml", path)
+    return path
+
+
+def test_bad_param_value(capsys, ci_params):
+    raw = yaml.safe_load(ci_params.read_text())
+    raw["studies"]["guiroy2019"]["defaults"]["train"]["meta_lr"] = 0
+    ci_params.write_text(yaml.safe_dump(raw))
+    code, _, err = run_cli(capsys, "train", RUN, "--params", str(ci_params))
+    assert_user_error(code, err, "studies.guiroy2019.defaults.train.meta_lr = 0 is invalid", "greater than 0")
+
+
+def test_missing_dataset(capsys, ci_params, tmp_path):
+    code, _, err = run_cli(capsys, "train", RUN, "--params", str(ci_params), "--data-dir", str(tmp_path / "none"))
+    assert_user_error(
+        code,
+        err,
+        "dataset 'omniglot-small' has not been fetched",
+        "dvc repro fetch@omniglot-small",
+        "METALAND_DATA_MIRROR",
+    )
+
+
+def test_mirror_without_the_archives(capsys, ci_params, tmp_path):
+    empty = tmp_path / "mirror"
+    empty.mkdir()
+    code, _, err = run_cli(
+        capsys,
+        "fetch",
+        "omniglot-small",
+        "--params",
+        str(ci_params),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--mirror",
+        str(empty),
+    )
+    assert_user_error(code, err, str(empty), "images_background_small1.zip")
+    assert not (tmp_path / "data" / "omniglot-small").exists(), "nothing half-written"
+
+
+def test_unknown_run_lists_the_known_ones(capsys, ci_params):
+    code, _, err = run_cli(capsys, "probe", "guiroy2019-nope", "--params", str(ci_params))
+    assert_user_error(code, err, "no run 'guiroy2019-nope'", RUN)
+
+
+def test_unknown_dataset(capsys, ci_params):
+    code, _, err = run_cli(capsys, "fetch", "imagenet", "--params", str(ci_params))
+    assert_user_error(code, err, "dataset 'imagenet' is not declared under datasets")
+
+
+def test_missing_checkpoints_for_probe(capsys, ci_params, tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data / "omniglot-small")
+    code, _, err = run_cli(
+        capsys,
+        "probe",
+        RUN,
+        "--params",
+        str(ci_params),
+        "--data-dir",
+        str(data),
+        "--checkpoints-dir",
+        str(tmp_path / "ckpts"),
+    )
+    assert_user_error(code, err, "manifest.json is missing", f"dvc repro extract@{RUN}")
+
+
+@pytest.mark.parametrize(
+    "command", ["fetch", "train", "extract", "probe", "aggregate", "plot", "ui", "doctor", "profile", "params"]
+)
+def test_every_command_has_help(capsys, command):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and "Usage: metaland" in out and len(out.splitlines()) > 4
+
+
+def test_top_level_help_teaches_the_pipeline(capsys):
+    _code, out, _ = run_cli(capsys, "--help")
+    for word in ("fetch DATASET", "train RUN", "probe RUN", "make repro", "metaland params"):
+        assert word in out
+
+
+def test_params_lists_every_knob_with_provenance(capsys):
+    code, out, _ = run_cli(capsys, "params")
+    assert code == 0
+    assert "inner_lr" in out and "§2.7.3" in out and "studies.<study>.probe.probes.curvature" in out
+
+
+def test_profile_switch_and_protection(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    shutil.copy(REPO / "profiles" / "default.yaml", tmp_path / "params.yaml")
+    code, _out, _ = run_cli(capsys, "profile", "ci")
+    assert code == 0 and (tmp_path / "params.yaml").read_text() == (REPO / "profiles" / "ci.yaml").read_text()
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + "# my edit\n")
+    code, _, err = run_cli(capsys, "profile", "default")
+    assert_user_error(code, err, "has edits that match no profile", "--force")
+    assert run_cli(capsys, "profile", "default", "--force")[0] == 0
+
+
+def test_real_entry_point_exit_status(tmp_path):
+    """The installed entry point (python -m metaland) returns 2 on a user error."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text("datasets: {}\nstudies: {}\nruns: {}\nbogus: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "metaland", "aggregate", "--params", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "sqlite://"},
+    )
+    assert result.returncode == 2
+    assert "bogus is not a known parameter" in result.stderr

@@ -1,0 +1,153 @@
+"""Typed params: every profile resolves; bad values stop with a message naming the key and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaland.config import TrainConfig, load_params, resolve
+from metaland.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
+
+
+@pytest.fixture()
+def raw() -> dict:
+    return yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        resolve(raw, source="params.yaml")
+    message = str(info.value)
+    assert "\n" not in message, "messages are one paragraph"
+    assert "Fix" in message
+    return message
+
+
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_every_profile_resolves(profile):
+    config = load_params(REPO / "profiles" / f"{profile}.yaml")
+    assert config.profile == profile
+    assert config.runs and all(run.key.startswith(f"{run.study}-") for run in config.runs.values())
+
+
+def test_params_yaml_is_the_default_profile():
+    assert (REPO / "params.yaml").read_text() == (REPO / "profiles" / "default.yaml").read_text()
+
+
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_profiles_spell_out_every_training_knob(profile):
+    """Defaults in code never silently apply: each profile names every train knob of its studies."""
+    raw = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
+    for study in raw["studies"].values():
+        assert set(study["defaults"]["train"]) == set(TrainConfig.model_fields)
+
+
+def test_run_inherits_study_defaults_and_may_override(raw):
+    raw["runs"][RUN]["train"] = {"inner_steps": 1}
+    config = resolve(raw)
+    run = config.runs[RUN]
+    assert run.train.inner_steps == 1
+    assert run.train.inner_lr == raw["studies"]["guiroy2019"]["defaults"]["train"]["inner_lr"]
+    other = config.runs["guiroy2019-fomaml-omniglot-small-5w1s-s0"]
+    assert other.train.inner_steps == raw["studies"]["guiroy2019"]["defaults"]["train"]["inner_steps"]
+
+
+def test_unknown_key_is_named_with_a_suggestion(raw):
+    raw["studies"]["guiroy2019"]["defaults"]["train"]["inner_lrr"] = 0.1
+    message = error_of(raw)
+    assert "studies.guiroy2019.defaults.train.inner_lrr is not a known parameter" in message
+    assert "Did you mean 'inner_lr'" in message
+
+
+def test_unknown_key_in_a_run_points_at_the_run(raw):
+    raw["runs"][RUN]["train"] = {"meta_btach": 4}
+    assert f"runs.{RUN}.train.meta_btach is not a known parameter" in error_of(raw)
+
+
+def test_wrong_type_names_key_and_value(raw):
+    raw["studies"]["guiroy2019"]["defaults"]["train"]["meta_batch"] = "lots"
+    message = error_of(raw)
+    assert "studies.guiroy2019.defaults.train.meta_batch = 'lots' is invalid" in message
+
+
+def test_out_of_range_value(raw):
+    raw["runs"][RUN]["train"] = {"inner_lr": -0.1}
+    message = error_of(raw)
+    assert f"runs.{RUN}.train.inner_lr = -0.1 is invalid" in message
+    assert "greater than 0" in message
+
+
+def test_more_ways_than_classes_in_a_split(raw):
+    """242 characters × 1% = 2 validation characters, × 4 rotations = 8 classes: 20-way is impossible."""
+    raw["datasets"]["omniglot-small"]["split"] = {"train": 0.9, "val": 0.01, "test": 0.09}
+    raw["runs"][RUN]["ways"] = 20
+    message = error_of(raw)
+    assert f"runs.{RUN}.ways = 20 is impossible: the val split of dataset 'omniglot-small' has 8 classes" in message
+    assert "lower ways to at most 8" in message
+
+
+def test_shots_plus_queries_beyond_the_samples_per_class(raw):
+    raw["runs"][RUN]["shots"] = 10
+    raw["runs"][RUN]["queries"] = 15
+    assert "shots + queries = 10 + 15 exceeds the 20 samples" in error_of(raw)
+
+
+def test_run_key_must_start_with_its_study(raw):
+    raw["runs"]["maml-run"] = copy.deepcopy(raw["runs"][RUN])
+    assert "must start with its study name" in error_of(raw)
+
+
+def test_run_must_name_its_identity(raw):
+    del raw["runs"][RUN]["seed"]
+    assert f"runs.{RUN} lacks seed" in error_of(raw)
+
+
+def test_undeclared_dataset(raw):
+    raw["runs"][RUN]["dataset"] = "omniglot"
+    assert "is not declared under datasets" in error_of(raw)
+
+
+def test_unknown_algorithm_and_model_get_suggestions(raw):
+    raw["runs"][RUN]["algorithm"] = "mmal"
+    assert "'mmal' is not a known algorithm. Did you mean 'maml'?" in error_of(raw)
+    raw["runs"][RUN]["algorithm"] = "maml"
+    raw["studies"]["guiroy2019"]["defaults"]["model"]["name"] = "convnett"
+    assert "Did you mean 'convnet'?" in error_of(raw)
+
+
+def test_probe_options_are_validated_by_the_probe(raw):
+    raw["studies"]["guiroy2019"]["probe"]["probes"]["curvature"]["tasks"] = 99
+    assert "studies.guiroy2019.probe.probes.curvature: tasks = 99 exceeds the 6 fixed probe tasks" in error_of(raw)
+    raw["studies"]["guiroy2019"]["probe"]["probes"]["curvature"] = {"tol": 2}
+    assert "studies.guiroy2019.probe.probes.curvature.tol = 2 is invalid" in error_of(raw)
+
+
+def test_split_fractions_must_sum_to_one(raw):
+    raw["datasets"]["omniglot-small"]["split"]["train"] = 0.7
+    assert "datasets.omniglot-small" in error_of(raw)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("runs: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_trajectory_hash_ignores_only_resume_invariant_knobs(raw):
+    base = resolve(raw).runs[RUN]
+    dataset = resolve(raw).datasets["omniglot-small"]
+    longer = copy.deepcopy(raw)
+    longer["runs"][RUN]["train"] = {"iterations": 400}
+    assert resolve(longer).runs[RUN].trajectory_hash(dataset) == base.trajectory_hash(dataset)
+    changed = copy.deepcopy(raw)
+    changed["runs"][RUN]["train"] = {"inner_lr": 0.2}
+    assert resolve(changed).runs[RUN].trajectory_hash(dataset) != base.trajectory_hash(dataset)

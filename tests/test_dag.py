@@ -1,0 +1,141 @@
+"""The whole DVC pipeline on the ci profile, in a fresh copy of the repository.
+
+Checks what a user relies on: `dvc repro` builds every output from the raw archives, logs every
+stage to MLflow, does nothing the second time, and after a change to one probe knob reruns only
+probe -> aggregate -> plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = ["guiroy2019-fomaml-omniglot-small-5w1s-s0", "guiroy2019-maml-omniglot-small-5w1s-s0"]
+pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
+
+
+def sh(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, omniglot_mirror):
+    """A fresh checkout (tracked and untracked-not-ignored files) switched to the ci profile, built once."""
+    work = tmp_path_factory.mktemp("dag") / "repo"
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        METALAND_DATA_MIRROR=str(omniglot_mirror),
+        DVC_NO_ANALYTICS="1",
+        METALAND_CACHE=str(work.parent / "cache"),
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    sh(["git", "init", "-q"], work, env)
+    sh([sys.executable, "-m", "metaland", "profile", "ci"], work, env)
+    sh(["git", "add", "-A"], work, env)
+    sh(["git", "commit", "-qm", "ci profile"], work, env)
+    log = sh(["dvc", "repro"], work, env)
+    return work, env, log
+
+
+def stages_run(log: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", log)
+
+
+def test_repro_builds_every_output(pipeline):
+    work, _, log = pipeline
+    assert sorted(stages_run(log)) == sorted(
+        [
+            "fetch@omniglot-small",
+            *(f"{s}@{r}" for s in ("train", "extract", "probe") for r in RUNS),
+            "aggregate",
+            "plot",
+        ]
+    )
+    figures = sorted(p.name for p in (work / "figures" / "guiroy2019").glob("*.png"))
+    assert len(figures) == 6 and all((work / "figures" / "guiroy2019" / f).stat().st_size > 10_000 for f in figures)
+    metrics = json.loads((work / "results" / "metrics.json").read_text())
+    assert sorted(metrics["guiroy2019"]) == RUNS
+    for values in metrics["guiroy2019"].values():
+        assert 0 <= values["query_accuracy"] <= 1 and values["step"] == 40
+    claims = json.loads((work / "results" / "claims.json").read_text())
+    assert len(claims["claims"]) >= 5
+    assert {c["verdict"] for c in claims["claims"]} <= {"holds", "fails", "inconclusive"}
+    assert sum(claims["counts"].values()) == len(claims["claims"])
+    page = (work / "report" / "index.html").read_text()
+    assert all(f"guiroy2019/{name}" in page for name in figures)
+    assert all(claim["claim"].split(",")[0][:40] in page for claim in claims["claims"])
+    for run in RUNS:
+        assert (work / "probes" / run / "tasks.json").is_file()
+        manifest = json.loads((work / "checkpoints" / run / "manifest.json").read_text())
+        assert [c["step"] for c in manifest["checkpoints"]] == [0, 10, 20, 30, 40]
+
+
+def test_every_stage_is_an_mlflow_run(pipeline):
+    work, _, _ = pipeline
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert {"metaland/data", "metaland/guiroy2019", "metaland/results"} <= set(experiments)
+    runs = client.search_runs(list(experiments.values()))
+    stages = sorted(r.data.tags["metaland.stage"] for r in runs)
+    assert stages == sorted(["fetch", "aggregate", "plot", *["train", "extract", "probe"] * 2])
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git.commit"])
+    train = [r for r in runs if r.data.tags["metaland.stage"] == "train"]
+    for run in train:
+        assert run.data.params["train.inner_steps"] == "2" and run.data.tags["metaland.params_hash"]
+        history = client.get_metric_history(run.info.run_id, "train/query_loss")
+        assert [m.step for m in history] == [5, 10, 15, 20, 25, 30, 35, 40]
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} >= {
+            "checkpoints/step-00000040.safetensors"
+        }
+    probe = next(r for r in runs if r.data.tags["metaland.stage"] == "probe")
+    steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")]
+    assert steps == [0, 10, 20, 30, 40]
+    models = client.search_logged_models([experiments["metaland/guiroy2019"]])
+    assert len(models) == 10 and all(m.status.name == "READY" for m in models)
+
+
+def test_second_repro_does_nothing(pipeline):
+    work, env, _ = pipeline
+    log = sh(["dvc", "repro"], work, env)
+    assert stages_run(log) == [] and "Data and pipelines are up to date." in log
+
+
+def test_changing_a_probe_knob_reruns_only_what_depends_on_it(pipeline):
+    work, env, _ = pipeline
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["studies"]["guiroy2019"]["probe"]["probes"]["curvature"]["max_iters"] = 12
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(sh(["dvc", "status", "--json"], work, env).splitlines()[-1])
+    assert sorted(status) == sorted([*(f"probe@{r}" for r in RUNS), "aggregate"])
+    log = sh(["dvc", "repro"], work, env)
+    assert sorted(stages_run(log)) == sorted([*(f"probe@{r}" for r in RUNS), "aggregate", "plot"])

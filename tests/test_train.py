@@ -1,0 +1,101 @@
+"""Meta-training: checkpoint schedule, exact resume, stale-checkpoint pruning, divergence errors."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaland.checkpoints import list_checkpoints, load_groups
+from metaland.errors import DivergenceError
+from metaland.io import file_digest
+from metaland.meta import ALGORITHMS
+from metaland.meta.train import train
+from tests.helpers import DATASET_PARAMS, make_run
+
+CPU = torch.device("cpu")
+
+
+def digests(out: Path) -> dict[str, str]:
+    return {p.name: file_digest(p) for p in sorted((out / "ckpt").iterdir())} | {
+        "train_log.csv": file_digest(out / "train_log.csv")
+    }
+
+
+def test_checkpoint_schedule_and_sidecars(tiny_dataset, tmp_path):
+    result = train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    assert [c.step for c in result.checkpoints] == [0, 4, 8, 12]
+    sidecar = result.checkpoints[-1].sidecar
+    assert sidecar["sha256"] == file_digest(result.checkpoints[-1].path)
+    assert set(sidecar["metrics"]) >= {"val/query_accuracy", "val/support_loss", "val/pre_query_accuracy"}
+    groups = load_groups(result.checkpoints[-1])
+    assert set(groups) == {"params", "adam_m", "adam_v"} and sidecar["adam_step"] == 12
+    with open(tmp_path / "train_log.csv") as stream:
+        assert [int(r["step"]) for r in csv.DictReader(stream)] == [2, 4, 6, 8, 10, 12]
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_resumed_training_is_bit_identical_to_uninterrupted(tiny_dataset, tmp_path, algorithm):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(make_run(algorithm), DATASET_PARAMS, tiny_dataset, straight, device=CPU)
+    train(make_run(algorithm, iterations=8), DATASET_PARAMS, tiny_dataset, resumed, device=CPU)
+    result = train(make_run(algorithm), DATASET_PARAMS, tiny_dataset, resumed, device=CPU)
+    assert result.resumed_from == 8
+    assert digests(straight) == digests(resumed)
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tiny_dataset, tmp_path):
+    train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    before = digests(tmp_path)
+    newest = list_checkpoints(tmp_path / "ckpt")[-1].path
+    newest.write_bytes(newest.read_bytes()[:-7] + b"garbage")
+    result = train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    assert result.resumed_from == 8
+    assert digests(tmp_path) == before
+
+
+def test_finished_run_is_not_retrained(tiny_dataset, tmp_path):
+    train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    before = digests(tmp_path)
+    assert train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU).resumed_from == 12
+    assert digests(tmp_path) == before
+
+
+def test_checkpoints_of_other_params_are_removed(tiny_dataset, tmp_path):
+    train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    old = {c.sidecar["params_hash"] for c in list_checkpoints(tmp_path / "ckpt")}
+    result = train(make_run(inner_lr=0.2), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    assert result.resumed_from is None
+    new = {c.sidecar["params_hash"] for c in list_checkpoints(tmp_path / "ckpt")}
+    assert len(new) == 1 and new.isdisjoint(old)
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_checkpoints(tiny_dataset, tmp_path, monkeypatch):
+    """A non-finite meta-gradient at iteration 6 stops training; checkpoints 0 and 4 survive."""
+    real = ALGORITHMS.get("maml")
+    calls = []
+
+    def poisoned(problem, params, batch, options):
+        grads, metrics = real.meta_gradient(problem, params, batch, options)
+        calls.append(1)
+        if len(calls) == 6:
+            grads = {k: torch.full_like(g, float("nan")) for k, g in grads.items()}
+        return grads, metrics
+
+    monkeypatch.setitem(ALGORITHMS._entries, "maml", dataclasses.replace(real, meta_gradient=poisoned))
+    with pytest.raises(DivergenceError) as info:
+        train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    message = str(info.value)
+    assert "diverged at meta-iteration 6" in message and "Fix: lower" in message
+    assert [c.step for c in list_checkpoints(tmp_path / "ckpt")] == [0, 4]
+
+
+def test_different_seeds_give_different_runs(tiny_dataset, tmp_path):
+    a = train(make_run(iterations=4), DATASET_PARAMS, tiny_dataset, tmp_path / "a", device=CPU)
+    b = train(
+        dataclasses.replace(make_run(iterations=4), seed=1), DATASET_PARAMS, tiny_dataset, tmp_path / "b", device=CPU
+    )
+    assert a.checkpoints[-1].sidecar["sha256"] != b.checkpoints[-1].sidecar["sha256"]
