@@ -44,6 +44,8 @@ RUNS_DIR = _dir("runs", "runs", "Training runs: checkpoints, logs (train output)
 CKPT_DIR = _dir("checkpoints", "checkpoints", "Selected, verified checkpoints (extract output).")
 PROBES_DIR = _dir("probes", "probes", "Probe tables (probe output).")
 RESULTS_DIR = _dir("results", "results", "Study tables, metrics.json, claims.json (aggregate output).")
+FIGURES_DIR = _dir("figures", "figures", "Figures of every study (plot output).")
+REPORT_DIR = _dir("report", "report", "The report page (plot output).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -107,6 +109,13 @@ def _device(config):
 
     make_deterministic()
     return select_device(config.device)
+
+
+def _provenance(config, params_path: Path) -> dict:
+    """Params of the whole-pipeline stages: the profile and the exact params file."""
+    from metaland.io import file_digest
+
+    return {"profile": config.profile, "params_sha256": file_digest(params_path)}
 
 
 def _dataset_dir(data_dir: Path, dataset: str) -> Path:
@@ -274,7 +283,7 @@ def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: 
     from metaland.tracking import stage_run
 
     config = _config(params_path)
-    with stage_run("aggregate", experiment="results", params={"profile": config.profile}) as tracker:
+    with stage_run("aggregate", experiment="results", params=_provenance(config, params_path)) as tracker:
         record = aggregate_all(config, probes_dir, runs_dir, results_dir)
         tracker.log_metrics({f"claims/{k}": v for k, v in record["counts"].items()}, step=0)
         tracker.log_artifact(results_dir / "claims.json")
@@ -285,15 +294,15 @@ def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: 
 @cli.command()
 @PARAMS
 @RESULTS_DIR
-@click.option("--figures-dir", default="figures", show_default=True, type=click.Path(path_type=Path))
-@click.option("--report-dir", default="report", show_default=True, type=click.Path(path_type=Path))
+@FIGURES_DIR
+@REPORT_DIR
 def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> None:
     """Redraw every figure of every study from results/, then write report/index.html."""
     from metaland.report import plot_all, write_report
     from metaland.tracking import stage_run
 
     config = _config(params_path)
-    with stage_run("plot", experiment="results", params={"profile": config.profile}) as tracker:
+    with stage_run("plot", experiment="results", params=_provenance(config, params_path)) as tracker:
         figures = plot_all(config, results_dir, figures_dir)
         page = write_report(config, params_path, results_dir, figures_dir, report_dir)
         for path in figures:
@@ -305,8 +314,8 @@ def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Pa
 @cli.command()
 @PARAMS
 @RESULTS_DIR
-@click.option("--figures-dir", default="figures", show_default=True, type=click.Path(path_type=Path))
-@click.option("--report-dir", default="report", show_default=True, type=click.Path(path_type=Path))
+@FIGURES_DIR
+@REPORT_DIR
 def report(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> None:
     """Rewrite report/index.html from results/ and figures/ (the plot stage does this too)."""
     from metaland.report import write_report

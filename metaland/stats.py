@@ -46,17 +46,17 @@ def _finite_pairs(x, y):
 
 def pearson(x, y) -> Correlation:
     """Pearson r with its two-sided p-value (NaN when undefined: n < 3 or a constant series)."""
-    x, y = _finite_pairs(x, y)
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return Correlation(math.nan, math.nan, int(x.size))
-    result = sps.pearsonr(x, y)
-    return Correlation(float(result.statistic), float(result.pvalue), int(x.size))
+    return _correlation(sps.pearsonr, x, y)
 
 
 def spearman(x, y) -> Correlation:
     """Spearman ρ with its two-sided p-value (NaN when undefined)."""
+    return _correlation(sps.spearmanr, x, y)
+
+
+def _correlation(test, x, y) -> Correlation:
     x, y = _finite_pairs(x, y)
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return Correlation(math.nan, math.nan, int(x.size))
-    result = sps.spearmanr(x, y)
+    result = test(x, y)
     return Correlation(float(result.statistic), float(result.pvalue), int(x.size))

@@ -23,6 +23,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from metaland.io import stable_hash
+
 EXPERIMENT_PREFIX = "metaland"
 MAX_PARAM_LENGTH = 6000
 
@@ -146,12 +148,13 @@ def stage_run(
     ensure_store()
     client = _client()
     experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
+    params_hash = params_hash or (stable_hash(dict(params)) if params else "")
     run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
     git = git_state()
     tags = {
         "metaland.stage": stage,
         "metaland.run_key": run_key or "",
-        "metaland.params_hash": params_hash or "",
+        "metaland.params_hash": params_hash,
         "git.commit": git["commit"],
         "git.dirty": git["dirty"],
         "mlflow.source.git.commit": git["commit"],
@@ -177,13 +180,13 @@ def stage_run(
     client.set_terminated(run_id, "FINISHED")
 
 
-def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str | None) -> str | None:
+def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:
     query = " and ".join(
         f"tags.`{tag}` = '{value}'"
         for tag, value in (
             ("metaland.stage", stage),
             ("metaland.run_key", run_key or ""),
-            ("metaland.params_hash", params_hash or ""),
+            ("metaland.params_hash", params_hash),
         )
     )
     runs = client.search_runs(

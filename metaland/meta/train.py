@@ -45,7 +45,7 @@ from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
 from metaland.meta.inner import cross_entropy
-from metaland.models import ParamDict, build_model, initial_params, make_forward
+from metaland.models import ParamDict, build_for_run, initial_params, make_forward
 from metaland.schema import Params
 from metaland.seeding import generator
 
@@ -99,14 +99,7 @@ def train(
     """
     train_split = load_split(dataset_dir, "train")
     val_split = load_split(dataset_dir, "val")
-    module = build_model(
-        run.model_name,
-        run.model,
-        channels=train_split.images.shape[1],
-        image_size=train_split.images.shape[-1],
-        ways=run.ways,
-        seed=run.seed,
-    ).to(device)
+    module = build_for_run(run, train_split.images, device)
     forward = make_forward(module)
     algorithm = ALGORITHMS.get(run.algorithm)
     cfg = run.train

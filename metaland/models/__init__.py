@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch.func import functional_call
 from metaland.registry import Registry
 from metaland.schema import Params
 from metaland.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from metaland.config import Run
 
 ParamDict = dict[str, torch.Tensor]
 Forward = Callable[[ParamDict, torch.Tensor], torch.Tensor]
@@ -41,6 +45,17 @@ def build_model(name: str, options: Params, *, channels: int, image_size: int, w
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         return MODELS.get(name).build(options, channels, image_size, ways)
+
+
+def build_for_run(run: Run, images: torch.Tensor, device: torch.device | str = "cpu") -> nn.Module:
+    """The model of ``run`` for inputs shaped like ``images`` [N, C, H, W], on ``device``.
+
+    Training and probing build it the same way, so a checkpoint's parameter names always match.
+    """
+    module = build_model(
+        run.model_name, run.model, channels=images.shape[1], image_size=images.shape[-1], ways=run.ways, seed=run.seed
+    )
+    return module.to(device)
 
 
 def initial_params(module: nn.Module) -> ParamDict:

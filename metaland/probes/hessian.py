@@ -11,6 +11,8 @@ of the estimate falls below ``tol``, or at ``max_iters``; iterations and converg
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from pydantic import Field
 from torch.func import grad, jvp, vmap
@@ -20,6 +22,10 @@ from metaland.models import ParamDict
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec
 from metaland.schema import Params
 from metaland.seeding import generator
+
+# PyTorch's forward-mode AD loads its own decompositions through torch.jit.script on first use and
+# warns about that deprecation; the warning is about torch internals, not about this code.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 class CurvatureOptions(Params):

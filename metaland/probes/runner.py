@@ -23,7 +23,7 @@ from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import atomic_dir, read_json, write_csv
-from metaland.models import build_model, make_forward
+from metaland.models import build_for_run, make_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
@@ -55,14 +55,7 @@ def probe_run(
     split = load_split(dataset_dir, study.probe.split)
     tasks = probe_task_set(run, study, split)
     batch = materialise(split, tasks).to(device)
-    module = build_model(
-        run.model_name,
-        run.model,
-        channels=split.images.shape[1],
-        image_size=split.images.shape[-1],
-        ways=run.ways,
-        seed=run.seed,
-    ).to(device)
+    module = build_for_run(run, split.images, device)
     forward = make_forward(module)
     order = list(dict(module.named_parameters()))
     manifest = read_manifest(checkpoint_dir)

@@ -106,14 +106,24 @@ def _settings(tables: StudyTables):
     return list(tables.checkpoints.groupby("setting", sort=True))
 
 
-def fig_curvature(tables: StudyTables, path: Path) -> None:
-    """Fig. 2.2: curvature of meta-test solutions over meta-training, MAML vs FOMAML."""
+def _metric_by_setting(tables: StudyTables, path: Path, metric: str, title: str) -> None:
+    """One panel per setting: ``metric`` over meta-training, one curve per algorithm."""
     settings = _settings(tables)
     fig, axes = grid(len(settings))
     for ax, (setting, rows) in zip(axes, settings, strict=True):
-        curves_by_algorithm(ax, rows, "hessian_top_eigenvalue", title=setting)
-    fig.suptitle("Fig. 2.2 — flatness of meta-test solutions (top Hessian eigenvalue of the support loss at θ̃ᵢ)")
+        curves_by_algorithm(ax, rows, metric, title=setting)
+    fig.suptitle(title)
     save(fig, path)
+
+
+def fig_curvature(tables: StudyTables, path: Path) -> None:
+    """Fig. 2.2: curvature of meta-test solutions over meta-training, MAML vs FOMAML."""
+    _metric_by_setting(
+        tables,
+        path,
+        "hessian_top_eigenvalue",
+        "Fig. 2.2 — flatness of meta-test solutions (top Hessian eigenvalue of the support loss at θ̃ᵢ)",
+    )
 
 
 def fig_characterization(tables: StudyTables, path: Path) -> None:
@@ -162,12 +172,7 @@ def fig_gradient_coherence(tables: StudyTables, path: Path) -> None:
 
 def fig_trajectory_norm(tables: StudyTables, path: Path) -> None:
     """Fig. 2.6c-d: trajectory norm over meta-training."""
-    settings = _settings(tables)
-    fig, axes = grid(len(settings))
-    for ax, (setting, rows) in zip(axes, settings, strict=True):
-        curves_by_algorithm(ax, rows, "trajectory_norm", title=setting)
-    fig.suptitle("Fig. 2.6c-d — l2 norm of meta-test adaptation trajectories")
-    save(fig, path)
+    _metric_by_setting(tables, path, "trajectory_norm", "Fig. 2.6c-d — l2 norm of meta-test adaptation trajectories")
 
 
 def fig_accuracies(tables: StudyTables, path: Path) -> None:
