@@ -150,3 +150,21 @@ def test_real_entry_point_exit_status(tmp_path):
     )
     assert result.returncode == 2
     assert "bogus is not a known parameter" in result.stderr
+
+
+def test_doctor_reports_each_check(capsys, ci_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(REPO)
+    code, out, _ = run_cli(capsys, "doctor", "--params", str(ci_params), "--data-dir", str(tmp_path / "data"))
+    assert code == 0
+    for check in (
+        "[ok  ] torch: 2.14.1",
+        "[ok  ] params",
+        "dataset omniglot-small: not fetched yet",
+        "[ok  ] tracking",
+    ):
+        assert check in out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("runs: 3\n")
+    code, out, err = run_cli(capsys, "doctor", "--params", str(broken))
+    assert code == 2 and "[FAIL] params" in out and "doctor found 1 problem" in err

@@ -3,7 +3,8 @@
 Every expected value here is computed independently of ``metaland.meta``: a hand-written forward
 pass of the one-block ConvNet (conv → batch-statistics BatchNorm → ReLU → linear), a hand-written
 cross-entropy, and plain ``torch.autograd.grad`` loops (``create_graph=True`` where the
-derivative goes through the inner loop). Everything runs in float64 so agreement is ~1e-12.
+derivative goes through the inner loop), all in ``tests/reference.py``. Everything runs in
+float64 so agreement is ~1e-12.
 """
 
 from __future__ import annotations
@@ -18,84 +19,19 @@ from torch.testing import assert_close
 from metaland.data.tasks import TaskBatch
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.inner import adapt, adapt_tasks, cross_entropy
-from metaland.models import build_model, flatten, initial_params, make_forward
-from metaland.models.convnet import ConvNetParams
+from metaland.models import flatten
 from metaland.schema import NoOptions
+from tests.reference import (
+    leaves,
+    make_tasks,
+    reference_adapt,
+    reference_forward,
+    reference_loss,
+    tiny_model,
+    unflatten_like,
+)
 
-WAYS = 3
-SIZE = 6
 DTYPE = torch.float64
-
-
-# ----------------------------------------------------------------------------------------------
-# Independent reference implementation
-# ----------------------------------------------------------------------------------------------
-
-
-def tiny_model(seed: int = 0, norm: str = "batch"):
-    """One-block ConvNet (2 filters, 6×6 inputs, 3-way) and float64 parameters θ near its init."""
-    module = build_model(
-        "convnet", ConvNetParams(blocks=1, filters=2, norm=norm), channels=1, image_size=SIZE, ways=WAYS, seed=seed
-    )
-    g = torch.Generator().manual_seed(seed + 1)
-    params = {
-        k: v.to(DTYPE) + 0.1 * torch.randn(v.shape, generator=g, dtype=DTYPE) for k, v in initial_params(module).items()
-    }
-    return module, make_forward(module), params
-
-
-def make_tasks(n_tasks: int, *, shots: int = 2, queries: int = 3, seed: int = 0) -> TaskBatch:
-    """Learnable random tasks: each class of each task is a Gaussian blob around a prototype."""
-    g = torch.Generator().manual_seed(1000 + seed)
-    protos = torch.randn(n_tasks, WAYS, 1, SIZE, SIZE, generator=g, dtype=DTYPE)
-
-    def draw(per_class: int):
-        labels = torch.arange(WAYS).repeat_interleave(per_class)
-        noise = torch.randn(n_tasks, len(labels), 1, SIZE, SIZE, generator=g, dtype=DTYPE)
-        return protos[:, labels] + 0.7 * noise, labels.expand(n_tasks, -1).contiguous()
-
-    return TaskBatch(*draw(shots), *draw(queries))
-
-
-def reference_forward(p: dict, x: torch.Tensor) -> torch.Tensor:
-    """conv(3×3, stride 2, pad 1) → [BatchNorm, batch statistics] → ReLU → linear, by hand."""
-    h = F.conv2d(x, p["0.weight"], p["0.bias"], stride=2, padding=1)
-    head = "3"
-    if "1.weight" in p:  # norm="batch": Sequential(conv, bn, relu, flatten, linear)
-        mean = h.mean(dim=(0, 2, 3), keepdim=True)
-        var = (h - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-        h = (h - mean) / torch.sqrt(var + 1e-5)
-        h = h * p["1.weight"].reshape(1, -1, 1, 1) + p["1.bias"].reshape(1, -1, 1, 1)
-        head = "4"
-    h = h.clamp_min(0).flatten(1)
-    return h @ p[f"{head}.weight"].T + p[f"{head}.bias"]
-
-
-def reference_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy −log softmax(f(x))_y, by hand."""
-    logits = reference_forward(p, x)
-    return (logits.logsumexp(dim=1) - logits.gather(1, y[:, None]).squeeze(1)).mean()
-
-
-def reference_adapt(p: dict, x, y, *, steps: int, lr: float, create_graph: bool = False) -> dict:
-    """θ^(t) = θ^(t−1) − α ∇L(θ^(t−1)), written with torch.autograd.grad (eq. 2.1)."""
-    current = dict(p)
-    for _ in range(steps):
-        grads = torch.autograd.grad(reference_loss(current, x, y), list(current.values()), create_graph=create_graph)
-        current = {k: v - lr * g for (k, v), g in zip(current.items(), grads, strict=True)}
-    return current
-
-
-def leaves(params: dict) -> dict:
-    return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-
-
-def unflatten_like(vector: torch.Tensor, like: dict) -> dict:
-    out, start = {}, 0
-    for k, v in like.items():
-        out[k] = vector[start : start + v.numel()].reshape(v.shape)
-        start += v.numel()
-    return out
 
 
 def assert_dicts_close(actual: dict, expected: dict, *, rtol: float, atol: float) -> None:

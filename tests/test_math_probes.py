@@ -3,118 +3,42 @@
 Expected values are computed independently of ``metaland.probes``: explicit Hessian matrices
 (``torch.autograd.functional.hessian`` of the flattened support loss, then ``eigvalsh``), a
 hand-written forward pass and cross-entropy, plain ``torch.autograd.grad`` inner loops, and
-double loops over task pairs i ≠ j. Float64 unless a test says otherwise.
+double loops over task pairs i ≠ j (the shared references are in ``tests/reference.py``). Float64
+unless a test says otherwise.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.testing import assert_close
 
 from metaland.data.tasks import TaskBatch
 from metaland.meta.inner import cross_entropy
-from metaland.models import build_model, flatten, initial_params, make_forward
-from metaland.models.convnet import ConvNetParams
+from metaland.models import flatten
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.coherence import mean_pairwise_cosine, mean_pairwise_inner_product
 from metaland.probes.hessian import CurvatureOptions, hessian_top_eigenvalue, hessian_vector_product
 from metaland.schema import NoOptions
-
-WAYS = 3
-SIZE = 6
-STEPS, LR = 3, 0.4
+from tests.reference import (
+    LR,
+    STEPS,
+    WAYS,
+    adapted_dominant_eigenvalues,
+    dominant_eigenvalue,
+    explicit_hessian,
+    make_tasks,
+    reference_accuracy,
+    reference_adapt,
+    reference_grad,
+    reference_loss,
+    tiny_model,
+    unflatten_like,
+)
 
 # ----------------------------------------------------------------------------------------------
-# Independent reference implementation
+# Helpers (the independent reference implementation is in tests/reference.py)
 # ----------------------------------------------------------------------------------------------
-
-
-def tiny_model(dtype: torch.dtype = torch.float64, seed: int = 0):
-    """One-block ConvNet (2 filters, 6×6 inputs, 3-way) and parameters θ near its init."""
-    module = build_model(
-        "convnet", ConvNetParams(blocks=1, filters=2), channels=1, image_size=SIZE, ways=WAYS, seed=seed
-    )
-    g = torch.Generator().manual_seed(seed + 1)
-    params = {
-        k: (v.double() + 0.1 * torch.randn(v.shape, generator=g, dtype=torch.float64)).to(dtype)
-        for k, v in initial_params(module).items()
-    }
-    return make_forward(module), params
-
-
-def make_tasks(
-    n_tasks: int, *, shots: int = 2, queries: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64
-) -> TaskBatch:
-    """Learnable random tasks: class c of task i is a Gaussian blob around a random prototype,
-    so the labels of a task are a random relabelling, as in sampled N-way tasks."""
-    g = torch.Generator().manual_seed(1000 + seed)
-    protos = torch.randn(n_tasks, WAYS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-
-    def draw(per_class: int):
-        labels = torch.arange(WAYS).repeat_interleave(per_class)
-        noise = torch.randn(n_tasks, len(labels), 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        x = (protos[:, labels] + 0.7 * noise).to(dtype)
-        return x, labels.expand(n_tasks, -1).contiguous()
-
-    return TaskBatch(*draw(shots), *draw(queries))
-
-
-def reference_forward(p: dict, x: torch.Tensor) -> torch.Tensor:
-    """conv(3×3, stride 2, pad 1) → BatchNorm with batch statistics → ReLU → linear, by hand."""
-    h = F.conv2d(x, p["0.weight"], p["0.bias"], stride=2, padding=1)
-    mean = h.mean(dim=(0, 2, 3), keepdim=True)
-    var = (h - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-    h = (h - mean) / torch.sqrt(var + 1e-5)
-    h = h * p["1.weight"].reshape(1, -1, 1, 1) + p["1.bias"].reshape(1, -1, 1, 1)
-    return h.clamp_min(0).flatten(1) @ p["4.weight"].T + p["4.bias"]
-
-
-def reference_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy −log softmax(f(x))_y, by hand."""
-    logits = reference_forward(p, x)
-    return (logits.logsumexp(dim=1) - logits.gather(1, y[:, None]).squeeze(1)).mean()
-
-
-def reference_accuracy(p: dict, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (reference_forward(p, x).argmax(dim=1) == y).double().mean().item()
-
-
-def reference_grad(p: dict, x, y) -> dict:
-    at = {k: v.detach().clone().requires_grad_(True) for k, v in p.items()}
-    grads = torch.autograd.grad(reference_loss(at, x, y), list(at.values()))
-    return dict(zip(at, grads, strict=True))
-
-
-def reference_adapt(p: dict, x, y, *, steps: int = STEPS, lr: float = LR) -> dict:
-    """θ̃ = T steps of full-batch GD on the support loss (eq. 2.1), with torch.autograd.grad."""
-    current = {k: v.double() for k, v in p.items()}
-    x = x.double()
-    for _ in range(steps):
-        grads = reference_grad(current, x, y)
-        current = {k: v - lr * grads[k] for k, v in current.items()}
-    return current
-
-
-def unflatten_like(vector: torch.Tensor, like: dict) -> dict:
-    out, start = {}, 0
-    for k, v in like.items():
-        out[k] = vector[start : start + v.numel()].reshape(v.shape)
-        start += v.numel()
-    return out
-
-
-def explicit_hessian(p: dict, x, y) -> torch.Tensor:
-    """∇²_θ L(f(D; θ)) as a dense [d, d] matrix (eq. 2.3), float64."""
-    p = {k: v.double() for k, v in p.items()}
-    return torch.autograd.functional.hessian(lambda v: reference_loss(unflatten_like(v, p), x.double(), y), flatten(p))
-
-
-def dominant_eigenvalue(matrix: torch.Tensor) -> float:
-    """The signed eigenvalue of largest magnitude (what power iteration converges to)."""
-    eigenvalues = torch.linalg.eigvalsh(matrix)
-    return eigenvalues[eigenvalues.abs().argmax()].item()
 
 
 def pairwise_mean(vectors: torch.Tensor, pair) -> float:
@@ -152,7 +76,7 @@ def batched_adapted(params: dict, batch: TaskBatch, n: int) -> dict:
 
 def test_hessian_vector_product_matches_explicit_hessian():
     """H v from forward-over-reverse equals the explicit ∇²_θ L(D; θ) @ v (eq. 2.3)."""
-    forward, params = tiny_model()
+    _, forward, params = tiny_model()
     batch = make_tasks(1)
     x, y = batch.support_x[0], batch.support_y[0]
     g = torch.Generator().manual_seed(5)
@@ -165,7 +89,7 @@ def test_hessian_vector_product_matches_explicit_hessian():
 
 def test_power_iteration_matches_explicit_dominant_eigenvalue_per_task():
     """Batched power iteration = signed largest-|λ| of each task's explicit Hessian at θ̃_i."""
-    forward, params = tiny_model()
+    _, forward, params = tiny_model()
     batch = make_tasks(3, seed=7)
     adapted = batched_adapted(params, batch, 3)
     g = torch.Generator().manual_seed(3)
@@ -350,7 +274,7 @@ def test_mean_pairwise_cosine_treats_zero_vector_as_orthogonal():
 def test_adaptation_probe_matches_explicit_per_task_computation():
     """M1 (eq. 1.11), M3 and M6 per task: query accuracy/loss and support loss at θ̃_i,
     the same at θ before adaptation, and ‖θ̃_i − θ‖₂, with θ̃_i from eq. 2.1."""
-    forward, params = tiny_model()
+    _, forward, params = tiny_model()
     batch = make_tasks(5, queries=4)
     output = PROBES.get("adaptation").run(context(forward, params, batch, chunk=2), NoOptions())
 
@@ -393,7 +317,7 @@ def test_adaptation_probe_matches_explicit_per_task_computation():
 
 def test_trajectory_coherence_matches_explicit_pairwise_cosine():
     """M4, eq. 2.5: mean over i ≠ j of cos(θ̃_i − θ, θ̃_j − θ)."""
-    forward, params = tiny_model()
+    _, forward, params = tiny_model()
     batch = make_tasks(5, seed=2)
     output = PROBES.get("trajectory_coherence").run(context(forward, params, batch, chunk=2), NoOptions())
     displacements = torch.stack(
@@ -409,7 +333,7 @@ def test_trajectory_coherence_matches_explicit_pairwise_cosine():
 def test_gradient_coherence_matches_explicit_pairwise_inner_product():
     """M5, eq. 2.6: mean over i ≠ j of g_iᵀ g_j with g_i = −∇_θ L(f(D_i; θ)) (raw, not
     normalised), plus its cosine version and the per-task gradient norms."""
-    forward, params = tiny_model()
+    _, forward, params = tiny_model()
     batch = make_tasks(6, seed=3)
     output = PROBES.get("gradient_coherence").run(context(forward, params, batch, chunk=4), NoOptions())
     g = torch.stack(
@@ -425,7 +349,7 @@ def test_gradient_coherence_matches_explicit_pairwise_inner_product():
 def test_pre_adaptation_query_accuracy_is_chance_on_average():
     """§2.4.1 sanity check: at θ, before adaptation, target accuracy averages 1/m over tasks
     whose labels are randomly assigned; after adaptation it is well above chance."""
-    forward, params = tiny_model()
+    _, forward, params = tiny_model()
     batch = make_tasks(240, shots=2, queries=4, seed=11)
     output = PROBES.get("adaptation").run(context(forward, params, batch, chunk=240), NoOptions())
     assert output.summary["pre_query_accuracy"] == pytest.approx(1 / WAYS, abs=0.04)
@@ -444,7 +368,7 @@ def run_curvature(forward, params, batch, *, chunk: int, options: CurvatureOptio
 def test_curvature_probe_values_do_not_depend_on_chunk():
     """Start vectors belong to tasks, not chunks: chunk = 1, 2 and all give the same per-task
     values after a fixed number of (unconverged) iterations; only the first `tasks` are probed."""
-    forward, params = tiny_model(torch.float32)
+    _, forward, params = tiny_model(torch.float32)
     batch = make_tasks(4, dtype=torch.float32, seed=5)
     options = CurvatureOptions(tasks=3, max_iters=6, tol=1e-12)  # stops at max_iters
     outputs = [run_curvature(forward, params, batch, chunk=c, options=options) for c in (1, 2, 4)]
@@ -464,22 +388,10 @@ def test_curvature_probe_values_do_not_depend_on_chunk():
 def test_curvature_probe_matches_explicit_hessian_at_adapted_params():
     """M2, eqs. 2.3-2.4: per task, λ of largest |λ| of ∇²_θ L(f(D_i; θ̃_i)) at the adapted θ̃_i
     (float32 as in production; explicit Hessian in float64), for chunk 1 and all tasks."""
-    forward, params = tiny_model(torch.float32)
+    _, forward, params = tiny_model(torch.float32)
     batch = make_tasks(3, dtype=torch.float32, seed=6)
     options = CurvatureOptions(tasks=3, max_iters=300, tol=1e-6)
-    expected = torch.tensor(
-        [
-            dominant_eigenvalue(
-                explicit_hessian(
-                    reference_adapt(params, batch.support_x[i], batch.support_y[i]),
-                    batch.support_x[i],
-                    batch.support_y[i],
-                )
-            )
-            for i in range(3)
-        ],
-        dtype=torch.float64,
-    )
+    expected = adapted_dominant_eigenvalues(params, batch, 3)
     # At θ (not θ̃_i) the curvature is different: the probe must use the adapted solutions.
     at_theta = dominant_eigenvalue(explicit_hessian(params, batch.support_x[0], batch.support_y[0]))
     assert abs(at_theta - expected[0].item()) > 1e-2 * abs(expected[0].item())
@@ -493,21 +405,9 @@ def test_curvature_probe_matches_explicit_hessian_at_adapted_params():
 def test_curvature_probe_float64_matches_explicit_hessian():
     """Same as above with float64 parameters and data (tight tolerance): the probe must honour
     the parameters' dtype, including for its random start vectors."""
-    forward, params = tiny_model(torch.float64)
+    _, forward, params = tiny_model(torch.float64)
     batch = make_tasks(3, seed=6)
     options = CurvatureOptions(tasks=3, max_iters=1000, tol=1e-13)
     output = run_curvature(forward, params, batch, chunk=2, options=options)
-    expected = torch.tensor(
-        [
-            dominant_eigenvalue(
-                explicit_hessian(
-                    reference_adapt(params, batch.support_x[i], batch.support_y[i]),
-                    batch.support_x[i],
-                    batch.support_y[i],
-                )
-            )
-            for i in range(3)
-        ],
-        dtype=torch.float64,
-    )
+    expected = adapted_dominant_eigenvalues(params, batch, 3)
     assert_close(output.per_task["hessian_top_eigenvalue"], expected, rtol=1e-9, atol=0)
