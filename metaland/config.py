@@ -377,6 +377,12 @@ def _check_run(run: Run, dataset_params: Params, study: StudyConfig, source: str
             f"samples every class of {run.dataset!r} has, and support and query samples must differ. "
             f"Fix: lower queries (a run may override it) to at most {per_class - run.shots}."
         )
+    if run.train.checkpoint_every % run.train.log_every:
+        raise ConfigError(
+            f"{source}: {where}: train.checkpoint_every = {run.train.checkpoint_every} is not a multiple of "
+            f"train.log_every = {run.train.log_every}, so a run resumed from a checkpoint would average a partial "
+            "logging window. Fix: make checkpoint_every a multiple of log_every."
+        )
     if run.train.checkpoint_every > run.train.iterations:
         raise ConfigError(
             f"{source}: {where}: train.checkpoint_every = {run.train.checkpoint_every} is larger than "

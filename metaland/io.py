@@ -15,9 +15,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 
 def _umask() -> int:
@@ -101,13 +101,6 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def sha256_stream(stream: BinaryIO, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: stream.read(chunk), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     digest = hashlib.new(algorithm)
     with open(path, "rb") as stream:
@@ -119,7 +112,3 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Short sha256 of an object's canonical JSON (used for params hashes)."""
     return hashlib.sha256(dumps_json(obj).encode()).hexdigest()[:length]
-
-
-def iter_files(root: Path) -> Iterable[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())

@@ -7,7 +7,6 @@ the CLI and the DAG discover it through its registry.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from metaland.errors import ConfigError
@@ -40,12 +39,6 @@ class Registry(Generic[T]):
                 f"{where}{name!r} is not a known {self.kind}.{hint} Known {self.kind}s: "
                 f"{', '.join(sorted(self._entries))}. Fix: use one of these names."
             ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._entries.items())

@@ -128,6 +128,11 @@ def test_probe_options_are_validated_by_the_probe(raw):
     assert "studies.guiroy2019.probe.probes.curvature.tol = 2 is invalid" in error_of(raw)
 
 
+def test_checkpoints_fall_on_logging_boundaries(raw):
+    raw["runs"][RUN]["train"] = {"checkpoint_every": 10, "log_every": 4}
+    assert "checkpoint_every = 10 is not a multiple of train.log_every = 4" in error_of(raw)
+
+
 def test_split_fractions_must_sum_to_one(raw):
     raw["datasets"]["omniglot-small"]["split"]["train"] = 0.7
     assert "datasets.omniglot-small" in error_of(raw)

@@ -30,13 +30,6 @@ class TaskSet:
     def __len__(self) -> int:
         return self.classes.shape[0]
 
-    @property
-    def ways(self) -> int:
-        return self.classes.shape[1]
-
-    def subset(self, index: slice | torch.Tensor) -> TaskSet:
-        return TaskSet(self.classes[index], self.support[index], self.query[index])
-
     def to_json(self) -> dict:
         return {"classes": self.classes.tolist(), "support": self.support.tolist(), "query": self.query.tolist()}
 

@@ -4,7 +4,7 @@ Iteration ``s`` draws its meta-batch from a generator seeded by (run seed, "trai
 the Adam state is saved with θ, so a run restarted from its newest valid checkpoint continues
 bit for bit as if it had never stopped. Layout of the run folder (a DVC ``persist`` output)::
 
-    runs/<run>/ckpt/step-XXXXXXXX.safetensors + .json   θ, Adam state; sidecar with val metrics
+    runs/<run>/ckpt/step-00000500.safetensors + .json   θ, Adam state; sidecar with val metrics
     runs/<run>/train_log.csv                            per log step: query loss / accuracy
     runs/<run>/val_tasks.json                           the fixed validation task set
 

@@ -75,21 +75,13 @@ def make_forward(module: nn.Module) -> Forward:
 
 
 def flatten(params: ParamDict) -> torch.Tensor:
-    """Concatenate a (possibly task-batched) parameter dict into vectors along the last axis.
-
-    Unbatched dicts give one vector [d]; dicts whose tensors carry a leading task axis [B, ...]
-    must be flattened with ``flatten_batched``.
-    """
+    """One parameter vector [d] from a dict (the order of the dict)."""
     return torch.cat([p.reshape(-1) for p in params.values()])
 
 
 def flatten_batched(params: ParamDict) -> torch.Tensor:
     """[B, d] from a dict of [B, ...] tensors (one row per task)."""
     return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
-
-
-def num_params(params: ParamDict) -> int:
-    return sum(p.numel() for p in params.values())
 
 
 # Registrations (one module per model family).
