@@ -113,11 +113,9 @@ def aggregate(config: Config, probes_dir: Path, runs_dir: Path, results_dir: Pat
     metrics: dict = {}
     claims: list[dict] = []
     with atomic_dir(results_dir) as out:
-        for name, study in config.studies.items():
-            runs = config.runs_of(name)
-            if not runs:
-                continue
-            tables = build_tables(name, runs, probes_dir, runs_dir)
+        for name in config.studies_with_runs():
+            study = config.studies[name]
+            tables = build_tables(name, config.runs_of(name), probes_dir, runs_dir)
             folder = out / name
             write_tables(tables, folder)
             confidence = study.aggregate.confidence

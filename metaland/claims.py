@@ -119,12 +119,16 @@ def _runs(tables: StudyTables, algorithms: Iterable[str] | None) -> dict[str, pd
     return {run: rows.sort_values("step") for run, rows in frame.groupby("run", sort=True)}
 
 
-def _per_run_verdict(passes: dict[str, bool], opposes: dict[str, bool], what: str) -> tuple[Verdict, str]:
+def _per_run_verdict(
+    passes: dict[str, bool], opposes: dict[str, bool], what: str, against: str | None = None
+) -> tuple[Verdict, str]:
+    """Combine per-run outcomes; ``against`` names what a failing run shows (default: the opposite)."""
     if not passes:
         return "inconclusive", f"no run in scope has {MIN_CHECKPOINTS} or more probed checkpoints"
-    against = sorted(run for run, bad in opposes.items() if bad)
-    if against:
-        return "fails", f"the opposite of {what} is significant in {', '.join(against)}"
+    against_runs = sorted(run for run, bad in opposes.items() if bad)
+    against_text = against or f"the opposite of {what} is significant"
+    if against_runs:
+        return "fails", f"{against_text} in {', '.join(against_runs)}"
     if all(passes.values()):
         return "holds", f"{what} in all {len(passes)} runs"
     short = sorted(run for run, ok in passes.items() if not ok)
@@ -195,12 +199,11 @@ def peak_then_fall(metric: str, *, algorithms: Iterable[str] | None = None, min_
             passes[run] = interior and c.n >= 3 and -c.r >= min_rho and c.p < cfg.alpha
             opposes[run] = not interior
         verdict, reason = _per_run_verdict(
-            passes, opposes, f"an interior peak of {metric} followed by a significant fall"
+            passes,
+            opposes,
+            f"an interior peak of {metric} followed by a significant fall",
+            against=f"{metric} peaks at the first or last checkpoint (no rise-then-fall)",
         )
-        if verdict == "fails":
-            reason = (
-                f"{metric} peaks at the first or last checkpoint (no rise-then-fall) in " + reason.split(" in ", 1)[1]
-            )
         return Evidence(
             _summary(f"spearman_rho(step, {metric}) after its peak", per_run, "rho_after_peak"), verdict, reason
         )

@@ -223,6 +223,10 @@ class Config:
     studies: dict[str, StudyConfig]
     runs: dict[str, Run]
 
+    def studies_with_runs(self) -> list[str]:
+        """Studies this params file gives at least one run (the others produce nothing)."""
+        return [name for name in self.studies if self.runs_of(name)]
+
     def runs_of(self, study: str) -> list[Run]:
         return [run for run in self.runs.values() if run.study == study]
 

@@ -18,15 +18,11 @@ from metaland.tracking import git_state
 VERDICT_COLORS = {"holds": "#1a7f37", "fails": "#cf222e", "inconclusive": "#9a6700"}
 
 
-def studies_with_runs(config: Config) -> list[str]:
-    return [name for name in config.studies if config.runs_of(name)]
-
-
 def plot_all(config: Config, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Draw every figure of every study that has runs; the folder appears complete."""
     written = []
     with atomic_dir(figures_dir) as out:
-        for name in studies_with_runs(config):
+        for name in config.studies_with_runs():
             tables = load_tables(results_dir, name)
             for figure in STUDIES.get(name).figures:
                 path = out / name / f"{figure.name}.png"
@@ -61,7 +57,7 @@ def write_report(config: Config, params_path: Path, results_dir: Path, figures_d
     record = read_json(Path(results_dir) / "claims.json")
     git = git_state()
     sections = []
-    for name in studies_with_runs(config):
+    for name in config.studies_with_runs():
         spec = STUDIES.get(name)
         claims = [c for c in record["claims"] if c["study"] == name]
         figures = "".join(

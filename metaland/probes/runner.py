@@ -103,5 +103,4 @@ def _cell(values: torch.Tensor, task: int):
     """A per-task value, or None for tasks the probe did not measure (first-k probes)."""
     if task >= values.shape[0]:
         return None
-    value = values[task].item()
-    return float(value) if isinstance(value, float) else value
+    return values[task].item()
