@@ -23,7 +23,7 @@ from metaland.results import build_tables, write_tables
 from metaland.stats import mean_ci, pearson, spearman
 
 GROUP = ["algorithm", "dataset", "ways", "shots", "inner_steps", "setting"]
-NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", *GROUP}
+NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", "iterations", *GROUP}
 ACCURACY = "query_accuracy"
 
 

@@ -6,12 +6,16 @@ the statistic from the study tables and applies the rule. Verdicts are ``holds``
 ``inconclusive`` *at this scale* (the profile that produced the tables); ``results/claims.json``
 collects them all.
 
-The rule builders below are shared by every study:
+The rule builders below are shared by every study; each takes a ``scope`` (:func:`where`) naming
+the runs the claim speaks about:
 
 * :func:`trend` — a metric rises (or falls) over meta-training: Spearman ρ(step, metric) per run.
-* :func:`correlation` — two metrics move together across checkpoints: Pearson r per run.
+* :func:`correlation` — two metrics move together across checkpoints: Pearson r or Spearman ρ per run.
 * :func:`peak_then_fall` — a metric first rises to an interior peak, then falls.
+* :func:`falls_after_peak_of` — a metric keeps falling after another one (accuracy) has peaked.
+* :func:`stays_within` — a metric stays within ± a tolerance of a value at every checkpoint.
 * :func:`mean_equals` — a mean is statistically indistinguishable from a value (CI contains it).
+* :func:`improves_on` — one algorithm beats another on the same tasks (paired CI of the difference).
 
 Per-run rules give ``holds`` only if every run in scope passes, ``fails`` if any run shows the
 opposite significantly, and ``inconclusive`` otherwise (including too few runs or checkpoints).
@@ -20,7 +24,7 @@ opposite significantly, and ``inconclusive`` otherwise (including too few runs o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -112,10 +116,37 @@ def _clean(value):
 # --------------------------------------------------------------------------------------------
 
 
-def _runs(tables: StudyTables, algorithms: Iterable[str] | None) -> dict[str, pd.DataFrame]:
-    frame = tables.checkpoints
-    if algorithms is not None:
-        frame = frame[frame["algorithm"].isin(list(algorithms))]
+Scope = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def where(*, longest: bool = False, **columns: object) -> Scope:
+    """The rows of runs whose metadata match: ``where(algorithm=("maml", "fomaml"), inner_steps=5)``.
+
+    A tuple means "any of", a callable is a vectorised test of the column (``lambda t: t > 1``);
+    ``longest`` keeps only the runs with the most iterations among them (the extended run of an
+    overfitting experiment)."""
+
+    def select(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty:
+            return frame
+        for column, wanted in columns.items():
+            if callable(wanted):
+                frame = frame[wanted(frame[column])]
+            else:
+                frame = frame[frame[column].isin(wanted if isinstance(wanted, tuple) else (wanted,))]
+        if longest and not frame.empty:
+            frame = frame[frame["iterations"] == frame["iterations"].max()]
+        return frame
+
+    return select
+
+
+def every_run(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
+
+
+def _runs(tables: StudyTables, scope: Scope) -> dict[str, pd.DataFrame]:
+    frame = scope(tables.checkpoints)
     return {run: rows.sort_values("step") for run, rows in frame.groupby("run", sort=True)}
 
 
@@ -135,13 +166,13 @@ def _per_run_verdict(
     return "inconclusive", f"{what} is not significant in {', '.join(short)}"
 
 
-def trend(metric: str, direction: int, *, algorithms: Iterable[str] | None = None, min_rho: float = 0.5) -> Test:
+def trend(metric: str, direction: int, *, scope: Scope = every_run, min_rho: float = 0.5) -> Test:
     """``metric`` rises (direction +1) or falls (-1) with the meta-training step, in every run."""
     word = "rises" if direction > 0 else "falls"
 
     def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
         per_run, passes, opposes = {}, {}, {}
-        for run, rows in _runs(tables, algorithms).items():
+        for run, rows in _runs(tables, scope).items():
             if len(rows) < MIN_CHECKPOINTS:
                 continue
             c = spearman(rows["step"], rows[metric])
@@ -157,32 +188,37 @@ def trend(metric: str, direction: int, *, algorithms: Iterable[str] | None = Non
     return test
 
 
-def correlation(x: str, y: str, *, sign: int = 1, algorithms: Iterable[str] | None = None) -> Test:
-    """``x`` and ``y`` correlate with the given sign across checkpoints, in every run (Pearson)."""
+def correlation(
+    x: str, y: str, *, sign: int = 1, scope: Scope = every_run, method: Literal["pearson", "spearman"] = "pearson"
+) -> Test:
+    """``x`` and ``y`` correlate with the given sign across checkpoints, in every run (Pearson r or
+    Spearman's rank ρ, with its two-sided p-value)."""
+    measure = pearson if method == "pearson" else spearman
+    name = "Pearson r" if method == "pearson" else "Spearman ρ"
 
     def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
         per_run, passes, opposes = {}, {}, {}
-        for run, rows in _runs(tables, algorithms).items():
+        for run, rows in _runs(tables, scope).items():
             if len(rows) < MIN_CHECKPOINTS:
                 continue
-            c = pearson(rows[x], rows[y])
+            c = measure(rows[x], rows[y])
             per_run[run] = {"r": c.r, "p_value": c.p, "n": c.n}
             signed = sign * c.r if not math.isnan(c.r) else math.nan
             passes[run] = signed > 0 and c.p < cfg.alpha
             opposes[run] = signed < 0 and c.p < cfg.alpha
         relation = "positive" if sign > 0 else "negative"
-        verdict, reason = _per_run_verdict(passes, opposes, f"a significant {relation} Pearson r({x}, {y})")
-        return Evidence(_summary(f"pearson_r({x}, {y})", per_run, "r"), verdict, reason)
+        verdict, reason = _per_run_verdict(passes, opposes, f"a significant {relation} {name}({x}, {y})")
+        return Evidence(_summary(f"{method}({x}, {y})", per_run, "r"), verdict, reason)
 
     return test
 
 
-def peak_then_fall(metric: str, *, algorithms: Iterable[str] | None = None, min_rho: float = 0.5) -> Test:
+def peak_then_fall(metric: str, *, scope: Scope = every_run, min_rho: float = 0.5) -> Test:
     """``metric`` peaks strictly inside the run, then falls (Spearman over the peak and after)."""
 
     def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
         per_run, passes, opposes = {}, {}, {}
-        for run, rows in _runs(tables, algorithms).items():
+        for run, rows in _runs(tables, scope).items():
             if len(rows) < MIN_CHECKPOINTS:
                 continue
             values = rows[metric].to_numpy()
@@ -211,12 +247,107 @@ def peak_then_fall(metric: str, *, algorithms: Iterable[str] | None = None, min_
     return test
 
 
-def mean_equals(metric: str, expected: Callable[[pd.DataFrame], float]) -> Test:
+def falls_after_peak_of(metric: str, peak_of: str, *, scope: Scope = every_run, min_rho: float = 0.5) -> Test:
+    """After ``peak_of`` (accuracy) peaks at an interior checkpoint, ``metric`` keeps falling
+    (Spearman ρ(step, metric) from that checkpoint on). A run whose ``peak_of`` peaks at its
+    last checkpoint did not overfit and counts as inconclusive."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        per_run, passes, opposes = {}, {}, {}
+        for run, rows in _runs(tables, scope).items():
+            if len(rows) < MIN_CHECKPOINTS:
+                continue
+            peak = int(rows[peak_of].to_numpy().argmax())
+            after = rows.iloc[peak:]
+            c = spearman(after["step"], after[metric])
+            per_run[run] = {
+                f"{peak_of}_peak_step": float(rows["step"].iloc[peak]),
+                f"{peak_of}_drop_after_peak": float(rows[peak_of].iloc[peak] - rows[peak_of].iloc[-1]),
+                "rho_after_peak": c.r,
+                "p_value": c.p,
+                "n_after_peak": c.n,
+            }
+            significant = c.n >= 3 and c.p < cfg.alpha
+            passes[run] = peak < len(rows) - 1 and significant and -c.r >= min_rho
+            opposes[run] = significant and c.r > 0
+        verdict, reason = _per_run_verdict(
+            passes,
+            opposes,
+            f"{metric} falls significantly after {peak_of} peaks",
+            against=f"{metric} rises significantly after {peak_of} peaks",
+        )
+        if verdict == "inconclusive" and per_run and all(v["n_after_peak"] <= 1 for v in per_run.values()):
+            reason = f"{peak_of} peaks at the last checkpoint of every run in scope: no overfitting to look at"
+        return Evidence(
+            _summary(f"spearman_rho(step, {metric}) after the {peak_of} peak", per_run, "rho_after_peak"),
+            verdict,
+            reason,
+        )
+
+    return test
+
+
+def stays_within(metric: str, value: float, tolerance: float, *, scope: Scope = every_run) -> Test:
+    """|metric − value| ≤ tolerance at every probed checkpoint of every run in scope."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        runs = _runs(tables, scope)
+        per_run = {
+            run: {"max_abs_deviation": float((rows[metric] - value).abs().max()), "p_value": math.nan, "n": len(rows)}
+            for run, rows in runs.items()
+        }
+        stat = _summary(f"max |{metric} − {value}|", per_run, "max_abs_deviation")
+        if not per_run:
+            return Evidence(stat, "inconclusive", "no run in scope")
+        outside = sorted(run for run, v in per_run.items() if not v["max_abs_deviation"] <= tolerance)
+        if outside:
+            return Evidence(stat, "fails", f"{metric} leaves {value} ± {tolerance} in {', '.join(outside)}")
+        return Evidence(stat, "holds", f"{metric} stays within {value} ± {tolerance} in all {len(per_run)} runs")
+
+    return test
+
+
+def improves_on(metric: str, treatment: Scope, baseline: Scope, *, pair_on: tuple[str, ...] = ("seed", "task")) -> Test:
+    """``treatment`` runs have a higher per-task ``metric`` than ``baseline`` runs at their final
+    checkpoints, on the same fixed tasks (paired over ``pair_on``): CI of the mean difference."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        keep = [*pair_on, metric]
+        pairs = treatment(tables.final_tasks)[keep].merge(
+            baseline(tables.final_tasks)[keep], on=list(pair_on), suffixes=("_treatment", "_baseline")
+        )
+        difference = pairs[f"{metric}_treatment"] - pairs[f"{metric}_baseline"]
+        ci = mean_ci(difference, cfg.confidence)
+        stat = Statistic(
+            f"mean paired difference in {metric} (treatment − baseline)",
+            ci.mean,
+            ci.n,
+            ci=(ci.low, ci.high),
+            per_run={
+                "means": {
+                    "treatment": float(pairs[f"{metric}_treatment"].mean()) if ci.n else math.nan,
+                    "baseline": float(pairs[f"{metric}_baseline"].mean()) if ci.n else math.nan,
+                }
+            },
+        )
+        if math.isnan(ci.low):
+            return Evidence(stat, "inconclusive", "no paired tasks (are both runs in this profile?)")
+        level = f"{cfg.confidence:.0%}"
+        if ci.low > 0:
+            return Evidence(stat, "holds", f"the {level} CI of the paired difference lies above 0")
+        if ci.high < 0:
+            return Evidence(stat, "fails", f"the {level} CI of the paired difference lies below 0")
+        return Evidence(stat, "inconclusive", f"the {level} CI of the paired difference contains 0")
+
+    return test
+
+
+def mean_equals(metric: str, expected: Callable[[pd.DataFrame], float], *, scope: Scope = every_run) -> Test:
     """The mean of a per-task ``metric`` at the final checkpoints is compatible with ``expected``
     (its confidence interval over tasks contains it)."""
 
     def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
-        rows = tables.final_tasks
+        rows = scope(tables.final_tasks)
         if rows.empty:
             return Evidence(Statistic(f"mean {metric}", math.nan, 0), "inconclusive", "no probed tasks")
         target = expected(rows)

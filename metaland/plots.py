@@ -7,6 +7,7 @@ inputs gives the same bytes. Each study module composes these helpers into its f
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,8 @@ import pandas as pd
 from metaland.io import write_bytes
 from metaland.stats import mean_ci
 
-ALGORITHM_COLORS = {"maml": "#1f77b4", "fomaml": "#d62728", "finetune": "#2ca02c"}
+ALGORITHM_COLORS = {"maml": "#1f77b4", "fomaml": "#d62728", "finetune": "#2ca02c", "regmaml": "#9467bd"}
+SHOT_STYLES = {1: "-", 5: "--"}
 ACCURACY_COLOR = "#1f77b4"  # seed 000 Fig. 2.5: accuracy in blue
 COHERENCE_COLOR = "#ff7f0e"  # ... and the coherence metric in orange
 LABELS = {
@@ -30,6 +32,7 @@ LABELS = {
     "trajectory_coherence": "trajectory coherence E[θ⃗ᵢᵀθ⃗ⱼ]",
     "gradient_coherence": "gradient coherence E[gᵢᵀgⱼ]",
     "trajectory_norm": "trajectory norm E[‖θ̃ᵢ − θˢ‖₂]",
+    "batch_accuracy": "pre-training batch accuracy",
 }
 
 plt.rcParams.update(
@@ -59,6 +62,12 @@ def grid(n_panels: int, *, columns: int = 3, width: float = 4.0, height: float =
     return fig, list(axes.flat[:n_panels])
 
 
+def suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width (narrow one-panel figures included)."""
+    width = max(40, int(fig.get_figwidth() * 13))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
+
+
 def save(fig, path: Path | str) -> None:
     """Write a PNG with fixed metadata (byte-stable), atomically, and close the figure."""
     buffer = io.BytesIO()
@@ -68,26 +77,52 @@ def save(fig, path: Path | str) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def curve(ax, rows: pd.DataFrame, metric: str, *, color: str, name: str, confidence: float = 0.95) -> None:
+def curve(
+    ax,
+    rows: pd.DataFrame,
+    metric: str,
+    *,
+    color: str,
+    name: str,
+    confidence: float = 0.95,
+    linestyle: str = "-",
+    linewidth: float = 1.4,
+) -> None:
     """Mean of ``metric`` over runs at each step, with a CI band when there are several runs."""
     points = [(step, mean_ci(group[metric], confidence)) for step, group in rows.groupby("step", sort=True)]
     steps = [s for s, _ in points]
-    ax.plot(steps, [c.mean for _, c in points], color=color, label=name, marker="o", markersize=2.5, linewidth=1.4)
+    ax.plot(
+        steps,
+        [c.mean for _, c in points],
+        color=color,
+        label=name,
+        marker="o",
+        markersize=2.5,
+        linewidth=linewidth,
+        linestyle=linestyle,
+    )
     if any(c.n > 1 for _, c in points):
         ax.fill_between(
             steps, [c.low for _, c in points], [c.high for _, c in points], color=color, alpha=0.18, linewidth=0
         )
 
 
-def curves_by_algorithm(ax, rows: pd.DataFrame, metric: str, *, title: str | None = None) -> None:
-    for algorithm, group in rows.groupby("algorithm", sort=True):
+def curves_by_algorithm(
+    ax, rows: pd.DataFrame, metric: str, *, title: str | None = None, by_shots: bool = False
+) -> None:
+    """One mean curve (with CI band over runs) per algorithm, or per algorithm × shots."""
+    keys = ["algorithm", "shots"] if by_shots else ["algorithm"]
+    for key, group in rows.groupby(keys, sort=True):
+        algorithm, shots = (key[0], key[1]) if by_shots else (key[0], None)
         n_runs = group["run"].nunique()
+        setting = f" {shots}-shot" if shots is not None else ""
         curve(
             ax,
             group,
             metric,
             color=ALGORITHM_COLORS.get(algorithm, "#555555"),
-            name=f"{algorithm.upper()} ({n_runs} run{'s' if n_runs > 1 else ''})",
+            name=f"{algorithm.upper()}{setting} ({n_runs} run{'s' if n_runs > 1 else ''})",
+            linestyle=SHOT_STYLES.get(shots, ":") if by_shots else "-",
         )
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(label(metric))
@@ -96,14 +131,27 @@ def curves_by_algorithm(ax, rows: pd.DataFrame, metric: str, *, title: str | Non
     ax.legend()
 
 
-def dual_axis(ax, rows: pd.DataFrame, left: str, right: str, *, title: str) -> None:
-    """Accuracy (left, blue) against a landscape metric (right, orange), as seed 000 Fig. 2.5."""
-    curve(ax, rows, left, color=ACCURACY_COLOR, name=label(left))
-    ax.set_ylabel(label(left), color=ACCURACY_COLOR)
-    ax.set_xlabel("meta-iteration")
+def dual_axis(ax, rows: pd.DataFrame, left: str, right: str, *, title: str, per_run: bool = False) -> None:
+    """Accuracy (left, blue) against a landscape metric (right, orange), as seed 000 Fig. 2.5.
+
+    The mean over runs with CI bands, or (``per_run``) one thin line per run, as Fig. 2.7."""
     twin = ax.twinx()
     twin.grid(False)
-    curve(twin, rows, right, color=COHERENCE_COLOR, name=label(right))
+    groups = [group for _, group in rows.groupby("run", sort=True)] if per_run else [rows]
+    for group in groups:
+        width = 1.0 if per_run else 1.4
+        curve(ax, group, left, color=ACCURACY_COLOR, name=label(left), linewidth=width)
+        curve(twin, group, right, color=COHERENCE_COLOR, name=label(right), linewidth=width)
+    ax.set_ylabel(label(left), color=ACCURACY_COLOR)
+    ax.set_xlabel("meta-iteration")
     twin.set_ylabel(label(right), color=COHERENCE_COLOR)
     twin.spines["right"].set_visible(True)
     ax.set_title(title)
+
+
+def no_data(ax, title: str, what: str) -> None:
+    """A panel whose runs this profile does not have: say so instead of drawing an empty frame."""
+    ax.text(0.5, 0.5, f"no {what}\nin this profile\n(see the paper profile)", ha="center", va="center", color="#777777")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])

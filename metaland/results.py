@@ -43,6 +43,7 @@ def run_metadata(run: Run) -> dict:
         "seed": run.seed,
         "inner_steps": run.train.inner_steps,
         "inner_lr": run.train.inner_lr,
+        "iterations": run.train.iterations,
         "setting": f"{run.dataset} {run.ways}-way {run.shots}-shot",
     }
 

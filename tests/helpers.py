@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from metaland.config import Run, TrainConfig
+from metaland.meta import ALGORITHMS
 from metaland.models.convnet import ConvNetParams
 from metaland.schema import NoOptions
 
 DATASET_PARAMS = NoOptions()
 
 
-def make_run(algorithm: str = "maml", **train) -> Run:
+def make_run(algorithm: str = "maml", options: dict | None = None, **train) -> Run:
     settings = {
         "inner_steps": 2,
         "inner_lr": 0.1,
@@ -24,7 +25,7 @@ def make_run(algorithm: str = "maml", **train) -> Run:
         key=f"guiroy2019-{algorithm}-tiny",
         study="guiroy2019",
         algorithm=algorithm,
-        algorithm_options=NoOptions(),
+        algorithm_options=ALGORITHMS.get(algorithm).options_model(**(options or {})),
         dataset="tiny",
         ways=3,
         shots=1,

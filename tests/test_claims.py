@@ -9,19 +9,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metaland.claims import CLAIMS, claims_of, correlation, evaluate, mean_equals, peak_then_fall, trend
+from metaland.claims import (
+    CLAIMS,
+    claims_of,
+    correlation,
+    evaluate,
+    falls_after_peak_of,
+    improves_on,
+    mean_equals,
+    peak_then_fall,
+    stays_within,
+    trend,
+    where,
+)
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
 
 CFG = AggregateConfig()
 STEPS = np.arange(0, 110, 10)
+RUN_META = {"algorithm": "maml", "dataset": "d", "ways": 5, "shots": 1, "inner_steps": 5, "iterations": 100}
 
 
 def tables(series: dict[str, np.ndarray], *, metric: str = "m", other: dict | None = None) -> StudyTables:
     rows = []
     for run, values in series.items():
         for i, (step, value) in enumerate(zip(STEPS[: len(values)], values, strict=True)):
-            row = {"run": run, "algorithm": "maml", "step": int(step), metric: float(value)}
+            row = {**RUN_META, "run": run, "step": int(step), metric: float(value)}
             if other:
                 row.update({k: float(v[run][i]) for k, v in other.items()})
             rows.append(row)
@@ -51,8 +64,27 @@ def test_trend_is_inconclusive_on_noise_or_too_few_checkpoints():
 
 def test_algorithm_scope():
     frame = tables({"a": falling()}).checkpoints.assign(algorithm="finetune")
-    evidence = trend("m", -1, algorithms=["maml"])(StudyTables("s", frame, pd.DataFrame(), pd.DataFrame()), CFG)
+    evidence = trend("m", -1, scope=where(algorithm="maml"))(
+        StudyTables("s", frame, pd.DataFrame(), pd.DataFrame()), CFG
+    )
     assert evidence.verdict == "inconclusive" and evidence.statistic.n == 0
+
+
+def test_scope_matches_any_of_a_tuple_and_keeps_the_longest_runs():
+    frame = pd.DataFrame(
+        {"run": list("abcd"), "algorithm": ["maml", "fomaml", "fomaml", "finetune"], "iterations": [5, 5, 9, 9]}
+    )
+    assert where(algorithm=("maml", "fomaml"))(frame)["run"].tolist() == ["a", "b", "c"]
+    assert where(algorithm="fomaml", longest=True)(frame)["run"].tolist() == ["c"]
+    assert where(algorithm="maml")(pd.DataFrame()).empty
+
+
+def test_rank_correlation_rule():
+    acc = {"a": np.linspace(0.2, 0.9, 11)}
+    coherent = {"a": np.exp(np.linspace(0, 3, 11))}  # monotone, far from linear
+    rule = correlation("coh", "acc", method="spearman")
+    evidence = rule(tables(coherent, metric="coh", other={"acc": acc}), CFG)
+    assert evidence.verdict == "holds" and evidence.statistic.value == pytest.approx(1.0)
 
 
 def test_correlation_rule():
@@ -72,6 +104,50 @@ def test_peak_then_fall():
     monotone = np.linspace(1, 5, 11)
     evidence = peak_then_fall("m")(tables({"a": monotone}), CFG)
     assert evidence.verdict == "fails" and "peaks at the first or last checkpoint" in evidence.reason
+
+
+def test_falls_after_peak_of_accuracy():
+    accuracy = np.array([0.2, 0.5, 0.7, 0.8, 0.75, 0.7, 0.68, 0.66, 0.6, 0.58, 0.55])
+    falling_curvature = np.linspace(5, 1, 11)
+    overfit = tables({"a": falling_curvature}, other={"acc": {"a": accuracy}})
+    evidence = falls_after_peak_of("m", "acc")(overfit, CFG)
+    assert evidence.verdict == "holds"
+    assert evidence.statistic.per_run["a"]["acc_peak_step"] == 30
+    assert evidence.statistic.per_run["a"]["acc_drop_after_peak"] == pytest.approx(0.25)
+    rising = tables({"a": falling_curvature[::-1]}, other={"acc": {"a": accuracy}})
+    assert falls_after_peak_of("m", "acc")(rising, CFG).verdict == "fails"
+    still_learning = tables({"a": falling_curvature}, other={"acc": {"a": np.linspace(0.2, 0.9, 11)}})
+    evidence = falls_after_peak_of("m", "acc")(still_learning, CFG)
+    assert evidence.verdict == "inconclusive" and "no overfitting" in evidence.reason
+
+
+def test_stays_within():
+    near_zero = tables({"a": np.full(11, 0.01), "b": np.linspace(-0.02, 0.03, 11)})
+    assert stays_within("m", 0.0, 0.05)(near_zero, CFG).verdict == "holds"
+    evidence = stays_within("m", 0.0, 0.05)(tables({"a": np.full(11, 0.01), "b": np.linspace(0, 0.3, 11)}), CFG)
+    assert evidence.verdict == "fails" and "b" in evidence.reason
+
+
+def test_improves_on_pairs_tasks_of_the_same_seed():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.85, 0.95, size=200)
+    rows = pd.DataFrame(
+        {
+            "algorithm": ["maml"] * 200 + ["regmaml"] * 200,
+            "seed": 0,
+            "task": list(range(200)) * 2,
+            "acc": np.concatenate([base, base + 0.01 + rng.normal(0, 0.005, 200)]),
+        }
+    )
+    final = StudyTables("s", pd.DataFrame(), rows, pd.DataFrame())
+    better = improves_on("acc", where(algorithm="regmaml"), where(algorithm="maml"))
+    evidence = better(final, CFG)
+    assert evidence.verdict == "holds" and evidence.statistic.value == pytest.approx(0.01, abs=0.002)
+    assert evidence.statistic.n == 200
+    worse = improves_on("acc", where(algorithm="maml"), where(algorithm="regmaml"))
+    assert worse(final, CFG).verdict == "fails"
+    absent = improves_on("acc", where(algorithm="other"), where(algorithm="maml"))
+    assert absent(final, CFG).verdict == "inconclusive"
 
 
 def test_mean_equals():

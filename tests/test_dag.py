@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = ["guiroy2019-fomaml-omniglot-small-5w1s-s0", "guiroy2019-maml-omniglot-small-5w1s-s0"]
+CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
+RUNS = sorted(CI_RUNS)
 pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
 
 
@@ -77,14 +78,18 @@ def test_repro_builds_every_output(pipeline):
             "plot",
         ]
     )
+    from metaland.claims import claims_of
+    from metaland.studies import STUDIES
+
     figures = sorted(p.name for p in (work / "figures" / "guiroy2019").glob("*.png"))
-    assert len(figures) == 6 and all((work / "figures" / "guiroy2019" / f).stat().st_size > 10_000 for f in figures)
+    assert figures == sorted(f"{f.name}.png" for f in STUDIES.get("guiroy2019").figures)
+    assert all((work / "figures" / "guiroy2019" / f).stat().st_size > 10_000 for f in figures)
     metrics = json.loads((work / "results" / "metrics.json").read_text())
     assert sorted(metrics["guiroy2019"]) == RUNS
     for values in metrics["guiroy2019"].values():
         assert 0 <= values["query_accuracy"] <= 1 and values["step"] == 40
     claims = json.loads((work / "results" / "claims.json").read_text())
-    assert len(claims["claims"]) >= 5
+    assert sorted(c["id"] for c in claims["claims"]) == sorted(c.id for c in claims_of("guiroy2019"))
     assert {c["verdict"] for c in claims["claims"]} <= {"holds", "fails", "inconclusive"}
     assert sum(claims["counts"].values()) == len(claims["claims"])
     page = (work / "report" / "index.html").read_text()
@@ -105,14 +110,16 @@ def test_every_stage_is_an_mlflow_run(pipeline):
     assert {"metaland/data", "metaland/guiroy2019", "metaland/results"} <= set(experiments)
     runs = client.search_runs(list(experiments.values()))
     stages = sorted(r.data.tags["metaland.stage"] for r in runs)
-    assert stages == sorted(["fetch", "aggregate", "plot", *["train", "extract", "probe"] * 2])
+    assert stages == sorted(["fetch", "aggregate", "plot", *["train", "extract", "probe"] * len(RUNS)])
     for run in runs:
         assert run.info.status == "FINISHED"
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git.commit"])
     train = [r for r in runs if r.data.tags["metaland.stage"] == "train"]
     for run in train:
-        assert run.data.params["train.inner_steps"] == "2" and run.data.tags["metaland.params_hash"]
-        history = client.get_metric_history(run.info.run_id, "train/query_loss")
+        steps = CI_RUNS[run.data.tags["metaland.run_key"]].get("train", {}).get("inner_steps", 2)
+        assert run.data.params["train.inner_steps"] == str(steps) and run.data.tags["metaland.params_hash"]
+        loss = "train/batch_loss" if run.data.params["algorithm"] == "finetune" else "train/query_loss"
+        history = client.get_metric_history(run.info.run_id, loss)
         assert [m.step for m in history] == [5, 10, 15, 20, 25, 30, 35, 40]
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} >= {
             "checkpoints/step-00000040.safetensors"
@@ -121,7 +128,7 @@ def test_every_stage_is_an_mlflow_run(pipeline):
     steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")]
     assert steps == [0, 10, 20, 30, 40]
     models = client.search_logged_models([experiments["metaland/guiroy2019"]])
-    assert len(models) == 10 and all(m.status.name == "READY" for m in models)
+    assert len(models) == 5 * len(RUNS) and all(m.status.name == "READY" for m in models)
 
 
 def test_second_repro_does_nothing(pipeline):

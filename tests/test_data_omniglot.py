@@ -200,7 +200,8 @@ def generated_spec(mirror: Path) -> DatasetSpec:
             md5=hashlib.md5(data).hexdigest(),
         )
 
-    return dataclasses.replace(FULL, sources=tuple(source(s) for s in FULL.sources))
+    generated = tuple(source(s) for s in FULL.sources(OmniglotParams()))
+    return dataclasses.replace(FULL, sources=lambda _params: generated)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_full_builder_handles_the_official_layout(generated, tmp_path):
     assert manifest["alphabets"] == 4
     assert manifest["image_shape"] == [1, 105, 105]
     assert manifest["params"] == params.model_dump()
-    assert [s["md5"] for s in manifest["sources"]] == [s.md5 for s in spec.sources]
+    assert [s["md5"] for s in manifest["sources"]] == [s.md5 for s in spec.sources(params)]
 
 
 def test_full_builder_downsamples_without_rotations(generated, tmp_path):
@@ -249,7 +250,8 @@ def test_full_builder_downsamples_without_rotations(generated, tmp_path):
 
 def test_fetch_failure_leaves_no_dataset_folder(generated, tmp_path):
     mirror, _ = generated
-    wrong = dataclasses.replace(FULL, sources=(dataclasses.replace(FULL.sources[0], md5="0" * 32),))
+    wrong_source = dataclasses.replace(FULL.sources(OmniglotParams())[0], md5="0" * 32)
+    wrong = dataclasses.replace(FULL, sources=lambda _params: (wrong_source,))
     with pytest.raises(DataError, match=r"md5 expected 0{32}"):
         fetch_dataset(wrong, OmniglotParams(), tmp_path / "data", mirror=mirror)
     assert not (tmp_path / "data" / "omniglot").exists()

@@ -37,7 +37,7 @@ def test_checkpoint_schedule_and_sidecars(tiny_dataset, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(stream)] == [2, 4, 6, 8, 10, 12]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "regmaml", "finetune"])
 def test_resumed_training_is_bit_identical_to_uninterrupted(tiny_dataset, tmp_path, algorithm):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(make_run(algorithm), DATASET_PARAMS, tiny_dataset, straight, device=CPU)
@@ -45,6 +45,23 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tiny_dataset, tmp_pa
     result = train(make_run(algorithm), DATASET_PARAMS, tiny_dataset, resumed, device=CPU)
     assert result.resumed_from == 8
     assert digests(straight) == digests(resumed)
+
+
+def test_finetune_pretrains_on_all_train_classes_and_validates_with_an_m_way_head(tiny_dataset, tmp_path):
+    result = train(make_run("finetune", {"batch_size": 16}), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    params = load_groups(result.checkpoints[-1])["params"]
+    assert params["4.weight"].shape[0] == 12  # one logit per class of the 12-class train split
+    metrics = result.checkpoints[-1].sidecar["metrics"]
+    assert 0 <= metrics["val/query_accuracy"] <= 1 and metrics["val/pre_query_accuracy"] <= 1
+    with open(tmp_path / "train_log.csv") as stream:
+        assert next(csv.reader(stream)) == ["step", "batch_loss", "batch_accuracy"]
+
+
+def test_regularised_maml_logs_the_correction_size(tiny_dataset, tmp_path):
+    train(make_run("regmaml", {"gamma": 0.5}), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    with open(tmp_path / "train_log.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert all(float(r["correction_ratio"]) > 0 for r in rows)
 
 
 def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tiny_dataset, tmp_path):

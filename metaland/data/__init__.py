@@ -4,6 +4,7 @@
 ``fetch_dataset`` builds ``data/<name>`` and ``load_split`` reads one split of it back.
 """
 
+from metaland.data import miniimagenet as _miniimagenet  # noqa: F401  (registers MiniImagenet)
 from metaland.data import omniglot as _omniglot  # noqa: F401  (registers the Omniglot datasets)
 from metaland.data.fetch import fetch_dataset
 from metaland.data.layout import SplitData, load_split

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from metaland.data.archive import extract_archive
 from metaland.data.layout import MANIFEST_FILE
-from metaland.data.registry import DatasetSpec
+from metaland.data.registry import ArchiveSource, DatasetSpec
 from metaland.data.sources import cache_dir_from_env, obtain
 from metaland.io import atomic_dir, read_json, write_json
 from metaland.schema import Params
@@ -26,7 +26,7 @@ def fetch_dataset(
     mirror: Path | None = None,
     cache_dir: Path | None = None,
 ) -> Path:
-    """Build ``<data_root>/<spec.name>`` from ``spec.sources`` and return its path.
+    """Build ``<data_root>/<spec.name>`` from ``spec.sources(params)`` and return its path.
 
     ``mirror`` is a folder holding the archive files (no network is used then; pass
     ``mirror_from_env()`` to honour ``METALAND_DATA_MIRROR``). Downloads go to ``cache_dir``,
@@ -36,7 +36,8 @@ def fetch_dataset(
     if not isinstance(params, spec.config_model):
         raise TypeError(f"{spec.name} takes {spec.config_model.__name__}, got {type(params)}")
     cache_dir = cache_dir_from_env() if cache_dir is None else Path(cache_dir)
-    archives = {s.filename: obtain(s, mirror=mirror, cache_dir=cache_dir) for s in spec.sources}
+    sources = spec.sources(params)
+    archives = {s.filename: obtain(s, mirror=mirror, cache_dir=cache_dir) for s in sources}
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
     with (
@@ -45,11 +46,11 @@ def fetch_dataset(
     ):
         extracted = {name: extract_archive(path, Path(work) / name) for name, path in archives.items()}
         spec.build(params, extracted, out)
-        _add_provenance(out / MANIFEST_FILE, spec, params)
+        _add_provenance(out / MANIFEST_FILE, spec, params, sources)
     return data_root / spec.name
 
 
-def _add_provenance(manifest_path: Path, spec: DatasetSpec, params: Params) -> None:
+def _add_provenance(manifest_path: Path, spec: DatasetSpec, params: Params, sources: tuple[ArchiveSource, ...]) -> None:
     """Complete the builder's manifest with what only the fetch step knows."""
     write_json(
         manifest_path,
@@ -57,6 +58,6 @@ def _add_provenance(manifest_path: Path, spec: DatasetSpec, params: Params) -> N
             **read_json(manifest_path),
             "dataset": spec.name,
             "params": params.model_dump(mode="json"),
-            "sources": [dataclasses.asdict(source) for source in spec.sources],
+            "sources": [dataclasses.asdict(source) for source in sources],
         },
     )

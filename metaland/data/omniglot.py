@@ -205,7 +205,7 @@ def _register(name: str, description: str, base_characters: int, sources: tuple[
         DatasetSpec(
             name=name,
             description=description,
-            sources=sources,
+            sources=lambda _params: sources,
             config_model=OmniglotParams,
             split_sizes=partial(split_sizes, base_characters),
             min_instances=min_instances,

@@ -26,7 +26,11 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class ArchiveSource:
-    """One downloadable file: its public address and checksums (at least one must be given)."""
+    """One downloadable file: its public address and checksums (at least one must be given).
+
+    An empty ``url`` means the file has no public address: it comes from a mirror folder or the
+    download cache only.
+    """
 
     filename: str
     url: str
@@ -44,12 +48,15 @@ class DatasetSpec:
 
     ``split_sizes`` and ``min_instances`` are known before anything is downloaded, so params
     validation can refuse an impossible task (20-way on a 10-class split) before work starts.
-    ``build`` turns the verified archives into the normalised layout inside ``out_dir``.
+    ``sources`` gives the archives for the dataset's params (fixed for most datasets; user-given
+    for MiniImagenet, which has no canonical public archive) and may raise :class:`ConfigError`
+    when the params cannot name one. ``build`` turns the verified archives into the normalised
+    layout inside ``out_dir``.
     """
 
     name: str
     description: str
-    sources: tuple[ArchiveSource, ...]
+    sources: Callable[[Params], tuple[ArchiveSource, ...]]
     config_model: type[Params]
     split_sizes: Callable[[Params], Mapping[str, int]]
     min_instances: Callable[[Params], int]

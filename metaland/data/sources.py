@@ -59,6 +59,12 @@ def obtain(source: ArchiveSource, *, mirror: Path | None, cache_dir: Path) -> Pa
         if not mismatches:
             return cached
         _log.warning("%s fails its checksum (%s); downloading it again", cached, mismatches[0])
+    if not source.url:
+        raise DataError(
+            f"{source.filename} has no public address, and no copy of it that passes its checksum is in "
+            f"{cache_dir}. Fix: put the file in a folder named by {MIRROR_ENV} (or the mirror param), or "
+            f"set the address in the dataset's params (its url)."
+        )
     with atomic_path(cached) as tmp:
         _download(source.url, tmp, label=source.filename)
         verify(
@@ -93,18 +99,17 @@ def verify(path: Path, source: ArchiveSource, *, label: str, fix: str) -> None:
 
 def _from_mirror(source: ArchiveSource, mirror: Path) -> Path:
     path = mirror / source.filename
+    origin = f"the file published at {source.url}" if source.url else "the file whose checksum the params give"
     if not path.is_file():
         raise DataError(
-            f"The data mirror folder {mirror} has no file {source.filename}. Fix: copy "
-            f"{source.filename} (from {source.url}) into {mirror}, or unset {MIRROR_ENV} (and the "
-            f"mirror param) to download it."
+            f"The data mirror folder {mirror} has no file {source.filename}. Fix: copy {origin} into "
+            f"{mirror}, or unset {MIRROR_ENV} (and the mirror param) to download it."
         )
     verify(
         path,
         source,
         label=f"Mirror file {path}",
-        fix=f"replace it with the file published at {source.url}, or point {MIRROR_ENV} at a "
-        f"mirror that holds the right one.",
+        fix=f"replace it with {origin}, or point {MIRROR_ENV} at a mirror that holds the right one.",
     )
     return path
 

@@ -95,11 +95,15 @@ def materialise(split: SplitData, tasks: TaskSet) -> TaskBatch:
     )
 
 
+def model_inputs(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float model inputs in [0, 1] (the pixel convention of the data layout)."""
+    return images.to(torch.float32).div_(255.0)
+
+
 def _gather(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """[T, N, S] global image indices -> float [T, N*S, C, H, W]."""
     n_tasks = index.shape[0]
-    picked = images[index.reshape(-1)].to(torch.float32).div_(255.0)
-    return picked.reshape(n_tasks, -1, *images.shape[1:])
+    return model_inputs(images[index.reshape(-1)]).reshape(n_tasks, -1, *images.shape[1:])
 
 
 def save_task_set(path: Path | str, tasks: TaskSet, meta: dict) -> None:

@@ -3,20 +3,35 @@
 An algorithm is a function ``meta_gradient(problem, params, batch, options) -> (grads, metrics)``
 returning the mean meta-gradient over the tasks of ``batch`` (seed 000 eq. 2.2 without the step)
 and scalar training metrics. The training loop (``metaland.meta.train``) applies Adam to it.
+
+Three hooks let an algorithm that is not episodic (the finetune baseline, seed 000 §2.3.2) share
+the same loop, checkpoints and probes; episodic meta-learners keep their defaults:
+
+* ``training_batch(run, split, step, options)``: what iteration ``step`` trains on (default: the
+  meta-batch of ``run.train.meta_batch`` seeded tasks);
+* ``output_classes(run, split)``: logits of the head during training (default: ``run.ways``);
+* ``meta_test_params(params, head, ways, generator)``: θ^s as meta-test tasks see it (default:
+  unchanged; finetune swaps in a fresh m-way head).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from metaland.data.tasks import TaskBatch
+from metaland.data.layout import SplitData
+from metaland.data.tasks import TaskBatch, materialise, sample_tasks
 from metaland.meta.inner import LossFn
 from metaland.models import Forward, ParamDict
 from metaland.registry import Registry
 from metaland.schema import Params
+from metaland.seeding import generator
+
+if TYPE_CHECKING:
+    from metaland.config import Run
 
 
 @dataclass(frozen=True)
@@ -30,7 +45,28 @@ class MetaProblem:
     task_chunk: int  # tasks vectorised together; 0 = all
 
 
-MetaGradient = Callable[[MetaProblem, ParamDict, TaskBatch, Params], tuple[ParamDict, dict[str, float]]]
+MetaGradient = Callable[[MetaProblem, ParamDict, Any, Params], tuple[ParamDict, dict[str, float]]]
+
+
+def episodic_batch(run: Run, split: SplitData, step: int, options: Params) -> TaskBatch:
+    """The meta-batch of iteration ``step``: ``meta_batch`` tasks seeded by (run seed, step) only."""
+    tasks = sample_tasks(
+        split,
+        ways=run.ways,
+        shots=run.shots,
+        queries=run.queries,
+        n_tasks=run.train.meta_batch,
+        generator=generator(run.seed, "train-tasks", step),
+    )
+    return materialise(split, tasks)
+
+
+def task_head_classes(run: Run, split: SplitData) -> int:
+    return run.ways
+
+
+def unchanged(params: ParamDict, head: tuple[str, str], ways: int, rng: torch.Generator) -> ParamDict:
+    return params
 
 
 @dataclass(frozen=True)
@@ -39,16 +75,23 @@ class AlgorithmSpec:
     description: str
     options_model: type[Params]
     meta_gradient: MetaGradient
+    training_batch: Callable[[Run, SplitData, int, Params], Any] = episodic_batch
+    output_classes: Callable[[Run, SplitData], int] = task_head_classes
+    meta_test_params: Callable[[ParamDict, tuple[str, str], int, torch.Generator], ParamDict] = unchanged
+
+    def at_meta_test(self, params: ParamDict, head: tuple[str, str], run: Run, step: int) -> ParamDict:
+        """θ^s of checkpoint ``step`` as meta-test tasks see it; the same at validation and in probes."""
+        return self.meta_test_params(params, head, run.ways, generator(run.seed, "meta-test-head", step))
 
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
 
 
-def task_chunks(batch: TaskBatch, chunk: int):
-    """Consecutive chunks of at most ``chunk`` tasks (0 = one chunk)."""
-    size = chunk or len(batch)
-    for start in range(0, len(batch), size):
-        yield batch.chunk(start, min(start + size, len(batch)))
+def task_chunks(n_tasks: int, chunk: int):
+    """(start, stop) of consecutive chunks of at most ``chunk`` tasks (0 = one chunk)."""
+    size = chunk or n_tasks
+    for start in range(0, n_tasks, size):
+        yield start, min(start + size, n_tasks)
 
 
 def add_into(total: ParamDict | None, grads: ParamDict) -> ParamDict:
@@ -61,9 +104,11 @@ def scale(grads: ParamDict, factor: float) -> ParamDict:
     return {k: g * factor for k, g in grads.items()}
 
 
-def mean_metrics(values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
-    return {k: torch.cat(v).mean().item() for k, v in values.items()}
+def mean_metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: v.mean().item() for k, v in values.items()}
 
 
 # Registrations (one module per algorithm family).
+from metaland.meta import finetune as _finetune  # noqa: E402,F401
 from metaland.meta import maml as _maml  # noqa: E402,F401
+from metaland.meta import regularised as _regularised  # noqa: E402,F401

@@ -30,15 +30,26 @@ from metaland.models import ParamDict
 from metaland.schema import NoOptions, Params
 
 
-def maml_meta_gradient(
-    problem: MetaProblem, params: ParamDict, batch: TaskBatch, options: Params, *, first_order: bool
-) -> tuple[ParamDict, dict[str, float]]:
-    """Mean meta-gradient over the tasks of ``batch`` and the post-adaptation query metrics."""
+def query_meta_gradient(
+    problem: MetaProblem,
+    params: ParamDict,
+    batch: TaskBatch,
+    *,
+    first_order: bool,
+    offsets: ParamDict | None = None,
+) -> tuple[ParamDict, dict[str, torch.Tensor]]:
+    """(1/n) Σ_i ∇_θ L(f(D'_i; θ̃_i + c_i)) and per-task query loss / accuracy.
 
-    def task_query_loss(p: ParamDict, sx, sy, qx, qy):
+    ``offsets`` ({name: [n, ...]}) are constant per-task corrections c_i added to the adapted
+    parameters (no gradient flows through them; Algorithm 1 of §2.6); none means c_i = 0 (eq. 2.2).
+    """
+
+    def task_query_loss(p: ParamDict, sx, sy, qx, qy, offset: ParamDict | None):
         adapted = adapt(
             problem.loss, p, sx, sy, steps=problem.inner_steps, lr=problem.inner_lr, first_order=first_order
         )
+        if offset is not None:
+            adapted = {name: value + offset[name] for name, value in adapted.items()}
         logits = problem.forward(adapted, qx)
         query_loss = F.cross_entropy(logits, qy)
         return query_loss, (query_loss.detach(), accuracy(logits, qy).detach())
@@ -46,15 +57,25 @@ def maml_meta_gradient(
     # vmap(grad(.)) per task, never grad(vmap(.)): differentiating outside a vmap through
     # BatchNorm's double backward gives wrong second-order gradients in torch.func (checked
     # against unrolled autograd in tests/test_math_inner.py), while the per-task form is exact.
-    per_task_grad = vmap(grad(task_query_loss, has_aux=True), in_dims=(None, 0, 0, 0, 0))
+    offset_dim = None if offsets is None else 0
+    per_task_grad = vmap(grad(task_query_loss, has_aux=True), in_dims=(None, 0, 0, 0, 0, offset_dim))
     total: ParamDict | None = None
     seen: dict[str, list[torch.Tensor]] = {"query_loss": [], "query_accuracy": []}
-    for chunk in task_chunks(batch, problem.task_chunk):
-        grads, (losses, accuracies) = per_task_grad(params, *chunk.tensors())
+    for start, stop in task_chunks(len(batch), problem.task_chunk):
+        offset = None if offsets is None else {k: v[start:stop] for k, v in offsets.items()}
+        grads, (losses, accuracies) = per_task_grad(params, *batch.chunk(start, stop).tensors(), offset)
         total = add_into(total, {k: g.sum(dim=0) for k, g in grads.items()})
         seen["query_loss"].append(losses)
         seen["query_accuracy"].append(accuracies)
-    return scale(total, 1.0 / len(batch)), mean_metrics(seen)
+    return scale(total, 1.0 / len(batch)), {k: torch.cat(v) for k, v in seen.items()}
+
+
+def maml_meta_gradient(
+    problem: MetaProblem, params: ParamDict, batch: TaskBatch, options: Params, *, first_order: bool
+) -> tuple[ParamDict, dict[str, float]]:
+    """Mean meta-gradient over the tasks of ``batch`` and the post-adaptation query metrics."""
+    grads, per_task = query_meta_gradient(problem, params, batch, first_order=first_order)
+    return grads, mean_metrics(per_task)
 
 
 ALGORITHMS.register(

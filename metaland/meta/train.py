@@ -1,11 +1,12 @@
 """Meta-training of one run, with checkpoints on a schedule and exact resume.
 
-Iteration ``s`` draws its meta-batch from a generator seeded by (run seed, "train-tasks", s), and
-the Adam state is saved with θ, so a run restarted from its newest valid checkpoint continues
-bit for bit as if it had never stopped. Layout of the run folder (a DVC ``persist`` output)::
+Iteration ``s`` draws its batch (a meta-batch of tasks; images for the finetune baseline) from a
+generator seeded by (run seed, purpose, s) only, and the Adam state is saved with θ, so a run
+restarted from its newest valid checkpoint continues bit for bit as if it had never stopped.
+Layout of the run folder (a DVC ``persist`` output)::
 
     runs/<run>/ckpt/step-00000500.safetensors + .json   θ, Adam state; sidecar with val metrics
-    runs/<run>/train_log.csv                            per log step: query loss / accuracy
+    runs/<run>/train_log.csv                            per log step: the algorithm's training metrics
     runs/<run>/val_tasks.json                           the fixed validation task set
 
 A restarted run continues the MLflow run of the same run key and params hash, so its metrics
@@ -45,12 +46,11 @@ from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
 from metaland.meta.inner import cross_entropy
-from metaland.models import ParamDict, build_for_run, initial_params, make_forward
+from metaland.models import ParamDict, build_for_run, head_names, initial_params, make_forward
 from metaland.schema import Params
 from metaland.seeding import generator
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ("step", "query_loss", "query_accuracy")
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,6 @@ def val_task_set(run: Run, split: SplitData) -> TaskSet:
     )
 
 
-def train_batch(run: Run, split: SplitData, step: int):
-    """The meta-batch of iteration ``step``; depends only on (run seed, step)."""
-    tasks = sample_tasks(
-        split,
-        ways=run.ways,
-        shots=run.shots,
-        queries=run.queries,
-        n_tasks=run.train.meta_batch,
-        generator=generator(run.seed, "train-tasks", step),
-    )
-    return materialise(split, tasks)
-
-
 def train(
     run: Run,
     dataset_params: Params,
@@ -99,9 +86,10 @@ def train(
     """
     train_split = load_split(dataset_dir, "train")
     val_split = load_split(dataset_dir, "val")
-    module = build_for_run(run, train_split.images, device)
-    forward = make_forward(module)
     algorithm = ALGORITHMS.get(run.algorithm)
+    module = build_for_run(run, train_split.images, device, classes=algorithm.output_classes(run, train_split))
+    forward = make_forward(module)
+    head = head_names(module)
     cfg = run.train
     problem = MetaProblem(forward, cross_entropy(forward), cfg.inner_steps, cfg.inner_lr, cfg.task_chunk)
     params_hash = run.trajectory_hash(dataset_params)
@@ -111,15 +99,20 @@ def train(
     save_task_set(Path(out_dir) / "val_tasks.json", val_tasks, {"split": "val", "dataset": run.dataset})
     val_batch = materialise(val_split, val_tasks).to(device)
 
-    def validate(params: ParamDict) -> dict[str, float]:
+    def validate(params: ParamDict, step: int) -> dict[str, float]:
         metrics, _ = evaluate_tasks(
-            forward, params, val_batch, steps=cfg.inner_steps, lr=cfg.inner_lr, chunk=cfg.task_chunk or len(val_batch)
+            forward,
+            algorithm.at_meta_test(params, head, run, step),
+            val_batch,
+            steps=cfg.inner_steps,
+            lr=cfg.inner_lr,
+            chunk=cfg.task_chunk or len(val_batch),
         )
         return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
 
     def checkpoint(step: int, params: ParamDict, adam: AdamState, log_rows: list[dict], tracker) -> Checkpoint:
-        val = validate(params)
-        write_csv(Path(out_dir) / "train_log.csv", log_rows, LOG_COLUMNS)
+        val = validate(params, step)
+        write_csv(Path(out_dir) / "train_log.csv", log_rows, list(log_rows[0]) if log_rows else ["step"])
         ckpt = save_checkpoint(
             ckpt_dir,
             step,
@@ -152,25 +145,25 @@ def train(
             start = resume.step
             log.info("resuming %s from step %d", run.key, start)
 
-        window: dict[str, list[float]] = {"query_loss": [], "query_accuracy": []}
+        window: dict[str, list[float]] = {}
         progress = tqdm(
             total=cfg.iterations, initial=start, desc=run.key, disable=not sys.stderr.isatty(), dynamic_ncols=True
         )
         for step in range(start, cfg.iterations):
-            batch = train_batch(run, train_split, step).to(device)
+            batch = algorithm.training_batch(run, train_split, step, run.algorithm_options).to(device)
             grads, metrics = algorithm.meta_gradient(problem, params, batch, run.algorithm_options)
             _check_finite(run, step, metrics, grads)
             params, adam = adam_step(params, grads, adam, lr=cfg.meta_lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-            for k in window:
-                window[k].append(metrics[k])
+            for k, value in metrics.items():
+                window.setdefault(k, []).append(value)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 row = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
                 log_rows.append(row)
-                window = {k: [] for k in window}
-                progress.set_postfix(loss=f"{row['query_loss']:.3f}", acc=f"{row['query_accuracy']:.3f}")
+                window = {}
+                progress.set_postfix({k: f"{v:.3f}" for k, v in list(row.items())[1:3]})
                 if tracker is not None:
-                    tracker.log_metrics({f"train/{k}": row[k] for k in LOG_COLUMNS[1:]}, step=done)
+                    tracker.log_metrics({f"train/{k}": v for k, v in row.items() if k != "step"}, step=done)
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
                 checkpoint(done, params, adam, log_rows, tracker)
             progress.update(1)
@@ -179,10 +172,11 @@ def train(
 
 
 def _check_finite(run: Run, step: int, metrics: dict[str, float], grads: ParamDict) -> None:
-    if math.isfinite(metrics["query_loss"]) and all(torch.isfinite(g).all() for g in grads.values()):
+    if all(map(math.isfinite, metrics.values())) and all(torch.isfinite(g).all() for g in grads.values()):
         return
     raise DivergenceError(
-        f"run {run.key} diverged at meta-iteration {step + 1}: the query loss or meta-gradient is not finite. "
+        f"run {run.key} diverged at meta-iteration {step + 1}: a training metric or the meta-gradient is not "
+        "finite. "
         f"Fix: lower runs.{run.key}.train.meta_lr (now {run.train.meta_lr}) or train.inner_lr "
         f"(now {run.train.inner_lr}); the checkpoints written so far are kept."
     )
@@ -205,4 +199,4 @@ def _read_log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as stream:
-        return [{"step": int(r["step"]), **{k: float(r[k]) for k in LOG_COLUMNS[1:]}} for r in csv.DictReader(stream)]
+        return [{"step": int(r.pop("step")), **{k: float(v) for k, v in r.items()}} for r in csv.DictReader(stream)]

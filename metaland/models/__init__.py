@@ -47,13 +47,22 @@ def build_model(name: str, options: Params, *, channels: int, image_size: int, w
         return MODELS.get(name).build(options, channels, image_size, ways)
 
 
-def build_for_run(run: Run, images: torch.Tensor, device: torch.device | str = "cpu") -> nn.Module:
+def build_for_run(
+    run: Run, images: torch.Tensor, device: torch.device | str = "cpu", *, classes: int | None = None
+) -> nn.Module:
     """The model of ``run`` for inputs shaped like ``images`` [N, C, H, W], on ``device``.
 
     Training and probing build it the same way, so a checkpoint's parameter names always match.
+    The head has ``classes`` logits (default ``run.ways``; the finetune baseline pre-trains with
+    one per meta-train class).
     """
     module = build_model(
-        run.model_name, run.model, channels=images.shape[1], image_size=images.shape[-1], ways=run.ways, seed=run.seed
+        run.model_name,
+        run.model,
+        channels=images.shape[1],
+        image_size=images.shape[-1],
+        ways=classes or run.ways,
+        seed=run.seed,
     )
     return module.to(device)
 
@@ -82,6 +91,23 @@ def flatten(params: ParamDict) -> torch.Tensor:
 def flatten_batched(params: ParamDict) -> torch.Tensor:
     """[B, d] from a dict of [B, ...] tensors (one row per task)."""
     return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
+
+
+def unflatten_batched(rows: torch.Tensor, like: ParamDict) -> ParamDict:
+    """The inverse of :func:`flatten_batched`: rows [B, d] -> {name: [B, *like[name].shape]}."""
+    sizes = [p.numel() for p in like.values()]
+    pieces = rows.split(sizes, dim=1)
+    return {name: piece.reshape(rows.shape[0], *p.shape) for (name, p), piece in zip(like.items(), pieces, strict=True)}
+
+
+def head_names(module: nn.Module) -> tuple[str, str]:
+    """Names of the weight and bias of the classifier head: the module's last ``nn.Linear``.
+
+    Every registered model ends in a linear head with one logit per class (seed 000 §2.7.1)."""
+    linears = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} has no linear head")
+    return f"{linears[-1]}.weight", f"{linears[-1]}.bias"
 
 
 # Registrations (one module per model family).

@@ -23,7 +23,8 @@ from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import atomic_dir, read_json, write_csv
-from metaland.models import build_for_run, make_forward
+from metaland.meta import ALGORITHMS
+from metaland.models import build_for_run, head_names, make_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
@@ -57,6 +58,8 @@ def probe_run(
     batch = materialise(split, tasks).to(device)
     module = build_for_run(run, split.images, device)
     forward = make_forward(module)
+    head = head_names(module)
+    algorithm = ALGORITHMS.get(run.algorithm)
     order = list(dict(module.named_parameters()))
     manifest = read_manifest(checkpoint_dir)
 
@@ -65,7 +68,8 @@ def probe_run(
     for entry in entries:
         path = Path(checkpoint_dir) / entry["file"]
         checkpoint = Checkpoint(path, read_json(path.with_suffix(".json")))
-        params = load_params(checkpoint, order, device)
+        step = entry["step"]
+        params = algorithm.at_meta_test(load_params(checkpoint, order, device), head, run, step)
         context = ProbeContext(
             forward, params, batch, run.train.inner_steps, run.train.inner_lr, study.probe.chunk, study.probe.seed
         )
@@ -75,7 +79,6 @@ def probe_run(
             output = PROBES.get(name).run(context, options)
             summary.update(output.summary)
             per_task.update(output.per_task)
-        step = entry["step"]
         checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **summary})
         for t in range(len(tasks)):
             values = {k: _cell(v, t) for k, v in per_task.items()}
