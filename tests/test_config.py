@@ -48,6 +48,42 @@ def test_profiles_spell_out_every_training_knob(profile):
         assert set(study["defaults"]["train"]) == set(TrainConfig.model_fields)
 
 
+def test_paper_profile_has_the_thesis_settings():
+    """Seed 000 §2.5-2.7: settings, hyper-parameters per dataset and shot count, 5 runs each."""
+    config = load_params(REPO / "profiles" / "paper.yaml")
+    study = config.studies["guiroy2019"]
+    assert study.probe.tasks == 500 and study.probes["curvature"].tasks == 60
+    settings: dict[tuple, list] = {}
+    for run in config.runs.values():
+        key = (run.algorithm, run.dataset, run.ways, run.shots, run.train.inner_steps)
+        settings.setdefault(key, []).append(run)
+        if run.algorithm == "finetune":
+            batch, per_epoch = (64, 25) if run.shots == 1 else (128, 12)  # §2.7.3
+            assert (run.algorithm_options.batch_size, run.train.checkpoint_every) == (batch, per_epoch)
+            assert run.train.iterations == 100 * per_epoch
+            continue
+        mini = run.dataset == "miniimagenet"
+        assert run.train.inner_lr == (0.01 if mini else 0.1)
+        assert run.train.meta_batch == ({1: 4, 5: 2} if mini else {1: 16, 5: 8})[run.shots]
+        assert (run.model.filters, run.model.downsample) == ((48, "maxpool") if mini else (64, "stride"))
+        extended = (run.algorithm, run.dataset, run.shots, run.train.inner_steps) == ("fomaml", "miniimagenet", 1, 5)
+        assert run.train.iterations == (100_000 if extended else 50_000)
+        if run.algorithm == "regmaml":
+            assert run.algorithm_options.gamma == 0.5 and (run.ways, run.shots) == (20, 1)
+    assert all(sorted(r.seed for r in runs) == [0, 1, 2, 3, 4] for runs in settings.values())
+    one_step = {k[:4] for k in settings if k[4] == 1}
+    assert one_step == {  # Figs. 2.7, 2.11
+        *((a, "miniimagenet", 5, s) for a in ("maml", "fomaml") for s in (1, 5)),
+        ("maml", "omniglot", 20, 1),
+        ("maml", "omniglot", 20, 5),
+    }
+    five_steps = {k[:4] for k in settings if k[4] == 5 and k[0] in ("maml", "fomaml")}
+    assert five_steps == {
+        *((a, "omniglot", w, s) for a in ("maml", "fomaml") for w in (5, 20) for s in (1, 5)),
+        *((a, "miniimagenet", 5, s) for a in ("maml", "fomaml") for s in (1, 5)),
+    }
+
+
 def test_run_inherits_study_defaults_and_may_override(raw):
     raw["runs"][RUN]["train"] = {"inner_steps": 1}
     config = resolve(raw)

@@ -146,3 +146,26 @@ def test_changing_a_probe_knob_reruns_only_what_depends_on_it(pipeline):
     assert sorted(status) == sorted([*(f"probe@{r}" for r in RUNS), "aggregate"])
     log = sh(["dvc", "repro"], work, env)
     assert sorted(stages_run(log)) == sorted([*(f"probe@{r}" for r in RUNS), "aggregate", "plot"])
+
+
+def test_paper_profile_dry_run_lists_every_run_of_the_thesis(tmp_path):
+    """`dvc repro --dry --force` on the paper profile names every stage without running one.
+
+    (`--force` skips DVC's run-cache lookup, which would hash the not-yet-fetched datasets.)"""
+    for name in ("dvc.yaml", ".dvc/config", ".dvcignore"):
+        if (REPO / name).is_file():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tmp_path / name)
+    shutil.copy2(REPO / "profiles" / "paper.yaml", tmp_path / "params.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    sh(["git", "init", "-q"], tmp_path, env)
+    stages = stages_run(sh(["dvc", "repro", "--dry", "--force"], tmp_path, env))
+    runs = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["runs"]
+    assert sorted(s for s in stages if s.startswith("train@")) == sorted(f"train@{r}" for r in runs)
+    assert {"fetch@omniglot", "fetch@miniimagenet", "aggregate", "plot"} <= set(stages)
+    assert len(stages) == 3 * len(runs) + 4
+    counts = {(r["algorithm"], r["dataset"]) for r in runs.values()}
+    assert counts == {
+        *((a, "omniglot") for a in ("maml", "fomaml", "regmaml")),
+        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune")),
+    }
