@@ -292,7 +292,7 @@ def fig_finetune_and_norms(tables: StudyTables, path: Path) -> None:
         else:
             curves_by_algorithm(ax, finetune, metric, title=title)
     for ax, shots, letter in ((axes[2], 1, "c"), (axes[3], 5, "d")):
-        rows = where(shots=shots)(norms) if not norms.empty else norms
+        rows = where(shots=shots)(norms)
         title = f"({letter}) l2 norm of trajectories ({shots}-shot)"
         if rows.empty:
             no_data(ax, title, f"{shots}-shot runs")
