@@ -250,12 +250,16 @@ def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Pa
 @DATA_DIR
 @CKPT_DIR
 @PROBES_DIR
-def probe(run_key: str, params_path: Path, data_dir: Path, checkpoints_dir: Path, probes_dir: Path) -> None:
+@_dir("cache", ".metaland/probe-cache", "Per-checkpoint probe results kept for resuming (not a DVC output).")
+def probe(
+    run_key: str, params_path: Path, data_dir: Path, checkpoints_dir: Path, probes_dir: Path, cache_dir: Path
+) -> None:
     """Run the study's probes (studies.<study>.probe) on every extracted checkpoint of RUN.
 
     All checkpoints are probed on one fixed, seeded task set (saved as probes/RUN/tasks.json);
     results are tidy tables probes/RUN/checkpoints.csv and probes/RUN/tasks.csv, and each
-    checkpoint's summary is logged to MLflow with step = meta-iteration.
+    checkpoint's summary is logged to MLflow with step = meta-iteration. Each checkpoint's results
+    are kept in the cache folder as soon as they exist, so a killed sweep restarts where it stopped.
     """
     from metaland.probes.runner import probe_run
     from metaland.tracking import stage_run
@@ -267,7 +271,14 @@ def probe(run_key: str, params_path: Path, data_dir: Path, checkpoints_dir: Path
     dataset_dir = _dataset_dir(data_dir, run.dataset)
     with stage_run("probe", experiment=run.study, run_key=run.key, params=study.probe.model_dump()) as tracker:
         rows = probe_run(
-            run, study, dataset_dir, checkpoints_dir / run.key, probes_dir / run.key, device=device, tracker=tracker
+            run,
+            study,
+            dataset_dir,
+            checkpoints_dir / run.key,
+            probes_dir / run.key,
+            device=device,
+            tracker=tracker,
+            cache_dir=cache_dir,
         )
     click.echo(f"probed {len(rows)} checkpoints of {run.key} -> {probes_dir / run.key}")
 

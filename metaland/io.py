@@ -42,6 +42,23 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+TEMPORARY_PATTERNS = (".*.tmp", ".tmp*")
+"""Temporary files of :func:`atomic_path` (``.<name>.XXXX.tmp``) and of safetensors' own writer
+(``.tmpXXXXXX``, the Rust ``tempfile`` crate), which a SIGKILL can leave behind."""
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``; return them.
+
+    Only call this where no other process writes into ``folder`` (a stage owns its outputs)."""
+    folder = Path(folder)
+    found = {p for pattern in TEMPORARY_PATTERNS for p in folder.glob(pattern)} if folder.is_dir() else set()
+    stale = sorted(p for p in found if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds."""
@@ -106,6 +123,15 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def source_digest() -> str:
+    """sha256 over the package's Python sources (paths and contents): changes with any code change."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -116,3 +116,16 @@ def test_different_seeds_give_different_runs(tiny_dataset, tmp_path):
         dataclasses.replace(make_run(iterations=4), seed=1), DATASET_PARAMS, tiny_dataset, tmp_path / "b", device=CPU
     )
     assert a.checkpoints[-1].sidecar["sha256"] != b.checkpoints[-1].sidecar["sha256"]
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_restart(tiny_dataset, tmp_path):
+    train(make_run(iterations=8), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    leftovers = [
+        tmp_path / "ckpt" / ".step-00000012.safetensors.k3j4.tmp",  # metaland.io.atomic_path
+        tmp_path / "ckpt" / ".tmpQ0gVD3",  # safetensors' own temporary file
+        tmp_path / ".train_log.csv.x9z.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    result = train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    assert result.resumed_from == 8 and not any(path.exists() for path in leftovers)

@@ -41,7 +41,7 @@ from metaland.config import Run
 from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
 from metaland.errors import DivergenceError
-from metaland.io import write_csv
+from metaland.io import remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
@@ -183,7 +183,10 @@ def _check_finite(run: Run, step: int, metrics: dict[str, float], grads: ParamDi
 
 
 def _prune(ckpt_dir: Path, params_hash: str, iterations: int) -> None:
-    """Remove checkpoints of other params, and those past the last iteration of this run."""
+    """Remove checkpoints of other params, those past the last iteration of this run, tensor files
+    without a sidecar and temporary files, all of which a killed or changed run leaves behind."""
+    for folder in (ckpt_dir, ckpt_dir.parent):
+        remove_stale_temporaries(folder)
     for ckpt in list_checkpoints(ckpt_dir):
         stale = ckpt.sidecar.get("params_hash") != params_hash or ckpt.step > iterations
         if stale:

@@ -7,6 +7,14 @@ row per observation::
     probes/<run>/checkpoints.csv   one row per checkpoint: step + every probe summary
     probes/<run>/tasks.csv         one row per checkpoint × task: per-task values
     probes/<run>/tasks.json        the fixed task set (class and sample indices)
+
+A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
+So each checkpoint's results are also kept, as soon as they exist, in a cache folder outside the
+DVC outputs (``.metaland/probe-cache/<run>/`` by default), under a key that hashes everything they
+depend on: the checkpoint's sha256, the task set, the probe options, the run's inner loop, the
+device type and the source code of the package. A sweep that is killed and restarted recomputes
+only the checkpoints it had not finished; a changed input changes the key, so stale results are
+never reused.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from metaland.config import Run, StudyConfig
 from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
 from metaland.extract import read_manifest
-from metaland.io import atomic_dir, read_json, write_csv
+from metaland.io import atomic_dir, read_json, source_digest, stable_hash, write_csv, write_json
 from metaland.meta import ALGORITHMS
 from metaland.models import build_for_run, head_names, make_forward
 from metaland.probes import PROBES, ProbeContext
@@ -42,6 +50,9 @@ def probe_task_set(run: Run, study: StudyConfig, split: SplitData) -> TaskSet:
     )
 
 
+DEFAULT_CACHE_DIR = Path(".metaland") / "probe-cache"
+
+
 def probe_run(
     run: Run,
     study: StudyConfig,
@@ -51,6 +62,7 @@ def probe_run(
     *,
     device: torch.device,
     tracker=None,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> list[dict]:
     """Probe every checkpoint in ``checkpoint_dir``'s manifest; write the tables; return the rows."""
     split = load_split(dataset_dir, study.probe.split)
@@ -63,36 +75,46 @@ def probe_run(
     order = list(dict(module.named_parameters()))
     manifest = read_manifest(checkpoint_dir)
 
+    inputs = {
+        "tasks": stable_hash(tasks.to_json()),
+        "probe": study.probe.model_dump(mode="json"),
+        "run": {k: v for k, v in run.to_dict().items() if k not in ("key", "train")},
+        "inner_loop": [run.train.inner_steps, run.train.inner_lr],
+        "device": device.type,
+        "code": source_digest(),
+    }
     checkpoint_rows, task_rows = [], []
     entries = tqdm(manifest["checkpoints"], desc=f"probe {run.key}", disable=not sys.stderr.isatty())
     for entry in entries:
         path = Path(checkpoint_dir) / entry["file"]
         checkpoint = Checkpoint(path, read_json(path.with_suffix(".json")))
         step = entry["step"]
-        params = algorithm.at_meta_test(load_params(checkpoint, order, device), head, run, step)
-        context = ProbeContext(
-            forward, params, batch, run.train.inner_steps, run.train.inner_lr, study.probe.chunk, study.probe.seed
-        )
-        summary: dict[str, float] = {}
-        per_task: dict[str, torch.Tensor] = {}
-        for name, options in study.probes.items():
-            output = PROBES.get(name).run(context, options)
-            summary.update(output.summary)
-            per_task.update(output.per_task)
-        checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **summary})
+        key = stable_hash({**inputs, "checkpoint": checkpoint.sidecar["sha256"]})
+        cached = Path(cache_dir) / run.key / f"step-{step:08d}-{key}.json"
+        if cached.is_file():
+            result = read_json(cached)
+        else:
+            params = algorithm.at_meta_test(load_params(checkpoint, order, device), head, run, step)
+            context = ProbeContext(
+                forward, params, batch, run.train.inner_steps, run.train.inner_lr, study.probe.chunk, study.probe.seed
+            )
+            result = _probe_checkpoint(context, study)
+            write_json(cached, {"step": step, **result})
+        checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **result["summary"]})
         for t in range(len(tasks)):
-            values = {k: _cell(v, t) for k, v in per_task.items()}
+            values = {k: _cell(v, t) for k, v in result["per_task"].items()}
             task_rows.append({"run": run.key, "step": step, "task": t, **values})
         if tracker is not None:
-            tracker.log_metrics({f"probe/{k}": v for k, v in summary.items()}, step=step)
+            tracker.log_metrics({f"probe/{k}": v for k, v in result["summary"].items()}, step=step)
 
+    # Metric columns in name order, whether the results were computed now or read from the cache.
     checkpoint_columns = [
         "run",
         "step",
         "n_tasks",
-        *[k for k in checkpoint_rows[0] if k not in ("run", "step", "n_tasks")],
+        *sorted(k for k in checkpoint_rows[0] if k not in ("run", "step", "n_tasks")),
     ]
-    task_columns = ["run", "step", "task", *[k for k in task_rows[0] if k not in ("run", "step", "task")]]
+    task_columns = ["run", "step", "task", *sorted(k for k in task_rows[0] if k not in ("run", "step", "task"))]
     with atomic_dir(out_dir) as tmp:
         write_csv(tmp / "checkpoints.csv", checkpoint_rows, checkpoint_columns)
         write_csv(tmp / "tasks.csv", task_rows, task_columns)
@@ -102,8 +124,17 @@ def probe_run(
     return checkpoint_rows
 
 
-def _cell(values: torch.Tensor, task: int):
+def _probe_checkpoint(context: ProbeContext, study: StudyConfig) -> dict:
+    """Every probe of the study on one checkpoint: {"summary": {...}, "per_task": {name: [values]}}."""
+    summary: dict[str, float] = {}
+    per_task: dict[str, list[float]] = {}
+    for name, options in study.probes.items():
+        output = PROBES.get(name).run(context, options)
+        summary.update(output.summary)
+        per_task.update({k: v.tolist() for k, v in output.per_task.items()})
+    return {"summary": summary, "per_task": per_task}
+
+
+def _cell(values: list[float], task: int):
     """A per-task value, or None for tasks the probe did not measure (first-k probes)."""
-    if task >= values.shape[0]:
-        return None
-    return values[task].item()
+    return values[task] if task < len(values) else None
