@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     except MetalandError as err:
         click.echo(f"metaland: error: {err}", err=True)
         sys.exit(err.exit_code)
+    except PermissionError as err:
+        click.echo(
+            f"metaland: error: cannot write {err.filename}: permission denied. Fix: make its folder writable, "
+            "or point the command at another folder (see --help for the *-dir options).",
+            err=True,
+        )
+        sys.exit(MetalandError.exit_code)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
@@ -92,9 +99,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _config(params_path: Path):
+    """The validated params of a stage command, after checking that its tracking store answers."""
     from metaland.config import load_params
+    from metaland.tracking import check_reachable
 
-    return load_params(params_path)
+    config = load_params(params_path)
+    check_reachable()
+    return config
 
 
 def _run(config, key: str):

@@ -74,8 +74,9 @@ def run_checks(params_path: Path, data_dir: Path, echo: Callable[[str], None]) -
         )
 
     try:
-        from metaland.tracking import ensure_store, tracking_uri
+        from metaland.tracking import check_reachable, ensure_store, tracking_uri
 
+        check_reachable()
         ensure_store()
         report(True, "tracking", tracking_uri())
     except Exception as err:

@@ -26,3 +26,7 @@ class CheckpointError(MetalandError):
 
 class DivergenceError(MetalandError):
     """Training produced a non-finite loss or gradient."""
+
+
+class TrackingError(MetalandError):
+    """The MLflow tracking server named by ``MLFLOW_TRACKING_URI`` cannot be reached."""

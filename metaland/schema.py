@@ -1,6 +1,6 @@
 """Base class for every typed parameter block (pydantic v2).
 
-Blocks reject unknown keys and are immutable. Each field carries its default, range and a
+Blocks reject unknown keys, NaN and infinities, and are immutable. Each field carries its default, range and a
 description that cites the seed where the value comes from; ``python -m metaland params`` prints
 them all, so the code is the one place a knob is documented.
 """
@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """A validated, frozen block of parameters that rejects unknown keys."""
+    """A validated, frozen block of parameters that rejects unknown keys and non-finite numbers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class NoOptions(Params):

@@ -8,6 +8,10 @@ row in the UI leads back to exactly what produced it.
 
 SQLite does not like concurrent schema creation: :func:`ensure_store` creates the database once,
 under a file lock, before any stage fans out.
+
+A remote tracking server that cannot be reached fails the stage at its start, before any output
+is written (:func:`check_reachable`, a few seconds), rather than after hours of training or in
+MLflow's retry loop: nothing is lost, and the message says how to fix it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import contextlib
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from metaland.errors import TrackingError
 from metaland.io import stable_hash
 
 EXPERIMENT_PREFIX = "metaland"
@@ -40,6 +47,27 @@ def _client():
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri())
+
+
+REACHABILITY_TIMEOUT_S = 5.0
+
+
+def check_reachable(uri: str | None = None) -> None:
+    """Raise :class:`TrackingError` unless an HTTP(S) tracking server answers its health check
+    (local stores, such as the default SQLite file, need no check)."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"The MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached ({reason}); nothing was "
+            "run or written. Fix: start the server (`docker compose up mlflow`, or `make ui` for the local "
+            "store), or unset MLFLOW_TRACKING_URI to track into the local mlflow.db."
+        ) from None
 
 
 def ensure_store() -> None:

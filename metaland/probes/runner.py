@@ -30,7 +30,15 @@ from metaland.config import Run, StudyConfig
 from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
 from metaland.extract import read_manifest
-from metaland.io import atomic_dir, read_json, source_digest, stable_hash, write_csv, write_json
+from metaland.io import (
+    atomic_dir,
+    read_json,
+    remove_stale_temporaries,
+    source_digest,
+    stable_hash,
+    write_csv,
+    write_json,
+)
 from metaland.meta import ALGORITHMS
 from metaland.models import build_for_run, head_names, make_forward
 from metaland.probes import PROBES, ProbeContext
@@ -83,6 +91,7 @@ def probe_run(
         "device": device.type,
         "code": source_digest(),
     }
+    remove_stale_temporaries(Path(cache_dir) / run.key)
     checkpoint_rows, task_rows = [], []
     entries = tqdm(manifest["checkpoints"], desc=f"probe {run.key}", disable=not sys.stderr.isatty())
     for entry in entries:
