@@ -4,6 +4,9 @@
 #   docker run --gpus all -v "$PWD":/workspace metaland                # dvc repro on your checkout
 #   docker run --gpus all -v "$PWD":/workspace metaland python -m metaland doctor
 #
+# The image runs as the unprivileged user `metaland` (uid 1000). If your checkout belongs to
+# another uid, add `--user "$(id -u):$(id -g)"` so the pipeline can write its outputs there.
+#
 # Base: slim Python, not a CUDA base image. torch==2.14.1 from PyPI is a CUDA build whose
 # nvidia-* wheels (pinned in requirements.txt) carry the CUDA runtime, so a CUDA base image would
 # only duplicate it. The host needs an NVIDIA driver recent enough for CUDA 13 and the NVIDIA
@@ -22,16 +25,20 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends git make \
     && rm -rf /var/lib/apt/lists/*
 
-RUN python -m venv /opt/venv
+RUN python -m venv /opt/venv \
+    && useradd --create-home --uid 1000 --user-group --shell /bin/bash metaland
 
 # Dependencies first (a layer that survives code changes), exactly as pinned.
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
 
 WORKDIR /workspace
-COPY . /workspace
+COPY --chown=metaland:metaland . /workspace
 # Editable install: a checkout mounted over /workspace is the code that runs.
 RUN pip install --no-cache-dir --no-deps -e /workspace \
-    && git config --global --add safe.directory /workspace
+    && chown -R metaland:metaland /workspace \
+    && git config --system --add safe.directory /workspace
+
+USER 1000:1000
 
 CMD ["dvc", "repro"]

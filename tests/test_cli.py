@@ -168,3 +168,14 @@ def test_doctor_reports_each_check(capsys, ci_params, tmp_path, monkeypatch):
     broken.write_text("runs: 3\n")
     code, out, err = run_cli(capsys, "doctor", "--params", str(broken))
     assert code == 2 and "[FAIL] params" in out and "doctor found 1 problem" in err
+
+
+def test_ui_listens_on_localhost_only(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default store, mlflow.db, is created in the working folder
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, args: calls.append(args))
+    code, out, _ = run_cli(capsys, "ui", "--port", "5123")
+    assert code == 0 and "http://127.0.0.1:5123" in out
+    args = calls[0]
+    assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "5123"

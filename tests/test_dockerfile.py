@@ -45,7 +45,7 @@ def test_installs_the_pinned_requirements_before_the_code():
 def test_copied_sources_exist_and_outputs_are_not_baked_in():
     for op, args in instructions():
         if op == "COPY":
-            source = args.split()[0]
+            source = next(word for word in args.split() if not word.startswith("--"))
             assert (REPO / source).exists(), f"COPY source {source} missing"
     ignored = (REPO / ".dockerignore").read_text().split()
     for output in ("data/", "runs/", "results/", ".venv/", "mlflow.db"):
@@ -55,3 +55,11 @@ def test_copied_sources_exist_and_outputs_are_not_baked_in():
 def test_default_command_rebuilds_the_results():
     assert ("CMD", '["dvc", "repro"]') in instructions()
     assert ("WORKDIR", "/workspace") in instructions()
+
+
+def test_runs_as_an_unprivileged_user_and_carries_no_secrets():
+    users = [args for op, args in instructions() if op == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+    secret = re.compile(r"(password|passwd|secret|token|api[_-]?key)\s*[=:]", re.IGNORECASE)
+    for path in [REPO / "Dockerfile", *sorted((REPO / "profiles").glob("*.yaml")), REPO / "params.yaml"]:
+        assert not secret.search(path.read_text()), f"{path.name} looks like it holds a secret"
