@@ -42,8 +42,9 @@ def test_corrupt_file_is_detected_and_skipped(tmp_path):
         save_checkpoint(tmp_path, step, {"params": params(step)}, params_hash="h", metrics={})
     newest = list_checkpoints(tmp_path)[-1]
     newest.path.write_bytes(newest.path.read_bytes()[:-1] + b"\x00")
-    with pytest.raises(CheckpointError, match="is corrupt: sha256"):
+    with pytest.raises(CheckpointError, match="is corrupt: sha256") as info:
         verify(newest)
+    assert str(newest.path) in str(info.value) and "Fix: delete both files and rerun" in str(info.value)
     assert not is_valid(newest)
     assert latest_valid(tmp_path, "h").step == 1
 
