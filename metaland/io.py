@@ -43,8 +43,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 TEMPORARY_PATTERNS = (".*.tmp", ".tmp*")
-"""Temporary files of :func:`atomic_path` (``.<name>.XXXX.tmp``) and of safetensors' own writer
-(``.tmpXXXXXX``, the Rust ``tempfile`` crate), which a SIGKILL can leave behind."""
+"""Temporary files of :func:`atomic_path` (``.<name>.<random>.tmp``) and of safetensors' own
+writer (``.tmp<random>``, the Rust ``tempfile`` crate), which a SIGKILL can leave behind."""
 
 
 def remove_stale_temporaries(folder: Path | str) -> list[Path]:
