@@ -6,6 +6,7 @@ Writes ``results/`` as a whole (atomically):
     results/<study>/summary.csv        mean and CI over seeds, per algorithm × setting × step
     results/<study>/final.csv          per run, final checkpoint: mean and CI over tasks
     results/<study>/correlations.csv   per run: each probe metric vs accuracy and vs step
+    results/<study>/<table>.csv        the study's own tables (StudySpec.tables)
     results/metrics.json               DVC metrics: final-checkpoint numbers per run
     results/claims.json                every claim, its statistic, rule and verdict
 """
@@ -21,8 +22,9 @@ from metaland.config import Config
 from metaland.io import atomic_dir, write_json, write_text
 from metaland.results import build_tables, write_tables
 from metaland.stats import mean_ci, pearson, spearman
+from metaland.studies import STUDIES
 
-GROUP = ["algorithm", "dataset", "ways", "shots", "inner_steps", "setting"]
+GROUP = ["algorithm", "variant", "dataset", "ways", "shots", "inner_steps", "setting"]
 NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", "iterations", *GROUP}
 ACCURACY = "query_accuracy"
 
@@ -126,6 +128,9 @@ def aggregate(config: Config, probes_dir: Path, runs_dir: Path, results_dir: Pat
                 ("correlations", correlation_table(tables.checkpoints)),
             ):
                 write_text(folder / f"{stem}.csv", frame.to_csv(index=False, lineterminator="\n"))
+            for table in STUDIES.get(name).tables:
+                frame = table.build(tables, study.aggregate)
+                write_text(folder / f"{table.name}.csv", frame.to_csv(index=False, lineterminator="\n"))
             metrics[name] = run_metrics(final)
             claims += [evaluate(claim, tables, study.aggregate) for claim in claims_of(name)]
         counts = {v: sum(c["verdict"] == v for c in claims) for v in ("holds", "fails", "inconclusive")}

@@ -16,6 +16,7 @@ the runs the claim speaks about:
 * :func:`stays_within` — a metric stays within ± a tolerance of a value at every checkpoint.
 * :func:`mean_equals` — a mean is statistically indistinguishable from a value (CI contains it).
 * :func:`improves_on` — one algorithm beats another on the same tasks (paired CI of the difference).
+* :func:`all_hold` — several named tests must all hold (one claim about several variants).
 
 Per-run rules give ``holds`` only if every run in scope passes, ``fails`` if any run shows the
 opposite significantly, and ``inconclusive`` otherwise (including too few runs or checkpoints).
@@ -307,19 +308,30 @@ def stays_within(metric: str, value: float, tolerance: float, *, scope: Scope = 
     return test
 
 
-def improves_on(metric: str, treatment: Scope, baseline: Scope, *, pair_on: tuple[str, ...] = ("seed", "task")) -> Test:
-    """``treatment`` runs have a higher per-task ``metric`` than ``baseline`` runs at their final
-    checkpoints, on the same fixed tasks (paired over ``pair_on``): CI of the mean difference."""
+def improves_on(
+    metric: str,
+    treatment: Scope,
+    baseline: Scope,
+    *,
+    pair_on: tuple[str, ...] = ("seed", "task"),
+    better: Literal["higher", "lower"] = "higher",
+) -> Test:
+    """``treatment`` runs have a better (higher, or ``lower``) per-task ``metric`` than ``baseline``
+    runs at their final checkpoints, on the same fixed tasks (paired over ``pair_on``): CI of the
+    mean improvement. Tasks a probe did not measure (first-k probes) are left out of the pairs."""
+    sign, order = (1.0, "treatment − baseline") if better == "higher" else (-1.0, "baseline − treatment")
 
     def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
         keep = [*pair_on, metric]
-        pairs = treatment(tables.final_tasks)[keep].merge(
-            baseline(tables.final_tasks)[keep], on=list(pair_on), suffixes=("_treatment", "_baseline")
+        pairs = (
+            treatment(tables.final_tasks)[keep]
+            .merge(baseline(tables.final_tasks)[keep], on=list(pair_on), suffixes=("_treatment", "_baseline"))
+            .dropna()
         )
-        difference = pairs[f"{metric}_treatment"] - pairs[f"{metric}_baseline"]
+        difference = sign * (pairs[f"{metric}_treatment"] - pairs[f"{metric}_baseline"])
         ci = mean_ci(difference, cfg.confidence)
         stat = Statistic(
-            f"mean paired difference in {metric} (treatment − baseline)",
+            f"mean paired difference in {metric} ({order})",
             ci.mean,
             ci.n,
             ci=(ci.low, ci.high),
@@ -338,6 +350,43 @@ def improves_on(metric: str, treatment: Scope, baseline: Scope, *, pair_on: tupl
         if ci.high < 0:
             return Evidence(stat, "fails", f"the {level} CI of the paired difference lies below 0")
         return Evidence(stat, "inconclusive", f"the {level} CI of the paired difference contains 0")
+
+    return test
+
+
+def all_hold(tests: dict[str, Test]) -> Test:
+    """Every named test holds: ``fails`` if any fails, ``holds`` if all hold, else ``inconclusive``.
+    The statistic is the weakest component's (smallest value), with every component's in ``per_run``."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        evidence = {name: part(tables, cfg) for name, part in tests.items()}
+        components = {
+            name: {
+                "value": e.statistic.value,
+                "ci_low": e.statistic.ci[0] if e.statistic.ci else math.nan,
+                "ci_high": e.statistic.ci[1] if e.statistic.ci else math.nan,
+                "n": e.statistic.n,
+                "verdict": e.verdict,
+            }
+            for name, e in evidence.items()
+        }
+        measured = [name for name, e in evidence.items() if not math.isnan(e.statistic.value)]
+        weakest = evidence[min(measured, key=lambda n: evidence[n].statistic.value)] if measured else None
+        first = next(iter(evidence.values()))
+        stat = Statistic(
+            f"weakest of {len(tests)}: {first.statistic.name}",
+            weakest.statistic.value if weakest else math.nan,
+            weakest.statistic.n if weakest else 0,
+            ci=weakest.statistic.ci if weakest else None,
+            per_run=components,
+        )
+        by_verdict = {v: sorted(n for n, e in evidence.items() if e.verdict == v) for v in ("holds", "fails")}
+        if by_verdict["fails"]:
+            return Evidence(stat, "fails", f"it fails for {', '.join(by_verdict['fails'])}")
+        if len(by_verdict["holds"]) == len(tests):
+            return Evidence(stat, "holds", f"it holds for all of {', '.join(tests)}")
+        open_ = sorted(set(tests) - set(by_verdict["holds"]))
+        return Evidence(stat, "inconclusive", f"it is not significant for {', '.join(open_)}")
 
     return test
 

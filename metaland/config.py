@@ -68,6 +68,11 @@ class TrainConfig(Params):
         (0.9, 0.999), description="Adam β1, β2 of the meta-update (seed 000 silent: PyTorch/TensorFlow defaults)."
     )
     adam_eps: float = Field(1e-8, gt=0, description="Adam ε of the meta-update (seed 000 silent: PyTorch default).")
+    meta_optimizer: Literal["adam", "sgd"] = Field(
+        "adam",
+        description="Optimizer of the meta-update: Adam (seed 000 §2.7.3; official Sharp-MAML code) or plain SGD "
+        "θ ← θ − β ∇ (seed 002, step 9 as written). Adam's β1, β2, ε are unused under SGD.",
+    )
     iterations: int = Field(50_000, ge=1, description="Meta-iterations in all (§2.7.3: 100 epochs × 500 iterations).")
     checkpoint_every: int = Field(
         500, ge=1, description="Meta-iterations between checkpoints; the thesis probes once per epoch = 500."

@@ -19,7 +19,15 @@ import pandas as pd
 from metaland.io import write_bytes
 from metaland.stats import mean_ci
 
-ALGORITHM_COLORS = {"maml": "#1f77b4", "fomaml": "#d62728", "finetune": "#2ca02c", "regmaml": "#9467bd"}
+ALGORITHM_COLORS = {
+    "maml": "#1f77b4",
+    "fomaml": "#d62728",
+    "finetune": "#2ca02c",
+    "regmaml": "#9467bd",
+    "sharpmaml-low": "#ff7f0e",
+    "sharpmaml-up": "#8c564b",
+    "sharpmaml-both": "#e377c2",
+}
 SHOT_STYLES = {1: "-", 5: "--"}
 ACCURACY_COLOR = "#1f77b4"  # seed 000 Fig. 2.5: accuracy in blue
 COHERENCE_COLOR = "#ff7f0e"  # ... and the coherence metric in orange
@@ -108,10 +116,11 @@ def curve(
 
 
 def curves_by_algorithm(
-    ax, rows: pd.DataFrame, metric: str, *, title: str | None = None, by_shots: bool = False
+    ax, rows: pd.DataFrame, metric: str, *, title: str | None = None, by_shots: bool = False, key: str = "algorithm"
 ) -> None:
-    """One mean curve (with CI band over runs) per algorithm, or per algorithm × shots."""
-    keys = ["algorithm", "shots"] if by_shots else ["algorithm"]
+    """One mean curve (with CI band over runs) per algorithm (or ``key``: variant), or per
+    algorithm × shots."""
+    keys = [key, "shots"] if by_shots else [key]
     for key, group in rows.groupby(keys, sort=True):
         algorithm, shots = (key[0], key[1]) if by_shots else (key[0], None)
         n_runs = group["run"].nunique()

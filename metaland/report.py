@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import pandas as pd
+
 from metaland.config import Config
 from metaland.io import atomic_dir, file_digest, read_json, write_text
 from metaland.results import load_tables
@@ -53,6 +55,13 @@ def _claim_row(claim: dict) -> str:
     )
 
 
+def _study_table(path: Path, caption: str) -> str:
+    """A study's own table (results/<study>/<table>.csv) as HTML, numbers to 4 significant digits."""
+    frame = pd.read_csv(path)
+    body = frame.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.4g}", border=0)
+    return f"<h3>{html.escape(caption)}</h3>{body}"
+
+
 def write_report(config: Config, params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> Path:
     record = read_json(Path(results_dir) / "claims.json")
     git = git_state()
@@ -65,13 +74,14 @@ def write_report(config: Config, params_path: Path, results_dir: Path, figures_d
             f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
             for f in spec.figures
         )
+        tables = "".join(_study_table(Path(results_dir) / name / f"{t.name}.csv", t.caption) for t in spec.tables)
         runs = ", ".join(run.key for run in config.runs_of(name))
         sections.append(
             f"<h2>{html.escape(spec.title)} <small>(seed {spec.seed})</small></h2>"
             f"<p class='rule'>Runs: {html.escape(runs)}</p>"
             "<table><tr><th>verdict</th><th>where</th><th>claim</th><th>statistic</th></tr>"
             + "".join(_claim_row(c) for c in claims)
-            + f"</table>{figures}"
+            + f"</table>{tables}{figures}"
         )
     counts = record["counts"]
     page = f"""<!doctype html>

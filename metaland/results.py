@@ -5,13 +5,14 @@
     checkpoints.csv   run × checkpoint: run metadata, step, every probe summary
     final_tasks.csv   run × task at each run's final checkpoint: per-task probe values
     train_log.csv     run × log step: meta-training query loss / accuracy
+    grids.csv         run × checkpoint × surface × grid point: 2-D loss surfaces (surface probes)
 
 Aggregate writes them; claims, plots and the report read them back with :func:`load_tables`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,9 @@ import pandas as pd
 from metaland.config import Run
 from metaland.errors import MetalandError
 from metaland.io import write_text
+from metaland.meta import ALGORITHMS
 
-TABLES = ("checkpoints", "final_tasks", "train_log")
+TABLES = ("checkpoints", "final_tasks", "train_log", "grids")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class StudyTables:
     checkpoints: pd.DataFrame
     final_tasks: pd.DataFrame
     train_log: pd.DataFrame
+    grids: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def run_metadata(run: Run) -> dict:
@@ -36,6 +39,7 @@ def run_metadata(run: Run) -> dict:
     return {
         "run": run.key,
         "algorithm": run.algorithm,
+        "variant": ALGORITHMS.get(run.algorithm).variant_of(run.algorithm_options),
         "dataset": run.dataset,
         "ways": run.ways,
         "shots": run.shots,
@@ -50,7 +54,7 @@ def run_metadata(run: Run) -> dict:
 
 def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) -> StudyTables:
     """Join every run's probe tables and training log with its metadata."""
-    checkpoints, final_tasks, train_log = [], [], []
+    checkpoints, final_tasks, train_log, grids = [], [], [], []
     for run in runs:
         meta = run_metadata(run)
         checkpoints.append(_with_meta(_read(Path(probes_dir) / run.key / "checkpoints.csv", run.key), meta))
@@ -59,7 +63,10 @@ def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) 
         log = Path(runs_dir) / run.key / "train_log.csv"
         if log.is_file():
             train_log.append(_with_meta(pd.read_csv(log), meta))
-    return StudyTables(study, *(_concat(frames) for frames in (checkpoints, final_tasks, train_log)))
+        surfaces = Path(probes_dir) / run.key / "grids.csv"
+        if surfaces.is_file():
+            grids.append(_with_meta(pd.read_csv(surfaces), meta))
+    return StudyTables(study, *(_concat(frames) for frames in (checkpoints, final_tasks, train_log, grids)))
 
 
 def write_tables(tables: StudyTables, out_dir: Path) -> None:

@@ -21,6 +21,29 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
 RUNS = sorted(CI_RUNS)
+CI_STUDIES = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["studies"]
+STUDIES_IN_CI = {study: sorted(r for r in RUNS if CI_RUNS[r]["study"] == study) for study in CI_STUDIES}
+GUIROY_RUNS = STUDIES_IN_CI["guiroy2019"]
+
+
+def train_setting(run: str, key: str):
+    """A train knob of a ci run: its own override, else its study's default."""
+    own = CI_RUNS[run].get("train", {})
+    return own.get(key, CI_STUDIES[CI_RUNS[run]["study"]]["defaults"]["train"][key])
+
+
+def iterations(run: str) -> int:
+    return train_setting(run, "iterations")
+
+
+def extracted_steps(run: str) -> list[int]:
+    """What extract keeps on the ci profile: every checkpoint (guiroy2019) or the final one."""
+    rule = CI_STUDIES[CI_RUNS[run]["study"]]["extract"]
+    if rule["every"]:
+        return list(range(0, iterations(run) + 1, train_setting(run, "checkpoint_every")))
+    return [iterations(run)]
+
+
 pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
 
 
@@ -81,24 +104,31 @@ def test_repro_builds_every_output(pipeline):
     from metaland.claims import claims_of
     from metaland.studies import STUDIES
 
-    figures = sorted(p.name for p in (work / "figures" / "guiroy2019").glob("*.png"))
-    assert figures == sorted(f"{f.name}.png" for f in STUDIES.get("guiroy2019").figures)
-    assert all((work / "figures" / "guiroy2019" / f).stat().st_size > 10_000 for f in figures)
     metrics = json.loads((work / "results" / "metrics.json").read_text())
-    assert sorted(metrics["guiroy2019"]) == RUNS
-    for values in metrics["guiroy2019"].values():
-        assert 0 <= values["query_accuracy"] <= 1 and values["step"] == 40
+    page = (work / "report" / "index.html").read_text()
+    assert sorted(metrics) == sorted(STUDIES_IN_CI)
+    for study, runs in STUDIES_IN_CI.items():
+        figures = sorted(p.name for p in (work / "figures" / study).glob("*.png"))
+        assert figures == sorted(f"{f.name}.png" for f in STUDIES.get(study).figures)
+        assert all((work / "figures" / study / f).stat().st_size > 10_000 for f in figures)
+        assert all(f"{study}/{name}" in page for name in figures)
+        assert sorted(metrics[study]) == runs
+        for run, values in metrics[study].items():
+            assert 0 <= values["query_accuracy"] <= 1 and values["step"] == iterations(run)
+        for table in STUDIES.get(study).tables:
+            assert (work / "results" / study / f"{table.name}.csv").stat().st_size > 0
+            assert table.caption in page
     claims = json.loads((work / "results" / "claims.json").read_text())
-    assert sorted(c["id"] for c in claims["claims"]) == sorted(c.id for c in claims_of("guiroy2019"))
+    assert sorted(c["id"] for c in claims["claims"]) == sorted(c.id for s in STUDIES_IN_CI for c in claims_of(s))
     assert {c["verdict"] for c in claims["claims"]} <= {"holds", "fails", "inconclusive"}
     assert sum(claims["counts"].values()) == len(claims["claims"])
-    page = (work / "report" / "index.html").read_text()
-    assert all(f"guiroy2019/{name}" in page for name in figures)
     assert all(claim["claim"].split(",")[0][:40] in page for claim in claims["claims"])
     for run in RUNS:
         assert (work / "probes" / run / "tasks.json").is_file()
         manifest = json.loads((work / "checkpoints" / run / "manifest.json").read_text())
-        assert [c["step"] for c in manifest["checkpoints"]] == [0, 10, 20, 30, 40]
+        assert [c["step"] for c in manifest["checkpoints"]] == extracted_steps(run)
+    grids = (work / "probes" / "sharpmaml-both-omniglot-small-5w1s-s0" / "grids.csv").read_text().splitlines()
+    assert grids[0] == "run,step,grid,x,y,value" and len(grids) == 1 + 3 * 3
 
 
 def test_every_stage_is_an_mlflow_run(pipeline):
@@ -107,7 +137,7 @@ def test_every_stage_is_an_mlflow_run(pipeline):
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiments = {e.name: e.experiment_id for e in client.search_experiments()}
-    assert {"metaland/data", "metaland/guiroy2019", "metaland/results"} <= set(experiments)
+    assert {"metaland/data", *(f"metaland/{s}" for s in STUDIES_IN_CI), "metaland/results"} <= set(experiments)
     runs = client.search_runs(list(experiments.values()))
     stages = sorted(r.data.tags["metaland.stage"] for r in runs)
     assert stages == sorted(["fetch", "aggregate", "plot", *["train", "extract", "probe"] * len(RUNS)])
@@ -116,19 +146,25 @@ def test_every_stage_is_an_mlflow_run(pipeline):
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git.commit"])
     train = [r for r in runs if r.data.tags["metaland.stage"] == "train"]
     for run in train:
-        steps = CI_RUNS[run.data.tags["metaland.run_key"]].get("train", {}).get("inner_steps", 2)
+        key = run.data.tags["metaland.run_key"]
+        steps = train_setting(key, "inner_steps")
         assert run.data.params["train.inner_steps"] == str(steps) and run.data.tags["metaland.params_hash"]
         loss = "train/batch_loss" if run.data.params["algorithm"] == "finetune" else "train/query_loss"
-        history = client.get_metric_history(run.info.run_id, loss)
-        assert [m.step for m in history] == [5, 10, 15, 20, 25, 30, 35, 40]
+        logged = list(range(5, iterations(key) + 1, 5))
+        assert [m.step for m in client.get_metric_history(run.info.run_id, loss)] == logged
+        timing = client.get_metric_history(run.info.run_id, "train/seconds_per_iteration")
+        assert [m.step for m in timing] == logged and all(m.value > 0 for m in timing)
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} >= {
-            "checkpoints/step-00000040.safetensors"
+            f"checkpoints/step-{iterations(key):08d}.safetensors"
         }
-    probe = next(r for r in runs if r.data.tags["metaland.stage"] == "probe")
-    steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")]
-    assert steps == [0, 10, 20, 30, 40]
-    models = client.search_logged_models([experiments["metaland/guiroy2019"]])
-    assert len(models) == 5 * len(RUNS) and all(m.status.name == "READY" for m in models)
+    for probe in (r for r in runs if r.data.tags["metaland.stage"] == "probe"):
+        key = probe.data.tags["metaland.run_key"]
+        steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")]
+        assert steps == extracted_steps(key)
+    for study, study_runs in STUDIES_IN_CI.items():
+        models = client.search_logged_models([experiments[f"metaland/{study}"]])
+        assert len(models) == sum(len(extracted_steps(r)) for r in study_runs)
+        assert all(m.status.name == "READY" for m in models)
 
 
 def test_second_repro_does_nothing(pipeline):
@@ -143,9 +179,9 @@ def test_changing_a_probe_knob_reruns_only_what_depends_on_it(pipeline):
     params["studies"]["guiroy2019"]["probe"]["probes"]["curvature"]["max_iters"] = 12
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(sh(["dvc", "status", "--json"], work, env).splitlines()[-1])
-    assert sorted(status) == sorted([*(f"probe@{r}" for r in RUNS), "aggregate"])
+    assert sorted(status) == sorted([*(f"probe@{r}" for r in GUIROY_RUNS), "aggregate"])
     log = sh(["dvc", "repro"], work, env)
-    assert sorted(stages_run(log)) == sorted([*(f"probe@{r}" for r in RUNS), "aggregate", "plot"])
+    assert sorted(stages_run(log)) == sorted([*(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"])
 
 
 def test_forced_rerun_from_scratch_gives_the_same_bytes(pipeline):
@@ -163,7 +199,7 @@ def test_forced_rerun_from_scratch_gives_the_same_bytes(pipeline):
     assert (work / "dvc.lock").read_text() == first
 
 
-def test_paper_profile_dry_run_lists_every_run_of_the_thesis(tmp_path):
+def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     """`dvc repro --dry --force` on the paper profile names every stage without running one.
 
     (`--force` skips DVC's run-cache lookup, which would hash the not-yet-fetched datasets.)"""
@@ -182,5 +218,5 @@ def test_paper_profile_dry_run_lists_every_run_of_the_thesis(tmp_path):
     counts = {(r["algorithm"], r["dataset"]) for r in runs.values()}
     assert counts == {
         *((a, "omniglot") for a in ("maml", "fomaml", "regmaml")),
-        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune")),
+        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml")),
     }

@@ -12,6 +12,9 @@ the same loop, checkpoints and probes; episodic meta-learners keep their default
 * ``output_classes(run, split)``: logits of the head during training (default: ``run.ways``);
 * ``meta_test_params(params, head, ways, generator)``: θ^s as meta-test tasks see it (default:
   unchanged; finetune swaps in a fresh m-way head).
+
+``variant(options)`` names a run's variant in results and figures when one algorithm covers
+several published methods (Sharp-MAML's low / up / both); by default the algorithm's name.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ class AlgorithmSpec:
     training_batch: Callable[[Run, SplitData, int, Params], Any] = episodic_batch
     output_classes: Callable[[Run, SplitData], int] = task_head_classes
     meta_test_params: Callable[[ParamDict, tuple[str, str], int, torch.Generator], ParamDict] = unchanged
+    variant: Callable[[Params], str] | None = None
+
+    def variant_of(self, options: Params) -> str:
+        """The name results and figures show for a run: its options' variant, else the algorithm's."""
+        return self.name if self.variant is None else self.variant(options)
 
     def at_meta_test(self, params: ParamDict, head: tuple[str, str], run: Run, step: int) -> ParamDict:
         """θ^s of checkpoint ``step`` as meta-test tasks see it; the same at validation and in probes."""
@@ -112,3 +120,4 @@ def mean_metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:
 from metaland.meta import finetune as _finetune  # noqa: E402,F401
 from metaland.meta import maml as _maml  # noqa: E402,F401
 from metaland.meta import regularised as _regularised  # noqa: E402,F401
+from metaland.meta import sharp as _sharp  # noqa: E402,F401

@@ -23,6 +23,7 @@ import csv
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from metaland.io import remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
-from metaland.meta.inner import cross_entropy
+from metaland.meta.inner import cross_entropy, sgd_step
 from metaland.models import ParamDict, build_for_run, head_names, initial_params, make_forward
 from metaland.schema import Params
 from metaland.seeding import generator
@@ -146,14 +147,20 @@ def train(
             log.info("resuming %s from step %d", run.key, start)
 
         window: dict[str, list[float]] = {}
+        seconds: list[float] = []  # wall time per iteration: MLflow only (it is not reproducible)
         progress = tqdm(
             total=cfg.iterations, initial=start, desc=run.key, disable=not sys.stderr.isatty(), dynamic_ncols=True
         )
         for step in range(start, cfg.iterations):
+            began = time.perf_counter()
             batch = algorithm.training_batch(run, train_split, step, run.algorithm_options).to(device)
             grads, metrics = algorithm.meta_gradient(problem, params, batch, run.algorithm_options)
             _check_finite(run, step, metrics, grads)
-            params, adam = adam_step(params, grads, adam, lr=cfg.meta_lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+            if cfg.meta_optimizer == "adam":
+                params, adam = adam_step(params, grads, adam, lr=cfg.meta_lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+            else:
+                params = sgd_step(params, grads, cfg.meta_lr)
+            seconds.append(time.perf_counter() - began)
             for k, value in metrics.items():
                 window.setdefault(k, []).append(value)
             done = step + 1
@@ -163,7 +170,10 @@ def train(
                 window = {}
                 progress.set_postfix({k: f"{v:.3f}" for k, v in list(row.items())[1:3]})
                 if tracker is not None:
-                    tracker.log_metrics({f"train/{k}": v for k, v in row.items() if k != "step"}, step=done)
+                    logged = {f"train/{k}": v for k, v in row.items() if k != "step"}
+                    logged["train/seconds_per_iteration"] = sum(seconds) / len(seconds)
+                    tracker.log_metrics(logged, step=done)
+                seconds = []
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
                 checkpoint(done, params, adam, log_rows, tracker)
             progress.update(1)

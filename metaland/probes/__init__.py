@@ -29,7 +29,8 @@ class ProbeContext:
     steps: int  # inner-loop T (the run's)
     lr: float  # inner-loop α (the run's)
     chunk: int  # tasks vectorised together
-    seed: int  # probe seed (start vectors, ...)
+    seed: int  # probe seed (start vectors, directions, ...)
+    head: tuple[str, str] | None = None  # weight and bias names of the classifier head
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -51,12 +52,32 @@ class ProbeContext:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """A 2-D surface: ``values[i, j]`` at (``x[i]``, ``y[j]``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass(frozen=True)
 class ProbeOutput:
     per_task: dict[str, torch.Tensor]  # name -> [k], over the first k tasks
     summary: dict[str, float]
+    grids: dict[str, Grid] = field(default_factory=dict)  # name -> surface (landscape probes)
 
 
 def no_check(options: Params, probe_config) -> str | None:
+    return None
+
+
+def within_probe_tasks(options: Params, probe_config) -> str | None:
+    """A probe measuring the first ``options.tasks`` fixed tasks needs at least that many."""
+    if options.tasks > probe_config.tasks:
+        return (
+            f"tasks = {options.tasks} exceeds the {probe_config.tasks} fixed probe tasks it is taken from. "
+            "Fix: lower it, or raise probe.tasks."
+        )
     return None
 
 
@@ -75,3 +96,5 @@ PROBES: Registry[ProbeSpec] = Registry("probe")
 from metaland.probes import adaptation as _adaptation  # noqa: E402,F401
 from metaland.probes import coherence as _coherence  # noqa: E402,F401
 from metaland.probes import hessian as _hessian  # noqa: E402,F401
+from metaland.probes import sharpness as _sharpness  # noqa: E402,F401
+from metaland.probes import surface as _surface  # noqa: E402,F401

@@ -19,7 +19,7 @@ from torch.func import grad, jvp, vmap
 
 from metaland.meta.inner import LossFn
 from metaland.models import ParamDict
-from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec
+from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec, within_probe_tasks
 from metaland.schema import Params
 from metaland.seeding import generator
 
@@ -118,15 +118,6 @@ def curvature(context: ProbeContext, options: CurvatureOptions) -> ProbeOutput:
     )
 
 
-def check_tasks(options: CurvatureOptions, probe_config) -> str | None:
-    if options.tasks > probe_config.tasks:
-        return (
-            f"tasks = {options.tasks} exceeds the {probe_config.tasks} fixed probe tasks it is taken from. "
-            "Fix: lower it, or raise probe.tasks."
-        )
-    return None
-
-
 PROBES.register(
     "curvature",
     ProbeSpec(
@@ -134,6 +125,6 @@ PROBES.register(
         "Top Hessian eigenvalue of the support loss at adapted solutions (eqs. 2.3-2.4)",
         CurvatureOptions,
         curvature,
-        check_tasks,
+        within_probe_tasks,
     ),
 )

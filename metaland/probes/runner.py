@@ -7,6 +7,7 @@ row per observation::
     probes/<run>/checkpoints.csv   one row per checkpoint: step + every probe summary
     probes/<run>/tasks.csv         one row per checkpoint × task: per-task values
     probes/<run>/tasks.json        the fixed task set (class and sample indices)
+    probes/<run>/grids.csv         one row per checkpoint × surface × grid point (surface probes only)
 
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
 So each checkpoint's results are also kept, as soon as they exist, in a cache folder outside the
@@ -92,7 +93,7 @@ def probe_run(
         "code": source_digest(),
     }
     remove_stale_temporaries(Path(cache_dir) / run.key)
-    checkpoint_rows, task_rows = [], []
+    checkpoint_rows, task_rows, grid_rows = [], [], []
     entries = tqdm(manifest["checkpoints"], desc=f"probe {run.key}", disable=not sys.stderr.isatty())
     for entry in entries:
         path = Path(checkpoint_dir) / entry["file"]
@@ -105,7 +106,14 @@ def probe_run(
         else:
             params = algorithm.at_meta_test(load_params(checkpoint, order, device), head, run, step)
             context = ProbeContext(
-                forward, params, batch, run.train.inner_steps, run.train.inner_lr, study.probe.chunk, study.probe.seed
+                forward,
+                params,
+                batch,
+                run.train.inner_steps,
+                run.train.inner_lr,
+                study.probe.chunk,
+                study.probe.seed,
+                head,
             )
             result = _probe_checkpoint(context, study)
             write_json(cached, {"step": step, **result})
@@ -113,6 +121,12 @@ def probe_run(
         for t in range(len(tasks)):
             values = {k: _cell(v, t) for k, v in result["per_task"].items()}
             task_rows.append({"run": run.key, "step": step, "task": t, **values})
+        for name, grid in result.get("grids", {}).items():
+            for i, x in enumerate(grid["x"]):
+                for j, y in enumerate(grid["y"]):
+                    grid_rows.append(
+                        {"run": run.key, "step": step, "grid": name, "x": x, "y": y, "value": grid["values"][i][j]}
+                    )
         if tracker is not None:
             tracker.log_metrics({f"probe/{k}": v for k, v in result["summary"].items()}, step=step)
 
@@ -127,6 +141,8 @@ def probe_run(
     with atomic_dir(out_dir) as tmp:
         write_csv(tmp / "checkpoints.csv", checkpoint_rows, checkpoint_columns)
         write_csv(tmp / "tasks.csv", task_rows, task_columns)
+        if grid_rows:
+            write_csv(tmp / "grids.csv", grid_rows, list(grid_rows[0]))
         save_task_set(
             tmp / "tasks.json", tasks, {"split": study.probe.split, "dataset": run.dataset, "seed": study.probe.seed}
         )
@@ -134,14 +150,19 @@ def probe_run(
 
 
 def _probe_checkpoint(context: ProbeContext, study: StudyConfig) -> dict:
-    """Every probe of the study on one checkpoint: {"summary": {...}, "per_task": {name: [values]}}."""
+    """Every probe of the study on one checkpoint, as JSON-ready lists:
+    {"summary": {...}, "per_task": {name: [values]}, "grids": {name: {"x", "y", "values"}}}."""
     summary: dict[str, float] = {}
     per_task: dict[str, list[float]] = {}
+    grids: dict[str, dict] = {}
     for name, options in study.probes.items():
         output = PROBES.get(name).run(context, options)
         summary.update(output.summary)
         per_task.update({k: v.tolist() for k, v in output.per_task.items()})
-    return {"summary": summary, "per_task": per_task}
+        grids.update(
+            {k: {"x": g.x.tolist(), "y": g.y.tolist(), "values": g.values.tolist()} for k, g in output.grids.items()}
+        )
+    return {"summary": summary, "per_task": per_task, "grids": grids}
 
 
 def _cell(values: list[float], task: int):

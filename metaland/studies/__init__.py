@@ -11,6 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from metaland.config import AggregateConfig
 from metaland.registry import Registry
 from metaland.results import StudyTables
 
@@ -23,14 +26,23 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class Table:
+    name: str  # file stem under results/<study>/
+    caption: str
+    build: Callable[[StudyTables, AggregateConfig], pd.DataFrame]
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     seed: str
     title: str
     figures: tuple[Figure, ...]
+    tables: tuple[Table, ...] = ()  # study-specific tables aggregate writes and the report shows
 
 
 STUDIES: Registry[StudySpec] = Registry("study")
 
 # Registrations (one module per study).
 from metaland.studies import guiroy2019 as _guiroy2019  # noqa: E402,F401
+from metaland.studies import sharpmaml as _sharpmaml  # noqa: E402,F401

@@ -1,0 +1,347 @@
+"""Study ``sharpmaml`` — seed 002, the Sharp-MAML poster (Abbas et al., ICML 2022).
+
+Sharp-MAML adds sharpness-aware (SAM) perturbations to MAML: in the inner step (α_low, variant
+_low), on θ along the meta-gradient (α_up, _up), or both (_both). The poster claims every variant
+beats MAML (miniImageNet 5-way 1-shot, Conv-4-64: 47.13 → 48.87 / 49.03 / 49.60 %) and that
+Sharp-MAML "seeks out landscapes that are smoother". Here both claims are tested, not assumed:
+accuracy on the same fixed test tasks (paired over tasks and seeds), and flatness of each
+variant's final solution with the project's landscape probes (SAM sharpness of the meta-loss,
+curvature at adapted solutions, the 2-D meta-loss surface). The poster gives no cost; the cost
+table counts gradient evaluations per meta-iteration (wall time: MLflow's
+``train/seconds_per_iteration`` and ``benchmarks/sharpmaml_cost.py``).
+
+Runs (params.yaml): algorithm ``sharpmaml`` with (α_low, α_up) = (0, 0) for MAML (the same
+update bit for bit), (α, 0), (0, α), (α, α), the same seeds for every variant.
+See docs/studies/sharpmaml.md for the choices the poster leaves open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metaland.claims import Claim, all_hold, improves_on, register, where
+from metaland.config import AggregateConfig
+from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, label, no_data, save, suptitle
+from metaland.results import StudyTables
+from metaland.stats import mean_ci
+from metaland.studies import STUDIES, Figure, StudySpec, Table
+
+NAME = "sharpmaml"
+SEED = "002"
+BASELINE = "maml"
+SHARP = ("sharpmaml-low", "sharpmaml-up", "sharpmaml-both")
+VARIANTS = (BASELINE, *SHARP)
+SHORT = {"maml": "MAML", "sharpmaml-low": "_low", "sharpmaml-up": "_up", "sharpmaml-both": "_both"}
+POSTER_ACCURACY = {"maml": 0.4713, "sharpmaml-low": 0.4887, "sharpmaml-up": 0.4903, "sharpmaml-both": 0.4960}
+"""The poster's table: miniImageNet 5-way 1-shot, Conv-4-64, means only (Matching Nets: 43.56%)."""
+POSTER_SETTING = "poster: miniImageNet 5-way 1-shot, Conv-4-64"
+CONFIDENCE = 0.95
+FLATNESS = ("sam_sharpness", "hessian_top_eigenvalue")
+SURFACE_SUMMARIES = ("meta_loss_centre", "meta_loss_mean_rise")
+LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_top_eigenvalue": "curvature λ_max at θ̃ᵢ"}
+
+
+def _variant(name: str):
+    return where(variant=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Claims (rules fixed before the data)
+# --------------------------------------------------------------------------------------------
+
+PAIRED = "paired over the same fixed test tasks and seeds at the final checkpoints"
+
+for _name in SHARP:
+    register(
+        Claim(
+            id=f"{NAME}-{_name.split('-')[1]}-beats-maml",
+            study=NAME,
+            seed=SEED,
+            section="Empirical comparison with MAML (table)",
+            claim=f"Sharp-MAML{SHORT[_name]} reaches a higher meta-test accuracy than MAML "
+            f"(poster: {POSTER_ACCURACY[_name]:.2%} vs {POSTER_ACCURACY['maml']:.2%}).",
+            rule=f"holds if the {CONFIDENCE:.0%} CI of the accuracy gain over MAML ({PAIRED}) lies above 0; "
+            "fails if it lies below 0; inconclusive otherwise",
+            test=improves_on("query_accuracy", _variant(_name), _variant(BASELINE)),
+        )
+    )
+
+register(
+    Claim(
+        id=f"{NAME}-both-best",
+        study=NAME,
+        seed=SEED,
+        section="Empirical comparison with MAML (table)",
+        claim="Sharp-MAML_both is the most accurate of MAML, _low, _up and _both (poster: 49.60%).",
+        rule=f"holds if _both's accuracy gain over each of the other three ({PAIRED}) has a {CONFIDENCE:.0%} CI "
+        "above 0; fails if any lies below 0; inconclusive otherwise",
+        test=all_hold(
+            {
+                SHORT[other]: improves_on("query_accuracy", _variant("sharpmaml-both"), _variant(other))
+                for other in (BASELINE, "sharpmaml-low", "sharpmaml-up")
+            }
+        ),
+    )
+)
+
+for _metric, _what in (("sam_sharpness", "SAM sharpness of the meta-loss"), ("hessian_top_eigenvalue", "curvature")):
+    register(
+        Claim(
+            id=f"{NAME}-flatter-{'sharpness' if _metric == 'sam_sharpness' else 'curvature'}",
+            study=NAME,
+            seed=SEED,
+            section="Sharp-MAML improves the landscape of MAML",
+            claim=f"Every Sharp-MAML variant finds flatter solutions than MAML: lower {_what}.",
+            rule=f"holds if, for each of _low, _up and _both, the {CONFIDENCE:.0%} CI of the reduction in "
+            f"{_metric} against MAML ({PAIRED}) lies above 0; fails if any lies below 0; inconclusive otherwise",
+            test=all_hold(
+                {
+                    SHORT[name]: improves_on(_metric, _variant(name), _variant(BASELINE), better="lower")
+                    for name in SHARP
+                }
+            ),
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _present(frame: pd.DataFrame) -> list[str]:
+    return [v for v in VARIANTS if not frame.empty and v in set(frame["variant"])]
+
+
+def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Final meta-test accuracy per variant (CI over tasks × seeds), the gain over MAML (paired CI)
+    and the poster's numbers beside ours."""
+    final = tables.final_tasks
+    rows = []
+    for name in _present(final):
+        mine = final[final["variant"] == name]
+        ci = mean_ci(mine["query_accuracy"], cfg.confidence)
+        gain = improves_on("query_accuracy", _variant(name), _variant(BASELINE))(tables, cfg).statistic
+        baseline = name == BASELINE
+        rows.append(
+            {
+                "variant": name,
+                "runs": mine["run"].nunique(),
+                "accuracy": ci.mean,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "gain_over_maml": 0.0 if baseline else gain.value,
+                "gain_ci_low": np.nan if baseline else gain.ci[0],
+                "gain_ci_high": np.nan if baseline else gain.ci[1],
+                "poster_accuracy": POSTER_ACCURACY[name],
+                "poster_gain_over_maml": POSTER_ACCURACY[name] - POSTER_ACCURACY[BASELINE],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def flatness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Per variant at the final checkpoints: SAM sharpness and curvature (CI over tasks × seeds), and
+    the 2-D meta-loss surface's centre value and mean rise (mean over seeds)."""
+    final, last = tables.final_tasks, final_checkpoints(tables.checkpoints)
+    rows = []
+    for name in _present(final):
+        row: dict = {"variant": name}
+        for metric in (m for m in FLATNESS if m in final):
+            ci = mean_ci(final[final["variant"] == name][metric], cfg.confidence)
+            row |= {metric: ci.mean, f"{metric}_ci_low": ci.low, f"{metric}_ci_high": ci.high}
+        for metric in (m for m in SURFACE_SUMMARIES if m in last):
+            row[metric] = last[last["variant"] == name][metric].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cost_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Gradient evaluations per task and meta-iteration, and relative to MAML with the same inner
+    steps (from the training log; wall time is machine-dependent and lives in MLflow)."""
+    log = tables.train_log
+    rows = []
+    if not log.empty and "gradient_evaluations" in log:
+        count = log.groupby(["variant", "inner_steps"])["gradient_evaluations"].max()
+        for name in _present(log):
+            for steps, value in count[name].items():
+                base = count.get((BASELINE, steps), np.nan)
+                rows.append(
+                    {
+                        "variant": name,
+                        "inner_steps": steps,
+                        "gradient_evaluations": value,
+                        "relative_to_maml": value / base,
+                    }
+                )
+    return pd.DataFrame(rows, columns=["variant", "inner_steps", "gradient_evaluations", "relative_to_maml"])
+
+
+def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """Each run's last probed checkpoint."""
+    if checkpoints.empty:
+        return checkpoints
+    return checkpoints[checkpoints["step"] == checkpoints.groupby("run")["step"].transform("max")]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _bars(ax, values: dict[str, tuple[float, float, float]], *, ylabel: str, title: str, fmt: str = "{:.3g}") -> None:
+    """One bar per variant: mean with its CI (low, high)."""
+    for x, (name, (mean, low, high)) in enumerate(values.items()):
+        ax.bar(x, mean, width=0.6, color=ALGORITHM_COLORS.get(name, "#555555"), alpha=0.85)
+        if not np.isnan(low):
+            ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=4)
+        ax.text(x, mean, " " + fmt.format(mean), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(values)), [SHORT[n] for n in values])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def _ci_by_variant(frame: pd.DataFrame, metric: str) -> dict[str, tuple[float, float, float]]:
+    out = {}
+    for name in _present(frame):
+        ci = mean_ci(frame[frame["variant"] == name][metric], CONFIDENCE)
+        out[name] = (ci.mean, ci.low, ci.high)
+    return out
+
+
+def fig_accuracy(tables: StudyTables, path: Path) -> None:
+    """(a) our final meta-test accuracy per variant, (b) the poster's, (c) meta-training curves."""
+    fig, axes = grid(3, columns=3, width=4.2, height=3.4)
+    final = tables.final_tasks
+    if final.empty or not _present(final):
+        no_data(axes[0], "(a) meta-test accuracy, ours", "Sharp-MAML runs")
+    else:
+        setting = ", ".join(sorted(final["setting"].unique()))
+        values = _ci_by_variant(final, "query_accuracy")
+        _bars(
+            axes[0],
+            values,
+            ylabel="final meta-test accuracy",
+            title=f"(a) ours: {setting}\nmean, 95% CI over tasks × seeds",
+            fmt="{:.2%}",
+        )
+        lows = [low if not np.isnan(low) else mean for mean, low, _ in values.values()]
+        axes[0].set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(v[0] for v in values.values()) + 0.05))
+    poster = {name: (acc, np.nan, np.nan) for name, acc in POSTER_ACCURACY.items()}
+    _bars(axes[1], poster, ylabel="accuracy (poster)", title=f"(b) {POSTER_SETTING}\n(means only)", fmt="{:.2%}")
+    axes[1].set_ylim(0.45, 0.505)
+    log = tables.train_log
+    if log.empty:
+        no_data(axes[2], "(c) meta-training", "training logs")
+    else:
+        curves_by_algorithm(axes[2], log, "query_accuracy", title="(c) meta-train query accuracy at θ̃¹", key="variant")
+    suptitle(fig, 'Sharp-MAML vs MAML — accuracy (seed 002, table "Empirical comparison with MAML")')
+    save(fig, path)
+
+
+def fig_flatness(tables: StudyTables, path: Path) -> None:
+    """Flatness of each variant's final solutions: SAM sharpness, curvature, surface mean rise."""
+    fig, axes = grid(3, columns=3, width=4.2, height=3.4)
+    final = tables.final_tasks
+    for ax, metric, letter in zip(axes[:2], FLATNESS, "ab", strict=True):
+        if final.empty or metric not in final:
+            no_data(ax, f"({letter}) {label(metric)}", f"{metric} probe")
+            continue
+        _bars(
+            ax,
+            _ci_by_variant(final, metric),
+            ylabel=LABELS[metric],
+            title=f"({letter}) {LABELS[metric]}\nmean, 95% CI over tasks × seeds",
+        )
+    last = final_checkpoints(tables.checkpoints)
+    if last.empty or "meta_loss_mean_rise" not in last:
+        no_data(axes[2], "(c) meta-loss surface", "surface probe")
+    else:
+        _bars(
+            axes[2],
+            _ci_by_variant(last, "meta_loss_mean_rise"),
+            ylabel="mean rise of the 2-D meta-loss surface",
+            title="(c) mean rise of the meta-loss surface\nover the grid (mean, CI over seeds)",
+        )
+    suptitle(
+        fig, 'Does Sharp-MAML find flatter solutions? Lower is flatter (seed 002, "Sharp-MAML improves the landscape")'
+    )
+    save(fig, path)
+
+
+def fig_surfaces(tables: StudyTables, path: Path) -> None:
+    """The 2-D meta-loss surface around each variant's final θ (lowest seed), on shared contour levels."""
+    grids = tables.grids
+    if grids.empty:
+        fig, axes = grid(1)
+        no_data(axes[0], "meta-loss surfaces", "surface probe")
+        save(fig, path)
+        return
+    grids = grids[(grids["grid"] == "meta_loss") & (grids["step"] == grids.groupby("run")["step"].transform("max"))]
+    shown = []
+    for name in _present(grids):
+        rows = grids[grids["variant"] == name]
+        shown.append((name, rows[rows["seed"] == rows["seed"].min()]))
+    fig, axes = grid(len(shown), columns=4, width=3.4, height=3.2)
+    low, high = grids["value"].min(), np.quantile(grids["value"], 0.95)
+    levels = np.linspace(low, high, 12)
+    for ax, (name, rows) in zip(axes, shown, strict=True):
+        table = rows.pivot(index="y", columns="x", values="value")
+        contour = ax.contourf(table.columns, table.index, table.to_numpy(), levels=levels, cmap="viridis", extend="max")
+        ax.contour(table.columns, table.index, table.to_numpy(), levels=levels, colors="white", linewidths=0.4)
+        ax.plot(0, 0, marker="+", color="red", markersize=9)
+        ax.set_title(f"{SHORT[name]} (seed {int(rows['seed'].iloc[0])})")
+        ax.set_xlabel("a (direction δ)")
+        ax.set_ylabel("b (direction η)")
+        ax.grid(False)
+    fig.colorbar(contour, ax=axes, label="meta-loss after adaptation", shrink=0.8)
+    suptitle(fig, "Meta-loss f(a, b) around the final θ, filter-normalised directions (same draw for all)")
+    save(fig, path)
+
+
+def fig_cost(tables: StudyTables, path: Path) -> None:
+    """Gradient evaluations per task and meta-iteration, per variant."""
+    fig, axes = grid(1, width=4.6, height=3.4)
+    cost = cost_table(tables, AggregateConfig())
+    if cost.empty:
+        no_data(axes[0], "cost", "training logs with gradient counts")
+    else:
+        values = {r.variant: (r.gradient_evaluations, np.nan, np.nan) for r in cost.itertuples()}
+        steps = ", ".join(str(s) for s in sorted(cost["inner_steps"].unique()))
+        _bars(axes[0], values, ylabel="gradient evaluations per task", title=f"T = {steps} inner step(s)", fmt="{:.0f}")
+    suptitle(fig, "Cost per meta-iteration (the poster gives none)")
+    save(fig, path)
+
+
+STUDIES.register(
+    NAME,
+    StudySpec(
+        name=NAME,
+        seed=SEED,
+        title="Sharp-MAML 2022 — sharpness-aware MAML, variants low / up / both",
+        figures=(
+            Figure(
+                "accuracy",
+                "Final meta-test accuracy per variant, the poster's table beside it, and meta-training curves.",
+                fig_accuracy,
+            ),
+            Figure(
+                "flatness",
+                "Flatness of the final solutions: SAM sharpness, curvature and the meta-loss surface's mean rise.",
+                fig_flatness,
+            ),
+            Figure("surfaces", "2-D meta-loss surfaces around each variant's final θ on shared levels.", fig_surfaces),
+            Figure("cost", "Gradient evaluations per task and meta-iteration.", fig_cost),
+        ),
+        tables=(
+            Table(
+                "accuracy", "Accuracy: ours beside the poster's (miniImageNet 5-way 1-shot, Conv-4-64)", accuracy_table
+            ),
+            Table("flatness", "Flatness of the final solutions (lower is flatter)", flatness_table),
+            Table("cost", "Cost per meta-iteration", cost_table),
+        ),
+    ),
+)

@@ -1,0 +1,131 @@
+"""Landscape probes against brute force on the hand-written tiny model: SAM sharpness (seed 001
+eqs. 16-17) with explicit autograd and re-adaptation, and the 2-D surface (eqs. 8-9) point by point
+with the reference inner loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaland.config import ProbeConfig
+from metaland.models import head_names
+from metaland.probes import PROBES, ProbeContext
+from metaland.probes.surface import filter_normalised_direction, restrict
+from metaland.seeding import generator
+from tests.reference import LR, STEPS, leaves, make_tasks, reference_adapt, reference_loss, tiny_model
+
+N_TASKS = 4
+
+
+def _context(module, forward, params, batch, *, chunk: int = 3) -> ProbeContext:
+    return ProbeContext(forward, params, batch, STEPS, LR, chunk, 0, head_names(module))
+
+
+def _query_loss(params: dict, task: tuple, *, steps: int = STEPS, create_graph: bool = False) -> torch.Tensor:
+    sx, sy, qx, qy = task
+    return reference_loss(reference_adapt(params, sx, sy, steps=steps, create_graph=create_graph), qx, qy)
+
+
+@pytest.mark.parametrize(("first_order", "perturb"), [(False, "all"), (True, "weights")])
+def test_sam_sharpness_matches_brute_force(first_order, perturb):
+    module, forward, params = tiny_model()
+    batch = make_tasks(N_TASKS)
+    rho = 0.2
+    expected = []
+    for i in range(N_TASKS):
+        task = tuple(t[i] for t in batch.tensors())
+        if first_order:  # g at the adapted weights
+            end = leaves(reference_adapt(params, task[0], task[1]))
+            before = reference_loss(end, task[2], task[3])
+            g = torch.autograd.grad(before, list(end.values()))
+        else:  # g through the inner loop
+            theta = leaves(params)
+            before = _query_loss(theta, task, create_graph=True)
+            g = torch.autograd.grad(before, list(theta.values()))
+        norm = torch.sqrt(sum(x.square().sum() for x in g))
+        shifted = {
+            k: v + (rho * gk / norm if perturb == "all" or v.dim() >= 2 else 0)
+            for (k, v), gk in zip(params.items(), g, strict=True)
+        }
+        expected.append((_query_loss(shifted, task) - before).item())
+
+    spec = PROBES.get("sharpness")
+    options = spec.options_model(rho=rho, tasks=N_TASKS, first_order=first_order, perturb=perturb)
+    out = spec.run(_context(module, forward, params, batch), options)
+    torch.testing.assert_close(out.per_task["sam_sharpness"], torch.tensor(expected, dtype=torch.float64))
+    assert out.summary["sam_sharpness"] == pytest.approx(sum(expected) / N_TASKS, rel=1e-9)
+
+
+def test_sam_sharpness_with_zero_inner_steps_is_that_of_the_query_loss_at_theta():
+    module, forward, params = tiny_model()
+    batch = make_tasks(2)
+    spec = PROBES.get("sharpness")
+    out = spec.run(_context(module, forward, params, batch), spec.options_model(rho=0.1, tasks=2, inner_steps=0))
+    task = tuple(t[0] for t in batch.tensors())
+    theta = leaves(params)
+    before = reference_loss(theta, task[2], task[3])
+    g = torch.autograd.grad(before, list(theta.values()))
+    norm = torch.sqrt(sum(x.square().sum() for x in g))
+    after = reference_loss({k: v + 0.1 * gk / norm for (k, v), gk in zip(params.items(), g, strict=True)}, *task[2:])
+    assert out.per_task["sam_sharpness"][0].item() == pytest.approx((after - before).item(), rel=1e-9)
+
+
+def test_filter_normalised_direction_has_the_norms_of_theta_filter_by_filter():
+    _, _, params = tiny_model()
+    direction = filter_normalised_direction(params, generator(0, "surface-directions"))
+    for name, p in params.items():
+        if p.dim() < 2:
+            assert torch.equal(direction[name], torch.zeros_like(p))
+            continue
+        got = direction[name].reshape(p.shape[0], -1).norm(dim=1)
+        torch.testing.assert_close(got, p.reshape(p.shape[0], -1).norm(dim=1), rtol=1e-8, atol=1e-9)
+
+
+def test_direction_restricted_to_the_head_or_the_features():
+    module, _, params = tiny_model()
+    head = head_names(module)
+    direction = filter_normalised_direction(params, generator(0, "x"))
+    only_head, features = restrict(direction, "head", head), restrict(direction, "features", head)
+    for name in params:
+        in_head = name in head
+        assert torch.equal(only_head[name], direction[name] if in_head else torch.zeros_like(direction[name]))
+        assert torch.equal(features[name], torch.zeros_like(direction[name]) if in_head else direction[name])
+
+
+@pytest.mark.parametrize(("loss", "steps", "part"), [("query", None, "all"), ("support", 0, "head")])
+def test_surface_matches_point_by_point_brute_force(loss, steps, part):
+    module, forward, params = tiny_model()
+    batch = make_tasks(N_TASKS)
+    spec = PROBES.get("surface")
+    surface = {"loss": loss, "inner_steps": steps, "tasks": 3, "part": part}
+    options = spec.options_model(span=0.5, resolution=5, point_chunk=4, surfaces={"s": surface})
+    out = spec.run(_context(module, forward, params, batch), options)
+    grid = out.grids["s"]
+
+    rng = generator(0, "surface-directions")
+    delta, eta = (restrict(filter_normalised_direction(params, rng), part, head_names(module)) for _ in range(2))
+    k = STEPS if steps is None else steps
+    for i, j in [(0, 0), (2, 2), (4, 1), (1, 3)]:
+        a, b = grid.x[i].item(), grid.y[j].item()
+        start = {n: params[n] + a * delta[n] + b * eta[n] for n in params}
+        values = []
+        for t in range(3):
+            sx, sy, qx, qy = (x[t] for x in batch.tensors())
+            adapted = reference_adapt(start, sx, sy, steps=k)
+            values.append(reference_loss(adapted, *((qx, qy) if loss == "query" else (sx, sy))).item())
+        assert grid.values[i, j].item() == pytest.approx(sum(values) / 3, rel=1e-9), (i, j)
+    centre = grid.values[2, 2].item()
+    assert out.summary["s_centre"] == centre
+    assert out.summary["s_mean_rise"] == pytest.approx((grid.values - centre).mean().item(), rel=1e-12)
+    torch.testing.assert_close(grid.x, torch.linspace(-0.5, 0.5, 5, dtype=torch.float64))
+
+
+def test_surface_options_refuse_an_even_resolution_and_too_many_tasks():
+    spec = PROBES.get("surface")
+    with pytest.raises(ValueError, match="odd"):
+        spec.options_model(resolution=10)
+    options = spec.options_model(surfaces={"big": {"tasks": 50}})
+    message = spec.check(options, ProbeConfig(tasks=20))
+    assert "big" in message and "20 fixed probe tasks" in message and "Fix:" in message
+    sharpness = PROBES.get("sharpness")
+    assert "Fix:" in sharpness.check(sharpness.options_model(tasks=30), ProbeConfig(tasks=20))
