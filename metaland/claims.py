@@ -385,8 +385,8 @@ def all_hold(tests: dict[str, Test]) -> Test:
             return Evidence(stat, "fails", f"it fails for {', '.join(by_verdict['fails'])}")
         if len(by_verdict["holds"]) == len(tests):
             return Evidence(stat, "holds", f"it holds for all of {', '.join(tests)}")
-        open_ = sorted(set(tests) - set(by_verdict["holds"]))
-        return Evidence(stat, "inconclusive", f"it is not significant for {', '.join(open_)}")
+        open_ = "; ".join(f"{n}: {e.reason}" for n, e in sorted(evidence.items()) if e.verdict != "holds")
+        return Evidence(stat, "inconclusive", f"not every part holds ({open_})")
 
     return test
 

@@ -116,11 +116,19 @@ def curve(
 
 
 def curves_by_algorithm(
-    ax, rows: pd.DataFrame, metric: str, *, title: str | None = None, by_shots: bool = False, key: str = "algorithm"
+    ax,
+    rows: pd.DataFrame,
+    metric: str,
+    *,
+    title: str | None = None,
+    by_shots: bool = False,
+    key: str = "algorithm",
+    names: dict[str, str] | None = None,
 ) -> None:
     """One mean curve (with CI band over runs) per algorithm (or ``key``: variant), or per
-    algorithm × shots."""
+    algorithm × shots; ``names`` maps a key to its legend name (default: upper case)."""
     keys = [key, "shots"] if by_shots else [key]
+    shown = names or {}
     for key, group in rows.groupby(keys, sort=True):
         algorithm, shots = (key[0], key[1]) if by_shots else (key[0], None)
         n_runs = group["run"].nunique()
@@ -130,7 +138,7 @@ def curves_by_algorithm(
             group,
             metric,
             color=ALGORITHM_COLORS.get(algorithm, "#555555"),
-            name=f"{algorithm.upper()}{setting} ({n_runs} run{'s' if n_runs > 1 else ''})",
+            name=f"{shown.get(algorithm, algorithm.upper())}{setting} ({n_runs} run{'s' if n_runs > 1 else ''})",
             linestyle=SHOT_STYLES.get(shots, ":") if by_shots else "-",
         )
     ax.set_xlabel("meta-iteration")

@@ -11,6 +11,7 @@ import pytest
 
 from metaland.claims import (
     CLAIMS,
+    all_hold,
     claims_of,
     correlation,
     evaluate,
@@ -148,6 +149,56 @@ def test_improves_on_pairs_tasks_of_the_same_seed():
     assert worse(final, CFG).verdict == "fails"
     absent = improves_on("acc", where(algorithm="other"), where(algorithm="maml"))
     assert absent(final, CFG).verdict == "inconclusive"
+
+
+def _paired(treatment_shift: dict[str, float], *, metric: str = "sharp", seeds: int = 2) -> StudyTables:
+    """Per-task values of a baseline and shifted treatments on the same tasks and seeds (the last
+    task of each seed unmeasured, as first-k probes leave it)."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.5, 1.0, size=(seeds, 60))
+    rows = []
+    for name, shift in {"maml": 0.0, **treatment_shift}.items():
+        noise = rng.normal(0, 0.01, size=base.shape)
+        for seed in range(seeds):
+            for task in range(60):
+                value = np.nan if task == 59 else base[seed, task] + shift + noise[seed, task]
+                rows.append({"variant": name, "seed": seed, "task": task, metric: value})
+    return StudyTables("s", pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame())
+
+
+def test_improves_on_lower_is_better_and_skips_unmeasured_tasks():
+    final = _paired({"flat": -0.05, "sharp": 0.05})
+    flatter = improves_on("sharp", where(variant="flat"), where(variant="maml"), better="lower")
+    evidence = flatter(final, CFG)
+    assert evidence.verdict == "holds" and evidence.statistic.n == 2 * 59
+    assert (
+        evidence.statistic.value == pytest.approx(0.05, abs=0.005) and "baseline − treatment" in evidence.statistic.name
+    )
+    assert (
+        improves_on("sharp", where(variant="sharp"), where(variant="maml"), better="lower")(final, CFG).verdict
+        == "fails"
+    )
+
+
+def test_all_hold_needs_every_component():
+    final = _paired({"a": -0.05, "b": -0.03, "c": 0.0})
+
+    def flatter(*names):
+        return all_hold(
+            {n: improves_on("sharp", where(variant=n), where(variant="maml"), better="lower") for n in names}
+        )
+
+    both = flatter("a", "b")(final, CFG)
+    assert both.verdict == "holds" and both.statistic.value == pytest.approx(0.03, abs=0.005)  # the weakest
+    assert set(both.statistic.per_run) == {"a", "b"} and both.statistic.per_run["b"]["verdict"] == "holds"
+    assert flatter("a", "c")(final, CFG).verdict == "inconclusive"
+    mixed = _paired({"a": -0.05, "d": 0.05})
+    assert (
+        all_hold(
+            {n: improves_on("sharp", where(variant=n), where(variant="maml"), better="lower") for n in ("a", "d")}
+        )(mixed, CFG).verdict
+        == "fails"
+    )
 
 
 def test_mean_equals():

@@ -7,6 +7,7 @@ probe -> aggregate -> plot.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -117,7 +118,7 @@ def test_repro_builds_every_output(pipeline):
             assert 0 <= values["query_accuracy"] <= 1 and values["step"] == iterations(run)
         for table in STUDIES.get(study).tables:
             assert (work / "results" / study / f"{table.name}.csv").stat().st_size > 0
-            assert table.caption in page
+            assert html.escape(table.caption) in page
     claims = json.loads((work / "results" / "claims.json").read_text())
     assert sorted(c["id"] for c in claims["claims"]) == sorted(c.id for s in STUDIES_IN_CI for c in claims_of(s))
     assert {c["verdict"] for c in claims["claims"]} <= {"holds", "fails", "inconclusive"}

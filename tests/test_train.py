@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from metaland.checkpoints import list_checkpoints, load_groups
+from metaland.data.layout import load_split
 from metaland.errors import DivergenceError
 from metaland.io import file_digest
-from metaland.meta import ALGORITHMS
+from metaland.meta import ALGORITHMS, MetaProblem, episodic_batch
+from metaland.meta.inner import cross_entropy
 from metaland.meta.train import train
+from metaland.models import build_for_run, make_forward
 from tests.helpers import DATASET_PARAMS, make_run
 
 CPU = torch.device("cpu")
@@ -37,7 +40,7 @@ def test_checkpoint_schedule_and_sidecars(tiny_dataset, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(stream)] == [2, 4, 6, 8, 10, 12]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "regmaml", "finetune"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "regmaml", "finetune", "sharpmaml"])
 def test_resumed_training_is_bit_identical_to_uninterrupted(tiny_dataset, tmp_path, algorithm):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(make_run(algorithm), DATASET_PARAMS, tiny_dataset, straight, device=CPU)
@@ -62,6 +65,30 @@ def test_regularised_maml_logs_the_correction_size(tiny_dataset, tmp_path):
     with open(tmp_path / "train_log.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert all(float(r["correction_ratio"]) > 0 for r in rows)
+
+
+def test_sgd_meta_optimizer_takes_the_plain_step_of_the_meta_gradient(tiny_dataset, tmp_path):
+    """Seed 002 step 9 as written: θ ← θ − β ∇, with the same meta-gradient Adam would get."""
+    run = make_run("sharpmaml", iterations=1, checkpoint_every=1, meta_optimizer="sgd", meta_lr=0.05)
+    result = train(run, DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    start, end = (load_groups(c)["params"] for c in result.checkpoints)
+
+    split = load_split(tiny_dataset, "train")
+    forward = make_forward(build_for_run(run, split.images, CPU))
+    problem = MetaProblem(forward, cross_entropy(forward), 2, 0.1, 0)
+    grads, _ = ALGORITHMS.get("sharpmaml").meta_gradient(
+        problem, start, episodic_batch(run, split, 0, run.algorithm_options), run.algorithm_options
+    )
+    for name in start:
+        torch.testing.assert_close(end[name], start[name] - 0.05 * grads[name], rtol=1e-6, atol=1e-7)
+
+
+def test_sharp_maml_logs_its_cost_and_the_perturbed_loss(tiny_dataset, tmp_path):
+    train(make_run("sharpmaml"), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    with open(tmp_path / "train_log.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert {r["gradient_evaluations"] for r in rows} == {"9.0"}  # T = 2: 4T + 1
+    assert all(float(r["perturbed_query_loss"]) > 0 for r in rows)
 
 
 def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tiny_dataset, tmp_path):

@@ -228,8 +228,9 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
             title=f"(a) ours: {setting}\nmean, 95% CI over tasks × seeds",
             fmt="{:.2%}",
         )
-        lows = [low if not np.isnan(low) else mean for mean, low, _ in values.values()]
-        axes[0].set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(v[0] for v in values.values()) + 0.05))
+        lows = [mean if np.isnan(low) else low for mean, low, _ in values.values()]
+        highs = [mean if np.isnan(high) else high for mean, _, high in values.values()]
+        axes[0].set_ylim(max(0.0, min(lows) - 0.05), min(1.02, max(highs) + 0.05))
     poster = {name: (acc, np.nan, np.nan) for name, acc in POSTER_ACCURACY.items()}
     _bars(axes[1], poster, ylabel="accuracy (poster)", title=f"(b) {POSTER_SETTING}\n(means only)", fmt="{:.2%}")
     axes[1].set_ylim(0.45, 0.505)
@@ -237,7 +238,10 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
     if log.empty:
         no_data(axes[2], "(c) meta-training", "training logs")
     else:
-        curves_by_algorithm(axes[2], log, "query_accuracy", title="(c) meta-train query accuracy at θ̃¹", key="variant")
+        curves_by_algorithm(
+            axes[2], log, "query_accuracy", title="(c) meta-training: query accuracy at θ̃¹", key="variant", names=SHORT
+        )
+        axes[2].set_ylabel("meta-train query accuracy (running mean)")
     suptitle(fig, 'Sharp-MAML vs MAML — accuracy (seed 002, table "Empirical comparison with MAML")')
     save(fig, path)
 
@@ -285,7 +289,7 @@ def fig_surfaces(tables: StudyTables, path: Path) -> None:
     for name in _present(grids):
         rows = grids[grids["variant"] == name]
         shown.append((name, rows[rows["seed"] == rows["seed"].min()]))
-    fig, axes = grid(len(shown), columns=4, width=3.4, height=3.2)
+    fig, axes = grid(len(shown), columns=4, width=4.0, height=3.2)
     low, high = grids["value"].min(), np.quantile(grids["value"], 0.95)
     levels = np.linspace(low, high, 12)
     for ax, (name, rows) in zip(axes, shown, strict=True):
@@ -297,7 +301,7 @@ def fig_surfaces(tables: StudyTables, path: Path) -> None:
         ax.set_xlabel("a (direction δ)")
         ax.set_ylabel("b (direction η)")
         ax.grid(False)
-    fig.colorbar(contour, ax=axes, label="meta-loss after adaptation", shrink=0.8)
+        fig.colorbar(contour, ax=ax, label="meta-loss after adaptation")
     suptitle(fig, "Meta-loss f(a, b) around the final θ, filter-normalised directions (same draw for all)")
     save(fig, path)
 
