@@ -1,0 +1,393 @@
+"""metaland against the implementations researchers would otherwise use, timed side by side.
+
+One process, one run, identical inputs; each row times metaland and a reference in interleaved
+rounds (so drift of the machine hits both alike), reports the medians and their ratio, and checks
+that both sides compute the same numbers. Rows:
+
+1. one meta-iteration (meta-gradient), Conv4-64, Omniglot-shaped 28×28, 5-way 1-shot, 15 queries,
+   meta-batch 16, T = 5, second and first order: metaland (``vmap`` of per-task ``grad``) against
+   ``higher`` (differentiable inner loop over a monkey-patched module, one task at a time) and a
+   plain per-task ``torch.autograd.grad(create_graph=True)`` loop;
+2. top Hessian eigenvalue of the support loss at adapted solutions: metaland (power iteration on
+   forward-over-reverse HVPs, vectorised over tasks) against a PyHessian-style power iteration on
+   double-backward HVPs, one task at a time, same tolerance;
+3. 2-D loss surfaces (21×21 and 51×51) with inner steps from every perturbed point: metaland
+   (``vmap`` over grid points and tasks) against a per-point Python loop;
+4. a whole checkpoint probe (every guiroy2019 probe on 60 tasks): vectorised over tasks against the
+   same probes one task at a time.
+
+Usage: ``python benchmarks/run.py`` (``--quick`` for a smaller smoke run, ``--device cuda`` on a GPU).
+Needs the ``bench`` extra (``pip install -e .[bench]``: ``higher``).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metaland.data.tasks import TaskBatch
+from metaland.meta import ALGORITHMS, MetaProblem
+from metaland.meta.inner import adapt_tasks, cross_entropy
+from metaland.models import build_model, head_names, initial_params, make_forward
+from metaland.models.convnet import ConvNetParams
+from metaland.probes import PROBES, ProbeContext
+from metaland.probes.hessian import hessian_top_eigenvalue
+from metaland.probes.surface import SurfaceSpec, filter_normalised_direction, loss_surface
+from metaland.schema import NoOptions
+from metaland.seeding import generator
+
+
+@dataclass
+class Row:
+    name: str
+    ours: list[float]
+    reference: list[float]
+    reference_name: str
+    agreement: str
+    goal: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.reference) / statistics.median(self.ours)
+
+
+def timed_rounds(functions: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict:
+    """Median-ready wall times of each function, interleaved round by round, after one warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    outputs = {name: fn() for name, fn in functions.items()}  # warm-up, and the outputs to compare
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {"times": times, "outputs": outputs}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference relative to the largest magnitude, over all tensors."""
+    scale = max(v.abs().max().item() for v in a.values())
+    return max((a[k] - b[k]).abs().max().item() for k in a) / scale
+
+
+def convnet(filters: int, size: int, device: torch.device, ways: int = 5):
+    module = build_model(
+        "convnet",
+        ConvNetParams(blocks=4, filters=filters, downsample="stride", norm="batch"),
+        channels=1,
+        image_size=size,
+        ways=ways,
+        seed=0,
+    ).to(device)
+    params = {k: v.to(device) for k, v in initial_params(module).items()}
+    return module, params
+
+
+def omniglot_like_tasks(n: int, size: int, queries: int, device: torch.device, ways: int = 5) -> TaskBatch:
+    """Tasks whose classes are noisy prototypes (learnable, so gradients and curvature are typical)."""
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.rand(n, ways, 1, size, size, generator=g)
+
+    def draw(per_class: int):
+        labels = torch.arange(ways).repeat_interleave(per_class)
+        noise = torch.rand(n, len(labels), 1, size, size, generator=g) * 0.3
+        return (prototypes[:, labels] + noise).clamp(0, 1), labels.expand(n, -1).contiguous()
+
+    return TaskBatch(*draw(1), *draw(queries)).to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Row 1: meta-iteration
+# --------------------------------------------------------------------------------------------
+
+
+def higher_meta_gradient(module, params, batch: TaskBatch, steps: int, lr: float, first_order: bool):
+    """The mean meta-gradient with ``higher``: per task, a differentiable SGD inner loop."""
+    import higher
+
+    for name, p in module.named_parameters():
+        p.data.copy_(params[name])
+        p.grad = None
+    inner = torch.optim.SGD(module.parameters(), lr=lr)
+    n = len(batch)
+    for i in range(n):
+        sx, sy, qx, qy = (t[i] for t in batch.tensors())
+        with higher.innerloop_ctx(module, inner, copy_initial_weights=False, track_higher_grads=not first_order) as (
+            fmodel,
+            diffopt,
+        ):
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fmodel(sx), sy))
+            query_loss = F.cross_entropy(fmodel(qx), qy) / n
+            if first_order:  # gradient at the adapted weights, applied to θ
+                grads = torch.autograd.grad(query_loss, fmodel.parameters())
+                for p, g in zip(module.parameters(), grads, strict=True):
+                    p.grad = g if p.grad is None else p.grad + g
+            else:
+                query_loss.backward()
+    return {name: p.grad.detach().clone() for name, p in module.named_parameters()}
+
+
+def loop_meta_gradient(module, params, batch: TaskBatch, steps: int, lr: float, first_order: bool):
+    """The mean meta-gradient with a plain per-task ``torch.autograd.grad(create_graph=True)`` loop."""
+    theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    total = {k: torch.zeros_like(v) for k, v in theta.items()}
+    n = len(batch)
+    for i in range(n):
+        sx, sy, qx, qy = (t[i] for t in batch.tensors())
+        fast = dict(theta)
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(module, fast, (sx,)), sy)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads, strict=True)}
+        query_loss = F.cross_entropy(functional_call(module, fast, (qx,)), qy) / n
+        wrt = list(fast.values()) if first_order else list(theta.values())
+        for k, g in zip(theta, torch.autograd.grad(query_loss, wrt), strict=True):
+            total[k] += g
+    return total
+
+
+def row_meta_iteration(
+    device, rounds: int, *, filters: int, meta_batch: int, steps: int, first_order: bool
+) -> list[Row]:
+    module, params = convnet(filters, 28, device)
+    forward = make_forward(module)
+    batch = omniglot_like_tasks(meta_batch, 28, 15, device)
+    lr = 0.4
+    problem = MetaProblem(forward, cross_entropy(forward), steps, lr, 0)
+    algorithm = ALGORITHMS.get("fomaml" if first_order else "maml")
+    result = timed_rounds(
+        {
+            "metaland": lambda: algorithm.meta_gradient(problem, params, batch, NoOptions())[0],
+            "higher": lambda: higher_meta_gradient(module, params, batch, steps, lr, first_order),
+            "loop": lambda: loop_meta_gradient(module, params, batch, steps, lr, first_order),
+        },
+        rounds,
+        device,
+    )
+    ours, times = result["outputs"]["metaland"], result["times"]
+    order = "first" if first_order else "second"
+    what = f"meta-iteration, {order} order (Conv4-{filters}, meta-batch {meta_batch}, T = {steps})"
+    return [
+        Row(
+            what,
+            times["metaland"],
+            times[ref],
+            ref,
+            f"max rel. diff {max_difference(ours, result['outputs'][ref]):.1e}",
+            3.0 if ref == "higher" else None,
+        )
+        for ref in ("higher", "loop")
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 2: top Hessian eigenvalue
+# --------------------------------------------------------------------------------------------
+
+
+def pyhessian_top_eigenvalue(loss_fn, params: dict, x, y, *, max_iters: int, tol: float, start: dict) -> float:
+    """PyHessian's power iteration (Yao et al. 2020): Hv by double backward, one task, relative tol."""
+    theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    grads = torch.autograd.grad(loss_fn(theta, x, y), list(theta.values()), create_graph=True)
+    v = [s.clone() for s in start.values()]
+    norm = torch.sqrt(sum((t * t).sum() for t in v))
+    v = [t / norm for t in v]
+    eigenvalue = None
+    for _ in range(max_iters):
+        hv = torch.autograd.grad(grads, list(theta.values()), grad_outputs=v, retain_graph=True)
+        estimate = sum((a * b).sum() for a, b in zip(hv, v, strict=True)).item()
+        norm = torch.sqrt(sum((t * t).sum() for t in hv))
+        v = [t / norm for t in hv]
+        if eigenvalue is not None and abs(estimate - eigenvalue) <= tol * abs(estimate):
+            return estimate
+        eigenvalue = estimate
+    return eigenvalue
+
+
+def row_hessian(device, rounds: int, *, filters: int, tasks: int, max_iters: int, tol: float) -> list[Row]:
+    module, params = convnet(filters, 28, device)
+    forward = make_forward(module)
+    loss = cross_entropy(forward)
+    batch = omniglot_like_tasks(tasks, 28, 15, device)
+    adapted = adapt_tasks(loss, params, batch.support_x, batch.support_y, steps=5, lr=0.4, chunk=tasks)
+    g = generator(0, "hessian-start")
+    start = {k: torch.randn(tasks, *p.shape, generator=g).to(device) for k, p in params.items()}
+
+    def ours():
+        return hessian_top_eigenvalue(
+            loss, adapted, batch.support_x, batch.support_y, max_iters=max_iters, tol=tol, start=start
+        )[0]
+
+    def reference():
+        return torch.tensor(
+            [
+                pyhessian_top_eigenvalue(
+                    loss,
+                    {k: v[i] for k, v in adapted.items()},
+                    batch.support_x[i],
+                    batch.support_y[i],
+                    max_iters=max_iters,
+                    tol=tol,
+                    start={k: v[i] for k, v in start.items()},
+                )
+                for i in range(tasks)
+            ],
+            dtype=torch.float64,
+        )
+
+    result = timed_rounds({"metaland": ours, "pyhessian": reference}, rounds, device)
+    a, b = result["outputs"]["metaland"], result["outputs"]["pyhessian"]
+    agreement = f"max rel. diff {((a - b).abs() / b.abs()).max().item():.1e} (tol {tol:g})"
+    what = f"top Hessian eigenvalue at θ̃ᵢ (Conv4-{filters}, {tasks} tasks, tol {tol:g})"
+    t = result["times"]
+    return [Row(what, t["metaland"], t["pyhessian"], "PyHessian-style", agreement, 2.0)]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 3: 2-D surfaces
+# --------------------------------------------------------------------------------------------
+
+
+def per_point_surface(module, params, batch: TaskBatch, delta, eta, coords, steps: int, lr: float) -> torch.Tensor:
+    """The loss-landscape tools' way: for every grid point, set the weights, adapt every task with
+    ``torch.autograd.grad`` and average the query loss."""
+    n = len(coords)
+    values = torch.empty(n, n, dtype=torch.float64)
+    for i, a in enumerate(coords.tolist()):
+        for j, b in enumerate(coords.tolist()):
+            start = {k: params[k] + a * delta[k] + b * eta[k] for k in params}
+            total = 0.0
+            for t in range(len(batch)):
+                sx, sy, qx, qy = (x[t] for x in batch.tensors())
+                fast = {k: v.detach().requires_grad_(True) for k, v in start.items()}
+                for _ in range(steps):
+                    loss = F.cross_entropy(functional_call(module, fast, (sx,)), sy)
+                    grads = torch.autograd.grad(loss, list(fast.values()))
+                    fast = {
+                        k: (v - lr * g).detach().requires_grad_(True)
+                        for (k, v), g in zip(fast.items(), grads, strict=True)
+                    }
+                with torch.no_grad():
+                    total += F.cross_entropy(functional_call(module, fast, (qx,)), qy).item()
+            values[i, j] = total / len(batch)
+    return values
+
+
+def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: int, steps: int) -> list[Row]:
+    module, params = convnet(filters, 28, device)
+    forward = make_forward(module)
+    batch = omniglot_like_tasks(tasks, 28, 15, device)
+    lr = 0.4
+    rng = generator(0, "surface-directions")
+    delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
+    coords = torch.linspace(-1, 1, resolution, device=device)
+    context = ProbeContext(forward, params, batch, steps, lr, tasks, 0, head_names(module))
+    spec = SurfaceSpec(tasks=tasks)
+
+    result = timed_rounds(
+        {
+            "metaland": lambda: loss_surface(context, spec, delta, eta, coords, 64).double().cpu(),
+            "loop": lambda: per_point_surface(module, params, batch, delta, eta, coords.cpu(), steps, lr),
+        },
+        rounds,
+        device,
+    )
+    a, b = result["outputs"]["metaland"], result["outputs"]["loop"]
+    agreement = f"max abs diff {(a - b).abs().max().item():.1e}"
+    what = f"2-D surface {resolution}×{resolution}, {tasks} tasks, T = {steps} from every point (Conv4-{filters})"
+    t = result["times"]
+    return [Row(what, t["metaland"], t["loop"], "per-point loop", agreement, 5.0)]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 4: a whole checkpoint probe
+# --------------------------------------------------------------------------------------------
+
+GUIROY_PROBES = {
+    "adaptation": {},
+    "trajectory_coherence": {},
+    "gradient_coherence": {},
+    "curvature": {"tasks": 60, "max_iters": 20, "tol": 1e-3},
+}
+
+
+def row_probe(device, rounds: int, *, filters: int, tasks: int) -> list[Row]:
+    module, params = convnet(filters, 28, device)
+    forward = make_forward(module)
+    batch = omniglot_like_tasks(tasks, 28, 15, device)
+    options = {name: PROBES.get(name).options_model(**o) for name, o in GUIROY_PROBES.items()}
+    options["curvature"] = PROBES.get("curvature").options_model(**{**GUIROY_PROBES["curvature"], "tasks": tasks})
+
+    def probe(chunk: int):
+        context = ProbeContext(forward, params, batch, 5, 0.4, chunk, 0, head_names(module))
+        summary = {}
+        for name, opts in options.items():
+            summary.update(PROBES.get(name).run(context, opts).summary)
+        return summary
+
+    result = timed_rounds({"metaland": lambda: probe(tasks), "loop": lambda: probe(1)}, rounds, device)
+    a, b = result["outputs"]["metaland"], result["outputs"]["loop"]
+    worst = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a)
+    what = f"all guiroy2019 probes of one checkpoint, {tasks} tasks (Conv4-{filters}, T = 5)"
+    t = result["times"]
+    return [Row(what, t["metaland"], t["loop"], "one task at a time", f"max rel. diff {worst:.1e}")]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, help="Smaller sizes and fewer rounds: a smoke run of every row.")
+@click.option("--rounds", default=5, show_default=True, help="Timed rounds per row (median reported).")
+@click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--only", multiple=True, type=click.Choice(["meta", "hessian", "surface", "probe"]), help="Rows to run.")
+def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, ...]):
+    """Time metaland against reference implementations; print medians, ratios and agreement."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    rounds = 2 if quick else rounds
+    filters = 16 if quick else 64
+    rows: list[Row] = []
+    wanted = set(only) or {"meta", "hessian", "surface", "probe"}
+    if "meta" in wanted:
+        for first_order in (False, True):
+            rows += row_meta_iteration(
+                device, rounds, filters=filters, meta_batch=4 if quick else 16, steps=5, first_order=first_order
+            )
+    if "hessian" in wanted:
+        rows += row_hessian(device, rounds, filters=filters, tasks=4 if quick else 16, max_iters=100, tol=1e-3)
+    if "surface" in wanted:
+        for resolution in (11,) if quick else (21, 51):
+            rows += row_surface(
+                device, 1 if resolution > 21 else rounds, filters=16, resolution=resolution, tasks=4, steps=1
+            )
+    if "probe" in wanted:
+        rows += row_probe(device, rounds, filters=filters, tasks=8 if quick else 60)
+
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {threads} threads"
+    )
+    click.echo(f"metaland benchmarks on {where}; torch {torch.__version__}; medians of {rounds} interleaved rounds")
+    click.echo("| what | metaland s | reference | reference s | speed-up | goal | agreement |")
+    click.echo("|---|---:|---|---:|---:|---:|---|")
+    for row in rows:
+        goal = f"≥ {row.goal:g}×" if row.goal else ""
+        met = "" if row.goal is None else (" ✓" if row.ratio >= row.goal else " ✗")
+        click.echo(
+            f"| {row.name} | {statistics.median(row.ours):.4f} | {row.reference_name} | "
+            f"{statistics.median(row.reference):.4f} | {row.ratio:.2f}×{met} | {goal} | {row.agreement} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
