@@ -1,7 +1,7 @@
 """Seeded generators derived from (run seed, purpose).
 
 No code draws from a global random state: every draw takes a ``torch.Generator`` made here, so a
-purpose (the tasks of meta-iteration 17, the init of run 3, the power-iteration start vector of
+purpose (the tasks of meta-iteration 17, the init of run 3, the Lanczos start vector of
 probe task 5) always gets the same numbers whatever ran before it. This is what makes training
 resumable bit for bit: iteration ``s`` re-derives its task batch from ``(seed, "train-tasks", s)``.
 """
