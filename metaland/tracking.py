@@ -3,8 +3,13 @@
 Store: ``MLFLOW_TRACKING_URI`` if set, else the embedded ``sqlite:///mlflow.db`` at the repository
 root (the folder DVC runs stages in); artifacts go to ``mlartifacts/<experiment>/`` beside it.
 One experiment per study (``metaland/<study>``) plus ``metaland/data`` for fetch. Each run is
-tagged with the DVC stage, the run key, the git commit and dirty flag, and the params hash, so a
-row in the UI leads back to exactly what produced it.
+tagged with the stage, the DVC stage address (``train@<run>``), the run key, the git commit and
+dirty flag, the params hash and the command that rebuilds it (``git checkout <commit> && dvc repro
+<stage>``, also the run's description and its "Source" column in the UI), so a row in the UI leads
+back to exactly what produced it. Runs started by ``dvc exp run`` also carry the experiment name.
+
+The store may be a tracking server (``MLFLOW_TRACKING_URI=http://host:5000``): that is how parallel
+``dvc exp run --queue`` workers and several GPU machines share one store, and nothing else changes.
 
 SQLite does not like concurrent schema creation: :func:`ensure_store` creates the database once,
 under a file lock, before any stage fans out.
@@ -70,6 +75,34 @@ def check_reachable(uri: str | None = None) -> None:
         ) from None
 
 
+def describe_store() -> str:
+    """One line saying where runs go and that the store answers; :class:`TrackingError` if not.
+
+    Read-only (for ``metaland doctor`` and the image's health check): a missing SQLite file is
+    reported, not created, and only its folder's writability is checked."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+                raise TrackingError(
+                    f"The tracking database {path} (MLFLOW_TRACKING_URI) does not exist and its folder "
+                    f"{path.parent} is missing or not writable. Fix: create the folder or make it writable, or "
+                    "point MLFLOW_TRACKING_URI at a writable place or a tracking server."
+                )
+            return f"{uri}: not created yet (the first stage creates it)"
+    try:
+        count = len(_client().search_experiments(max_results=1000))
+    except Exception as err:
+        raise TrackingError(
+            f"The tracking store {uri} (MLFLOW_TRACKING_URI) answers but cannot be read ({type(err).__name__}: "
+            f"{err}). Fix: for a server, check its credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) "
+            "and version; for a file, its permissions, or move it aside to start a fresh store."
+        ) from None
+    return f"{uri}: answers, {count} experiment(s)"
+
+
 def ensure_store() -> None:
     """Create (or migrate) the tracking database once, serialised by a lock file."""
     uri = tracking_uri()
@@ -103,6 +136,36 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         else:
             flat[name] = str(value)[:MAX_PARAM_LENGTH]
     return flat
+
+
+def provenance_tags(stage: str, run_key: str | None, params_hash: str) -> dict[str, str]:
+    """Tags that lead from a run in the UI back to the exact command that rebuilds it.
+
+    Under ``dvc repro`` DVC names the stage in ``DVC_STAGE`` (``train@<run>``); a hand-run
+    ``metaland`` command gets the same address, because stage cells are keyed by run / dataset.
+    """
+    git = git_state()
+    dvc_stage = os.environ.get("DVC_STAGE") or (f"{stage}@{run_key}" if run_key else stage)
+    rebuild = f"git checkout {git['commit']} && dvc repro {dvc_stage}"
+    note = f"Rebuild: `{rebuild}` (params hash `{params_hash or '-'}`)."
+    if git["dirty"] != "false":
+        note += " The working tree had uncommitted changes when this ran, so the commit alone may not rebuild it."
+    tags = {
+        "metaland.stage": stage,
+        "metaland.dvc_stage": dvc_stage,
+        "metaland.run_key": run_key or "",
+        "metaland.params_hash": params_hash,
+        "metaland.rebuild": rebuild,
+        "git.commit": git["commit"],
+        "git.dirty": git["dirty"],
+        "mlflow.source.git.commit": git["commit"],
+        "mlflow.source.name": f"dvc repro {dvc_stage}",
+        "mlflow.note.content": note,
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["metaland.dvc_exp"] = os.environ["DVC_EXP_NAME"]
+        tags["metaland.dvc_exp_baseline"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    return tags
 
 
 @dataclass
@@ -178,15 +241,7 @@ def stage_run(
     experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
     params_hash = params_hash or (stable_hash(dict(params)) if params else "")
     run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
-    git = git_state()
-    tags = {
-        "metaland.stage": stage,
-        "metaland.run_key": run_key or "",
-        "metaland.params_hash": params_hash,
-        "git.commit": git["commit"],
-        "git.dirty": git["dirty"],
-        "mlflow.source.git.commit": git["commit"],
-    }
+    tags = provenance_tags(stage, run_key, params_hash)
     if run_id is None:
         run_name = f"{stage}@{run_key}" if run_key else stage
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id

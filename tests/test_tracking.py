@@ -7,7 +7,8 @@ import multiprocessing
 import pytest
 from mlflow import MlflowClient
 
-from metaland.tracking import ensure_store, flatten_params, stage_run
+from metaland.errors import TrackingError
+from metaland.tracking import describe_store, ensure_store, flatten_params, stage_run
 
 
 @pytest.fixture()
@@ -68,3 +69,47 @@ def test_concurrent_store_creation_is_serialised(tmp_path):
 
 def test_flatten_params():
     assert flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "{}"}
+
+
+def test_a_run_leads_back_to_the_command_that_rebuilds_it(store, monkeypatch):
+    """Under `dvc repro` (DVC_STAGE set) and `dvc exp run` (DVC_EXP_NAME set) the run names its DVC
+    stage, the commit and the exact command; the UI shows the command as the run's source."""
+    monkeypatch.setenv("DVC_STAGE", "train@s-run")
+    monkeypatch.setenv("DVC_EXP_NAME", "curious-exp")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    with stage_run("train", experiment="s", run_key="s-run", params_hash="h1") as run:
+        pass
+    tags = store.get_run(run.run_id).data.tags
+    commit = tags["git.commit"]
+    assert tags["metaland.dvc_stage"] == "train@s-run"
+    assert tags["metaland.rebuild"] == f"git checkout {commit} && dvc repro train@s-run"
+    assert tags["mlflow.source.name"] == "dvc repro train@s-run"
+    assert tags["metaland.rebuild"] in tags["mlflow.note.content"] and "h1" in tags["mlflow.note.content"]
+    assert tags["metaland.dvc_exp"] == "curious-exp" and tags["metaland.dvc_exp_baseline"] == "a" * 40
+
+
+def test_a_hand_run_command_names_the_same_dvc_stage(store, monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with stage_run("probe", experiment="s", run_key="s-run") as keyed, stage_run("aggregate", experiment="r") as whole:
+        pass
+    assert store.get_run(keyed.run_id).data.tags["metaland.dvc_stage"] == "probe@s-run"
+    tags = store.get_run(whole.run_id).data.tags
+    assert tags["metaland.dvc_stage"] == "aggregate" and "metaland.dvc_exp" not in tags
+
+
+def test_describe_store_reads_without_creating(tmp_path, monkeypatch):
+    database = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    assert "not created yet" in describe_store() and not database.exists()
+    ensure_store()
+    assert describe_store().endswith("answers, 1 experiment(s)")  # MLflow's Default experiment
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    with pytest.raises(TrackingError, match="is missing or not writable. Fix:"):
+        describe_store()
+
+
+def test_describe_store_names_an_unreachable_server(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(TrackingError, match=r"cannot be reached .* Fix: start the server"):
+        describe_store()
