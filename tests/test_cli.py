@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from metaland.cli import main
@@ -159,11 +160,16 @@ def test_doctor_reports_each_check(capsys, ci_params, tmp_path, monkeypatch):
     assert code == 0
     for check in (
         "[ok  ] torch: 2.14.1",
+        "[ok  ] dvc-s3: ",
         "[ok  ] params",
         "dataset omniglot-small: not fetched yet",
-        "[ok  ] tracking",
+        "] device: CUDA " if torch.cuda.is_available() else "[warn] device: CPU, ",
+        f"[ok  ] workspace: {REPO} is writable",
+        "] dvc remote: ",
+        f"[ok  ] tracking: sqlite:///{tmp_path / 'mlflow.db'}: not created yet",
     ):
         assert check in out
+    assert not (tmp_path / "mlflow.db").exists(), "the doctor only looks"
     broken = tmp_path / "broken.yaml"
     broken.write_text("runs: 3\n")
     code, out, err = run_cli(capsys, "doctor", "--params", str(broken))
@@ -179,3 +185,43 @@ def test_ui_listens_on_localhost_only(capsys, monkeypatch, tmp_path):
     assert code == 0 and "http://127.0.0.1:5123" in out
     args = calls[0]
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "5123"
+
+
+@pytest.fixture()
+def dvc_checkout(tmp_path, monkeypatch, ci_params) -> Path:
+    """An empty git + DVC repository as the working folder (what `dvc init` makes: a .dvc folder
+    with a config file; written here because DVC's logger would write to a closed capture)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("remote", "status", "needle"),
+    [
+        (None, 0, "[warn] dvc remote: no default remote"),
+        ("s3://bucket/metaland", 0, "[ok  ] dvc remote: 'shared' = s3://bucket/metaland (not contacted"),
+        ("ssh://user@gpu-box/srv/dvc", 0, "[ok  ] dvc remote: 'shared' = ssh:///srv/dvc"),
+        ("LOCAL", 0, "[ok  ] dvc remote: 'shared' = local folder"),
+        ("gs://bucket/metaland", 2, "[FAIL] dvc remote: 'shared': gs is supported, but requires 'dvc-gs'"),
+    ],
+)
+def test_doctor_checks_the_dvc_remote(capsys, dvc_checkout, ci_params, remote, status, needle):
+    if remote is not None:
+        url = str(dvc_checkout.parent / "remote") if remote == "LOCAL" else remote
+        (dvc_checkout.parent / "remote").mkdir(exist_ok=True)
+        config = dvc_checkout / ".dvc" / "config"
+        config.write_text(f"[core]\n    remote = shared\n['remote \"shared\"']\n    url = {url}\n")
+    code, out, _ = run_cli(capsys, "doctor", "--params", str(ci_params))
+    assert code == status and needle in out, out
+
+
+def test_doctor_fails_a_cuda_device_without_a_gpu(capsys, dvc_checkout, ci_params):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    ci_params.write_text(ci_params.read_text().replace("device: auto", "device: cuda"))
+    code, out, _ = run_cli(capsys, "doctor", "--params", str(ci_params))
+    assert code == 2 and "[FAIL] params: params.yaml: device = 'cuda' but PyTorch sees no CUDA device" in out
