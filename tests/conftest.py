@@ -67,3 +67,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
     }
     write_layout(out, splits, {"dataset": "tiny"})
     return out
+
+
+@pytest.fixture(scope="session")
+def ci_pipeline(tmp_path_factory, omniglot_mirror) -> tuple[Path, dict, str]:
+    """The whole DAG on the ci profile, built once per worker by `dvc repro` in a fresh checkout:
+    (checkout, environment, log of the build). Tests that use it belong to xdist group "dag", so
+    they share one build; each leaves the checkout as it found it (built and up to date)."""
+    from tests.pipeline import ci_checkout, sh
+
+    work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror)
+    log = sh(["dvc", "repro"], work, env)
+    return work, env, log

@@ -12,12 +12,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.pipeline import sh, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
@@ -48,48 +49,10 @@ def extracted_steps(run: str) -> list[int]:
 pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
 
 
-def sh(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, omniglot_mirror):
-    """A fresh checkout (tracked and untracked-not-ignored files) switched to the ci profile, built once."""
-    work = tmp_path_factory.mktemp("dag") / "repo"
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        METALAND_DATA_MIRROR=str(omniglot_mirror),
-        DVC_NO_ANALYTICS="1",
-        METALAND_CACHE=str(work.parent / "cache"),
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@t",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@t",
-    )
-    sh(["git", "init", "-q"], work, env)
-    sh([sys.executable, "-m", "metaland", "profile", "ci"], work, env)
-    sh(["git", "add", "-A"], work, env)
-    sh(["git", "commit", "-qm", "ci profile"], work, env)
-    log = sh(["dvc", "repro"], work, env)
-    return work, env, log
-
-
-def stages_run(log: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", log)
+def pipeline(ci_pipeline):
+    """The ci-profile build shared with the other tests of xdist group "dag" (conftest.py)."""
+    return ci_pipeline
 
 
 def test_repro_builds_every_output(pipeline):
