@@ -1,0 +1,68 @@
+"""Sharing data and results through a DVC remote: push, lose everything local, pull, up to date.
+
+Works on the ci-profile build shared by the "dag" tests (conftest.ci_pipeline), whose outputs
+are datasets, training runs and checkpoints, probe tables, results, figures and the report. The
+remote is a local folder, configured like any remote (`dvc remote add -d`, here in the
+git-ignored .dvc/config.local so the checkout stays clean); S3 and SSH remotes differ only in
+their URL (README.md, "Sharing data and results").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pipeline import sh, stages_run
+
+pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
+
+
+def outputs(work: Path) -> list[Path]:
+    """Every output folder dvc.yaml declares, as listed in dvc.lock."""
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    return sorted({work / out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])})
+
+
+def digests(paths: list[Path]) -> dict[str, str]:
+    return {
+        str(file): hashlib.sha256(file.read_bytes()).hexdigest()
+        for path in paths
+        for file in sorted(path.rglob("*") if path.is_dir() else [path])
+        if file.is_file()
+    }
+
+
+def test_push_wipe_pull_restores_every_output(ci_pipeline, tmp_path):
+    work, env, _ = ci_pipeline
+    assert stages_run(sh(["dvc", "repro"], work, env)) == [], "starts from an up-to-date build"
+    folders = outputs(work)
+    kinds = {folder.relative_to(work).parts[0] for folder in folders}
+    assert kinds == {"data", "runs", "checkpoints", "probes", "results", "figures", "report"}
+    before = digests(folders)
+    assert sum(name.endswith(".safetensors") for name in before) > 10 and "results/claims.json" in "\n".join(before)
+
+    remote = tmp_path / "remote"
+    sh(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], work, env)
+    try:
+        pushed = sh(["dvc", "push"], work, env)
+        assert "pushed" in pushed and any(remote.rglob("*")), pushed
+
+        shutil.rmtree(work / ".dvc" / "cache")
+        for folder in folders:
+            shutil.rmtree(folder)
+        missing = json.loads(sh(["dvc", "status", "--json"], work, env).splitlines()[-1])
+        assert missing, "with the cache and outputs gone, DVC reports them missing"
+
+        sh(["dvc", "pull"], work, env)
+        assert digests(folders) == before, "every output comes back byte for byte"
+        status = sh(["dvc", "status"], work, env)
+        assert "Data and pipelines are up to date." in status, status
+        cloud = sh(["dvc", "status", "--cloud"], work, env)
+        assert "Cache and remote 'shared' are in sync." in cloud, cloud
+    finally:
+        sh(["dvc", "remote", "remove", "--local", "shared"], work, env)
