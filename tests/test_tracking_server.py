@@ -1,0 +1,122 @@
+"""MLflow as a service: the ci profile's stages log to a real `mlflow server` over HTTP.
+
+The server is the compose file's `mlflow` service command (compose.yaml), moved to 127.0.0.1, a
+free port and a temporary backend store and artifact folder. Against it runs a reduced ci
+profile: `dvc repro probe@<one run>`, i.e. the fetch, train, extract and probe stages of one run
+(about 40 s). The whole ci DAG is built once, against the SQLite default, by the "dag" tests;
+rerunning all of it here would add minutes and check nothing more about the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.pipeline import REPO, ci_checkout, free_port, serving, sh, stages_run
+
+RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
+STAGES = ["fetch@omniglot-small", f"train@{RUN}", f"extract@{RUN}", f"probe@{RUN}"]
+
+
+def server_command(store: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """compose.yaml's mlflow service: its command and environment, on 127.0.0.1 and temp paths."""
+    service = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["mlflow"]
+    overrides = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--backend-store-uri": f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination": str(store / "mlartifacts"),
+        "--workers": "1",
+    }
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, *service["command"][1:2]]
+    for arg in service["command"][2:]:
+        option = arg.split("=", 1)[0]
+        command.append(f"{option}={overrides.pop(option)}" if option in overrides else arg)
+    assert not overrides, f"compose.yaml's mlflow command lacks {sorted(overrides)}"
+    default = service["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]  # ${VAR:-default}
+    allowed_hosts = default.split(":-", 1)[1].rstrip("}")
+    return command, {"MLFLOW_SERVER_ALLOWED_HOSTS": allowed_hosts}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, omniglot_mirror):
+    """(checkout, env with MLFLOW_TRACKING_URI=http://..., client, store folder, repro log)."""
+    root = tmp_path_factory.mktemp("server")
+    work, env = ci_checkout(root / "repo", omniglot_mirror)
+    store = root / "store"
+    store.mkdir()
+    command, server_env = server_command(store, free_port())
+    port = int(next(arg for arg in command if arg.startswith("--port=")).split("=")[1])
+    with serving(command, port, root / "server.log", cwd=root, env={**env, **server_env}) as url:
+        env = {**env, "MLFLOW_TRACKING_URI": url}
+        log = sh(["dvc", "repro", f"probe@{RUN}"], work, env)
+        yield work, env, MlflowClient(url), store, log
+
+
+def runs_by_stage(client: MlflowClient) -> dict[str, object]:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return {run.data.tags["metaland.dvc_stage"]: run for run in client.search_runs(experiments)}
+
+
+def test_the_stages_log_to_the_server_only(served):
+    work, _, client, store, log = served
+    assert stages_run(log) == STAGES
+    names = {e.name for e in client.search_experiments()}
+    assert {"metaland/data", "metaland/guiroy2019"} <= names
+    runs = runs_by_stage(client)
+    assert sorted(runs) == sorted(STAGES)
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    train = runs[f"train@{RUN}"]
+    history = client.get_metric_history(train.info.run_id, "train/query_loss")
+    assert [m.step for m in history] == [5, 10, 15, 20, 25, 30, 35, 40]
+    probe = runs[f"probe@{RUN}"]
+    assert [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")] == [
+        0,
+        10,
+        20,
+        30,
+        40,
+    ]
+    assert (store / "mlflow.db").is_file(), "the server's backend store holds the runs"
+    assert not (work / "mlflow.db").exists() and not (work / "mlartifacts").exists(), "nothing tracked locally"
+
+
+def test_checkpoints_and_models_go_through_the_server(served, tmp_path):
+    work, _, client, store, _ = served
+    train = runs_by_stage(client)[f"train@{RUN}"]
+    names = {a.path for a in client.list_artifacts(train.info.run_id, "checkpoints")}
+    assert "checkpoints/step-00000040.safetensors" in names
+    local = client.download_artifacts(train.info.run_id, "checkpoints/step-00000040.safetensors", str(tmp_path))
+    original = work / "runs" / RUN / "ckpt" / "step-00000040.safetensors"
+    assert hashlib.sha256(Path(local).read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
+    stored = list((store / "mlartifacts").rglob("step-00000040.safetensors"))
+    assert stored, "the server stored the artifact in its --artifacts-destination"
+    experiment = client.get_experiment_by_name("metaland/guiroy2019").experiment_id
+    models = client.search_logged_models([experiment])
+    assert len(models) == 5 and all(m.status.name == "READY" for m in models)
+
+
+def test_every_run_leads_back_to_the_command_that_rebuilds_it(served):
+    """Each run names its DVC stage, the commit and params hash; running its rebuild command in
+    the checkout finds that stage up to date (same stage, same params, same outputs)."""
+    work, env, client, _, _ = served
+    head = sh(["git", "rev-parse", "HEAD"], work, env).strip()
+    stages = set(sh(["dvc", "stage", "list", "--name-only"], work, env).split())
+    for stage, run in runs_by_stage(client).items():
+        tags = run.data.tags
+        assert stage in stages and tags["git.commit"] == head and tags["git.dirty"] == "false"
+        assert tags["metaland.rebuild"] == f"git checkout {head} && dvc repro {stage}"
+        assert tags["mlflow.source.name"] == f"dvc repro {stage}" and len(tags["metaland.params_hash"]) == 16
+    sidecar = json.loads((work / "runs" / RUN / "ckpt" / "step-00000040.json").read_text())
+    assert runs_by_stage(client)[f"train@{RUN}"].data.tags["metaland.params_hash"] == sidecar["params_hash"]
+    rebuild = runs_by_stage(client)[f"train@{RUN}"].data.tags["metaland.rebuild"]
+    log = sh(["sh", "-c", rebuild], work, env)
+    assert stages_run(log) == [] and f"Stage 'train@{RUN}' didn't change, skipping" in log
