@@ -352,14 +352,19 @@ def report(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: 
 
 @cli.command()
 @click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")
-def ui(port: int) -> None:
-    """Open the MLflow UI on http://127.0.0.1:PORT over this repository's tracking store."""
+@click.option("--workers", type=click.IntRange(min=1), help="Server processes (default: MLflow's); 1 starts fastest.")
+def ui(port: int, workers: int | None) -> None:
+    """Open the MLflow UI on http://127.0.0.1:PORT over this repository's tracking store.
+
+    To share one store between machines or parallel `dvc exp run --queue` jobs, run a tracking
+    server instead (`docker compose up -d mlflow`, README.md "Tracking server")."""
     from metaland.tracking import ensure_store, tracking_uri
 
     ensure_store()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     click.echo(f"MLflow UI: http://127.0.0.1:{port}  (store: {tracking_uri()}; Ctrl-C stops it)")
-    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port)])
+    args = [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
+    os.execv(mlflow, args + (["--workers", str(workers)] if workers else []))
 
 
 @cli.command()

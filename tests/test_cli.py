@@ -185,6 +185,9 @@ def test_ui_listens_on_localhost_only(capsys, monkeypatch, tmp_path):
     assert code == 0 and "http://127.0.0.1:5123" in out
     args = calls[0]
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "5123"
+    assert "--workers" not in args, "MLflow's default unless asked"
+    run_cli(capsys, "ui", "--port", "5123", "--workers", "1")
+    assert calls[1][calls[1].index("--workers") + 1] == "1"
 
 
 @pytest.fixture()
