@@ -13,7 +13,8 @@
 # 13 (>= 580) and the NVIDIA container toolkit; without a GPU the same image runs on the CPU.
 FROM python:3.11.7-slim-bookworm
 
-# Determinism (DESIGN.md): cuBLAS workspace for deterministic GEMMs, a fixed hash seed.
+# Determinism (DESIGN.md): cuBLAS workspace for deterministic GEMMs, a fixed hash seed. No usage
+# reports from DVC or MLflow (GPU machines often have no way out, and runs need none).
 # MLFLOW_TRACKING_URI: absolute, so every stage, `metaland ui` and a healthcheck share one store in
 # the mounted checkout whatever their working folder (compose's pipeline service points it at the
 # tracking server instead). METALAND_CACHE: downloaded archives stay in the checkout (.metaland/,
@@ -25,6 +26,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONHASHSEED=0 \
     CUBLAS_WORKSPACE_CONFIG=:4096:8 \
     DVC_NO_ANALYTICS=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
     MLFLOW_TRACKING_URI=sqlite:////workspace/mlflow.db \
     METALAND_CACHE=/workspace/.metaland/archives \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \

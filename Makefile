@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test lint ui doctor profile lock clean
+.PHONY: install browser repro test lint ui doctor profile lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -19,6 +19,16 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the pinned requirements
+
+# Debian's Chromium and its WebDriver (no browser download) for tests/test_ui_browser.py, which
+# is skipped without them; fonts-liberation makes the screenshots legible. Needs root (CI is).
+browser: ## install Chromium + chromium-driver for the browser test (Debian, as root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "Chromium: $$(chromium --version 2>/dev/null)"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver fonts-liberation >/dev/null && echo "Chromium: $$(chromium --version 2>/dev/null)"; \
+	fi
 
 repro: $(STAMP) ## rebuild every result: dvc repro (set METALAND_DATA_MIRROR without internet)
 	$(PY) -c "from metaland.tracking import ensure_store; ensure_store()"

@@ -101,7 +101,7 @@ def test_environment_for_determinism_tracking_and_dvc():
     assert env["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG
     assert env["PYTHONHASHSEED"].isdigit()
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:////workspace/mlflow.db", "absolute, in the mounted checkout"
-    assert env["DVC_NO_ANALYTICS"] == "1"
+    assert env["DVC_NO_ANALYTICS"] == "1" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert env["METALAND_CACHE"].startswith("/workspace/.metaland/")
     assert ".metaland/" in (REPO / ".gitignore").read_text()
 
