@@ -105,7 +105,7 @@ def test_describe_store_reads_without_creating(tmp_path, monkeypatch):
     ensure_store()
     assert describe_store().endswith("answers, 1 experiment(s)")  # MLflow's Default experiment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
-    with pytest.raises(TrackingError, match="is missing or not writable. Fix:"):
+    with pytest.raises(TrackingError, match=r"is missing or not writable\. Fix:"):
         describe_store()
 
 
