@@ -35,6 +35,28 @@ def omniglot_mirror() -> Path:
     return mirror
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Make `--dist loadgroup` keep each xdist_group on one worker again.
+
+    pytest-xdist 3.8 marks a test's group by appending ``@<group>`` to ``item._nodeid``, which
+    pytest 9.2 no longer reads (node ids live in ``item._id``): every test became its own group,
+    and tests sharing the ci build ran on both workers, each building it. This applies the same
+    suffix where pytest reads it; it does nothing where xdist's own suffix took effect, or
+    without `--dist loadgroup` (set on each worker by xdist)."""
+    if not config.getoption("loadgroup", default=False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        suffix = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(suffix):
+            item._id = NodeId.parse(item.nodeid + suffix)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

@@ -66,3 +66,12 @@ def test_push_wipe_pull_restores_every_output(ci_pipeline, tmp_path):
         assert "Cache and remote 'shared' are in sync." in cloud, cloud
     finally:
         sh(["dvc", "remote", "remove", "--local", "shared"], work, env)
+
+
+def test_the_shared_build_tests_run_on_one_worker(request):
+    """Under `make test` (-n 2 --dist loadgroup) every user of the ci build carries the group
+    suffix xdist schedules by (conftest.pytest_collection_modifyitems); without it each worker
+    would build the ci DAG again."""
+    if not request.config.getoption("loadgroup", default=False):
+        pytest.skip("not distributed with --dist loadgroup")
+    assert request.node.nodeid.endswith("@dag")
