@@ -363,6 +363,9 @@ def ui(port: int, workers: int | None) -> None:
     ensure_store()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     click.echo(f"MLflow UI: http://127.0.0.1:{port}  (store: {tracking_uri()}; Ctrl-C stops it)")
+    # MLflow's server-side job runner serves GenAI judges and scorers, which metaland never uses;
+    # it would start five more processes beside the pipeline. Set the variable to override.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     args = [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
     os.execv(mlflow, args + (["--workers", str(workers)] if workers else []))
 

@@ -179,6 +179,7 @@ def test_doctor_reports_each_check(capsys, ci_params, tmp_path, monkeypatch):
 def test_ui_listens_on_localhost_only(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the default store, mlflow.db, is created in the working folder
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
     calls = []
     monkeypatch.setattr(os, "execv", lambda path, args: calls.append(args))
     code, out, _ = run_cli(capsys, "ui", "--port", "5123")
@@ -186,6 +187,7 @@ def test_ui_listens_on_localhost_only(capsys, monkeypatch, tmp_path):
     args = calls[0]
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "5123"
     assert "--workers" not in args, "MLflow's default unless asked"
+    assert os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false", "no job runner beside the UI"
     run_cli(capsys, "ui", "--port", "5123", "--workers", "1")
     assert calls[1][calls[1].index("--workers") + 1] == "1"
 

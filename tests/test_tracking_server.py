@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -41,9 +42,13 @@ def server_command(store: Path, port: int) -> tuple[list[str], dict[str, str]]:
         option = arg.split("=", 1)[0]
         command.append(f"{option}={overrides.pop(option)}" if option in overrides else arg)
     assert not overrides, f"compose.yaml's mlflow command lacks {sorted(overrides)}"
-    default = service["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]  # ${VAR:-default}
-    allowed_hosts = default.split(":-", 1)[1].rstrip("}")
-    return command, {"MLFLOW_SERVER_ALLOWED_HOSTS": allowed_hosts}
+    return command, {key: compose_default(value) for key, value in service["environment"].items()}
+
+
+def compose_default(value: str) -> str:
+    """The value compose gives ``${VAR:-default}`` when VAR is unset (plain values unchanged)."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match[1] if match else value
 
 
 @pytest.fixture(scope="module")
