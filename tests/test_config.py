@@ -10,6 +10,7 @@ import yaml
 
 from metaland.config import TrainConfig, load_params, resolve
 from metaland.errors import ConfigError
+from metaland.meta import ALGORITHMS
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
@@ -48,13 +49,28 @@ def test_profiles_spell_out_every_training_knob(profile):
         assert set(study["defaults"]["train"]) == set(TrainConfig.model_fields)
 
 
+def test_paper_profile_has_the_sharp_maml_setting():
+    """Seed 002's table: miniImageNet 5-way 1-shot, Conv-4-64; the four variants on the same seeds;
+    the official code's inner step 0.1, one inner step, meta-batch 25, 50 × 100 iterations."""
+    config = load_params(REPO / "profiles" / "paper.yaml")
+    runs = config.runs_of("sharpmaml")
+    variants: dict[str, list[int]] = {}
+    for run in runs:
+        assert (run.dataset, run.ways, run.shots, run.model.filters) == ("miniimagenet", 5, 1, 64)
+        assert (run.train.inner_steps, run.train.inner_lr, run.train.meta_batch) == (1, 0.1, 25)
+        assert run.train.iterations == 5000
+        name = ALGORITHMS.get(run.algorithm).variant_of(run.algorithm_options)
+        variants.setdefault(name, []).append(run.seed)
+    assert variants == {v: [0, 1, 2] for v in ("maml", "sharpmaml-low", "sharpmaml-up", "sharpmaml-both")}
+
+
 def test_paper_profile_has_the_thesis_settings():
     """Seed 000 §2.5-2.7: settings, hyper-parameters per dataset and shot count, 5 runs each."""
     config = load_params(REPO / "profiles" / "paper.yaml")
     study = config.studies["guiroy2019"]
     assert study.probe.tasks == 500 and study.probes["curvature"].tasks == 60
     settings: dict[tuple, list] = {}
-    for run in config.runs.values():
+    for run in config.runs_of("guiroy2019"):
         key = (run.algorithm, run.dataset, run.ways, run.shots, run.train.inner_steps)
         settings.setdefault(key, []).append(run)
         if run.algorithm == "finetune":
