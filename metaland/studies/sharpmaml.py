@@ -35,6 +35,8 @@ BASELINE = "maml"
 SHARP = ("sharpmaml-low", "sharpmaml-up", "sharpmaml-both")
 VARIANTS = (BASELINE, *SHARP)
 SHORT = {"maml": "MAML", "sharpmaml-low": "_low", "sharpmaml-up": "_up", "sharpmaml-both": "_both"}
+LEGEND = {name: "Sharp-MAML" + short if name != "maml" else short for name, short in SHORT.items()}
+"""Legend names (matplotlib hides legend labels that start with an underscore)."""
 POSTER_ACCURACY = {"maml": 0.4713, "sharpmaml-low": 0.4887, "sharpmaml-up": 0.4903, "sharpmaml-both": 0.4960}
 """The poster's table: miniImageNet 5-way 1-shot, Conv-4-64, means only (Matching Nets: 43.56%)."""
 POSTER_SETTING = "poster: miniImageNet 5-way 1-shot, Conv-4-64"
@@ -239,7 +241,7 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
         no_data(axes[2], "(c) meta-training", "training logs")
     else:
         curves_by_algorithm(
-            axes[2], log, "query_accuracy", title="(c) meta-training: query accuracy at θ̃¹", key="variant", names=SHORT
+            axes[2], log, "query_accuracy", title="(c) meta-training: query accuracy at θ̃¹", key="variant", names=LEGEND
         )
         axes[2].set_ylabel("meta-train query accuracy (running mean)")
     suptitle(fig, 'Sharp-MAML vs MAML — accuracy (seed 002, table "Empirical comparison with MAML")')
