@@ -84,7 +84,7 @@ def main(filters, image_size, inner_steps, inner_lr, meta_batch, queries, repeat
             algorithm.meta_gradient(problem, params, batch, options)
             synchronise(device)
             times[variant_name(options)].append(time.perf_counter() - start)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor()} CPU"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
     click.echo(
         f"Conv4-{filters} {image_size}px, 5-way 1-shot, {queries} queries, meta-batch {meta_batch}, "
         f"T = {inner_steps}, second order; {repeats} rounds on {where}, {threads} threads"
