@@ -38,7 +38,7 @@ test: $(STAMP) ## run the test suite (includes the whole DAG on the ci profile)
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP) ## ruff and hadolint
-	$(VENV)/bin/ruff check metaland stages tests
+	$(VENV)/bin/ruff check metaland stages tests benchmarks
 	$(VENV)/bin/hadolint Dockerfile
 
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000

@@ -14,36 +14,18 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
+from functools import partial
 
 import click
 import torch
+from run import convnet, omniglot_like_tasks, timed_rounds  # benchmarks/run.py, beside this script
 
-from metaland.data.tasks import TaskBatch
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.inner import cross_entropy
 from metaland.meta.sharp import SharpMAMLOptions, gradient_evaluations, variant_name
-from metaland.models import build_model, initial_params, make_forward
-from metaland.models.convnet import ConvNetParams
+from metaland.models import make_forward
 
 RADII = ((0.0, 0.0), (0.05, 0.0), (0.0, 0.05), (0.05, 0.05))
-
-
-def random_batch(meta_batch: int, ways: int, shots: int, queries: int, size: int, device) -> TaskBatch:
-    """Omniglot-shaped tasks of seeded noise images (the cost does not depend on the pixels)."""
-    g = torch.Generator().manual_seed(0)
-
-    def labelled(per_class: int):
-        images = torch.rand(meta_batch, ways * per_class, 1, size, size, generator=g)
-        labels = torch.arange(ways).repeat_interleave(per_class).expand(meta_batch, -1).contiguous()
-        return images, labels
-
-    return TaskBatch(*labelled(shots), *labelled(queries)).to(device)
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,30 +42,17 @@ def main(filters, image_size, inner_steps, inner_lr, meta_batch, queries, repeat
     """Print the median wall time per meta-iteration of each variant and its ratio to MAML."""
     torch.set_num_threads(threads)
     device = torch.device(device)
-    model = build_model(
-        "convnet",
-        ConvNetParams(blocks=4, filters=filters, downsample="stride", norm="batch"),
-        channels=1,
-        image_size=image_size,
-        ways=5,
-        seed=0,
-    ).to(device)
+    model, params = convnet(filters, image_size, device)
     forward = make_forward(model)
-    params = {k: v.to(device) for k, v in initial_params(model).items()}
-    batch = random_batch(meta_batch, 5, 1, queries, image_size, device)
+    batch = omniglot_like_tasks(meta_batch, image_size, queries, device)
     problem = MetaProblem(forward, cross_entropy(forward), inner_steps, inner_lr, 0)
     algorithm = ALGORITHMS.get("sharpmaml")
     variants = [SharpMAMLOptions(alpha_low=low, alpha_up=up) for low, up in RADII]
-    times: dict[str, list[float]] = {variant_name(o): [] for o in variants}
-    for options in variants:  # warm-up (first-call tracing and allocation)
-        algorithm.meta_gradient(problem, params, batch, options)
-    for _ in range(repeats):
-        for options in variants:
-            synchronise(device)
-            start = time.perf_counter()
-            algorithm.meta_gradient(problem, params, batch, options)
-            synchronise(device)
-            times[variant_name(options)].append(time.perf_counter() - start)
+    times = timed_rounds(
+        {variant_name(o): partial(algorithm.meta_gradient, problem, params, batch, o) for o in variants},
+        repeats,
+        device,
+    )["times"]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
     click.echo(
         f"Conv4-{filters} {image_size}px, 5-way 1-shot, {queries} queries, meta-batch {meta_batch}, "
