@@ -87,6 +87,13 @@ class TrainConfig(Params):
         description="Tasks vectorised together with torch.func.vmap (0 = the whole meta-batch, 1 = a loop); "
         "changes speed and memory only.",
     )
+    inner_params: str = Field(
+        "all",
+        min_length=1,
+        description="Parameters the inner loop adapts (the outer loop meta-learns all): all; head (ANIL, "
+        "seed 004); body (BOIL, seed 004: head frozen in the inner loop); or comma-separated shell patterns "
+        "over parameter names (layer-wise adaptation, seed 003 §3.2).",
+    )
     algorithm_options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the algorithm, validated by its registry entry."
     )

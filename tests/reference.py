@@ -90,10 +90,13 @@ def reference_grad(p: dict, x, y) -> dict:
     return dict(zip(at, grads, strict=True))
 
 
-def reference_adapt(p: dict, x, y, *, steps: int = STEPS, lr: float = LR, create_graph: bool = False) -> dict:
+def reference_adapt(
+    p: dict, x, y, *, steps: int = STEPS, lr: float = LR, create_graph: bool = False, adapted=None
+) -> dict:
     """θ^(t) = θ^(t−1) − α ∇L(θ^(t−1)): T steps of full-batch GD on the support loss (eq. 2.1),
     with torch.autograd.grad, in float64. With ``create_graph`` the result stays differentiable
-    with respect to ``p`` through every step (``p`` must then require grad)."""
+    with respect to ``p`` through every step (``p`` must then require grad). Only the parameters
+    named in ``adapted`` move (None: all)."""
     current = {k: v.double() for k, v in p.items()}
     x = x.double()
     for _ in range(steps):
@@ -104,7 +107,7 @@ def reference_adapt(p: dict, x, y, *, steps: int = STEPS, lr: float = LR, create
             )
         else:
             grads = reference_grad(current, x, y)
-        current = {k: v - lr * grads[k] for k, v in current.items()}
+        current = {k: v - lr * grads[k] if adapted is None or k in adapted else v for k, v in current.items()}
     return current
 
 

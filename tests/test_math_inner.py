@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from metaland.data.tasks import TaskBatch
+from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, MetaProblem
-from metaland.meta.inner import adapt, adapt_tasks, cross_entropy
-from metaland.models import flatten
+from metaland.meta.inner import adapt, adapt_tasks, adapted_names, cross_entropy
+from metaland.models import flatten, head_names
 from metaland.schema import NoOptions
 from tests.reference import (
     leaves,
@@ -47,8 +48,8 @@ def assert_dicts_close(actual: dict, expected: dict, *, rtol: float, atol: float
     assert not bad, "mismatched parameters:\n" + "\n".join(bad)
 
 
-def problem(forward, *, steps: int, lr: float, task_chunk: int = 0) -> MetaProblem:
-    return MetaProblem(forward, cross_entropy(forward), steps, lr, task_chunk)
+def problem(forward, *, steps: int, lr: float, task_chunk: int = 0, adapted=None) -> MetaProblem:
+    return MetaProblem(forward, cross_entropy(forward), steps, lr, task_chunk, adapted)
 
 
 def meta_gradient(name: str, prob: MetaProblem, params: dict, batch: TaskBatch):
@@ -217,3 +218,64 @@ def test_meta_gradient_metrics_are_query_metrics_at_adapted_params(name):
     assert metrics["query_accuracy"] == pytest.approx(sum(accuracies) / len(accuracies), abs=1e-12)
     # The data are learnable, so accuracy after adaptation differs from accuracy at θ.
     assert sum(accuracies) != pytest.approx(sum(pre_accuracies))
+
+
+# ----------------------------------------------------------------------------------------------
+# Inner loops on a subset of the parameters (ANIL / BOIL, seed 004; layer-wise, seed 003 §3.2)
+# ----------------------------------------------------------------------------------------------
+
+HEAD = head_names(tiny_model()[0])  # the tiny model's linear head
+
+
+def test_adapted_names_resolves_all_head_body_and_patterns():
+    names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
+    head = ("2.weight", "2.bias")
+    assert adapted_names(names, head, "all") is None
+    assert adapted_names(names, head, "head") == frozenset(head)
+    assert adapted_names(names, head, "body") == frozenset(names[:4])
+    assert adapted_names(names, head, "0.*, 2.bias") == frozenset({"0.weight", "0.bias", "2.bias"})
+    with pytest.raises(ConfigError, match=r"pattern 'fc\.\*' matches no parameter.*0\.weight, 0\.bias"):
+        adapted_names(names, head, "0.*,fc.*")
+
+
+@pytest.mark.parametrize("inner_params", ["head", "body"])
+def test_subset_inner_loop_moves_only_its_parameters_and_matches_reference(inner_params):
+    """ANIL adapts the head only, leaving the body at θ; BOIL the body only, leaving the head."""
+    _, forward, params = tiny_model()
+    batch = make_tasks(1)
+    x, y = batch.support_x[0], batch.support_y[0]
+    subset = adapted_names(list(params), HEAD, inner_params)
+
+    adapted = adapt(cross_entropy(forward), params, x, y, steps=3, lr=0.4, adapted=subset)
+
+    expected = reference_adapt(leaves(params), x, y, steps=3, lr=0.4, adapted=subset)
+    assert_dicts_close(adapted, {k: v.detach() for k, v in expected.items()}, rtol=0, atol=1e-12)
+    frozen = [name for name in params if name not in subset]
+    assert frozen and all(torch.equal(adapted[name], params[name]) for name in frozen)
+    # The inner loop did move its own parameters (the conv bias before BatchNorm has zero gradient).
+    assert max((adapted[name] - params[name]).abs().max().item() for name in subset) > 1e-3
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_meta_gradient_equals_unrolled_reference(first_order):
+    """Eq. 2.2 with a head-only inner loop: the body still gets its meta-gradient (through the
+    adapted head's dependence on the features, second order) and the result matches autograd."""
+    _, forward, params = tiny_model()
+    batch = make_tasks(3)
+    subset = frozenset(HEAD)
+
+    theta = leaves(params)
+    losses = []
+    for i in range(len(batch)):
+        sx, sy = batch.support_x[i], batch.support_y[i]
+        if first_order:  # ∂θ̃/∂θ = I: θ̃ = θ + (θ̃ − θ) with the displacement held constant
+            moved = reference_adapt(params, sx, sy, steps=2, lr=0.4, adapted=subset)
+            adapted = {k: theta[k] + (moved[k] - params[k]).detach() for k in theta}
+        else:
+            adapted = reference_adapt(theta, sx, sy, steps=2, lr=0.4, create_graph=True, adapted=subset)
+        losses.append(reference_loss(adapted, batch.query_x[i], batch.query_y[i]))
+    expected = dict(zip(theta, torch.autograd.grad(torch.stack(losses).mean(), list(theta.values())), strict=True))
+
+    name = "fomaml" if first_order else "maml"
+    grads, _ = meta_gradient(name, problem(forward, steps=2, lr=0.4, adapted=subset), params, batch)
+    assert_dicts_close(grads, expected, rtol=1e-10, atol=1e-12)

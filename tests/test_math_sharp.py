@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.inner import cross_entropy
 from metaland.meta.sharp import SharpMAMLOptions, gradient_evaluations, sam_perturbation, variant_name
@@ -190,3 +191,11 @@ def test_variant_names_follow_the_poster():
 def test_negative_radius_is_refused():
     with pytest.raises(ValueError, match="alpha_low"):
         SharpMAMLOptions(alpha_low=-0.1)
+
+
+def test_subset_inner_loop_is_refused_with_a_fix():
+    _, forward, params = tiny_model()
+    problem = MetaProblem(forward, cross_entropy(forward), 1, LR, 0, frozenset(list(params)[:2]))
+    options = SharpMAMLOptions()
+    with pytest.raises(ConfigError, match=r"train.inner_params must be all\. Fix: remove train.inner_params"):
+        ALGORITHMS.get("sharpmaml").meta_gradient(problem, params, make_tasks(2), options)

@@ -46,6 +46,7 @@ class MetaProblem:
     inner_steps: int
     inner_lr: float
     task_chunk: int  # tasks vectorised together; 0 = all
+    adapted: frozenset[str] | None = None  # parameters the inner loop moves; None = all
 
 
 MetaGradient = Callable[[MetaProblem, ParamDict, Any, Params], tuple[ParamDict, dict[str, float]]]

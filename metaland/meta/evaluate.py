@@ -8,6 +8,8 @@ validation during training and by the probes, so both see the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 from torch.func import vmap
@@ -18,12 +20,27 @@ from metaland.models import Forward, ParamDict
 
 
 def evaluate_tasks(
-    forward: Forward, params: ParamDict, batch: TaskBatch, *, steps: int, lr: float, chunk: int
+    forward: Forward,
+    params: ParamDict,
+    batch: TaskBatch,
+    *,
+    steps: int,
+    lr: float,
+    chunk: int,
+    inner_params: Collection[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], ParamDict]:
-    """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]})."""
+    """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]}); the inner loop
+    moves the parameters named in ``inner_params`` (None: all)."""
     params = {k: v.detach() for k, v in params.items()}
     adapted = adapt_tasks(
-        cross_entropy(forward), params, batch.support_x, batch.support_y, steps=steps, lr=lr, chunk=chunk
+        cross_entropy(forward),
+        params,
+        batch.support_x,
+        batch.support_y,
+        steps=steps,
+        lr=lr,
+        chunk=chunk,
+        adapted=inner_params,
     )
 
     def measure(theta_i: ParamDict, sx, sy, qx, qy) -> dict[str, torch.Tensor]:

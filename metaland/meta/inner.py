@@ -6,16 +6,23 @@ L is the mean cross-entropy over the support set D_i (full batch). Differentiati
 respect to θ goes through the loop (second order, exact product Π_t (I − α H_t)). With
 ``first_order=True`` each inner gradient is taken at detached parameters, so ∂θ̃_i/∂θ = I
 (FOMAML, eq. 1.26 with the Hessian terms dropped) and no second-order graph is built.
+
+``adapted`` restricts the inner loop to a subset of the parameters (ANIL: the head only; BOIL:
+the body only, seed 004 §2; layer-wise adaptation, seed 003 §3.2): only those are differentiated
+and stepped, the rest stay at θ inside the loop (the outer loop still meta-learns all of them).
+``None`` adapts every parameter. :func:`adapted_names` resolves the ``train.inner_params`` knob.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
+from metaland.errors import ConfigError
 from metaland.models import Forward, ParamDict
 
 LossFn = Callable[[ParamDict, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,6 +46,31 @@ def sgd_step(params: ParamDict, grads: ParamDict, lr: float) -> ParamDict:
     return {name: p - lr * grads[name] for name, p in params.items()}
 
 
+def adapted_names(names: Collection[str], head: tuple[str, str], inner_params: str) -> frozenset[str] | None:
+    """The parameters the inner loop adapts, from ``inner_params`` (None: all of them).
+
+    ``all``; ``head`` (the classifier's weight and bias: ANIL); ``body`` (everything else: BOIL);
+    or comma-separated shell patterns over parameter names (``"6.*,fc.*"``), each of which must
+    match at least one parameter.
+    """
+    if inner_params == "all":
+        return None
+    if inner_params == "head":
+        return frozenset(head)
+    if inner_params == "body":
+        return frozenset(names) - frozenset(head)
+    chosen: set[str] = set()
+    for pattern in (p.strip() for p in inner_params.split(",")):
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise ConfigError(
+                f"train.inner_params pattern {pattern!r} matches no parameter of the model. "
+                f"Fix: use all, head, body or patterns over these names: {', '.join(names)}."
+            )
+        chosen.update(matched)
+    return frozenset(chosen)
+
+
 def adapt_trajectory(
     loss: LossFn,
     params: ParamDict,
@@ -48,14 +80,23 @@ def adapt_trajectory(
     steps: int,
     lr: float,
     first_order: bool = False,
+    adapted: Collection[str] | None = None,
 ) -> list[ParamDict]:
-    """The iterates (θ, θ^(1), ..., θ̃) of ``steps`` full-batch GD steps on ``loss(·, x, y)``."""
-    grad_fn = grad(loss)
+    """The iterates (θ, θ^(1), ..., θ̃) of ``steps`` full-batch GD steps on ``loss(·, x, y)``,
+    moving only the parameters named in ``adapted`` (None: all)."""
+
+    def subset_loss(moving: ParamDict, fixed: ParamDict) -> torch.Tensor:
+        return loss({**fixed, **moving}, x, y)
+
+    grad_fn = grad(subset_loss)
     trajectory = [params]
     for _ in range(steps):
         current = trajectory[-1]
         at = {k: v.detach() for k, v in current.items()} if first_order else current
-        trajectory.append(sgd_step(current, grad_fn(at, x, y), lr))
+        moving = {k: v for k, v in at.items() if adapted is None or k in adapted}
+        fixed = {k: v for k, v in at.items() if k not in moving}
+        step = sgd_step({k: current[k] for k in moving}, grad_fn(moving, fixed), lr)
+        trajectory.append({k: step.get(k, v) for k, v in current.items()})
     return trajectory
 
 
@@ -68,9 +109,10 @@ def adapt(
     steps: int,
     lr: float,
     first_order: bool = False,
+    adapted: Collection[str] | None = None,
 ) -> ParamDict:
     """θ̃ = θ^(T) (seed 000 eq. 2.1)."""
-    return adapt_trajectory(loss, params, x, y, steps=steps, lr=lr, first_order=first_order)[-1]
+    return adapt_trajectory(loss, params, x, y, steps=steps, lr=lr, first_order=first_order, adapted=adapted)[-1]
 
 
 def adapt_tasks(
@@ -82,6 +124,7 @@ def adapt_tasks(
     steps: int,
     lr: float,
     chunk: int,
+    adapted: Collection[str] | None = None,
 ) -> ParamDict:
     """Adapted parameters of every task, stacked: {name: [T, ...]} (no graph to θ is kept).
 
@@ -90,6 +133,6 @@ def adapt_tasks(
     detached = {k: v.detach() for k, v in params.items()}
 
     def one(x: torch.Tensor, y: torch.Tensor) -> ParamDict:
-        return adapt(loss, detached, x, y, steps=steps, lr=lr, first_order=True)
+        return adapt(loss, detached, x, y, steps=steps, lr=lr, first_order=True, adapted=adapted)
 
     return vmap(one, chunk_size=chunk)(support_x, support_y)

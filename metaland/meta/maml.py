@@ -46,7 +46,14 @@ def query_meta_gradient(
 
     def task_query_loss(p: ParamDict, sx, sy, qx, qy, offset: ParamDict | None):
         adapted = adapt(
-            problem.loss, p, sx, sy, steps=problem.inner_steps, lr=problem.inner_lr, first_order=first_order
+            problem.loss,
+            p,
+            sx,
+            sy,
+            steps=problem.inner_steps,
+            lr=problem.inner_lr,
+            first_order=first_order,
+            adapted=problem.adapted,
         )
         if offset is not None:
             adapted = {name: value + offset[name] for name, value in adapted.items()}

@@ -64,6 +64,7 @@ def regularised_meta_gradient(
         steps=problem.inner_steps,
         lr=problem.inner_lr,
         chunk=problem.task_chunk or len(batch),
+        adapted=problem.adapted,
     )
     displacements = flatten_batched(adapted) - flatten(params).detach()
     corrections = coherence_correction(displacements, options.gamma)

@@ -40,6 +40,7 @@ from pydantic import Field
 from torch.func import grad, vmap
 
 from metaland.data.tasks import TaskBatch
+from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, AlgorithmSpec, MetaProblem, add_into, mean_metrics, scale, task_chunks
 from metaland.meta.inner import LossFn, accuracy, sgd_step
 from metaland.models import ParamDict
@@ -214,6 +215,11 @@ def sharp_meta_gradient(
     Metrics are those of the first pass (θ̃¹, the unperturbed θ), comparable with MAML's, plus the
     cost in gradient evaluations per task and, with α_up > 0, the query loss at θ + ε.
     """
+    if problem.adapted is not None:
+        raise ConfigError(
+            "sharpmaml adapts every parameter in its SAM inner loop (seed 002), so train.inner_params must be "
+            "all. Fix: remove train.inner_params from this run, or use maml / fomaml for ANIL / BOIL."
+        )
     grads, per_task, lower = _meta_gradient_pass(problem, options, params, batch, None, None)
     metrics = mean_metrics(per_task)
     if options.alpha_up > 0:

@@ -46,7 +46,7 @@ from metaland.io import remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
-from metaland.meta.inner import cross_entropy, sgd_step
+from metaland.meta.inner import adapted_names, cross_entropy, sgd_step
 from metaland.models import ParamDict, build_for_run, head_names, initial_params, make_forward
 from metaland.schema import Params
 from metaland.seeding import generator
@@ -92,7 +92,8 @@ def train(
     forward = make_forward(module)
     head = head_names(module)
     cfg = run.train
-    problem = MetaProblem(forward, cross_entropy(forward), cfg.inner_steps, cfg.inner_lr, cfg.task_chunk)
+    inner_params = adapted_names([name for name, _ in module.named_parameters()], head, cfg.inner_params)
+    problem = MetaProblem(forward, cross_entropy(forward), cfg.inner_steps, cfg.inner_lr, cfg.task_chunk, inner_params)
     params_hash = run.trajectory_hash(dataset_params)
     ckpt_dir = Path(out_dir) / "ckpt"
 
@@ -108,6 +109,7 @@ def train(
             steps=cfg.inner_steps,
             lr=cfg.inner_lr,
             chunk=cfg.task_chunk or len(val_batch),
+            inner_params=inner_params,
         )
         return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
 

@@ -31,6 +31,7 @@ class ProbeContext:
     chunk: int  # tasks vectorised together
     seed: int  # probe seed (start vectors, directions, ...)
     head: tuple[str, str] | None = None  # weight and bias names of the classifier head
+    adapted: frozenset[str] | None = None  # parameters the run's inner loop moves; None = all
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -41,7 +42,13 @@ class ProbeContext:
         """Per-task metrics and adapted parameters θ̃_i (computed once per checkpoint)."""
         if "adaptation" not in self._cache:
             self._cache["adaptation"] = evaluate_tasks(
-                self.forward, self.params, self.batch, steps=self.steps, lr=self.lr, chunk=self.chunk
+                self.forward,
+                self.params,
+                self.batch,
+                steps=self.steps,
+                lr=self.lr,
+                chunk=self.chunk,
+                inner_params=self.adapted,
             )
         return self._cache["adaptation"]
 

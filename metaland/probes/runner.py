@@ -41,6 +41,7 @@ from metaland.io import (
     write_json,
 )
 from metaland.meta import ALGORITHMS
+from metaland.meta.inner import adapted_names
 from metaland.models import build_for_run, head_names, make_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
@@ -88,7 +89,7 @@ def probe_run(
         "tasks": stable_hash(tasks.to_json()),
         "probe": study.probe.model_dump(mode="json"),
         "run": {k: v for k, v in run.to_dict().items() if k not in ("key", "train")},
-        "inner_loop": [run.train.inner_steps, run.train.inner_lr],
+        "inner_loop": [run.train.inner_steps, run.train.inner_lr, run.train.inner_params],
         "device": device.type,
         "code": source_digest(),
     }
@@ -114,6 +115,7 @@ def probe_run(
                 study.probe.chunk,
                 study.probe.seed,
                 head,
+                adapted_names(order, head, run.train.inner_params),
             )
             result = _probe_checkpoint(context, study)
             write_json(cached, {"step": step, **result})

@@ -60,7 +60,16 @@ def sam_sharpness(context: ProbeContext, options: SharpnessOptions) -> ProbeOutp
     moved = perturbed_tensors(theta, options.perturb)
 
     def query_loss(params, sx, sy, qx, qy):
-        adapted = adapt(context.loss, params, sx, sy, steps=steps, lr=context.lr, first_order=options.first_order)
+        adapted = adapt(
+            context.loss,
+            params,
+            sx,
+            sy,
+            steps=steps,
+            lr=context.lr,
+            first_order=options.first_order,
+            adapted=context.adapted,
+        )
         return F.cross_entropy(context.forward(adapted, qx), qy)
 
     def one_task(sx, sy, qx, qy):

@@ -101,7 +101,16 @@ def loss_surface(
         start = {name: theta[name] + a * delta[name] + b * eta[name] for name in theta}
 
         def task_loss(sx, sy, qx, qy):
-            adapted = adapt(context.loss, start, sx, sy, steps=steps, lr=context.lr, first_order=True)
+            adapted = adapt(
+                context.loss,
+                start,
+                sx,
+                sy,
+                steps=steps,
+                lr=context.lr,
+                first_order=True,
+                adapted=context.adapted,
+            )
             x, y = (qx, qy) if spec.loss == "query" else (sx, sy)
             return F.cross_entropy(context.forward(adapted, x), y)
 
