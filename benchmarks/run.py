@@ -27,6 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import click
 import torch
@@ -73,6 +74,10 @@ def timed_rounds(functions: dict[str, Callable[[], object]], rounds: int, device
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {"times": times, "outputs": outputs}
+
+
+def median_seconds(function: Callable[[], object], rounds: int, device: torch.device) -> float:
+    return statistics.median(timed_rounds({"t": function}, rounds, device)["times"]["t"])
 
 
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -345,12 +350,56 @@ def row_probe(device, rounds: int, *, filters: int, tasks: int) -> list[Row]:
     return [Row(what, t["metaland"], t["loop"], "one task at a time", f"max rel. diff {worst:.1e}")]
 
 
+# --------------------------------------------------------------------------------------------
+# Scaling: how metaland's own cost grows
+# --------------------------------------------------------------------------------------------
+
+
+def scaling_rows(device, rounds: int, *, quick: bool) -> list[tuple[str, str, float]]:
+    """(setting, value, median seconds) of a second-order meta-iteration as meta-batch size, inner
+    steps, model width and tasks vectorised together vary one at a time around Conv4-32, meta-batch
+    8, T = 3, and of a 2-D surface as its resolution grows."""
+    base = {"filters": 16 if quick else 32, "meta_batch": 4 if quick else 8, "steps": 3, "chunk": 0}
+    sweeps = {
+        "meta_batch": (2, 4) if quick else (4, 8, 16),
+        "steps": (1, 3) if quick else (1, 3, 5),
+        "filters": (8, 16) if quick else (16, 32, 64),
+        "chunk": (1, 0) if quick else (1, 2, 4, 0),
+    }
+    rows = []
+    for knob, values in sweeps.items():
+        for value in values:
+            setting = {**base, knob: value}
+            module, params = convnet(setting["filters"], 28, device)
+            forward = make_forward(module)
+            batch = omniglot_like_tasks(setting["meta_batch"], 28, 15, device)
+            problem = MetaProblem(forward, cross_entropy(forward), setting["steps"], 0.4, setting["chunk"])
+            maml = ALGORITHMS.get("maml").meta_gradient
+            seconds = median_seconds(partial(maml, problem, params, batch, NoOptions()), rounds, device)
+            label = "all" if knob == "chunk" and value == 0 else str(value)
+            rows.append((f"meta-iteration: {knob}", label, seconds))
+    for resolution in (5, 11) if quick else (11, 21, 31):
+        module, params = convnet(16, 28, device)
+        forward = make_forward(module)
+        batch = omniglot_like_tasks(4, 28, 15, device)
+        rng = generator(0, "surface-directions")
+        delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
+        coords = torch.linspace(-1, 1, resolution, device=device)
+        context = ProbeContext(forward, params, batch, 1, 0.4, 4, 0, head_names(module))
+        surface = partial(loss_surface, context, SurfaceSpec(tasks=4), delta, eta, coords, 64)
+        seconds = median_seconds(surface, rounds, device)
+        rows.append(("surface: resolution (Conv4-16, 4 tasks, T = 1)", f"{resolution}×{resolution}", seconds))
+    return rows
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Smaller sizes and fewer rounds: a smoke run of every row.")
 @click.option("--rounds", default=5, show_default=True, help="Timed rounds per row (median reported).")
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--only", multiple=True, type=click.Choice(["meta", "hessian", "surface", "probe"]), help="Rows to run.")
+@click.option(
+    "--only", multiple=True, type=click.Choice(["meta", "hessian", "surface", "probe", "scaling"]), help="Rows to run."
+)
 def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, ...]):
     """Time metaland against reference implementations; print medians, ratios and agreement."""
     torch.set_num_threads(threads)
@@ -358,7 +407,7 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
     rounds = 2 if quick else rounds
     filters = 16 if quick else 64
     rows: list[Row] = []
-    wanted = set(only) or {"meta", "hessian", "surface", "probe"}
+    wanted = set(only) or {"meta", "hessian", "surface", "probe", "scaling"}
     if "meta" in wanted:
         for first_order in (False, True):
             rows += row_meta_iteration(
@@ -373,6 +422,7 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
             )
     if "probe" in wanted:
         rows += row_probe(device, rounds, filters=filters, tasks=8 if quick else 60)
+    scaling = scaling_rows(device, rounds, quick=quick) if "scaling" in wanted else []
 
     where = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {threads} threads"
@@ -387,6 +437,14 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
             f"| {row.name} | {statistics.median(row.ours):.4f} | {row.reference_name} | "
             f"{statistics.median(row.reference):.4f} | {row.ratio:.2f}×{met} | {goal} | {row.agreement} |"
         )
+    if scaling:
+        click.echo("\nHow metaland's cost grows (one knob at a time; second-order meta-iteration around the base)")
+        click.echo("| what | value | seconds | relative to the first value |")
+        click.echo("|---|---:|---:|---:|")
+        first: dict[str, float] = {}
+        for what, value, seconds in scaling:
+            first.setdefault(what, seconds)
+            click.echo(f"| {what} | {value} | {seconds:.4f} | {seconds / first[what]:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -143,15 +143,24 @@ def test_copied_sources_exist_and_outputs_history_and_credentials_are_not_baked_
 
 
 def entrypoint(tmp_path: Path, *command: str, prefix: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
-    """Run the entrypoint with a fake `dvc` on PATH that only records its arguments."""
+    """Run the entrypoint with a fake `dvc` on PATH that only records its arguments.
+
+    The script is fed on standard input (``sh -s``), so a ``prefix`` that drops privileges needs no
+    read access to the checkout (a fresh clone under a private temporary folder, as in CI)."""
     shim = tmp_path / "bin"
     shim.mkdir(exist_ok=True)
     (shim / "dvc").write_text('#!/bin/sh\necho "dvc ran: $*"\n')
     (shim / "dvc").chmod(0o755)
     full_env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp_path), **env}
-    return subprocess.run(
-        [*prefix, "sh", str(ENTRYPOINT), *command], env=full_env, capture_output=True, text=True, timeout=60
-    )
+    with ENTRYPOINT.open() as script:
+        return subprocess.run(
+            [*prefix, "sh", "-s", "--", *command],
+            stdin=script,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 def mount_points() -> set[str]:
