@@ -9,6 +9,8 @@ unless a test says otherwise.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -18,7 +20,13 @@ from metaland.meta.inner import cross_entropy
 from metaland.models import flatten
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.coherence import mean_pairwise_cosine, mean_pairwise_inner_product
-from metaland.probes.hessian import CurvatureOptions, hessian_top_eigenvalue, hessian_vector_product
+from metaland.probes.hessian import (
+    CurvatureOptions,
+    hessian_top_eigenvalue,
+    hessian_vector_product,
+    lanczos_starts,
+    tasks_top_eigenvalues,
+)
 from metaland.schema import NoOptions
 from tests.reference import (
     LR,
@@ -113,6 +121,22 @@ def test_lanczos_matches_explicit_dominant_eigenvalue_per_task():
     assert_close(eigenvalue, expected, rtol=1e-10, atol=0)
     assert converged.all()
     assert ((iterations >= 2) & (iterations < 1000)).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_task_chunks_and_the_single_task_path_give_the_batched_eigenvalues(chunk):
+    """One task at a time (no vmap) or in chunks: the same eigenvalues and iteration counts."""
+    _, forward, params = tiny_model()
+    batch = make_tasks(3, seed=7)
+    adapted = batched_adapted(params, batch, 3)
+    start = lanczos_starts(params, 3, seed=0)
+    run = partial(tasks_top_eigenvalues, cross_entropy(forward), adapted, batch.support_x, batch.support_y)
+
+    together = run(start=start, max_iters=50, tol=1e-6, chunk=3)
+    apart = run(start=start, max_iters=50, tol=1e-6, chunk=chunk)
+
+    assert_close(apart[0], together[0], rtol=1e-10, atol=0)
+    assert torch.equal(apart[1], together[1]) and torch.equal(apart[2], together[2])
 
 
 def quadratic_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

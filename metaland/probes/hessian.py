@@ -3,9 +3,11 @@
 ‖H‖_σ = λ_max(H) for H = ∇²_θ L(f(D_i; θ̃_i)), the Hessian of the *support* loss at the adapted
 solution θ̃_i (not at θ^s), over all trainable parameters. The thesis does not say how λ_max was
 computed; here it is the Lanczos method on Hessian-vector products (Pearlmutter; forward-over-
-reverse ``jvp(grad)``), batched over tasks with ``vmap``: it reaches the extreme eigenvalues in far
-fewer products than power iteration (PyHessian's method), to the same tolerance. The *signed*
-eigenvalue of largest magnitude is recorded (what power iteration converges to; it equals ‖H‖_σ
+reverse ``jvp(grad)``), batched over tasks with ``vmap`` in chunks of ``chunk`` tasks (a single task
+runs without ``vmap``). Lanczos reaches the extreme eigenvalues in far fewer products than power
+iteration (PyHessian's method): at a tolerance of 1e-3 on the relative change of the estimate, its
+eigenvalue is within ~1e-5 of the converged value, where power iteration's stopping rule leaves
+~1e-2 (benchmarks/run.py, docs/performance.md). The *signed* eigenvalue of largest magnitude is recorded (what power iteration converges to; it equals ‖H‖_σ
 when that eigenvalue is positive, as the thesis assumes). Iteration stops per task when the
 relative change of the estimate falls below ``tol``, or at ``max_iters``; iterations (Hessian-
 vector products) and convergence are recorded.
@@ -36,6 +38,12 @@ class CurvatureOptions(Params):
         100, ge=1, description="Cap on Lanczos iterations = Hessian-vector products (the thesis gives none)."
     )
     tol: float = Field(1e-3, gt=0, lt=1, description="Relative change of the eigenvalue estimate that stops iteration.")
+    chunk: int | None = Field(
+        None,
+        ge=1,
+        description="Tasks whose Lanczos iterations run together under vmap (1 = one task at a time, without "
+        "vmap; none = probe.chunk). Bounds memory; changes speed only, up to float rounding.",
+    )
 
 
 def hessian_vector_product(loss: LossFn, params: ParamDict, x, y, vector: ParamDict) -> ParamDict:
@@ -72,8 +80,15 @@ def hessian_top_eigenvalue(
     exhausted (the estimate is then exact). Returns (eigenvalue [T], iterations [T], converged [T]);
     a stopped task keeps its value, so results do not depend on which tasks share a batch.
     """
-    batched_hvp = vmap(lambda p, xi, yi, v: hessian_vector_product(loss, p, xi, yi, v))
     n_tasks = x.shape[0]
+    if n_tasks == 1:  # no vmap for a single task: plain convolutions instead of grouped ones
+
+        def batched_hvp(p, xs, ys, v):
+            one = hessian_vector_product(loss, _first(p), xs[0], ys[0], _first(v))
+            return {name: value.unsqueeze(0) for name, value in one.items()}
+
+    else:
+        batched_hvp = vmap(lambda p, xi, yi, v: hessian_vector_product(loss, p, xi, yi, v))
     q = flatten_batched(start).to(torch.float64)
     q = q / q.norm(dim=1, keepdim=True)
     basis = [q]
@@ -110,28 +125,50 @@ def hessian_top_eigenvalue(
     return eigenvalue, iterations, converged
 
 
+def _first(tensors: ParamDict) -> ParamDict:
+    return {name: value[0] for name, value in tensors.items()}
+
+
+def lanczos_starts(params: ParamDict, tasks: int, seed: int) -> ParamDict:
+    """Seeded Gaussian start vectors, one per task ({name: [tasks, ...]})."""
+    g = generator(seed, "hessian-start")
+    return {name: torch.randn(tasks, *p.shape, generator=g, dtype=p.dtype).to(p.device) for name, p in params.items()}
+
+
+def tasks_top_eigenvalues(
+    loss: LossFn, adapted: ParamDict, x, y, *, start: ParamDict, max_iters: int, tol: float, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`hessian_top_eigenvalue` of every task, ``chunk`` tasks at a time."""
+    results = []
+    for lo in range(0, x.shape[0], chunk):
+        part = slice(lo, lo + chunk)
+        results.append(
+            hessian_top_eigenvalue(
+                loss,
+                {n: a[part] for n, a in adapted.items()},
+                x[part],
+                y[part],
+                max_iters=max_iters,
+                tol=tol,
+                start={n: s[part] for n, s in start.items()},
+            )
+        )
+    return tuple(torch.cat(parts) for parts in zip(*results, strict=True))
+
+
 def curvature(context: ProbeContext, options: CurvatureOptions) -> ProbeOutput:
     k = min(options.tasks, len(context.batch))
     _, adapted = context.adaptation()
-    g = generator(context.seed, "hessian-start")
-    start_all = {
-        name: torch.randn(k, *p.shape, generator=g, dtype=p.dtype).to(p.device) for name, p in context.params.items()
-    }
-    results = []
-    for lo in range(0, k, context.chunk):
-        hi = min(lo + context.chunk, k)
-        results.append(
-            hessian_top_eigenvalue(
-                context.loss,
-                {n: a[lo:hi] for n, a in adapted.items()},
-                context.batch.support_x[lo:hi],
-                context.batch.support_y[lo:hi],
-                max_iters=options.max_iters,
-                tol=options.tol,
-                start={n: s[lo:hi] for n, s in start_all.items()},
-            )
-        )
-    eigenvalue, iterations, converged = (torch.cat(parts) for parts in zip(*results, strict=True))
+    eigenvalue, iterations, converged = tasks_top_eigenvalues(
+        context.loss,
+        {n: a[:k] for n, a in adapted.items()},
+        context.batch.support_x[:k],
+        context.batch.support_y[:k],
+        start=lanczos_starts(context.params, k, context.seed),
+        max_iters=options.max_iters,
+        tol=options.tol,
+        chunk=options.chunk or context.chunk,
+    )
     return ProbeOutput(
         {"hessian_top_eigenvalue": eigenvalue, "hessian_iterations": iterations, "hessian_converged": converged},
         {
