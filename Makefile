@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser repro test lint ui doctor profile lock clean
+.PHONY: install browser repro test bench lint ui doctor profile lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -36,6 +36,10 @@ repro: $(STAMP) ## rebuild every result: dvc repro (set METALAND_DATA_MIRROR wit
 
 test: $(STAMP) ## run the test suite (includes the whole DAG on the ci profile)
 	$(PY) -m pytest -n 2 --dist loadgroup
+
+bench: $(STAMP) ## time metaland against higher, PyHessian-style and per-point loops (docs/performance.md)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and hadolint
 	$(VENV)/bin/ruff check metaland stages tests benchmarks
