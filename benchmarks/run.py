@@ -423,6 +423,16 @@ def scaling_rows(device, rounds: int, *, quick: bool) -> list[tuple[str, str, fl
     return rows
 
 
+def print_rows(rows: list[Row]) -> None:
+    for row in rows:
+        goal = f"≥ {row.goal:g}×" if row.goal else ""
+        met = "" if row.goal is None else (" ✓" if row.ratio >= row.goal else " ✗")
+        click.echo(
+            f"| {row.name} | {statistics.median(row.ours):.4f} | {row.reference_name} | "
+            f"{statistics.median(row.reference):.4f} | {row.ratio:.2f}×{met} | {goal} | {row.agreement} |"
+        )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Smaller sizes and fewer rounds: a smoke run of every row.")
 @click.option("--rounds", default=5, show_default=True, help="Timed rounds per row (median reported).")
@@ -432,48 +442,41 @@ def scaling_rows(device, rounds: int, *, quick: bool) -> list[tuple[str, str, fl
     "--only", multiple=True, type=click.Choice(["meta", "hessian", "surface", "probe", "scaling"]), help="Rows to run."
 )
 def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, ...]):
-    """Time metaland against reference implementations; print medians, ratios and agreement."""
+    """Time metaland against reference implementations; print medians, ratios and agreement.
+
+    Each row is printed as soon as it is measured (the whole run takes tens of minutes on 2 cores)."""
     torch.set_num_threads(threads)
     device = torch.device(device)
     rounds = 2 if quick else rounds
     filters = 16 if quick else 64
-    rows: list[Row] = []
     wanted = set(only) or {"meta", "hessian", "surface", "probe", "scaling"}
-    if "meta" in wanted:
-        for first_order in (False, True):
-            rows += row_meta_iteration(
-                device, rounds, filters=filters, meta_batch=4 if quick else 16, steps=5, first_order=first_order
-            )
-    if "hessian" in wanted:
-        rows += row_hessian(device, rounds, filters=filters, tasks=4 if quick else 16, target=1e-4)
-    if "surface" in wanted:
-        for resolution in (11,) if quick else (21, 51):
-            rows += row_surface(
-                device, 1 if resolution > 21 else rounds, filters=16, resolution=resolution, tasks=4, steps=1
-            )
-    if "probe" in wanted:
-        rows += row_probe(device, rounds, filters=filters, tasks=8 if quick else 60)
-    scaling = scaling_rows(device, rounds, quick=quick) if "scaling" in wanted else []
-
     where = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {threads} threads"
     )
     click.echo(f"metaland benchmarks on {where}; torch {torch.__version__}; medians of {rounds} interleaved rounds")
     click.echo("| what | metaland s | reference | reference s | speed-up | goal | agreement |")
     click.echo("|---|---:|---|---:|---:|---:|---|")
-    for row in rows:
-        goal = f"≥ {row.goal:g}×" if row.goal else ""
-        met = "" if row.goal is None else (" ✓" if row.ratio >= row.goal else " ✗")
-        click.echo(
-            f"| {row.name} | {statistics.median(row.ours):.4f} | {row.reference_name} | "
-            f"{statistics.median(row.reference):.4f} | {row.ratio:.2f}×{met} | {goal} | {row.agreement} |"
-        )
-    if scaling:
+    if "meta" in wanted:
+        for first_order in (False, True):
+            print_rows(
+                row_meta_iteration(
+                    device, rounds, filters=filters, meta_batch=4 if quick else 16, steps=5, first_order=first_order
+                )
+            )
+    if "hessian" in wanted:
+        print_rows(row_hessian(device, rounds, filters=filters, tasks=4 if quick else 16, target=1e-4))
+    if "surface" in wanted:
+        for resolution in (11,) if quick else (21, 51):
+            surface_rounds = 1 if resolution > 21 else rounds
+            print_rows(row_surface(device, surface_rounds, filters=16, resolution=resolution, tasks=4, steps=1))
+    if "probe" in wanted:
+        print_rows(row_probe(device, rounds, filters=filters, tasks=8 if quick else 60))
+    if "scaling" in wanted:
         click.echo("\nHow metaland's cost grows (one knob at a time; second-order meta-iteration around the base)")
         click.echo("| what | value | seconds | relative to the first value |")
         click.echo("|---|---:|---:|---:|")
         first: dict[str, float] = {}
-        for what, value, seconds in scaling:
+        for what, value, seconds in scaling_rows(device, rounds, quick=quick):
             first.setdefault(what, seconds)
             click.echo(f"| {what} | {value} | {seconds:.4f} | {seconds / first[what]:.2f}× |")
 
