@@ -412,6 +412,21 @@ def mean_equals(metric: str, expected: Callable[[pd.DataFrame], float], *, scope
     return test
 
 
+def sign_of_mean(name: str, values, cfg: AggregateConfig, *, above: str, below: str) -> Evidence:
+    """Verdict on a mean difference: holds if its CI lies above 0, fails if below, else inconclusive;
+    ``above`` / ``below`` say in words what each side means (for the reason)."""
+    ci = mean_ci(values, cfg.confidence)
+    stat = Statistic(name, ci.mean, ci.n, ci=(ci.low, ci.high))
+    level = f"{cfg.confidence:.0%}"
+    if math.isnan(ci.low):
+        return Evidence(stat, "inconclusive", "too few paired values for an interval")
+    if ci.low > 0:
+        return Evidence(stat, "holds", f"the {level} CI lies above 0: {above}")
+    if ci.high < 0:
+        return Evidence(stat, "fails", f"the {level} CI lies below 0: {below}")
+    return Evidence(stat, "inconclusive", f"the {level} CI contains 0")
+
+
 def mean_within(metric: str, low: float, high: float, *, scope: Scope = every_run) -> Test:
     """The mean of a per-task ``metric`` at the final checkpoints lies in [low, high]: holds if its
     CI over tasks is inside the band, fails if the CI is entirely outside it, else inconclusive."""

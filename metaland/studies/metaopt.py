@@ -25,7 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metaland.claims import Claim, Evidence, Statistic, all_hold, improves_on, mean_within, register, where
+from metaland.claims import (
+    Claim,
+    Evidence,
+    Statistic,
+    all_hold,
+    improves_on,
+    mean_within,
+    register,
+    sign_of_mean,
+    where,
+)
 from metaland.config import AggregateConfig
 from metaland.plots import curve, grid, no_data, save, suptitle
 from metaland.results import StudyTables
@@ -258,16 +268,13 @@ def optimizer_degrades_slower(tables: StudyTables, cfg: AggregateConfig) -> Evid
 
     merged = accuracy("kfc", shallow, "ks").merge(accuracy("maml", shallow, "ms"), on=keys)
     merged = merged.merge(accuracy("kfc", deep, "kd"), on=keys).merge(accuracy("maml", deep, "md"), on=keys).dropna()
-    ci = mean_ci((merged["ks"] - merged["ms"]) - (merged["kd"] - merged["md"]), cfg.confidence)
-    stat = Statistic(f"{name}: {shallow} vs {deep} layers", ci.mean, ci.n, ci=(ci.low, ci.high))
-    level = f"{cfg.confidence:.0%}"
-    if math.isnan(ci.low):
-        return Evidence(stat, "inconclusive", "no paired tasks")
-    if ci.low > 0:
-        return Evidence(stat, "holds", f"the {level} CI lies above 0: KFC loses less accuracy than MAML")
-    if ci.high < 0:
-        return Evidence(stat, "fails", f"the {level} CI lies below 0: KFC loses more accuracy than MAML")
-    return Evidence(stat, "inconclusive", f"the {level} CI contains 0")
+    return sign_of_mean(
+        f"{name}: {shallow} vs {deep} layers",
+        (merged["ks"] - merged["ms"]) - (merged["kd"] - merged["md"]),
+        cfg,
+        above="KFC loses less accuracy than MAML",
+        below="KFC loses more accuracy than MAML",
+    )
 
 
 register(
@@ -307,16 +314,13 @@ def last_conv_matters(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
         return Evidence(
             Statistic(name, math.nan, 0), "inconclusive", "no MAML CNN of ≥ 2 layers with the layerwise probe"
         )
-    ci = mean_ci(pd.concat(differences), cfg.confidence)
-    stat = Statistic(name, ci.mean, ci.n, ci=(ci.low, ci.high))
-    level = f"{cfg.confidence:.0%}"
-    if math.isnan(ci.low):
-        return Evidence(stat, "inconclusive", "too few tasks for an interval")
-    if ci.low > 0:
-        return Evidence(stat, "holds", f"the {level} CI lies above 0: freezing the last conv layer hurts more")
-    if ci.high < 0:
-        return Evidence(stat, "fails", f"the {level} CI lies below 0: freezing the first conv layer hurts more")
-    return Evidence(stat, "inconclusive", f"the {level} CI contains 0")
+    return sign_of_mean(
+        name,
+        pd.concat(differences),
+        cfg,
+        above="freezing the last conv layer hurts more",
+        below="freezing the first conv layer hurts more",
+    )
 
 
 register(
@@ -443,14 +447,20 @@ def _bars(ax, table: pd.DataFrame, labels: list[str], *, title: str, paper_label
     ax.legend(loc="upper left")
 
 
+def _panels(keys: list[str], title: str, missing: str, *, height: float = 3.6):
+    """One panel per key (two columns), or one "no data" panel; returns the figure and (axis, key) pairs."""
+    fig, axes = grid(max(1, len(keys)), columns=2, width=5.0, height=height)
+    if not keys:
+        no_data(axes[0], title, missing)
+    return fig, list(zip(axes, keys, strict=False))
+
+
 def fig_linear(tables: StudyTables, path: Path) -> None:
     """Fig. 1 / Table 1: final accuracy of LR, LinNet, LR w/ KLin, LR w/ KFC per dataset, the paper's beside."""
     table = linear_table(tables, AggregateConfig())
     settings = list(table["setting"].unique()) if not table.empty else []
-    fig, axes = grid(max(1, len(settings)), columns=2, width=5.0, height=3.8)
-    if not settings:
-        no_data(axes[0], "linear models", "LR / LinNet runs")
-    for ax, setting in zip(axes, settings, strict=False):
+    fig, panels = _panels(settings, "linear models", "LR / LinNet runs", height=3.8)
+    for ax, setting in panels:
         rows = table[table["setting"] == setting].reset_index(drop=True)
         steps = int(rows["inner_steps"].iloc[0])
         _bars(
@@ -474,11 +484,9 @@ def _training_panels(tables: StudyTables, path: Path, *, cnn: bool, title: str) 
     checkpoints = annotate(tables.checkpoints)
     rows = checkpoints[checkpoints["depth"].notna() == cnn] if not checkpoints.empty else checkpoints
     settings = list(rows["setting"].unique()) if not rows.empty else []
-    fig, axes = grid(max(1, len(settings)), columns=2, width=5.0, height=3.6)
-    if not settings:
-        no_data(axes[0], "accuracy over training", "probed checkpoints")
+    fig, panels = _panels(settings, "accuracy over training", "probed checkpoints")
     palette = [*COLORS.values(), "#8c564b", "#e377c2", "#7f7f7f"]
-    for ax, setting in zip(axes, settings, strict=False):
+    for ax, setting in panels:
         here = rows[rows["setting"] == setting]
         for i, (method, group) in enumerate(here.groupby("method")):
             curve(ax, group, "query_accuracy", color=palette[i % len(palette)], name=method)
@@ -562,10 +570,8 @@ def fig_layerwise(tables: StudyTables, path: Path) -> None:
     """Fig. 2: per MAML-trained CNN, accuracy adapting only / freezing only each layer at meta-test."""
     table = layerwise_table(tables, AggregateConfig())
     runs = list(table["run"].unique()) if not table.empty else []
-    fig, axes = grid(max(1, len(runs)), columns=2, width=5.0, height=3.6)
-    if not runs:
-        no_data(axes[0], "layer-wise adaptation", "layerwise probe on CNN runs")
-    for ax, run in zip(axes, runs, strict=False):
+    fig, panels = _panels(runs, "layer-wise adaptation", "layerwise probe on CNN runs")
+    for ax, run in panels:
         rows = table[table["run"] == run]
         layers = list(dict.fromkeys(rows["layer"]))
         x = np.arange(len(layers))
@@ -585,7 +591,7 @@ def fig_layerwise(tables: StudyTables, path: Path) -> None:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("post-adaptation test accuracy")
         ax.set_title(run)
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     suptitle(fig, "Layer-wise adaptation at meta-test (seed 003 §3.2, Fig. 2)")
     save(fig, path)
 
