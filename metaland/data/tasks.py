@@ -88,10 +88,12 @@ def sample_dataset_tasks(
     dataset: str, split: SplitData, *, ways: int, shots: int, queries: int, n_tasks: int, generator: torch.Generator
 ) -> TaskSet:
     """Tasks of ``dataset``: its registered sampler (a generated dataset whose tasks are not random
-    class subsets, seed 003 §A.1.1), else :func:`sample_tasks`."""
+    class subsets, seed 003 §A.1.1), else :func:`sample_tasks` (every other dataset, and layouts
+    written outside the registry)."""
     from metaland.data.registry import DATASETS
 
-    sampler = DATASETS.get(dataset).sample_tasks or sample_tasks
+    spec = dict(DATASETS.items()).get(dataset)
+    sampler = (spec.sample_tasks if spec else None) or sample_tasks
     return sampler(split, ways=ways, shots=shots, queries=queries, n_tasks=n_tasks, generator=generator)
 
 
