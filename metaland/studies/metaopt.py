@@ -212,8 +212,9 @@ register(
 
 
 def _depths(frame: pd.DataFrame, algorithm: str) -> list[int]:
-    rows = frame[frame["algorithm"] == algorithm] if not frame.empty else frame
-    return sorted({d for d in rows["run"].map(depth_of) if d is not None}) if not rows.empty else []
+    """Conv depths of the CNN runs of ``algorithm`` in ``frame`` (linear runs have none)."""
+    runs = frame.loc[frame["algorithm"] == algorithm, "run"].unique() if not frame.empty else []
+    return sorted({depth_of(run) for run in runs} - {None})
 
 
 def deeper_adapts_better(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
