@@ -9,12 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from metaland.data.tasks import TaskBatch
+from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, MetaProblem
+from metaland.meta.evaluate import evaluate_tasks
 from metaland.meta.inner import adapt, adapted_names, cross_entropy
 from metaland.meta.metaopt import KFCOptions, KLinOptions, kfc_transform, kronecker_transform, learned_step
 from metaland.models import build_model, head_names, initial_params, make_forward
 from metaland.models.cnn import CNNParams
 from metaland.models.linear import LinearParams
+from metaland.probes import ProbeContext
+from metaland.probes.layerwise import LayerwiseOptions, layerwise
 from metaland.schema import NoOptions
 
 D = torch.float64
@@ -272,7 +276,7 @@ def test_binary_lr_cross_entropy_is_bce_on_the_sigmoid():
     torch.testing.assert_close(
         cross_entropy(forward)(params, x, y), F.binary_cross_entropy_with_logits(z[:, 0], y.double())
     )
-    with pytest.raises(ValueError, match="binary"):
+    with pytest.raises(ConfigError, match=r"binary .* Fix: use output: softmax"):
         build_model("linear", LinearParams(output="sigmoid"), channels=1, image_size=3, ways=5, seed=0)
 
 
@@ -284,3 +288,23 @@ def test_forward_ignores_the_learned_update_parameters():
     full = _learned("klin", params)
     assert set(full) - set(params) == {f"metaopt.{n}.{f}" for n in params for f in ("L1", "R1")}
     assert torch.equal(forward(full, x), forward(params, x))
+
+
+def test_layerwise_probe_adapts_only_or_all_but_each_layer():
+    """ "Adapting only" conv2 equals the run's inner loop on conv2.* alone; "freezing only" conv2 equals it
+    on conv1.* and fc.*; a layer the model lacks (conv3) is skipped (seed 003 §3.2, Fig. 2)."""
+    module = build_model("cnn", CNNParams(blocks=2, filters=3), channels=1, image_size=8, ways=3, seed=0)
+    forward = make_forward(module)
+    params = initial_params(module)
+    g = torch.Generator().manual_seed(7)
+    y = torch.tensor([[0, 1, 2]] * 4)
+    batch = TaskBatch(torch.randn(4, 3, 1, 8, 8, generator=g), y, torch.randn(4, 3, 1, 8, 8, generator=g), y)
+    context = ProbeContext(forward, params, batch, 2, ALPHA, 4, 0, head_names(module))
+    layers = {"conv2": "conv2.*", "conv3": "conv3.*"}
+    out = layerwise(context, LayerwiseOptions(layers=layers))
+    assert set(out.per_task) == {f"layerwise_{m}_conv2_{k}" for m in ("only", "freeze") for k in ("accuracy", "loss")}
+    names = list(params)
+    for mode, pattern in (("only", "conv2.*"), ("freeze", "conv1.*,fc.*")):
+        chosen = adapted_names(names, head_names(module), pattern)
+        metrics, _ = evaluate_tasks(forward, params, batch, steps=2, lr=ALPHA, chunk=4, inner_params=chosen)
+        assert torch.equal(out.per_task[f"layerwise_{mode}_conv2_loss"], metrics["query_loss"])

@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from metaland.errors import ConfigError
 from metaland.models import MODELS, ModelSpec
 from metaland.schema import Params
 
@@ -49,7 +50,10 @@ class ZeroLogit(nn.Module):
 
 def build(options: LinearParams, channels: int, image_size: int, ways: int) -> nn.Module:
     if options.output == "sigmoid" and ways != 2:
-        raise ValueError(f"output: sigmoid is binary (one logit), but the tasks are {ways}-way")
+        raise ConfigError(
+            f"model output: sigmoid is binary (one logit, seed 003 §3.2), but the run's tasks are {ways}-way. "
+            "Fix: use output: softmax (multinomial LR) or ways: 2."
+        )
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width = channels * image_size * image_size
     for i, out in enumerate(options.hidden, start=1):
