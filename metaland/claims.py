@@ -15,6 +15,7 @@ the runs the claim speaks about:
 * :func:`falls_after_peak_of` — a metric keeps falling after another one (accuracy) has peaked.
 * :func:`stays_within` — a metric stays within ± a tolerance of a value at every checkpoint.
 * :func:`mean_equals` — a mean is statistically indistinguishable from a value (CI contains it).
+* :func:`mean_within` — a mean lies in a band (its CI inside it; fails if the CI is outside it).
 * :func:`improves_on` — one algorithm beats another on the same tasks (paired CI of the difference).
 * :func:`all_hold` — several named tests must all hold (one claim about several variants).
 
@@ -407,6 +408,42 @@ def mean_equals(metric: str, expected: Callable[[pd.DataFrame], float], *, scope
         if ci.low <= target <= ci.high:
             return Evidence(stat, "holds", f"the {cfg.confidence:.0%} CI of the mean contains {target:.4g}")
         return Evidence(stat, "fails", f"the {cfg.confidence:.0%} CI of the mean excludes {target:.4g}")
+
+    return test
+
+
+def sign_of_mean(name: str, values, cfg: AggregateConfig, *, above: str, below: str) -> Evidence:
+    """Verdict on a mean difference: holds if its CI lies above 0, fails if below, else inconclusive;
+    ``above`` / ``below`` say in words what each side means (for the reason)."""
+    ci = mean_ci(values, cfg.confidence)
+    stat = Statistic(name, ci.mean, ci.n, ci=(ci.low, ci.high))
+    level = f"{cfg.confidence:.0%}"
+    if math.isnan(ci.low):
+        return Evidence(stat, "inconclusive", "too few paired values for an interval")
+    if ci.low > 0:
+        return Evidence(stat, "holds", f"the {level} CI lies above 0: {above}")
+    if ci.high < 0:
+        return Evidence(stat, "fails", f"the {level} CI lies below 0: {below}")
+    return Evidence(stat, "inconclusive", f"the {level} CI contains 0")
+
+
+def mean_within(metric: str, low: float, high: float, *, scope: Scope = every_run) -> Test:
+    """The mean of a per-task ``metric`` at the final checkpoints lies in [low, high]: holds if its
+    CI over tasks is inside the band, fails if the CI is entirely outside it, else inconclusive."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        rows = scope(tables.final_tasks)
+        values = rows.get(metric, [])
+        ci = mean_ci(values, cfg.confidence)
+        stat = Statistic(f"mean {metric}", ci.mean, ci.n, ci=(ci.low, ci.high))
+        level, band = f"{cfg.confidence:.0%}", f"[{low:.4g}, {high:.4g}]"
+        if math.isnan(ci.low):
+            return Evidence(stat, "inconclusive", "too few probed tasks for an interval (is the run in this profile?)")
+        if low <= ci.low and ci.high <= high:
+            return Evidence(stat, "holds", f"the {level} CI of the mean lies inside {band}")
+        if ci.high < low or ci.low > high:
+            return Evidence(stat, "fails", f"the {level} CI of the mean lies outside {band}")
+        return Evidence(stat, "inconclusive", f"the {level} CI of the mean straddles a bound of {band}")
 
     return test
 

@@ -62,7 +62,11 @@ class TrainConfig(Params):
         16, ge=1, le=1024, description="n: tasks per meta-iteration (§2.7.3: 16 for 1-shot, 8 for 5-shot, Omniglot)."
     )
     meta_lr: float = Field(
-        1e-3, gt=0, le=1, description="β: Adam learning rate of the meta-update, no schedule (§2.7.3: 0.001)."
+        1e-3,
+        gt=0,
+        le=10,
+        description="β: learning rate of the meta-update, no schedule (§2.7.3: 0.001; seed 003 A.1.1 uses SGD "
+        "steps up to 3.9).",
     )
     adam_betas: tuple[float, float] = Field(
         (0.9, 0.999), description="Adam β1, β2 of the meta-update (seed 000 silent: PyTorch/TensorFlow defaults)."

@@ -18,6 +18,7 @@ from metaland.claims import (
     falls_after_peak_of,
     improves_on,
     mean_equals,
+    mean_within,
     peak_then_fall,
     stays_within,
     trend,
@@ -208,6 +209,20 @@ def test_mean_equals():
     assert rule(StudyTables("s", pd.DataFrame(), chance, pd.DataFrame()), CFG).verdict == "holds"
     biased = chance.assign(pre=rng.binomial(75, 0.3, size=400) / 75)
     assert rule(StudyTables("s", pd.DataFrame(), biased, pd.DataFrame()), CFG).verdict == "fails"
+
+
+def test_mean_within():
+    rng = np.random.default_rng(2)
+
+    def verdict(p: float, n: int = 400) -> str:
+        frame = pd.DataFrame({"acc": rng.binomial(100, p, size=n) / 100})
+        return mean_within("acc", 0.45, 0.55)(StudyTables("s", pd.DataFrame(), frame, pd.DataFrame()), CFG).verdict
+
+    assert verdict(0.5) == "holds"
+    assert verdict(0.7) == "fails" and verdict(0.3) == "fails"
+    assert verdict(0.55, n=20) == "inconclusive"  # the CI straddles the upper bound
+    empty = StudyTables("s", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    assert mean_within("acc", 0, 1)(empty, CFG).verdict == "inconclusive"
 
 
 def test_registered_claims_are_complete_and_serialise():

@@ -208,3 +208,42 @@ def test_trajectory_hash_ignores_only_resume_invariant_knobs(raw):
     changed = copy.deepcopy(raw)
     changed["runs"][RUN]["train"] = {"inner_lr": 0.2}
     assert resolve(changed).runs[RUN].trajectory_hash(dataset) != base.trajectory_hash(dataset)
+
+
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_metaopt_run_keys_name_their_model(profile):
+    """The metaopt study reads a run's model from its key (metaland.studies.metaopt.model_of)."""
+    from metaland.studies.metaopt import depth_of, model_of
+
+    for run in load_params(REPO / "profiles" / f"{profile}.yaml").runs_of("metaopt"):
+        assert run.key.split("-")[1] == run.algorithm
+        if run.model_name == "cnn":
+            assert depth_of(run.key) == run.model.blocks
+        else:
+            assert model_of(run.key) == ("linnet" if run.model.hidden else "lr")
+
+
+def test_paper_profile_has_the_metaopt_settings():
+    """Seed 003 A.1.1 / A.1.2: synthetic 1 step, SGD, meta-batch 1, 30k iterations and the table's lrs;
+    Omniglot linear 5-way 1-shot, 2 steps, Adam, meta-batch 32, 60k iterations; CNNs 10-way 5-shot, 4 steps,
+    64 filters, depths 1-4."""
+    config = load_params(REPO / "profiles" / "paper.yaml")
+    lrs = {}
+    for run in config.runs_of("metaopt"):
+        t = run.train
+        if run.dataset == "synthetic-binary":
+            assert (t.inner_steps, t.meta_batch, t.meta_optimizer, t.iterations) == (1, 1, "sgd", 30_000)
+        elif run.model_name == "linear":
+            assert (run.ways, run.shots, t.inner_steps, t.meta_batch, t.iterations) == (5, 1, 2, 32, 60_000)
+        else:
+            assert (run.ways, run.shots, t.inner_steps, run.model.filters) == (10, 5, 4, 64)
+        lrs[run.key.rsplit("-", 1)[0]] = (t.meta_lr, t.inner_lr)
+    assert lrs["metaopt-maml-lr-synthetic-binary-2w50s"] == (0.01, 0.5)
+    assert lrs["metaopt-maml-linnet-synthetic-binary-2w50s"] == (1.9, 1.9)
+    assert lrs["metaopt-klin-lr-synthetic-binary-2w50s"] == (3.33, 3.33)
+    assert lrs["metaopt-kfc-lr-synthetic-binary-2w50s"] == (3.9, 3.9)
+    assert lrs["metaopt-kfc-lr-omniglot-5w1s"] == (0.001, 0.01)
+    assert lrs["metaopt-maml-cnn2-omniglot-10w5s"] == (0.003, 0.8)
+    assert sorted(d for k in lrs if (d := k.split("-")[2]).startswith("cnn")) == sorted(
+        ["cnn1", "cnn2", "cnn3", "cnn4"] * 2 + ["cnn2"] * 2
+    )

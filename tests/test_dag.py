@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
 RUNS = sorted(CI_RUNS)
 CI_STUDIES = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["studies"]
+CI_DATASETS = sorted(yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["datasets"])
 STUDIES_IN_CI = {study: sorted(r for r in RUNS if CI_RUNS[r]["study"] == study) for study in CI_STUDIES}
 GUIROY_RUNS = STUDIES_IN_CI["guiroy2019"]
 
@@ -59,7 +60,7 @@ def test_repro_builds_every_output(pipeline):
     work, _, log = pipeline
     assert sorted(stages_run(log)) == sorted(
         [
-            "fetch@omniglot-small",
+            *(f"fetch@{d}" for d in CI_DATASETS),
             *(f"{s}@{r}" for s in ("train", "extract", "probe") for r in RUNS),
             "aggregate",
             "plot",
@@ -104,7 +105,9 @@ def test_every_stage_is_an_mlflow_run(pipeline):
     assert {"metaland/data", *(f"metaland/{s}" for s in STUDIES_IN_CI), "metaland/results"} <= set(experiments)
     runs = client.search_runs(list(experiments.values()))
     stages = sorted(r.data.tags["metaland.stage"] for r in runs)
-    assert stages == sorted(["fetch", "aggregate", "plot", *["train", "extract", "probe"] * len(RUNS)])
+    assert stages == sorted(
+        ["fetch"] * len(CI_DATASETS) + ["aggregate", "plot", *["train", "extract", "probe"] * len(RUNS)]
+    )
     for run in runs:
         assert run.info.status == "FINISHED"
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git.commit"])
@@ -123,7 +126,7 @@ def test_every_stage_is_an_mlflow_run(pipeline):
         }
     for probe in (r for r in runs if r.data.tags["metaland.stage"] == "probe"):
         key = probe.data.tags["metaland.run_key"]
-        steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")]
+        steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/query_accuracy")]
         assert steps == extracted_steps(key)
     for study, study_runs in STUDIES_IN_CI.items():
         models = client.search_logged_models([experiments[f"metaland/{study}"]])
@@ -177,10 +180,12 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     stages = stages_run(sh(["dvc", "repro", "--dry", "--force"], tmp_path, env))
     runs = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["runs"]
     assert sorted(s for s in stages if s.startswith("train@")) == sorted(f"train@{r}" for r in runs)
-    assert {"fetch@omniglot", "fetch@miniimagenet", "aggregate", "plot"} <= set(stages)
-    assert len(stages) == 3 * len(runs) + 4
+    datasets = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["datasets"]
+    assert {"fetch@omniglot", "fetch@miniimagenet", "fetch@synthetic-binary", "aggregate", "plot"} <= set(stages)
+    assert len(stages) == 3 * len(runs) + len(datasets) + 2
     counts = {(r["algorithm"], r["dataset"]) for r in runs.values()}
     assert counts == {
-        *((a, "omniglot") for a in ("maml", "fomaml", "regmaml")),
+        *((a, "omniglot") for a in ("maml", "fomaml", "regmaml", "metasgd", "metacurvature", "klin", "kfc")),
         *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml")),
+        *((a, "synthetic-binary") for a in ("maml", "klin", "kfc")),
     }

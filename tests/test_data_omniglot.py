@@ -296,7 +296,7 @@ IMAGES = torch.zeros(5, 1, 2, 2, dtype=torch.uint8)
 @pytest.mark.parametrize(
     ("images", "offsets", "names", "problem"),
     [
-        (IMAGES.float(), [0, 2, 5], ("a", "b"), "uint8"),
+        (IMAGES.double(), [0, 2, 5], ("a", "b"), "uint8 or float32"),
         (IMAGES.squeeze(1), [0, 2, 5], ("a", "b"), "uint8"),
         (IMAGES, [0, 5], ("a", "b"), "offsets"),
         (IMAGES, [0, 2, 4], ("a", "b"), "0 to 5"),

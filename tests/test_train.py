@@ -40,7 +40,7 @@ def test_checkpoint_schedule_and_sidecars(tiny_dataset, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(stream)] == [2, 4, 6, 8, 10, 12]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "regmaml", "finetune", "sharpmaml"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "regmaml", "finetune", "sharpmaml", "kfc"])
 def test_resumed_training_is_bit_identical_to_uninterrupted(tiny_dataset, tmp_path, algorithm):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(make_run(algorithm), DATASET_PARAMS, tiny_dataset, straight, device=CPU)
@@ -156,3 +156,15 @@ def test_temporary_files_of_a_killed_run_are_removed_on_restart(tiny_dataset, tm
         path.write_bytes(b"half")
     result = train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
     assert result.resumed_from == 8 and not any(path.exists() for path in leftovers)
+
+
+def test_learned_update_is_meta_learned_and_checkpointed(tiny_dataset, tmp_path):
+    """KLin's factors (seed 003 eq. 5) start at the identity, are saved with θ and moved by the meta-update."""
+    result = train(make_run("klin"), DATASET_PARAMS, tiny_dataset, tmp_path, device=CPU)
+    first, last = (load_groups(c)["params"] for c in (result.checkpoints[0], result.checkpoints[-1]))
+    factors = [k for k in first if k.startswith("metaopt.")]
+    assert sorted(factors) == sorted(
+        f"metaopt.{n}.{f}" for n in first if not n.startswith("metaopt.") for f in ("L1", "R1")
+    )
+    assert all(torch.equal(first[k], torch.eye(len(first[k]))) for k in factors)
+    assert any(not torch.equal(first[k], last[k]) for k in factors)

@@ -6,6 +6,7 @@
 
 from metaland.data import miniimagenet as _miniimagenet  # noqa: F401  (registers MiniImagenet)
 from metaland.data import omniglot as _omniglot  # noqa: F401  (registers the Omniglot datasets)
+from metaland.data import synthetic as _synthetic  # noqa: F401  (registers synthetic-binary, seed 003)
 from metaland.data.fetch import fetch_dataset
 from metaland.data.layout import SplitData, load_split
 from metaland.data.registry import DATASETS, SPLITS, ArchiveSource, DatasetSpec

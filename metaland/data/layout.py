@@ -1,6 +1,7 @@
 """The normalised on-disk layout of a fetched dataset (described in ``metaland.data.registry``).
 
-Each split is one safetensors file with two tensors: ``images`` (uint8 ``[N, C, H, W]``, 255 = ink)
+Each split is one safetensors file with two tensors: ``images`` (uint8 ``[N, C, H, W]``, 255 = ink;
+float32 for generated datasets whose samples are the model inputs as they are, seed 003 §A.1.1)
 and ``offsets`` (int64 ``[classes + 1]``; class ``c`` owns ``images[offsets[c]:offsets[c + 1]]``).
 Class names live in ``classes.json`` and provenance in ``manifest.json``. Writing is
 byte-deterministic: the same splits and manifest give identical files.
@@ -29,7 +30,7 @@ MANIFEST_FILE = "manifest.json"
 class SplitData:
     """The images of one split, grouped by class; the invariants are checked on construction."""
 
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: torch.Tensor  # uint8 [N, C, H, W] (float32: generated features, used as they are)
     offsets: torch.Tensor  # int64 [classes + 1]
     class_names: tuple[str, ...]
 
@@ -113,8 +114,8 @@ def load_split(data_dir: Path, split: str) -> SplitData:
 def _layout_problem(data: SplitData) -> str | None:
     """Why ``data`` breaks the layout, or ``None`` when it is consistent."""
     images, offsets = data.images, data.offsets
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        return f"images must be uint8 [N, C, H, W], got {images.dtype} {list(images.shape)}"
+    if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
+        return f"images must be uint8 or float32 [N, C, H, W], got {images.dtype} {list(images.shape)}"
     if offsets.dtype != torch.int64 or offsets.dim() != 1:
         return f"offsets must be a 1-D int64 tensor, got {offsets.dtype} {list(offsets.shape)}"
     if not all(isinstance(name, str) for name in data.class_names):

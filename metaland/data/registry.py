@@ -51,7 +51,8 @@ class DatasetSpec:
     ``sources`` gives the archives for the dataset's params (fixed for most datasets; user-given
     for MiniImagenet, which has no canonical public archive) and may raise :class:`ConfigError`
     when the params cannot name one. ``build`` turns the verified archives into the normalised
-    layout inside ``out_dir``.
+    layout inside ``out_dir``. ``sample_tasks`` replaces episodic class sampling for a dataset whose
+    tasks are not random class subsets (``metaland.data.tasks.sample_dataset_tasks``).
     """
 
     name: str
@@ -62,6 +63,7 @@ class DatasetSpec:
     min_instances: Callable[[Params], int]
     build: Callable[[Params, Mapping[str, Path], Path], None]
     channels: int = 1
+    sample_tasks: Callable | None = None  # a task sampler like metaland.data.tasks.sample_tasks; None = that
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

@@ -72,11 +72,29 @@ def sample_tasks(
     for t in range(n_tasks):
         classes[t] = torch.randperm(split.num_classes, generator=generator)[:ways]
         for w, c in enumerate(classes[t].tolist()):
-            available = split.instances(c)
-            if per_task > available:
-                raise ValueError(f"class {split.class_names[c]} has {available} samples; a task needs {per_task}")
-            picks[t, w] = torch.randperm(available, generator=generator)[:per_task]
+            picks[t, w] = draw_instances(split, c, per_task, generator)
     return TaskSet(classes, picks[..., :shots].contiguous(), picks[..., shots:].contiguous())
+
+
+def draw_instances(split: SplitData, c: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` distinct instance indices of class ``c``, in random order."""
+    available = split.instances(c)
+    if count > available:
+        raise ValueError(f"class {split.class_names[c]} has {available} samples; a task needs {count}")
+    return torch.randperm(available, generator=generator)[:count]
+
+
+def sample_dataset_tasks(
+    dataset: str, split: SplitData, *, ways: int, shots: int, queries: int, n_tasks: int, generator: torch.Generator
+) -> TaskSet:
+    """Tasks of ``dataset``: its registered sampler (a generated dataset whose tasks are not random
+    class subsets, seed 003 §A.1.1), else :func:`sample_tasks` (every other dataset, and layouts
+    written outside the registry)."""
+    from metaland.data.registry import DATASETS
+
+    spec = dict(DATASETS.items()).get(dataset)
+    sampler = (spec.sample_tasks if spec else None) or sample_tasks
+    return sampler(split, ways=ways, shots=shots, queries=queries, n_tasks=n_tasks, generator=generator)
 
 
 def materialise(split: SplitData, tasks: TaskSet) -> TaskBatch:
@@ -96,7 +114,10 @@ def materialise(split: SplitData, tasks: TaskSet) -> TaskBatch:
 
 
 def model_inputs(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float model inputs in [0, 1] (the pixel convention of the data layout)."""
+    """uint8 images -> float model inputs in [0, 1] (the pixel convention of the data layout);
+    float32 samples of a generated dataset are model inputs already (copied)."""
+    if images.dtype == torch.float32:
+        return images.clone()
     return images.to(torch.float32).div_(255.0)
 
 

@@ -13,6 +13,14 @@ the same loop, checkpoints and probes; episodic meta-learners keep their default
 * ``meta_test_params(params, head, ways, generator)``: θ^s as meta-test tasks see it (default:
   unchanged; finetune swaps in a fresh m-way head).
 
+Two hooks let an algorithm learn its inner update (seed 003 §4: Meta-SGD, Meta-Curvature, KLin,
+KFC); every other algorithm keeps the defaults (plain gradient descent, no extra parameters):
+
+* ``inner_update(options)``: the inner step the run trains, validates and is probed with
+  (``metaland.meta.inner.InnerStep``; default ``None`` = θ − α g);
+* ``learned_params(params, adapted, options)``: the update's initial parameters φ, meta-learned
+  (and checkpointed) with θ (default: none).
+
 ``variant(options)`` names a run's variant in results and figures when one algorithm covers
 several published methods (Sharp-MAML's low / up / both); by default the algorithm's name.
 """
@@ -26,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from metaland.data.layout import SplitData
-from metaland.data.tasks import TaskBatch, materialise, sample_tasks
-from metaland.meta.inner import LossFn
+from metaland.data.tasks import TaskBatch, materialise, sample_dataset_tasks
+from metaland.meta.inner import InnerStep, LossFn
 from metaland.models import Forward, ParamDict
 from metaland.registry import Registry
 from metaland.schema import Params
@@ -47,6 +55,7 @@ class MetaProblem:
     inner_lr: float
     task_chunk: int  # tasks vectorised together; 0 = all
     adapted: frozenset[str] | None = None  # parameters the inner loop moves; None = all
+    update: InnerStep | None = None  # the inner step; None = θ − α g
 
 
 MetaGradient = Callable[[MetaProblem, ParamDict, Any, Params], tuple[ParamDict, dict[str, float]]]
@@ -54,7 +63,8 @@ MetaGradient = Callable[[MetaProblem, ParamDict, Any, Params], tuple[ParamDict, 
 
 def episodic_batch(run: Run, split: SplitData, step: int, options: Params) -> TaskBatch:
     """The meta-batch of iteration ``step``: ``meta_batch`` tasks seeded by (run seed, step) only."""
-    tasks = sample_tasks(
+    tasks = sample_dataset_tasks(
+        run.dataset,
         split,
         ways=run.ways,
         shots=run.shots,
@@ -73,6 +83,14 @@ def unchanged(params: ParamDict, head: tuple[str, str], ways: int, rng: torch.Ge
     return params
 
 
+def plain_gradient_descent(options: Params) -> InnerStep | None:
+    return None
+
+
+def no_learned_params(params: ParamDict, adapted: frozenset[str] | None, options: Params) -> ParamDict:
+    return {}
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     name: str
@@ -83,6 +101,12 @@ class AlgorithmSpec:
     output_classes: Callable[[Run, SplitData], int] = task_head_classes
     meta_test_params: Callable[[ParamDict, tuple[str, str], int, torch.Generator], ParamDict] = unchanged
     variant: Callable[[Params], str] | None = None
+    inner_update: Callable[[Params], InnerStep | None] = plain_gradient_descent
+    learned_params: Callable[[ParamDict, frozenset[str] | None, Params], ParamDict] = no_learned_params
+
+    def meta_parameters(self, params: ParamDict, adapted: frozenset[str] | None, options: Params) -> ParamDict:
+        """What the outer loop meta-learns: the model's θ and the learned update's φ, if any."""
+        return {**params, **self.learned_params(params, adapted, options)}
 
     def variant_of(self, options: Params) -> str:
         """The name results and figures show for a run: its options' variant, else the algorithm's."""
@@ -120,5 +144,6 @@ def mean_metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:
 # Registrations (one module per algorithm family).
 from metaland.meta import finetune as _finetune  # noqa: E402,F401
 from metaland.meta import maml as _maml  # noqa: E402,F401
+from metaland.meta import metaopt as _metaopt  # noqa: E402,F401
 from metaland.meta import regularised as _regularised  # noqa: E402,F401
 from metaland.meta import sharp as _sharp  # noqa: E402,F401

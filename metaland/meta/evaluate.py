@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 from metaland.data.tasks import TaskBatch
-from metaland.meta.inner import accuracy, adapt_tasks, cross_entropy
+from metaland.meta.inner import InnerStep, accuracy, adapt_tasks, cross_entropy
 from metaland.models import Forward, ParamDict
 
 
@@ -28,9 +28,10 @@ def evaluate_tasks(
     lr: float,
     chunk: int,
     inner_params: Collection[str] | None = None,
+    update: InnerStep | None = None,
 ) -> tuple[dict[str, torch.Tensor], ParamDict]:
     """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]}); the inner loop
-    moves the parameters named in ``inner_params`` (None: all)."""
+    moves the parameters named in ``inner_params`` (None: all) with the run's ``update`` (None: GD)."""
     params = {k: v.detach() for k, v in params.items()}
     adapted = adapt_tasks(
         cross_entropy(forward),
@@ -41,6 +42,7 @@ def evaluate_tasks(
         lr=lr,
         chunk=chunk,
         adapted=inner_params,
+        update=update,
     )
 
     def measure(theta_i: ParamDict, sx, sy, qx, qy) -> dict[str, torch.Tensor]:

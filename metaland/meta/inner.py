@@ -11,6 +11,11 @@ respect to θ goes through the loop (second order, exact product Π_t (I − α 
 the body only, seed 004 §2; layer-wise adaptation, seed 003 §3.2): only those are differentiated
 and stepped, the rest stay at θ inside the loop (the outer loop still meta-learns all of them).
 ``None`` adapts every parameter. :func:`adapted_names` resolves the ``train.inner_params`` knob.
+
+``update`` replaces the plain step θ − α g by a learned inner update (seed 003 §4, eqs. 3-4:
+θ' = θ − α U_φ(g), and φ itself may move): its parameters φ live in the same dict under
+:data:`LEARNED_UPDATE_PREFIX`, are meta-learned with θ, ignored by the model's forward and never
+stepped by their own plain gradient here. ``None`` is plain gradient descent.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from metaland.errors import ConfigError
 from metaland.models import Forward, ParamDict
 
 LossFn = Callable[[ParamDict, torch.Tensor, torch.Tensor], torch.Tensor]
+InnerStep = Callable[[Callable[[ParamDict], torch.Tensor], ParamDict, ParamDict, float], ParamDict]
+"""(support loss of a full parameter dict, current parameters, gradients of the moving ones, α)
+-> the new values of the entries the step changes (seed 003 eqs. 3-4)."""
+LEARNED_UPDATE_PREFIX = "metaopt."
+"""Names of a learned inner update's parameters φ start with this (``metaopt.<θ name>.<factor>``)."""
 
 
 def cross_entropy(forward: Forward) -> LossFn:
@@ -44,6 +54,11 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def sgd_step(params: ParamDict, grads: ParamDict, lr: float) -> ParamDict:
     return {name: p - lr * grads[name] for name, p in params.items()}
+
+
+def model_part(params: ParamDict) -> ParamDict:
+    """The model's parameters θ of a dict that may also hold a learned update's φ."""
+    return {k: v for k, v in params.items() if not k.startswith(LEARNED_UPDATE_PREFIX)}
 
 
 def adapted_names(names: Collection[str], head: tuple[str, str], inner_params: str) -> frozenset[str] | None:
@@ -81,21 +96,29 @@ def adapt_trajectory(
     lr: float,
     first_order: bool = False,
     adapted: Collection[str] | None = None,
+    update: InnerStep | None = None,
 ) -> list[ParamDict]:
     """The iterates (θ, θ^(1), ..., θ̃) of ``steps`` full-batch GD steps on ``loss(·, x, y)``,
-    moving only the parameters named in ``adapted`` (None: all)."""
+    moving only the parameters named in ``adapted`` (None: all) with ``update`` (None: θ − α g)."""
 
     def subset_loss(moving: ParamDict, fixed: ParamDict) -> torch.Tensor:
         return loss({**fixed, **moving}, x, y)
+
+    def support_loss(full: ParamDict) -> torch.Tensor:
+        return loss(full, x, y)
 
     grad_fn = grad(subset_loss)
     trajectory = [params]
     for _ in range(steps):
         current = trajectory[-1]
         at = {k: v.detach() for k, v in current.items()} if first_order else current
-        moving = {k: v for k, v in at.items() if adapted is None or k in adapted}
+        moving = {k: v for k, v in model_part(at).items() if adapted is None or k in adapted}
         fixed = {k: v for k, v in at.items() if k not in moving}
-        step = sgd_step({k: current[k] for k in moving}, grad_fn(moving, fixed), lr)
+        grads = grad_fn(moving, fixed)
+        if update is None:
+            step = sgd_step({k: current[k] for k in moving}, grads, lr)
+        else:
+            step = update(support_loss, current, grads, lr)
         trajectory.append({k: step.get(k, v) for k, v in current.items()})
     return trajectory
 
@@ -110,9 +133,12 @@ def adapt(
     lr: float,
     first_order: bool = False,
     adapted: Collection[str] | None = None,
+    update: InnerStep | None = None,
 ) -> ParamDict:
     """θ̃ = θ^(T) (seed 000 eq. 2.1)."""
-    return adapt_trajectory(loss, params, x, y, steps=steps, lr=lr, first_order=first_order, adapted=adapted)[-1]
+    return adapt_trajectory(
+        loss, params, x, y, steps=steps, lr=lr, first_order=first_order, adapted=adapted, update=update
+    )[-1]
 
 
 def adapt_tasks(
@@ -125,6 +151,7 @@ def adapt_tasks(
     lr: float,
     chunk: int,
     adapted: Collection[str] | None = None,
+    update: InnerStep | None = None,
 ) -> ParamDict:
     """Adapted parameters of every task, stacked: {name: [T, ...]} (no graph to θ is kept).
 
@@ -133,6 +160,6 @@ def adapt_tasks(
     detached = {k: v.detach() for k, v in params.items()}
 
     def one(x: torch.Tensor, y: torch.Tensor) -> ParamDict:
-        return adapt(loss, detached, x, y, steps=steps, lr=lr, first_order=True, adapted=adapted)
+        return adapt(loss, detached, x, y, steps=steps, lr=lr, first_order=True, adapted=adapted, update=update)
 
     return vmap(one, chunk_size=chunk)(support_x, support_y)

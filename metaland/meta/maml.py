@@ -54,6 +54,7 @@ def query_meta_gradient(
             lr=problem.inner_lr,
             first_order=first_order,
             adapted=problem.adapted,
+            update=problem.update,
         )
         if offset is not None:
             adapted = {name: value + offset[name] for name, value in adapted.items()}

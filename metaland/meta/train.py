@@ -40,7 +40,7 @@ from metaland.checkpoints import (
 )
 from metaland.config import Run
 from metaland.data.layout import SplitData, load_split
-from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
+from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.errors import DivergenceError
 from metaland.io import remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
@@ -62,7 +62,8 @@ class TrainResult:
 
 def val_task_set(run: Run, split: SplitData) -> TaskSet:
     """Fixed validation tasks: identical for every run of the same setting (seed-independent)."""
-    return sample_tasks(
+    return sample_dataset_tasks(
+        run.dataset,
         split,
         ways=run.ways,
         shots=run.shots,
@@ -93,7 +94,16 @@ def train(
     head = head_names(module)
     cfg = run.train
     inner_params = adapted_names([name for name, _ in module.named_parameters()], head, cfg.inner_params)
-    problem = MetaProblem(forward, cross_entropy(forward), cfg.inner_steps, cfg.inner_lr, cfg.task_chunk, inner_params)
+    problem = MetaProblem(
+        forward,
+        cross_entropy(forward),
+        cfg.inner_steps,
+        cfg.inner_lr,
+        cfg.task_chunk,
+        inner_params,
+        algorithm.inner_update(run.algorithm_options),
+    )
+    initial = algorithm.meta_parameters(initial_params(module), inner_params, run.algorithm_options)
     params_hash = run.trajectory_hash(dataset_params)
     ckpt_dir = Path(out_dir) / "ckpt"
 
@@ -110,6 +120,7 @@ def train(
             lr=cfg.inner_lr,
             chunk=cfg.task_chunk or len(val_batch),
             inner_params=inner_params,
+            update=problem.update,
         )
         return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
 
@@ -135,14 +146,14 @@ def train(
     tracking = open_tracker(resume is not None) if open_tracker else contextlib.nullcontext()
     with tracking as tracker:
         if resume is None:
-            params = {k: v.to(device) for k, v in initial_params(module).items()}
+            params = {k: v.to(device) for k, v in initial.items()}
             adam = adam_init(params)
             log_rows: list[dict] = []
             checkpoint(0, params, adam, log_rows, tracker)
             start = 0
         else:
             groups = load_groups(resume, device)
-            params = {name: groups["params"][name] for name, _ in module.named_parameters()}
+            params = {name: groups["params"][name] for name in initial}
             adam = AdamState(int(resume.sidecar["adam_step"]), groups["adam_m"], groups["adam_v"])
             log_rows = [row for row in _read_log(Path(out_dir) / "train_log.csv") if row["step"] <= resume.step]
             start = resume.step

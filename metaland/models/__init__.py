@@ -73,12 +73,15 @@ def initial_params(module: nn.Module) -> ParamDict:
 
 
 def make_forward(module: nn.Module) -> Forward:
-    """``forward(params, x)``: evaluate ``module`` with the given parameters (torch.func)."""
+    """``forward(params, x)``: evaluate ``module`` with the given parameters (torch.func); entries of
+    ``params`` that are not the module's (a learned inner update's, ``metaland.meta.metaopt``) are ignored."""
     if any(buffer is not None for buffer in module.buffers()):
         raise ValueError("functional models must not carry buffers (use BatchNorm with batch statistics)")
 
+    names = [name for name, _ in module.named_parameters()]
+
     def forward(params: ParamDict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, params, (x,))
+        return functional_call(module, {name: params[name] for name in names}, (x,))
 
     return forward
 
@@ -111,4 +114,6 @@ def head_names(module: nn.Module) -> tuple[str, str]:
 
 
 # Registrations (one module per model family).
+from metaland.models import cnn as _cnn  # noqa: E402,F401
 from metaland.models import convnet as _convnet  # noqa: E402,F401
+from metaland.models import linear as _linear  # noqa: E402,F401

@@ -15,7 +15,7 @@ import torch
 
 from metaland.data.tasks import TaskBatch
 from metaland.meta.evaluate import evaluate_tasks
-from metaland.meta.inner import LossFn, cross_entropy
+from metaland.meta.inner import InnerStep, LossFn, cross_entropy, model_part
 from metaland.models import Forward, ParamDict, flatten, flatten_batched
 from metaland.registry import Registry
 from metaland.schema import Params
@@ -32,6 +32,7 @@ class ProbeContext:
     seed: int  # probe seed (start vectors, directions, ...)
     head: tuple[str, str] | None = None  # weight and bias names of the classifier head
     adapted: frozenset[str] | None = None  # parameters the run's inner loop moves; None = all
+    update: InnerStep | None = None  # the run's inner step (a learned update, seed 003 §4); None = GD
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -49,13 +50,14 @@ class ProbeContext:
                 lr=self.lr,
                 chunk=self.chunk,
                 inner_params=self.adapted,
+                update=self.update,
             )
         return self._cache["adaptation"]
 
     def displacements(self) -> torch.Tensor:
-        """θ̃_i − θ^s as rows [T, d]."""
+        """θ̃_i − θ^s as rows [T, d] (the model's parameters only)."""
         _, adapted = self.adaptation()
-        return flatten_batched(adapted) - flatten(self.params)
+        return flatten_batched(model_part(adapted)) - flatten(model_part(self.params))
 
 
 @dataclass(frozen=True)
@@ -103,5 +105,6 @@ PROBES: Registry[ProbeSpec] = Registry("probe")
 from metaland.probes import adaptation as _adaptation  # noqa: E402,F401
 from metaland.probes import coherence as _coherence  # noqa: E402,F401
 from metaland.probes import hessian as _hessian  # noqa: E402,F401
+from metaland.probes import layerwise as _layerwise  # noqa: E402,F401
 from metaland.probes import sharpness as _sharpness  # noqa: E402,F401
 from metaland.probes import surface as _surface  # noqa: E402,F401

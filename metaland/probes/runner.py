@@ -29,7 +29,7 @@ from tqdm import tqdm
 from metaland.checkpoints import Checkpoint, load_params
 from metaland.config import Run, StudyConfig
 from metaland.data.layout import SplitData, load_split
-from metaland.data.tasks import TaskSet, materialise, sample_tasks, save_task_set
+from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import (
     atomic_dir,
@@ -42,7 +42,7 @@ from metaland.io import (
 )
 from metaland.meta import ALGORITHMS
 from metaland.meta.inner import adapted_names
-from metaland.models import build_for_run, head_names, make_forward
+from metaland.models import build_for_run, head_names, initial_params, make_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
@@ -50,7 +50,8 @@ from metaland.seeding import generator
 def probe_task_set(run: Run, study: StudyConfig, split: SplitData) -> TaskSet:
     """The study's fixed evaluation tasks for this run's setting (independent of the run seed)."""
     probe = study.probe
-    return sample_tasks(
+    return sample_dataset_tasks(
+        run.dataset,
         split,
         ways=run.ways,
         shots=run.shots,
@@ -82,7 +83,9 @@ def probe_run(
     forward = make_forward(module)
     head = head_names(module)
     algorithm = ALGORITHMS.get(run.algorithm)
-    order = list(dict(module.named_parameters()))
+    model_names = list(dict(module.named_parameters()))
+    adapted = adapted_names(model_names, head, run.train.inner_params)
+    order = list(algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options))
     manifest = read_manifest(checkpoint_dir)
 
     inputs = {
@@ -115,7 +118,8 @@ def probe_run(
                 study.probe.chunk,
                 study.probe.seed,
                 head,
-                adapted_names(order, head, run.train.inner_params),
+                adapted,
+                algorithm.inner_update(run.algorithm_options),
             )
             result = _probe_checkpoint(context, study)
             write_json(cached, {"step": step, **result})

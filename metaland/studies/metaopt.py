@@ -1,0 +1,626 @@
+"""Study ``metaopt`` — seed 003, "Decoupling adaptation from modeling with meta-optimizers"
+(Arnold, Iqbal & Sha 2019; anonymous submission text).
+
+The paper argues that shallow models cannot be meta-learned by MAML (a convex task loss has one
+minimiser per task, §3.2): logistic regression (LR) on the synthetic boundary tasks of §A.1.1 stays
+at chance, while LinNet — the same function class, over-parameterised by linear hidden layers —
+reaches 92%. Learned inner updates (§4: Meta-SGD, Meta-Curvature, and its own KLin / KFC) give the
+shallow model back its adaptability. Deeper CNNs adapt better, meta-optimizers degrade more slowly
+as depth shrinks (Fig. 3, Table A1), and in a CNN the last conv layer carries the adaptation
+(§3.2, Fig. 2). Every one of these is a claim under test here, not an assumed outcome.
+
+Run keys name their parts: ``metaopt-<algorithm>-<model>-<dataset>-...`` with model ``lr``,
+``linnet`` or ``cnn<L>`` (L conv layers); tables, figures and claims read the model from the key
+(``tests/test_config.py`` checks that every key matches its run's model).
+See docs/studies/metaopt.md for the choices the seed leaves open.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metaland.claims import (
+    Claim,
+    Evidence,
+    Statistic,
+    all_hold,
+    improves_on,
+    mean_within,
+    register,
+    sign_of_mean,
+    where,
+)
+from metaland.config import AggregateConfig
+from metaland.plots import curve, grid, no_data, save, suptitle
+from metaland.results import StudyTables
+from metaland.stats import mean_ci
+from metaland.studies import STUDIES, Figure, StudySpec, Table
+
+NAME = "metaopt"
+SEED = "003"
+CONFIDENCE = 0.95
+SYNTHETIC = "synthetic-binary"
+LINEAR_METHODS = {
+    ("maml", "lr"): "LR",
+    ("maml", "linnet"): "LinNet",
+    ("klin", "lr"): "LR w/ KLin",
+    ("kfc", "lr"): "LR w/ KFC",
+}
+OPTIMIZER_NAMES = {"maml": "MAML", "metasgd": "MSGD", "metacurvature": "MC", "klin": "KLin", "kfc": "KFC"}
+COLORS = {"maml": "#1f77b4", "metasgd": "#2ca02c", "metacurvature": "#9467bd", "klin": "#ff7f0e", "kfc": "#d62728"}
+PAPER_LINEAR = {
+    ("synthetic", "LR"): 0.50,
+    ("synthetic", "LinNet"): 0.92,
+    ("omniglot", "LR"): 0.45,
+    ("omniglot", "LinNet"): 0.70,
+}
+"""Seed 003 §3.2 (Table 1's body is missing from the seed): synthetic LR "fails to perform better than
+chance" (50%), LinNet 92% (1 step); Omniglot 5-way 1-shot, 2 steps: LR 45%, LinNet 70%. KLin / KFC
+values are not stated."""
+PAPER_CNN = {
+    ("maml", 1): 0.2920,
+    ("kfc", 1): 0.6645,
+    ("maml", 2): 0.6094,
+    ("metasgd", 2): 0.6925,
+    ("metacurvature", 2): 0.8570,
+    ("kfc", 2): 0.9113,
+    ("maml", 3): 0.9169,
+    ("kfc", 3): 0.9657,
+    ("maml", 4): 0.9756,
+    ("kfc", 4): 0.9849,
+}
+"""Seed 003 Table 2 (SCNN = 2 layers) and Table A1, Omniglot 10-way 5-shot, 4 steps, 64 filters."""
+PAPER_UPPER_BOUND = 0.9509
+"""Seed 003 Table 2: SCNN trained on each Omniglot test task to convergence (not reproduced here)."""
+PAPER_CNN_SETTING = "paper: Omniglot 10-way 5-shot, 4 steps, 64 filters (Tables 2, A1)"
+CHANCE_BAND = 0.05
+"""How close to chance "≈ chance" is: within 5 accuracy points (fixed before the data)."""
+REACH_BAND = 0.05
+"""How close to a published accuracy "reaches ≈ x%" is: at least x − 5 points (fixed before the data)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Run keys: algorithm, model, depth
+# --------------------------------------------------------------------------------------------
+
+
+def model_of(run: str) -> str:
+    """The model token of a run key ``metaopt-<algorithm>-<model>-...``: lr, linnet or cnn<L>."""
+    return run.split("-")[2]
+
+
+def depth_of(run: str) -> int | None:
+    """Conv layers of a ``cnn<L>`` run, None for linear models."""
+    match = re.fullmatch(r"cnn(\d+)", model_of(run))
+    return int(match.group(1)) if match else None
+
+
+def family(dataset: str) -> str:
+    return "synthetic" if dataset == SYNTHETIC else "omniglot"
+
+
+def annotate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Study columns from the run key: model, depth, method (the paper's name for the run)."""
+    if frame.empty:
+        return frame.assign(model=[], depth=[], method=[])
+    model = frame["run"].map(model_of)
+    depth = frame["run"].map(depth_of)
+    method = [
+        LINEAR_METHODS.get((a, m), f"{m} w/ {OPTIMIZER_NAMES.get(a, a)}")
+        if d is None or math.isnan(d)
+        else f"CNN-{int(d)} w/ {OPTIMIZER_NAMES.get(a, a)}"
+        for a, m, d in zip(frame["algorithm"], model, depth, strict=True)
+    ]
+    return frame.assign(model=model, depth=depth, method=method)
+
+
+def model_is(*names: str):
+    return lambda runs: runs.map(model_of).isin(names)
+
+
+def depth_is(depth: int):
+    return lambda runs: runs.map(depth_of) == depth
+
+
+def linear(algorithm: str, model: str, dataset: str | tuple[str, ...]):
+    return where(algorithm=algorithm, dataset=dataset, run=model_is(model))
+
+
+OMNIGLOT = ("omniglot", "omniglot-small")
+
+
+# --------------------------------------------------------------------------------------------
+# Claims (rules fixed before the data)
+# --------------------------------------------------------------------------------------------
+
+FINAL = "1-step post-adaptation accuracy on the fixed synthetic test tasks at the final checkpoint"
+
+register(
+    Claim(
+        id=f"{NAME}-lr-chance-synthetic",
+        study=NAME,
+        seed=SEED,
+        section="§3.2, Fig. 1 (left)",
+        claim="Logistic regression cannot be meta-learned by MAML on the synthetic tasks: its 1-step "
+        "post-adaptation accuracy stays at chance (50%).",
+        rule=f"holds if the {CONFIDENCE:.0%} CI of the {FINAL} lies inside 50% ± {CHANCE_BAND:.0%}; fails if it "
+        "lies entirely outside that band (above: LR does meta-learn); inconclusive otherwise",
+        test=mean_within("query_accuracy", 0.5 - CHANCE_BAND, 0.5 + CHANCE_BAND, scope=linear("maml", "lr", SYNTHETIC)),
+    )
+)
+register(
+    Claim(
+        id=f"{NAME}-linnet-92-synthetic",
+        study=NAME,
+        seed=SEED,
+        section="§3.2, Fig. 1 (left)",
+        claim="LinNet (LR with 3 linear hidden layers of 64) reaches ≈ 92% 1-step accuracy on the synthetic tasks.",
+        rule=f"holds if the {CONFIDENCE:.0%} CI of LinNet's {FINAL} lies above {0.92 - REACH_BAND:.0%}; fails if it "
+        f"lies below {0.92 - REACH_BAND:.0%}; inconclusive otherwise",
+        test=mean_within("query_accuracy", 0.92 - REACH_BAND, 1.0, scope=linear("maml", "linnet", SYNTHETIC)),
+    )
+)
+register(
+    Claim(
+        id=f"{NAME}-metaopt-lets-lr-meta-learn",
+        study=NAME,
+        seed=SEED,
+        section="§5.1, Table 1",
+        claim="Meta-optimizers let the shallow model meta-learn: LR w/ KLin and LR w/ KFC adapt better than LR "
+        "under MAML, on the synthetic tasks and on Omniglot.",
+        rule=f"holds if, for KLin and KFC on each dataset, the {CONFIDENCE:.0%} CI of the accuracy gain over LR "
+        "under MAML (paired over the same test tasks and seeds) lies above 0; fails if any lies below 0; "
+        "inconclusive otherwise (including a dataset without runs in this profile)",
+        test=all_hold(
+            {
+                f"{method} {dataset}": improves_on(
+                    "query_accuracy", linear(algorithm, "lr", datasets), linear("maml", "lr", datasets)
+                )
+                for dataset, datasets in (("synthetic", SYNTHETIC), ("omniglot", OMNIGLOT))
+                for algorithm, method in (("klin", "KLin"), ("kfc", "KFC"))
+            }
+        ),
+    )
+)
+register(
+    Claim(
+        id=f"{NAME}-scnn-optimizers-beat-maml",
+        study=NAME,
+        seed=SEED,
+        section="§5.3, Table 2",
+        claim="Every learned optimizer (Meta-SGD, Meta-Curvature, KFC) adapts the small 2-layer CNN better than "
+        "MAML (paper, Omniglot: 60.94% → 69.25 / 85.70 / 91.13%).",
+        rule=f"holds if, for each of MSGD, MC and KFC, the {CONFIDENCE:.0%} CI of the accuracy gain over SCNN w/ "
+        "MAML (paired over the same test tasks and seeds) lies above 0; fails if any lies below 0; inconclusive "
+        "otherwise",
+        test=all_hold(
+            {
+                OPTIMIZER_NAMES[a]: improves_on(
+                    "query_accuracy", where(algorithm=a, run=depth_is(2)), where(algorithm="maml", run=depth_is(2))
+                )
+                for a in ("metasgd", "metacurvature", "kfc")
+            }
+        ),
+    )
+)
+
+
+def _depths(frame: pd.DataFrame, algorithm: str) -> list[int]:
+    """Conv depths of the CNN runs of ``algorithm`` in ``frame`` (linear runs have none)."""
+    runs = frame.loc[frame["algorithm"] == algorithm, "run"].unique() if not frame.empty else []
+    return sorted({depth_of(run) for run in runs} - {None})
+
+
+def deeper_adapts_better(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+    """MAML with L + 1 conv layers beats MAML with L layers, for every consecutive pair of depths run."""
+    depths = _depths(tables.final_tasks, "maml")
+    pairs = {
+        f"{deeper} vs {shallow} layers": improves_on(
+            "query_accuracy",
+            where(algorithm="maml", run=depth_is(deeper)),
+            where(algorithm="maml", run=depth_is(shallow)),
+        )
+        for shallow, deeper in itertools.pairwise(depths)
+    }
+    if not pairs:
+        return Evidence(
+            Statistic("paired accuracy gain per extra layer", math.nan, 0),
+            "inconclusive",
+            "fewer than two CNN depths under MAML in this profile",
+        )
+    return all_hold(pairs)(tables, cfg)
+
+
+register(
+    Claim(
+        id=f"{NAME}-deeper-adapts-better",
+        study=NAME,
+        seed=SEED,
+        section="§5.2, Fig. 3, Table A1",
+        claim="Deeper models adapt better: under MAML, each extra conv layer raises post-adaptation accuracy "
+        "(paper, Omniglot: 29.20 / 60.94 / 91.69 / 97.56% for 1-4 layers).",
+        rule=f"holds if, for every pair of consecutive depths run under MAML, the {CONFIDENCE:.0%} CI of the deeper "
+        "model's accuracy gain (paired over the same test tasks and seeds) lies above 0; fails if any lies below 0; "
+        "inconclusive otherwise",
+        test=deeper_adapts_better,
+    )
+)
+
+
+def optimizer_degrades_slower(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+    """(KFC − MAML) at the shallowest depth minus (KFC − MAML) at the next depth, paired over tasks."""
+    final = tables.final_tasks
+    common = [d for d in _depths(final, "maml") if d in _depths(final, "kfc")]
+    name = "gain of KFC over MAML, shallower minus deeper (paired)"
+    if len(common) < 2:
+        return Evidence(Statistic(name, math.nan, 0), "inconclusive", "fewer than two depths with MAML and KFC runs")
+    shallow, deep = common[:2]
+    keys = ["seed", "task"]
+
+    def accuracy(algorithm: str, depth: int, suffix: str) -> pd.DataFrame:
+        rows = where(algorithm=algorithm, run=depth_is(depth))(final)[[*keys, "query_accuracy"]]
+        return rows.rename(columns={"query_accuracy": suffix})
+
+    merged = accuracy("kfc", shallow, "ks").merge(accuracy("maml", shallow, "ms"), on=keys)
+    merged = merged.merge(accuracy("kfc", deep, "kd"), on=keys).merge(accuracy("maml", deep, "md"), on=keys).dropna()
+    return sign_of_mean(
+        f"{name}: {shallow} vs {deep} layers",
+        (merged["ks"] - merged["ms"]) - (merged["kd"] - merged["md"]),
+        cfg,
+        above="KFC loses less accuracy than MAML",
+        below="KFC loses more accuracy than MAML",
+    )
+
+
+register(
+    Claim(
+        id=f"{NAME}-optimizer-degrades-slower",
+        study=NAME,
+        seed=SEED,
+        section="§5.2, Fig. 3, Table A1",
+        claim="Meta-optimizers degrade more slowly as depth shrinks: KFC's gain over MAML is larger for the "
+        "shallower CNN (paper, Omniglot: +37.25 points at 1 layer, +30.19 at 2).",
+        rule=f"holds if, for the two shallowest depths with both MAML and KFC runs, the {CONFIDENCE:.0%} CI of "
+        "(KFC − MAML at the shallower depth) − (KFC − MAML at the deeper), paired over the same test tasks and "
+        "seeds, lies above 0; fails if it lies below 0; inconclusive otherwise",
+        test=optimizer_degrades_slower,
+    )
+)
+
+
+def layer_columns(frame: pd.DataFrame, mode: str) -> dict[str, str]:
+    """Layer name -> its ``layerwise_<mode>_<layer>_accuracy`` column, in layer order (conv1.., fc)."""
+    pattern = re.compile(rf"layerwise_{mode}_(.+)_accuracy")
+    found = {m.group(1): c for c in frame.columns if (m := pattern.fullmatch(c))}
+    return dict(sorted(found.items(), key=lambda item: (item[0] == "fc", item[0])))
+
+
+def last_conv_matters(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+    """Freezing the first conv layer minus freezing the last one, per task, over the MAML CNNs (≥ 2 layers)."""
+    rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).fillna(0) >= 2)(tables.final_tasks)
+    differences = []
+    for run, group in rows.groupby("run") if not rows.empty else []:
+        columns = layer_columns(group.dropna(axis=1, how="all"), "freeze")
+        last = f"conv{depth_of(run)}"
+        if "conv1" in columns and last in columns:
+            differences.append(group[columns["conv1"]] - group[columns[last]])
+    name = "accuracy freezing conv1 − freezing the last conv (per task)"
+    if not differences:
+        return Evidence(
+            Statistic(name, math.nan, 0), "inconclusive", "no MAML CNN of ≥ 2 layers with the layerwise probe"
+        )
+    return sign_of_mean(
+        name,
+        pd.concat(differences),
+        cfg,
+        above="freezing the last conv layer hurts more",
+        below="freezing the first conv layer hurts more",
+    )
+
+
+register(
+    Claim(
+        id=f"{NAME}-last-conv-carries-adaptation",
+        study=NAME,
+        seed=SEED,
+        section="§3.2, Fig. 2",
+        claim="The last conv layer is crucial for adaptation: freezing it at meta-test costs more accuracy than "
+        "freezing the first conv layer (which costs nothing noticeable).",
+        rule=f"holds if the {CONFIDENCE:.0%} CI of (accuracy with conv1 frozen − accuracy with the last conv frozen), "
+        "per test task of the MAML-trained CNNs with ≥ 2 layers, lies above 0; fails if it lies below 0; "
+        "inconclusive otherwise",
+        test=last_conv_matters,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _accuracy_row(rows: pd.DataFrame, cfg: AggregateConfig) -> dict:
+    ci = mean_ci(rows["query_accuracy"], cfg.confidence)
+    return {
+        "runs": rows["run"].nunique(),
+        "tasks": ci.n,
+        "accuracy": ci.mean,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "std_over_tasks": float(rows["query_accuracy"].std(ddof=1)) if ci.n > 1 else np.nan,
+        "pre_adaptation_accuracy": float(rows["pre_query_accuracy"].mean()),
+    }
+
+
+def linear_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Table 1: final post-adaptation accuracy of the linear models per dataset, the paper's (§3.2) beside it."""
+    final = annotate(tables.final_tasks)
+    rows = []
+    for (dataset, method), group in (
+        final[final["depth"].isna()].groupby(["dataset", "method"]) if not final.empty else []
+    ):
+        paper = PAPER_LINEAR.get((family(dataset), method), np.nan)
+        rows.append(
+            {
+                "dataset": dataset,
+                "setting": group["setting"].iloc[0],
+                "method": method,
+                "inner_steps": int(group["inner_steps"].iloc[0]),
+                **_accuracy_row(group, cfg),
+                "paper_accuracy": paper,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def cnn_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Tables 2 and A1: final accuracy of the CNNs per optimizer and depth, the paper's (Omniglot) beside it."""
+    final = annotate(tables.final_tasks)
+    rows = []
+    cnn = final[final["depth"].notna()] if not final.empty else final
+    for (dataset, algorithm, depth), group in cnn.groupby(["dataset", "algorithm", "depth"]) if not cnn.empty else []:
+        rows.append(
+            {
+                "dataset": dataset,
+                "setting": group["setting"].iloc[0],
+                "layers": int(depth),
+                "optimizer": OPTIMIZER_NAMES.get(algorithm, algorithm),
+                **_accuracy_row(group, cfg),
+                "paper_accuracy": PAPER_CNN.get((algorithm, int(depth)), np.nan),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def layerwise_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Fig. 2's numbers: per CNN run and layer, accuracy adapting only it and freezing only it (CI over tasks),
+    beside the run's accuracy adapting every layer."""
+    final = tables.final_tasks
+    rows = []
+    cnn = final[final["run"].map(depth_of).notna()] if not final.empty else final
+    for run, group in cnn.groupby("run") if not cnn.empty else []:
+        group = group.dropna(axis=1, how="all")
+        every = mean_ci(group["query_accuracy"], cfg.confidence).mean
+        for mode in ("only", "freeze"):
+            for layer, column in layer_columns(group, mode).items():
+                ci = mean_ci(group[column], cfg.confidence)
+                rows.append(
+                    {
+                        "run": run,
+                        "algorithm": group["algorithm"].iloc[0],
+                        "layers": depth_of(run),
+                        "layer": layer,
+                        "mode": "adapting only" if mode == "only" else "freezing only",
+                        "accuracy": ci.mean,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
+                        "all_layers_accuracy": every,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _bars(ax, table: pd.DataFrame, labels: list[str], *, title: str, paper_label: str) -> None:
+    """Our accuracy (mean, CI) per row beside the paper's value (a black marker where stated)."""
+    x = np.arange(len(table))
+    ax.bar(x, table["accuracy"], width=0.6, color="#1f77b4", alpha=0.85, label="ours")
+    low = (table["accuracy"] - table["ci_low"]).fillna(0)
+    high = (table["ci_high"] - table["accuracy"]).fillna(0)
+    ax.errorbar(x, table["accuracy"], yerr=[low, high], fmt="none", color="black", capsize=3)
+    ax.scatter(x, table["paper_accuracy"], marker="D", color="black", zorder=3, label=paper_label)
+    for xi, value in zip(x, table["accuracy"], strict=True):
+        ax.text(xi, value, f" {value:.1%}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("post-adaptation test accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+
+
+def _panels(keys: list[str], title: str, missing: str, *, height: float = 3.6):
+    """One panel per key (two columns), or one "no data" panel; returns the figure and (axis, key) pairs."""
+    fig, axes = grid(max(1, len(keys)), columns=2, width=5.0, height=height)
+    if not keys:
+        no_data(axes[0], title, missing)
+    return fig, list(zip(axes, keys, strict=False))
+
+
+def fig_linear(tables: StudyTables, path: Path) -> None:
+    """Fig. 1 / Table 1: final accuracy of LR, LinNet, LR w/ KLin, LR w/ KFC per dataset, the paper's beside."""
+    table = linear_table(tables, AggregateConfig())
+    settings = list(table["setting"].unique()) if not table.empty else []
+    fig, panels = _panels(settings, "linear models", "LR / LinNet runs", height=3.8)
+    for ax, setting in panels:
+        rows = table[table["setting"] == setting].reset_index(drop=True)
+        steps = int(rows["inner_steps"].iloc[0])
+        _bars(
+            ax,
+            rows,
+            list(rows["method"]),
+            title=f"{setting}, {steps} step(s)\nmean, 95% CI over test tasks",
+            paper_label="paper (§3.2)",
+        )
+        ax.axhline(
+            1 / (2 if "synthetic" in setting else int(setting.split()[1].split("-")[0])),
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+        )
+    suptitle(fig, "Meta-learning linear models (seed 003 Fig. 1, Table 1): chance dotted")
+    save(fig, path)
+
+
+def _training_panels(tables: StudyTables, path: Path, *, cnn: bool, title: str) -> None:
+    checkpoints = annotate(tables.checkpoints)
+    rows = checkpoints[checkpoints["depth"].notna() == cnn] if not checkpoints.empty else checkpoints
+    settings = list(rows["setting"].unique()) if not rows.empty else []
+    fig, panels = _panels(settings, "accuracy over training", "probed checkpoints")
+    palette = [*COLORS.values(), "#8c564b", "#e377c2", "#7f7f7f"]
+    for ax, setting in panels:
+        here = rows[rows["setting"] == setting]
+        for i, (method, group) in enumerate(here.groupby("method")):
+            curve(ax, group, "query_accuracy", color=palette[i % len(palette)], name=method)
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel("post-adaptation test accuracy")
+        ax.set_title(setting)
+        ax.legend()
+    suptitle(fig, title)
+    save(fig, path)
+
+
+def fig_linear_training(tables: StudyTables, path: Path) -> None:
+    """Fig. A.1: test accuracy of the linear models over meta-training."""
+    _training_panels(
+        tables, path, cnn=False, title="Linear models: test accuracy during meta-training (seed 003 Fig. A.1)"
+    )
+
+
+def fig_cnn_training(tables: StudyTables, path: Path) -> None:
+    """Fig. A.2: test accuracy of the CNNs over meta-training."""
+    _training_panels(tables, path, cnn=True, title="CNNs: test accuracy during meta-training (seed 003 Fig. A.2)")
+
+
+def fig_cnn(tables: StudyTables, path: Path) -> None:
+    """Table 2: accuracy of the 2-layer CNN per optimizer, ours beside the paper's."""
+    table = cnn_table(tables, AggregateConfig())
+    rows = table[table["layers"] == 2].reset_index(drop=True) if not table.empty else table
+    fig, axes = grid(1, width=5.5, height=3.8)
+    if rows.empty:
+        no_data(axes[0], "SCNN", "2-layer CNN runs")
+    else:
+        _bars(
+            axes[0],
+            rows,
+            [f"SCNN w/ {o}" for o in rows["optimizer"]],
+            title=f"ours: {', '.join(rows['setting'].unique())}\n{PAPER_CNN_SETTING}",
+            paper_label="paper (Table 2)",
+        )
+        axes[0].axhline(PAPER_UPPER_BOUND, color="grey", linestyle="--", linewidth=1, label="paper upper bound")
+    suptitle(fig, "Meta-optimizers adapting a small CNN (seed 003 Table 2)")
+    save(fig, path)
+
+
+def fig_depth(tables: StudyTables, path: Path) -> None:
+    """Fig. 3 / Table A1: accuracy against the number of conv layers, MAML and KFC, ours and the paper's."""
+    table = cnn_table(tables, AggregateConfig())
+    fig, axes = grid(1, width=5.5, height=3.8)
+    ax = axes[0]
+    for algorithm in ("maml", "kfc"):
+        name = OPTIMIZER_NAMES[algorithm]
+        paper = sorted((d, v) for (a, d), v in PAPER_CNN.items() if a == algorithm)
+        ax.plot(
+            *zip(*paper, strict=True),
+            color=COLORS[algorithm],
+            linestyle="--",
+            marker="D",
+            label=f"CNN w/ {name} (paper)",
+        )
+        rows = table[table["optimizer"] == name].sort_values("layers") if not table.empty else table
+        if not rows.empty:
+            ax.errorbar(
+                rows["layers"],
+                rows["accuracy"],
+                yerr=[rows["accuracy"] - rows["ci_low"], rows["ci_high"] - rows["accuracy"]],
+                color=COLORS[algorithm],
+                marker="o",
+                capsize=3,
+                label=f"CNN w/ {name} (ours)",
+            )
+    ax.set_xlabel("conv layers")
+    ax.set_xticks([1, 2, 3, 4])
+    ax.set_ylabel("post-adaptation test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(PAPER_CNN_SETTING)
+    ax.legend()
+    suptitle(fig, "Effect of depth (seed 003 Fig. 3, Table A1)")
+    save(fig, path)
+
+
+def fig_layerwise(tables: StudyTables, path: Path) -> None:
+    """Fig. 2: per MAML-trained CNN, accuracy adapting only / freezing only each layer at meta-test."""
+    table = layerwise_table(tables, AggregateConfig())
+    runs = list(table["run"].unique()) if not table.empty else []
+    fig, panels = _panels(runs, "layer-wise adaptation", "layerwise probe on CNN runs")
+    for ax, run in panels:
+        rows = table[table["run"] == run]
+        layers = list(dict.fromkeys(rows["layer"]))
+        x = np.arange(len(layers))
+        for offset, (mode, color) in zip(
+            (-0.2, 0.2), (("freezing only", "#d62728"), ("adapting only", "#1f77b4")), strict=True
+        ):
+            values = rows[rows["mode"] == mode].set_index("layer").reindex(layers)["accuracy"]
+            ax.bar(x + offset, values, width=0.4, color=color, alpha=0.85, label=f"{mode} this")
+        ax.axhline(
+            rows["all_layers_accuracy"].iloc[0],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="adapting every layer",
+        )
+        ax.set_xticks(x, layers)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("post-adaptation test accuracy")
+        ax.set_title(run)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+    suptitle(fig, "Layer-wise adaptation at meta-test (seed 003 §3.2, Fig. 2)")
+    save(fig, path)
+
+
+STUDIES.register(
+    NAME,
+    StudySpec(
+        name=NAME,
+        seed=SEED,
+        title="Meta-optimizers 2019 — shallow vs deep models under MAML, layer-wise adaptation, KLin / KFC",
+        figures=(
+            Figure("linear", "Fig. 1 / Table 1: final accuracy of the linear models, the paper's beside.", fig_linear),
+            Figure(
+                "linear-training",
+                "Fig. A.1: test accuracy of the linear models over meta-training.",
+                fig_linear_training,
+            ),
+            Figure("scnn", "Table 2: the 2-layer CNN with MAML, Meta-SGD, Meta-Curvature, KLin, KFC.", fig_cnn),
+            Figure("depth", "Fig. 3 / Table A1: accuracy against the number of conv layers.", fig_depth),
+            Figure("layerwise", "Fig. 2: adapting only / freezing only each layer at meta-test.", fig_layerwise),
+            Figure("cnn-training", "Fig. A.2: test accuracy of the CNNs over meta-training.", fig_cnn_training),
+        ),
+        tables=(
+            Table(
+                "linear", "Table 1: linear models (LR, LinNet, LR w/ KLin, LR w/ KFC), the paper's beside", linear_table
+            ),
+            Table("cnn", "Tables 2 / A1: CNNs per optimizer and depth, the paper's (Omniglot) beside", cnn_table),
+            Table("layerwise", "Fig. 2: layer-wise adaptation at meta-test", layerwise_table),
+        ),
+    ),
+)
