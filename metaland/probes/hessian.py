@@ -7,10 +7,10 @@ reverse ``jvp(grad)``), batched over tasks with ``vmap`` in chunks of ``chunk`` 
 runs without ``vmap``). Lanczos reaches the extreme eigenvalues in far fewer products than power
 iteration (PyHessian's method): at a tolerance of 1e-3 on the relative change of the estimate, its
 eigenvalue is within ~1e-5 of the converged value, where power iteration's stopping rule leaves
-~1e-2 (benchmarks/run.py, docs/performance.md). The *signed* eigenvalue of largest magnitude is recorded (what power iteration converges to; it equals ‖H‖_σ
-when that eigenvalue is positive, as the thesis assumes). Iteration stops per task when the
-relative change of the estimate falls below ``tol``, or at ``max_iters``; iterations (Hessian-
-vector products) and convergence are recorded.
+~1e-2 (benchmarks/run.py, docs/performance.md). The *signed* eigenvalue of largest magnitude is
+recorded (what power iteration converges to; it equals ‖H‖_σ when that eigenvalue is positive, as
+the thesis assumes). Iteration stops per task when the relative change of the estimate falls below
+``tol``, or at ``max_iters``; iterations (Hessian-vector products) and convergence are recorded.
 """
 
 from __future__ import annotations
