@@ -23,6 +23,7 @@ Not built here: LIL as a label-free BYOL-style pretraining stage (App. E; see do
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -56,10 +57,10 @@ class LILOptions(Params):
         description="d of eq. 8: the support-loss gradient at θ^0, i.e. the inner loop's first step (spec §6.1 "
         "[interp]), or the query(target)-loss gradient at θ^0 (the text's x ∈ D_target).",
     )
-    reduction: Literal["batchmean", "sum", "mean"] = Field(
+    reduction: Literal["batchmean", "sum"] = Field(
         "batchmean",
-        description="Reduction of the KL of eq. 7 over the target samples (seed 004 silent): per-sample KL "
-        "averaged (batchmean), summed (sum), or averaged over samples × classes (mean, torch's elementwise).",
+        description="Reduction of the KL of eq. 7 over the target samples (seed 004 silent): the per-sample KL "
+        "averaged (batchmean) or summed (sum).",
     )
     detach_delta: bool = Field(
         False, description="Treat the step size δ of eq. 8 (the path length) as a constant in the phase loss."
@@ -84,8 +85,7 @@ def variant_name(options: LILOptions) -> str:
 def path_length(trajectory: list[ParamDict], names: list[str]) -> torch.Tensor:
     """Σ_k ‖θ^{k+1} − θ^k‖ over ``names`` (eq. 9; the numerator of eqs. 3 and 8)."""
     return sum(
-        torch.sqrt(sum((after[n] - before[n]).square().sum() for n in names))
-        for before, after in zip(trajectory[:-1], trajectory[1:], strict=True)
+        torch.sqrt(sum((after[n] - before[n]).square().sum() for n in names)) for before, after in pairwise(trajectory)
     )
 
 
@@ -127,11 +127,11 @@ def lil_objective(problem: MetaProblem, options: LILOptions):
         phase = torch.zeros_like(query_loss)
         if options.phase_weight > 0:
             start = trajectory[0]
-            moving = {n: start[n] for n in names}
-            x, y = (sx, sy) if options.direction == "support_loss" else (qx, qy)
-            direction = grad(lambda m: problem.loss({**start, **m}, x, y))(moving)
-            if options.first_order:
-                direction = {k: v.detach() for k, v in direction.items()}
+            if options.direction == "support_loss":  # θ^0 − θ^1 = α g^0: the same direction, already computed
+                direction = {n: start[n] - trajectory[1][n] for n in names}
+            else:
+                at = {k: v.detach() for k, v in start.items()} if options.first_order else start
+                direction = grad(lambda m, at=at: problem.loss({**at, **m}, qx, qy))({n: at[n] for n in names})
             distance = amplitude.detach() if options.detach_delta else amplitude
             extrapolated_logits = problem.forward(extrapolation(start, direction, distance), qx)
             if options.detach == "adapted":
