@@ -123,7 +123,9 @@ def lil_objective(problem: MetaProblem, options: LILOptions):
         adapted_logits = problem.forward(trajectory[-1], qx)
         query_loss = F.cross_entropy(adapted_logits, qy)
         amplitude = path_length(trajectory, names)
-        total = query_loss + options.amplitude_weight * amplitude
+        total = query_loss
+        if options.amplitude_weight > 0:
+            total = total + options.amplitude_weight * amplitude
         phase = torch.zeros_like(query_loss)
         if options.phase_weight > 0:
             start = trajectory[0]
