@@ -3,6 +3,8 @@ hand-computed values, exactly linear models and unrolled ``torch.autograd`` refe
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -149,10 +151,11 @@ def test_linearity_probe_matches_brute_force_per_task():
         path = (flat[1:] - flat[:-1]).norm(dim=1).sum()
         grads = [flatten(reference_grad(p, x, y)) for p in points]
         jac = [torch.linalg.matrix_norm(explicit_jacobian(p, x)) for p in points]
-        hessians = [
-            torch.autograd.functional.hessian(lambda v: reference_loss(unflatten_like(v, params), x, y), flatten(p))
-            for p in points[:-1]
-        ]
+
+        def support_loss(v, x=x, y=y):
+            return reference_loss(unflatten_like(v, params), x, y)
+
+        hessians = [torch.autograd.functional.hessian(support_loss, flatten(p)) for p in points[:-1]]
         ratios = [0.5 * lr * (g @ h @ g) / (g @ g) for g, h in zip(grads, hessians, strict=False)]
 
         def cos(a, b):
@@ -244,7 +247,7 @@ def reference_lil_gradient(params, batch, *, steps, lr, phase, amplitude, adapte
         points = [theta]
         for _ in range(steps):
             points.append(reference_adapt(points[-1], sx, sy, steps=1, lr=lr, create_graph=True, adapted=adapted))
-        lengths = [torch.sqrt(sum((b[k] - a[k]).square().sum() for k in moving)) for a, b in zip(points, points[1:])]
+        lengths = [torch.sqrt(sum((b[k] - a[k]).square().sum() for k in moving)) for a, b in pairwise(points)]
         path = sum(lengths)
         support_grad = torch.autograd.grad(reference_loss(theta, sx, sy), [theta[k] for k in moving], create_graph=True)
         norm = torch.sqrt(sum(d.square().sum() for d in support_grad))
@@ -309,7 +312,7 @@ def test_first_order_lil_drops_the_inner_loop_jacobian():
         points = [params]
         for _ in range(2):
             points.append(reference_adapt(points[-1], sx, sy, steps=1, lr=0.4))
-        path = sum((flatten(b) - flatten(a)).norm() for a, b in zip(points, points[1:]))
+        path = sum((flatten(b) - flatten(a)).norm() for a, b in pairwise(points))
         d = {k: params[k] - points[1][k] for k in params}
         norm = flatten(d).norm()
         final = {k: theta[k] + (points[-1][k] - params[k]) for k in theta}
