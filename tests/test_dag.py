@@ -123,7 +123,7 @@ def test_every_stage_is_an_mlflow_run(pipeline):
         }
     for probe in (r for r in runs if r.data.tags["metaland.stage"] == "probe"):
         key = probe.data.tags["metaland.run_key"]
-        steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")]
+        steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/query_accuracy")]
         assert steps == extracted_steps(key)
     for study, study_runs in STUDIES_IN_CI.items():
         models = client.search_logged_models([experiments[f"metaland/{study}"]])
