@@ -17,6 +17,9 @@ the runs the claim speaks about:
 * :func:`mean_equals` — a mean is statistically indistinguishable from a value (CI contains it).
 * :func:`mean_within` — a mean lies in a band (its CI inside it; fails if the CI is outside it).
 * :func:`improves_on` — one algorithm beats another on the same tasks (paired CI of the difference).
+* :func:`improves_over_training` — one algorithm's curve lies above (below) another's over
+  meta-training (paired CI over seeds × checkpoints: "converges faster").
+* :func:`mean_exceeds` — a mean at the final checkpoints lies above a threshold (its CI does).
 * :func:`all_hold` — several named tests must all hold (one claim about several variants).
 
 Per-run rules give ``holds`` only if every run in scope passes, ``fails`` if any run shows the
@@ -329,28 +332,88 @@ def improves_on(
             .merge(baseline(tables.final_tasks)[keep], on=list(pair_on), suffixes=("_treatment", "_baseline"))
             .dropna()
         )
-        difference = sign * (pairs[f"{metric}_treatment"] - pairs[f"{metric}_baseline"])
-        ci = mean_ci(difference, cfg.confidence)
-        stat = Statistic(
+        return _paired_verdict(
             f"mean paired difference in {metric} ({order})",
-            ci.mean,
-            ci.n,
-            ci=(ci.low, ci.high),
-            per_run={
-                "means": {
-                    "treatment": float(pairs[f"{metric}_treatment"].mean()) if ci.n else math.nan,
-                    "baseline": float(pairs[f"{metric}_baseline"].mean()) if ci.n else math.nan,
-                }
-            },
+            pairs[f"{metric}_treatment"],
+            pairs[f"{metric}_baseline"],
+            sign,
+            cfg,
+            what="tasks",
+        )
+
+    return test
+
+
+def _paired_verdict(
+    stat_name: str, treatment: pd.Series, baseline: pd.Series, sign: float, cfg: AggregateConfig, *, what: str
+) -> Evidence:
+    """Mean and CI of sign × (treatment − baseline) over paired ``what``: holds above 0, fails below 0."""
+    ci = mean_ci(sign * (treatment - baseline), cfg.confidence)
+    means = {
+        "treatment": float(treatment.mean()) if ci.n else math.nan,
+        "baseline": float(baseline.mean()) if ci.n else math.nan,
+    }
+    stat = Statistic(stat_name, ci.mean, ci.n, ci=(ci.low, ci.high), per_run={"means": means})
+    if math.isnan(ci.low):
+        return Evidence(stat, "inconclusive", f"no paired {what} (are both runs in this profile?)")
+    level = f"{cfg.confidence:.0%}"
+    if ci.low > 0:
+        return Evidence(stat, "holds", f"the {level} CI of the paired difference lies above 0")
+    if ci.high < 0:
+        return Evidence(stat, "fails", f"the {level} CI of the paired difference lies below 0")
+    return Evidence(stat, "inconclusive", f"the {level} CI of the paired difference contains 0")
+
+
+def improves_over_training(
+    metric: str,
+    treatment: Scope,
+    baseline: Scope,
+    *,
+    pair_on: tuple[str, ...] = ("setting", "seed", "step"),
+    better: Literal["higher", "lower"] = "higher",
+) -> Test:
+    """``treatment``'s per-checkpoint ``metric`` is better than ``baseline``'s along meta-training:
+    CI of the mean paired difference over every probed checkpoint after the initial one (the two
+    start from the same θ when they share a seed), paired over ``pair_on``."""
+    sign, order = (1.0, "treatment − baseline") if better == "higher" else (-1.0, "baseline − treatment")
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        keep = [*pair_on, metric]
+        trained = tables.checkpoints[tables.checkpoints["step"] > 0]
+        pairs = (
+            treatment(trained)[keep]
+            .merge(baseline(trained)[keep], on=list(pair_on), suffixes=("_treatment", "_baseline"))
+            .dropna()
+        )
+        return _paired_verdict(
+            f"mean paired difference in {metric} over meta-training ({order})",
+            pairs[f"{metric}_treatment"],
+            pairs[f"{metric}_baseline"],
+            sign,
+            cfg,
+            what="checkpoints",
+        )
+
+    return test
+
+
+def mean_exceeds(metric: str, threshold: float, *, scope: Scope = every_run) -> Test:
+    """The mean of a per-task ``metric`` over the final checkpoints of the runs in scope exceeds
+    ``threshold``: holds if its CI lies above it, fails if below, inconclusive otherwise."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        ci = mean_ci(scope(tables.final_tasks)[metric].dropna(), cfg.confidence)
+        stat = Statistic(
+            f"mean {metric} − {threshold}", ci.mean - threshold, ci.n, ci=(ci.low - threshold, ci.high - threshold)
         )
         if math.isnan(ci.low):
-            return Evidence(stat, "inconclusive", "no paired tasks (are both runs in this profile?)")
+            return Evidence(stat, "inconclusive", "too few probed tasks for an interval")
         level = f"{cfg.confidence:.0%}"
-        if ci.low > 0:
-            return Evidence(stat, "holds", f"the {level} CI of the paired difference lies above 0")
-        if ci.high < 0:
-            return Evidence(stat, "fails", f"the {level} CI of the paired difference lies below 0")
-        return Evidence(stat, "inconclusive", f"the {level} CI of the paired difference contains 0")
+        if ci.low > threshold:
+            return Evidence(stat, "holds", f"the {level} CI of the mean lies above {threshold}")
+        if ci.high < threshold:
+            return Evidence(stat, "fails", f"the {level} CI of the mean lies below {threshold}")
+        return Evidence(stat, "inconclusive", f"the {level} CI of the mean contains {threshold}")
 
     return test
 

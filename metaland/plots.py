@@ -27,6 +27,13 @@ ALGORITHM_COLORS = {
     "sharpmaml-low": "#ff7f0e",
     "sharpmaml-up": "#8c564b",
     "sharpmaml-both": "#e377c2",
+    "maml+lil": "#ff7f0e",
+    "maml+lil-phase": "#bcbd22",
+    "maml+lil-amplitude": "#17becf",
+    "anil": "#7f7f7f",
+    "anil+lil-phase": "#c49c94",
+    "boil": "#1a7f37",
+    "boil+lil-phase": "#98df8a",
 }
 SHOT_STYLES = {1: "-", 5: "--"}
 ACCURACY_COLOR = "#1f77b4"  # seed 000 Fig. 2.5: accuracy in blue

@@ -39,7 +39,7 @@ def run_metadata(run: Run) -> dict:
     return {
         "run": run.key,
         "algorithm": run.algorithm,
-        "variant": ALGORITHMS.get(run.algorithm).variant_of(run.algorithm_options),
+        "variant": ALGORITHMS.get(run.algorithm).variant_of(run.algorithm_options, run.train.inner_params),
         "dataset": run.dataset,
         "ways": run.ways,
         "shots": run.shots,

@@ -17,7 +17,9 @@ from metaland.claims import (
     evaluate,
     falls_after_peak_of,
     improves_on,
+    improves_over_training,
     mean_equals,
+    mean_exceeds,
     mean_within,
     peak_then_fall,
     stays_within,
@@ -223,6 +225,39 @@ def test_mean_within():
     assert verdict(0.55, n=20) == "inconclusive"  # the CI straddles the upper bound
     empty = StudyTables("s", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     assert mean_within("acc", 0, 1)(empty, CFG).verdict == "inconclusive"
+
+
+def test_improves_over_training_pairs_seeds_and_checkpoints_after_the_first():
+    """A curve below the baseline's at every trained checkpoint (same seed and setting) is "lower";
+    step 0, where both start from the same θ, is left out; other settings are never paired."""
+    rows = []
+    rng = np.random.default_rng(4)
+    for seed in (0, 1):
+        for step in STEPS:
+            base = 2.0 - step / 100 + rng.normal(0, 0.01)
+            for variant, shift in (("maml", 0.0), ("lil", -0.2 if step else 0.0)):
+                rows.append({"variant": variant, "setting": "s1", "seed": seed, "step": int(step), "pc": base + shift})
+            rows.append({"variant": "maml", "setting": "s5", "seed": seed, "step": int(step), "pc": 9.0})
+    checkpoints = StudyTables("s", pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
+    lower = improves_over_training("pc", where(variant="lil"), where(variant="maml"), better="lower")(checkpoints, CFG)
+    assert lower.verdict == "holds" and lower.statistic.n == 2 * (len(STEPS) - 1)
+    assert lower.statistic.value == pytest.approx(0.2)
+    higher = improves_over_training("pc", where(variant="lil"), where(variant="maml"))(checkpoints, CFG)
+    assert higher.verdict == "fails"
+    absent = improves_over_training("pc", where(variant="anil"), where(variant="maml"))(checkpoints, CFG)
+    assert absent.verdict == "inconclusive" and "no paired checkpoints" in absent.reason
+
+
+def test_mean_exceeds():
+    rng = np.random.default_rng(5)
+    final = pd.DataFrame({"variant": "maml", "cos": rng.uniform(0.92, 0.98, size=40)})
+    above = mean_exceeds("cos", 0.9, scope=where(variant="maml"))
+    assert above(StudyTables("s", pd.DataFrame(), final, pd.DataFrame()), CFG).verdict == "holds"
+    low = final.assign(cos=final["cos"] - 0.5)
+    assert above(StudyTables("s", pd.DataFrame(), low, pd.DataFrame()), CFG).verdict == "fails"
+    spread = rng.uniform(-0.1, 0.1, size=40)
+    straddling = final.assign(cos=0.9 + spread - spread.mean())
+    assert above(StudyTables("s", pd.DataFrame(), straddling, pd.DataFrame()), CFG).verdict == "inconclusive"
 
 
 def test_registered_claims_are_complete_and_serialise():

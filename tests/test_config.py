@@ -64,6 +64,26 @@ def test_paper_profile_has_the_sharp_maml_setting():
     assert variants == {v: [0, 1, 2] for v in ("maml", "sharpmaml-low", "sharpmaml-up", "sharpmaml-both")}
 
 
+def test_paper_profile_has_the_lil_setting():
+    """Seed 004 §6, App. C: 4-conv on miniImageNet 5-way 1/5-shot, S = 3, α = 0.5, meta-batch 4, 30k
+    iterations; MAML, ANIL, BOIL ± LIL and the Table 5 ablation on the same 3 seeds; λ_phase 0.1,
+    λ_amp 0.01 (1-shot) / 0.1 (5-shot) for MAML only."""
+    config = load_params(REPO / "profiles" / "paper.yaml")
+    variants: dict[tuple[str, int], list[int]] = {}
+    for run in config.runs_of("lil2022"):
+        assert (run.dataset, run.ways, run.model.filters, run.model.downsample) == ("miniimagenet", 5, 64, "maxpool")
+        assert (run.train.inner_steps, run.train.inner_lr, run.train.meta_batch) == (3, 0.5, 4)
+        assert (run.train.iterations, run.train.meta_lr) == (30000, 0.001)
+        options = run.algorithm_options
+        name = ALGORITHMS.get(run.algorithm).variant_of(options, run.train.inner_params)
+        variants.setdefault((name, run.shots), []).append(run.seed)
+        assert options.phase_weight in (0.0, 0.1)
+        if options.amplitude_weight:
+            assert run.train.inner_params == "all" and options.amplitude_weight == {1: 0.01, 5: 0.1}[run.shots]
+    names = ("maml", "maml+lil", "maml+lil-phase", "maml+lil-amplitude", "anil", "anil+lil-phase", "boil")
+    assert variants == {(v, k): [0, 1, 2] for v in (*names, "boil+lil-phase") for k in (1, 5)}
+
+
 def test_paper_profile_has_the_thesis_settings():
     """Seed 000 §2.5-2.7: settings, hyper-parameters per dataset and shot count, 5 runs each."""
     config = load_params(REPO / "profiles" / "paper.yaml")

@@ -22,7 +22,8 @@ KFC); every other algorithm keeps the defaults (plain gradient descent, no extra
   (and checkpointed) with θ (default: none).
 
 ``variant(options)`` names a run's variant in results and figures when one algorithm covers
-several published methods (Sharp-MAML's low / up / both); by default the algorithm's name.
+several published methods (Sharp-MAML's low / up / both); by default the algorithm's name. An
+inner loop on the head or the body renames MAML to ANIL or BOIL (seed 004 §6).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def no_learned_params(params: ParamDict, adapted: frozenset[str] | None, options
     return {}
 
 
+SUBSET_NAMES = {"head": "anil", "body": "boil"}  # train.inner_params -> method name (seed 004 §6)
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     name: str
@@ -108,9 +112,15 @@ class AlgorithmSpec:
         """What the outer loop meta-learns: the model's θ and the learned update's φ, if any."""
         return {**params, **self.learned_params(params, adapted, options)}
 
-    def variant_of(self, options: Params) -> str:
-        """The name results and figures show for a run: its options' variant, else the algorithm's."""
-        return self.name if self.variant is None else self.variant(options)
+    def variant_of(self, options: Params, inner_params: str = "all") -> str:
+        """The name results and figures show for a run: its options' variant, else the algorithm's;
+        with ``inner_params`` head or body, MAML becomes ANIL or BOIL (other subsets are appended)."""
+        name = self.name if self.variant is None else self.variant(options)
+        if inner_params == "all":
+            return name
+        if inner_params in SUBSET_NAMES and "maml" in name:
+            return name.replace("maml", SUBSET_NAMES[inner_params], 1)
+        return f"{name}[{inner_params}]"
 
     def at_meta_test(self, params: ParamDict, head: tuple[str, str], run: Run, step: int) -> ParamDict:
         """θ^s of checkpoint ``step`` as meta-test tasks see it; the same at validation and in probes."""
@@ -143,6 +153,7 @@ def mean_metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 # Registrations (one module per algorithm family).
 from metaland.meta import finetune as _finetune  # noqa: E402,F401
+from metaland.meta import lil as _lil  # noqa: E402,F401
 from metaland.meta import maml as _maml  # noqa: E402,F401
 from metaland.meta import metaopt as _metaopt  # noqa: E402,F401
 from metaland.meta import regularised as _regularised  # noqa: E402,F401

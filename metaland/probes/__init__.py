@@ -106,5 +106,6 @@ from metaland.probes import adaptation as _adaptation  # noqa: E402,F401
 from metaland.probes import coherence as _coherence  # noqa: E402,F401
 from metaland.probes import hessian as _hessian  # noqa: E402,F401
 from metaland.probes import layerwise as _layerwise  # noqa: E402,F401
+from metaland.probes import linearity as _linearity  # noqa: E402,F401
 from metaland.probes import sharpness as _sharpness  # noqa: E402,F401
 from metaland.probes import surface as _surface  # noqa: E402,F401
