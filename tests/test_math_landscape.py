@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from metaland.config import ProbeConfig
+from metaland.errors import ConfigError
 from metaland.models import head_names
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.surface import filter_normalised_direction, restrict
@@ -129,3 +130,14 @@ def test_surface_options_refuse_an_even_resolution_and_too_many_tasks():
     assert "big" in message and "20 fixed probe tasks" in message and "Fix:" in message
     sharpness = PROBES.get("sharpness")
     assert "Fix:" in sharpness.check(sharpness.options_model(tasks=30), ProbeConfig(tasks=20))
+
+
+@pytest.mark.parametrize("probe", ["sharpness", "surface", "linearity"])
+def test_probes_of_the_gradient_descent_inner_loop_refuse_a_learned_update(probe):
+    """A run with a learned inner update (seed 003 §4) is refused, not probed with plain GD."""
+    module, forward, params = tiny_model()
+    context = _context(module, forward, params, make_tasks(3))
+    context.update = lambda support_loss, current, grads, lr: {k: current[k] - lr * g for k, g in grads.items()}
+    options = PROBES.get(probe).options_model()
+    with pytest.raises(ConfigError, match=rf"the {probe} probe follows a plain gradient-descent inner loop.*Fix: "):
+        PROBES.get(probe).run(context, options)

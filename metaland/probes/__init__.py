@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from metaland.data.tasks import TaskBatch
+from metaland.errors import ConfigError
 from metaland.meta.evaluate import evaluate_tasks
 from metaland.meta.inner import InnerStep, LossFn, cross_entropy, model_part
 from metaland.models import Forward, ParamDict, flatten, flatten_batched
@@ -53,6 +54,16 @@ class ProbeContext:
                 update=self.update,
             )
         return self._cache["adaptation"]
+
+    def require_gradient_descent(self, probe: str) -> None:
+        """Refuse a run whose inner update is learned (seed 003 §4) for a probe defined on the
+        plain gradient-descent inner loop, rather than measure a different inner loop silently."""
+        if self.update is not None:
+            raise ConfigError(
+                f"the {probe} probe follows a plain gradient-descent inner loop, but this run learns its inner "
+                f"update (seed 003 §4). Fix: remove {probe} from this study's probe.probes, or probe runs of "
+                "algorithms without a learned update."
+            )
 
     def displacements(self) -> torch.Tensor:
         """θ̃_i − θ^s as rows [T, d] (the model's parameters only)."""

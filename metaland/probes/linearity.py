@@ -132,6 +132,7 @@ def trajectory_linearity(
 
 
 def linearity(context: ProbeContext, options: LinearityOptions) -> ProbeOutput:
+    context.require_gradient_descent("linearity")
     k = min(options.tasks, len(context.batch))
     params = {name: p.detach() for name, p in context.params.items()}
     everything = frozenset(params)

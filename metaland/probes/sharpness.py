@@ -54,6 +54,7 @@ def perturbed_tensors(params: dict[str, torch.Tensor], perturb: str) -> set[str]
 
 
 def sam_sharpness(context: ProbeContext, options: SharpnessOptions) -> ProbeOutput:
+    context.require_gradient_descent("sharpness")
     k = min(options.tasks, len(context.batch))
     steps = context.steps if options.inner_steps is None else options.inner_steps
     theta = {name: p.detach() for name, p in context.params.items()}

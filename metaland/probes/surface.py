@@ -122,6 +122,7 @@ def loss_surface(
 
 
 def surfaces(context: ProbeContext, options: SurfaceOptions) -> ProbeOutput:
+    context.require_gradient_descent("surface")
     rng = generator(context.seed, "surface-directions")
     delta = filter_normalised_direction(context.params, rng)
     eta = filter_normalised_direction(context.params, rng)
