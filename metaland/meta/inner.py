@@ -74,16 +74,19 @@ def adapted_names(names: Collection[str], head: tuple[str, str], inner_params: s
         return frozenset(head)
     if inner_params == "body":
         return frozenset(names) - frozenset(head)
-    chosen: set[str] = set()
-    for pattern in (p.strip() for p in inner_params.split(",")):
-        matched = fnmatch.filter(names, pattern)
+    matches = pattern_matches(names, inner_params)
+    for pattern, matched in matches.items():
         if not matched:
             raise ConfigError(
                 f"train.inner_params pattern {pattern!r} matches no parameter of the model. "
                 f"Fix: use all, head, body or patterns over these names: {', '.join(names)}."
             )
-        chosen.update(matched)
-    return frozenset(chosen)
+    return frozenset(name for matched in matches.values() for name in matched)
+
+
+def pattern_matches(names: Collection[str], patterns: str) -> dict[str, list[str]]:
+    """Each of the comma-separated shell ``patterns`` and the parameter names it matches."""
+    return {pattern: fnmatch.filter(names, pattern) for pattern in (p.strip() for p in patterns.split(","))}
 
 
 def adapt_trajectory(

@@ -14,12 +14,10 @@ several depths; so is "freezing only" a layer that is the whole model (logistic 
 
 from __future__ import annotations
 
-import fnmatch
-
 from pydantic import Field
 
 from metaland.meta.evaluate import evaluate_tasks
-from metaland.meta.inner import model_part
+from metaland.meta.inner import model_part, pattern_matches
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec
 from metaland.schema import Params
 
@@ -34,7 +32,7 @@ class LayerwiseOptions(Params):
 
 def layer_members(names: list[str], patterns: str) -> frozenset[str]:
     """The parameters a layer's comma-separated patterns match (empty: the model lacks the layer)."""
-    return frozenset(n for p in patterns.split(",") for n in fnmatch.filter(names, p.strip()))
+    return frozenset(name for matched in pattern_matches(names, patterns).values() for name in matched)
 
 
 def layerwise(context: ProbeContext, options: LayerwiseOptions) -> ProbeOutput:
