@@ -23,6 +23,7 @@ exactly what depends on it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import re
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ IDENTITY_KEYS = ("study", "algorithm", "dataset", "ways", "shots", "seed")
 # Knobs that do not change the training trajectory: a run may be extended or shortened and still
 # resume from its checkpoints (they are left out of the checkpoint params hash).
 RESUME_INVARIANT_TRAIN_KEYS = ("iterations", "log_every")
+DEFAULT_PROBE_SET = "default"
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +128,16 @@ class ProbeConfig(Params):
     )
     chunk: int = Field(25, ge=1, description="Tasks vectorised together; changes speed and memory only.")
     probes: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Probe name -> options, each validated by the probe registry."
+        default_factory=dict,
+        description="Probe name -> options, each validated by the probe registry: the probe set of every run that "
+        "names no other. A key `<probe>@<split>` (train | val | test) runs the probe on the same number of fixed "
+        "tasks of that split instead (seed 001 measures meta-train and meta-test tasks); its outputs carry the "
+        "suffix `@<split>`.",
+    )
+    probe_sets: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="Further named probe sets (name -> probes, as above) that a run selects with `probe_set`, "
+        "e.g. costly landscapes on one seed only, or a baseline probed differently (seed 001 §4.3).",
     )
 
 
@@ -158,6 +169,12 @@ class RunBlock(Params):
         15, ge=1, le=1000, description="Target (query) samples per class; seed 000 silent, cbfinn/maml: 15."
     )
     seed: int = Field(ge=0, description="Run seed: init, task sampling.")
+    probe_set: str = Field(
+        DEFAULT_PROBE_SET,
+        min_length=1,
+        description="Which of its study's probe sets probes the run: default (probe.probes) or a name under "
+        "probe.probe_sets. It does not change training.",
+    )
     model: dict[str, Any] = Field(description="Model name and options (registry: metaland.models).")
     train: TrainConfig = Field(TrainConfig(), description="Meta-training knobs (block below).")
 
@@ -195,6 +212,7 @@ class Run:
     model_name: str
     model: Params
     train: TrainConfig
+    probe_set: str = DEFAULT_PROBE_SET  # which of the study's probe sets probes it (not part of training)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -226,8 +244,28 @@ class StudyConfig:
     name: str
     extract: ExtractConfig
     probe: ProbeConfig
-    probes: dict[str, Params]  # validated options per probe, in the order given
+    probes: dict[str, Params]  # the default probe set: validated options per probe key, in the order given
     aggregate: AggregateConfig
+    probe_sets: dict[str, dict[str, Params]] = dataclasses.field(default_factory=dict)  # further named sets
+
+    def probes_for(self, run: Run) -> dict[str, Params]:
+        """The probe set that probes ``run`` (validated when the params were loaded)."""
+        return self.probes if run.probe_set == DEFAULT_PROBE_SET else self.probe_sets[run.probe_set]
+
+    def probe_splits(self, run: Run) -> list[str]:
+        """The splits whose fixed tasks ``run``'s probes measure: probe.split first, then `@<split>` keys'."""
+        extra = (probe_split(key, self.probe.split) for key in self.probes_for(run))
+        return list(dict.fromkeys([self.probe.split, *extra]))
+
+
+def probe_split(key: str, default: str) -> str:
+    """The split a probe key measures: `<probe>@<split>` names it, a plain `<probe>` uses ``default``."""
+    return key.partition("@")[2] or default
+
+
+def probe_name(key: str) -> str:
+    """The registered probe a key runs (`surface@train` -> surface)."""
+    return key.partition("@")[0]
 
 
 @dataclass(frozen=True)
@@ -271,7 +309,6 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
     """Validate a params mapping (as loaded from YAML) into a :class:`Config`."""
     # Registries are populated on import; imported here so that config stays importable alone.
     from metaland.data import DATASETS
-    from metaland.probes import PROBES
     from metaland.studies import STUDIES
 
     if not isinstance(raw, Mapping):
@@ -288,21 +325,45 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
     studies: dict[str, StudyConfig] = {}
     for name, block in top.studies.items():
         STUDIES.get(name, key=f"studies.{name}")
-        probes = {}
-        for probe_name, options in block.probe.probes.items():
-            key = f"studies.{name}.probe.probes.{probe_name}"
-            spec = PROBES.get(probe_name, key=key)
-            probes[probe_name] = _validate(spec.options_model, options, source, key)
-            problem = spec.check(probes[probe_name], block.probe)
-            if problem:
-                raise ConfigError(f"{source}: {key}: {problem}")
-        studies[name] = StudyConfig(name, block.extract, block.probe, probes, block.aggregate)
+        probes = _probe_set(block.probe.probes, block.probe, source, f"studies.{name}.probe.probes")
+        sets = {
+            set_name: _probe_set(entries, block.probe, source, f"studies.{name}.probe.probe_sets.{set_name}")
+            for set_name, entries in block.probe.probe_sets.items()
+        }
+        if DEFAULT_PROBE_SET in sets:
+            raise ConfigError(
+                f"{source}: studies.{name}.probe.probe_sets.{DEFAULT_PROBE_SET} would shadow probe.probes, the "
+                f"set named {DEFAULT_PROBE_SET!r}. Fix: rename the set."
+            )
+        studies[name] = StudyConfig(name, block.extract, block.probe, probes, block.aggregate, sets)
 
     runs = {}
     for key, entry in top.runs.items():
         runs[key] = _resolve_run(key, entry, top, datasets, source)
         _check_run(runs[key], datasets[runs[key].dataset], studies[runs[key].study], source)
     return Config(source, top.profile, top.device, datasets, studies, runs)
+
+
+def _probe_set(entries: Mapping[str, Any], probe: ProbeConfig, source: str, where: str) -> dict[str, Params]:
+    """Validate one probe set: every key names a registered probe, optionally `@<split>`."""
+    from metaland.data.registry import SPLITS
+    from metaland.probes import PROBES
+
+    validated = {}
+    for probe_key, options in entries.items():
+        key = f"{where}.{probe_key}"
+        split = probe_split(probe_key, probe.split)
+        if split not in SPLITS:
+            raise ConfigError(
+                f"{source}: {key}: {split!r} is not a split. Fix: write <probe>@<split> with one of "
+                f"{', '.join(SPLITS)}."
+            )
+        spec = PROBES.get(probe_name(probe_key), key=key)
+        validated[probe_key] = _validate(spec.options_model, options, source, key)
+        problem = spec.check(validated[probe_key], probe)
+        if problem:
+            raise ConfigError(f"{source}: {key}: {problem}")
+    return validated
 
 
 def _resolve_run(key: str, entry: Any, top: TopLevel, datasets: dict[str, Params], source: str) -> Run:
@@ -372,6 +433,7 @@ def _resolve_run(key: str, entry: Any, top: TopLevel, datasets: dict[str, Params
         model_name=model_name,
         model=model_params,
         train=run_block.train,
+        probe_set=run_block.probe_set,
     )
 
 
@@ -382,7 +444,14 @@ def _check_run(run: Run, dataset_params: Params, study: StudyConfig, source: str
     where = f"runs.{run.key}"
     spec = DATASETS.get(run.dataset)
     sizes = spec.split_sizes(dataset_params)
-    needed = {"train": "meta-training", "val": "validation at checkpoints", study.probe.split: "probing"}
+    if run.probe_set != DEFAULT_PROBE_SET and run.probe_set not in study.probe_sets:
+        known = ", ".join([DEFAULT_PROBE_SET, *study.probe_sets])
+        raise ConfigError(
+            f"{source}: {where}.probe_set = {run.probe_set!r} is not a probe set of study {run.study}. "
+            f"Fix: use one of: {known}, or add it under studies.{run.study}.probe.probe_sets."
+        )
+    needed = {"train": "meta-training", "val": "validation at checkpoints"}
+    needed |= {split: "probing" for split in study.probe_splits(run)}
     for split, use in needed.items():
         if run.ways > sizes[split]:
             raise ConfigError(

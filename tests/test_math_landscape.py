@@ -13,7 +13,7 @@ from metaland.models import head_names
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.surface import filter_normalised_direction, restrict
 from metaland.seeding import generator
-from tests.reference import LR, STEPS, leaves, make_tasks, reference_adapt, reference_loss, tiny_model
+from tests.reference import LR, SIZE, STEPS, WAYS, leaves, make_tasks, reference_adapt, reference_loss, tiny_model
 
 N_TASKS = 4
 
@@ -141,3 +141,92 @@ def test_probes_of_the_gradient_descent_inner_loop_refuse_a_learned_update(probe
     options = PROBES.get(probe).options_model()
     with pytest.raises(ConfigError, match=rf"the {probe} probe follows a plain gradient-descent inner loop.*Fix: "):
         PROBES.get(probe).run(context, options)
+
+
+def _brute_force_point(params, delta, eta, a, b, tasks, *, steps, loss="query"):
+    start = {n: params[n] + a * delta[n] + b * eta[n] for n in params}
+    values = []
+    for sx, sy, qx, qy in tasks:
+        adapted = reference_adapt(start, sx, sy, steps=steps)
+        values.append(reference_loss(adapted, *((qx, qy) if loss == "query" else (sx, sy))).item())
+    return sum(values) / len(values)
+
+
+def _directions(params, module, part="all"):
+    rng = generator(0, "surface-directions")
+    return [restrict(filter_normalised_direction(params, rng), part, head_names(module)) for _ in range(2)]
+
+
+def test_resampled_surface_draws_its_own_tasks_at_every_point():
+    """Seed 001 Fig. 8: k tasks drawn afresh per grid point, without replacement from the fixed pool."""
+    module, forward, params = tiny_model()
+    batch = make_tasks(6)
+    spec = PROBES.get("surface")
+    options = spec.options_model(
+        span=0.5, resolution=3, point_chunk=2, surfaces={"s": {"tasks": 2, "resample": True, "inner_steps": 1}}
+    )
+    grid = spec.run(_context(module, forward, params, batch), options).grids["s"]
+    delta, eta = _directions(params, module)
+    rng = generator(0, "surface-resample", "s")
+    picks = [torch.randperm(6, generator=rng)[:2].tolist() for _ in range(9)]
+    assert len({tuple(p) for p in picks}) > 1
+    for point, pick in enumerate(picks):
+        i, j = divmod(point, 3)
+        tasks = [tuple(x[t] for x in batch.tensors()) for t in pick]
+        expected = _brute_force_point(params, delta, eta, grid.x[i].item(), grid.y[j].item(), tasks, steps=1)
+        assert grid.values[i, j].item() == pytest.approx(expected, rel=1e-9), (i, j)
+
+
+def test_query_shot_surface_averages_the_first_shots_of_each_class():
+    """Seed 001 Fig. 10: the meta-loss over the first q query samples of each class."""
+    module, forward, params = tiny_model()
+    batch = make_tasks(2, queries=3)
+    spec = PROBES.get("surface")
+    options = spec.options_model(span=0.5, resolution=3, surfaces={"s": {"tasks": 2, "query_shots": 2}})
+    grid = spec.run(_context(module, forward, params, batch), options).grids["s"]
+    delta, eta = _directions(params, module)
+    keep = torch.tensor([0, 1, 3, 4, 6, 7])  # 3 classes × 3 queries, class-major: the first 2 of each
+    tasks = [(sx, sy, qx[keep], qy[keep]) for sx, sy, qx, qy in zip(*batch.tensors(), strict=True)]
+    for i, j in [(0, 2), (1, 1)]:
+        expected = _brute_force_point(params, delta, eta, grid.x[i].item(), grid.y[j].item(), tasks, steps=STEPS)
+        assert grid.values[i, j].item() == pytest.approx(expected, rel=1e-9)
+    too_many = spec.options_model(resolution=3, surfaces={"s": {"tasks": 2, "query_shots": 4}})
+    with pytest.raises(ConfigError, match="query shots per class, but the probe tasks have 3. Fix:"):
+        spec.run(_context(module, forward, params, batch), too_many)
+
+
+def _labelled_split(classes: int, per_class: int = 4):
+    from metaland.data.layout import SplitData
+
+    g = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (classes * per_class, 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    offsets = torch.arange(0, classes * per_class + 1, per_class)
+    return SplitData(images, offsets, tuple(f"c{c}" for c in range(classes)))
+
+
+def test_pretraining_surface_is_the_supervised_loss_of_theta_as_trained():
+    """Seed 001 Fig. 9: transfer learning's training loss at θ* + aδ + bη on fixed meta-train images."""
+    module, forward, params = tiny_model()  # 3 logits: pre-trained on a 3-class meta-train split
+    context = _context(module, forward, {k: torch.zeros_like(v) for k, v in params.items()}, make_tasks(2))
+    context.trained, context.train_split = params, _labelled_split(WAYS)
+    spec = PROBES.get("surface")
+    options = spec.options_model(span=0.5, resolution=3, surfaces={"tl": {"loss": "pretraining", "images": 10}})
+    grid = spec.run(context, options).grids["tl"]
+    delta, eta = _directions(params, module)
+    index = torch.randperm(12, generator=generator(0, "surface-pretraining-images"))[:10]
+    x = (context.train_split.images[index].float() / 255).double()  # the pixel convention, in float32
+    y = index // 4
+    for i, j in [(0, 0), (1, 1), (2, 1)]:
+        a, b = grid.x[i].item(), grid.y[j].item()
+        start = {n: params[n] + a * delta[n] + b * eta[n] for n in params}
+        assert grid.values[i, j].item() == pytest.approx(reference_loss(start, x, y).item(), rel=1e-9)
+
+
+def test_pretraining_surface_refuses_a_run_without_an_all_class_head():
+    module, forward, params = tiny_model()
+    context = _context(module, forward, params, make_tasks(2))
+    context.trained, context.train_split = params, _labelled_split(5)
+    spec = PROBES.get("surface")
+    options = spec.options_model(resolution=3, surfaces={"tl": {"loss": "pretraining", "images": 10}})
+    with pytest.raises(ConfigError, match="all 5 meta-train classes, but this run's head has 3 logits.*Fix:"):
+        spec.run(context, options)

@@ -21,6 +21,12 @@ KFC); every other algorithm keeps the defaults (plain gradient descent, no extra
 * ``learned_params(params, adapted, options)``: the update's initial parameters φ, meta-learned
   (and checkpointed) with θ (default: none).
 
+One hook lets an algorithm adapt at meta-test by a procedure other than its inner loop (seed 001's
+transfer baseline fine-tunes a new linear head on frozen features with SGD and momentum):
+
+* ``meta_test_adaptation(options, module, head, seed)``: a :data:`metaland.meta.evaluate.TaskAdaptation`
+  used by validation and every probe (default ``None`` = the run's inner loop).
+
 ``variant(options)`` names a run's variant in results and figures when one algorithm covers
 several published methods (Sharp-MAML's low / up / both); by default the algorithm's name. An
 inner loop on the head or the body renames MAML to ANIL or BOIL (seed 004 §6).
@@ -36,6 +42,7 @@ import torch
 
 from metaland.data.layout import SplitData
 from metaland.data.tasks import TaskBatch, materialise, sample_dataset_tasks
+from metaland.meta.evaluate import TaskAdaptation
 from metaland.meta.inner import InnerStep, LossFn
 from metaland.models import Forward, ParamDict
 from metaland.registry import Registry
@@ -88,6 +95,10 @@ def plain_gradient_descent(options: Params) -> InnerStep | None:
     return None
 
 
+def inner_loop_at_meta_test(options: Params, module, head: tuple[str, str], seed: int) -> TaskAdaptation | None:
+    return None
+
+
 def no_learned_params(params: ParamDict, adapted: frozenset[str] | None, options: Params) -> ParamDict:
     return {}
 
@@ -107,6 +118,9 @@ class AlgorithmSpec:
     variant: Callable[[Params], str] | None = None
     inner_update: Callable[[Params], InnerStep | None] = plain_gradient_descent
     learned_params: Callable[[ParamDict, frozenset[str] | None, Params], ParamDict] = no_learned_params
+    meta_test_adaptation: Callable[[Params, Any, tuple[str, str], int], TaskAdaptation | None] = (
+        inner_loop_at_meta_test
+    )
 
     def meta_parameters(self, params: ParamDict, adapted: frozenset[str] | None, options: Params) -> ParamDict:
         """What the outer loop meta-learns: the model's θ and the learned update's φ, if any."""
@@ -158,3 +172,4 @@ from metaland.meta import maml as _maml  # noqa: E402,F401
 from metaland.meta import metaopt as _metaopt  # noqa: E402,F401
 from metaland.meta import regularised as _regularised  # noqa: E402,F401
 from metaland.meta import sharp as _sharp  # noqa: E402,F401
+from metaland.meta import transfer as _transfer  # noqa: E402,F401

@@ -8,7 +8,7 @@ validation during training and by the probes, so both see the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,11 @@ from torch.func import vmap
 from metaland.data.tasks import TaskBatch
 from metaland.meta.inner import InnerStep, accuracy, adapt_tasks, cross_entropy
 from metaland.models import Forward, ParamDict
+
+TaskAdaptation = Callable[[ParamDict, torch.Tensor, torch.Tensor, int], ParamDict]
+"""(θ, support_x [T, ...], support_y [T, ...], tasks vectorised together) -> adapted θ̃_i stacked
+{name: [T, ...]}: a meta-test adaptation other than the run's inner loop (seed 001's transfer
+baseline fine-tunes a new head on frozen features, ``metaland.meta.transfer``)."""
 
 
 def evaluate_tasks(
@@ -29,21 +34,26 @@ def evaluate_tasks(
     chunk: int,
     inner_params: Collection[str] | None = None,
     update: InnerStep | None = None,
+    adaptation: TaskAdaptation | None = None,
 ) -> tuple[dict[str, torch.Tensor], ParamDict]:
     """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]}); the inner loop
-    moves the parameters named in ``inner_params`` (None: all) with the run's ``update`` (None: GD)."""
+    moves the parameters named in ``inner_params`` (None: all) with the run's ``update`` (None: GD),
+    unless the run adapts at meta-test by another procedure (``adaptation``)."""
     params = {k: v.detach() for k, v in params.items()}
-    adapted = adapt_tasks(
-        cross_entropy(forward),
-        params,
-        batch.support_x,
-        batch.support_y,
-        steps=steps,
-        lr=lr,
-        chunk=chunk,
-        adapted=inner_params,
-        update=update,
-    )
+    if adaptation is not None:
+        adapted = adaptation(params, batch.support_x, batch.support_y, chunk)
+    else:
+        adapted = adapt_tasks(
+            cross_entropy(forward),
+            params,
+            batch.support_x,
+            batch.support_y,
+            steps=steps,
+            lr=lr,
+            chunk=chunk,
+            adapted=inner_params,
+            update=update,
+        )
 
     def measure(theta_i: ParamDict, sx, sy, qx, qy) -> dict[str, torch.Tensor]:
         query_logits = forward(theta_i, qx)

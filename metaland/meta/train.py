@@ -107,6 +107,7 @@ def train(
     params_hash = run.trajectory_hash(dataset_params)
     ckpt_dir = Path(out_dir) / "ckpt"
 
+    meta_test = algorithm.meta_test_adaptation(run.algorithm_options, module, head, run.seed)
     val_tasks = val_task_set(run, val_split)
     save_task_set(Path(out_dir) / "val_tasks.json", val_tasks, {"split": "val", "dataset": run.dataset})
     val_batch = materialise(val_split, val_tasks).to(device)
@@ -121,6 +122,7 @@ def train(
             chunk=cfg.task_chunk or len(val_batch),
             inner_params=inner_params,
             update=problem.update,
+            adaptation=meta_test,
         )
         return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from metaland.data.layout import SplitData
 from metaland.data.tasks import TaskBatch
 from metaland.errors import ConfigError
-from metaland.meta.evaluate import evaluate_tasks
+from metaland.meta.evaluate import TaskAdaptation, evaluate_tasks
 from metaland.meta.inner import InnerStep, LossFn, cross_entropy, model_part
 from metaland.models import Forward, ParamDict, flatten, flatten_batched
 from metaland.registry import Registry
@@ -34,6 +35,9 @@ class ProbeContext:
     head: tuple[str, str] | None = None  # weight and bias names of the classifier head
     adapted: frozenset[str] | None = None  # parameters the run's inner loop moves; None = all
     update: InnerStep | None = None  # the run's inner step (a learned update, seed 003 §4); None = GD
+    meta_test: TaskAdaptation | None = None  # the run's meta-test adaptation when it is not its inner loop
+    trained: ParamDict | None = None  # θ as trained, before ``AlgorithmSpec.at_meta_test`` (pre-training head)
+    train_split: SplitData | None = None  # the meta-train split (pre-training loss landscapes, seed 001 Fig. 9)
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -52,17 +56,20 @@ class ProbeContext:
                 chunk=self.chunk,
                 inner_params=self.adapted,
                 update=self.update,
+                adaptation=self.meta_test,
             )
         return self._cache["adaptation"]
 
     def require_gradient_descent(self, probe: str) -> None:
-        """Refuse a run whose inner update is learned (seed 003 §4) for a probe defined on the
-        plain gradient-descent inner loop, rather than measure a different inner loop silently."""
-        if self.update is not None:
+        """Refuse a run whose inner update is learned (seed 003 §4), or that adapts at meta-test by
+        another procedure (seed 001's transfer baseline), for a probe defined on the plain
+        gradient-descent inner loop, rather than measure a different inner loop silently."""
+        if self.update is not None or self.meta_test is not None:
+            what = "learns its inner update (seed 003 §4)" if self.update is not None else "adapts by fine-tuning"
             raise ConfigError(
-                f"the {probe} probe follows a plain gradient-descent inner loop, but this run learns its inner "
-                f"update (seed 003 §4). Fix: remove {probe} from this study's probe.probes, or probe runs of "
-                "algorithms without a learned update."
+                f"the {probe} probe follows a plain gradient-descent inner loop, but this run {what}. "
+                f"Fix: remove {probe} from the probe set of this run (studies.<study>.probe.probes, or give the "
+                "run its own probe_set)."
             )
 
     def displacements(self) -> torch.Tensor:

@@ -6,7 +6,8 @@ row per observation::
 
     probes/<run>/checkpoints.csv   one row per checkpoint: step + every probe summary
     probes/<run>/tasks.csv         one row per checkpoint × task: per-task values
-    probes/<run>/tasks.json        the fixed task set (class and sample indices)
+    probes/<run>/tasks.json        the fixed task set (class and sample indices) on probe.split
+    probes/<run>/tasks@<split>.json  the fixed task set on another split a `<probe>@<split>` key measures
     probes/<run>/grids.csv         one row per checkpoint × surface × grid point (surface probes only)
 
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from metaland.checkpoints import Checkpoint, load_params
-from metaland.config import Run, StudyConfig
+from metaland.config import Run, StudyConfig, probe_name, probe_split
 from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
@@ -47,9 +48,11 @@ from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
 
-def probe_task_set(run: Run, study: StudyConfig, split: SplitData) -> TaskSet:
-    """The study's fixed evaluation tasks for this run's setting (independent of the run seed)."""
+def probe_task_set(run: Run, study: StudyConfig, split: SplitData, split_name: str | None = None) -> TaskSet:
+    """The study's fixed evaluation tasks on a split (default probe.split) for this run's setting
+    (independent of the run seed)."""
     probe = study.probe
+    split_name = split_name or probe.split
     return sample_dataset_tasks(
         run.dataset,
         split,
@@ -57,8 +60,13 @@ def probe_task_set(run: Run, study: StudyConfig, split: SplitData) -> TaskSet:
         shots=run.shots,
         queries=run.queries,
         n_tasks=probe.tasks,
-        generator=generator(probe.seed, "probe-tasks", run.dataset, probe.split, run.ways, run.shots, run.queries),
+        generator=generator(probe.seed, "probe-tasks", run.dataset, split_name, run.ways, run.shots, run.queries),
     )
+
+
+def task_set_file(split: str, study: StudyConfig) -> str:
+    """tasks.json for probe.split, tasks@<split>.json for the other splits probes measure."""
+    return "tasks.json" if split == study.probe.split else f"tasks@{split}.json"
 
 
 DEFAULT_CACHE_DIR = Path(".metaland") / "probe-cache"
@@ -76,21 +84,25 @@ def probe_run(
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> list[dict]:
     """Probe every checkpoint in ``checkpoint_dir``'s manifest; write the tables; return the rows."""
-    split = load_split(dataset_dir, study.probe.split)
-    tasks = probe_task_set(run, study, split)
-    batch = materialise(split, tasks).to(device)
-    module = build_for_run(run, split.images, device)
+    splits = {name: load_split(dataset_dir, name) for name in study.probe_splits(run)}
+    task_sets = {name: probe_task_set(run, study, split, name) for name, split in splits.items()}
+    batches = {name: materialise(splits[name], tasks).to(device) for name, tasks in task_sets.items()}
+    tasks = task_sets[study.probe.split]
+    train_split = splits.get("train") or load_split(dataset_dir, "train")
+    algorithm = ALGORITHMS.get(run.algorithm)
+    module = build_for_run(run, train_split.images, device, classes=algorithm.output_classes(run, train_split))
     forward = make_forward(module)
     head = head_names(module)
-    algorithm = ALGORITHMS.get(run.algorithm)
     model_names = list(dict(module.named_parameters()))
     adapted = adapted_names(model_names, head, run.train.inner_params)
     order = list(algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options))
+    probes = study.probes_for(run)
     manifest = read_manifest(checkpoint_dir)
 
     inputs = {
-        "tasks": stable_hash(tasks.to_json()),
+        "tasks": stable_hash({name: task_set.to_json() for name, task_set in task_sets.items()}),
         "probe": study.probe.model_dump(mode="json"),
+        "probe_set": run.probe_set,
         "run": {k: v for k, v in run.to_dict().items() if k not in ("key", "train")},
         "inner_loop": [run.train.inner_steps, run.train.inner_lr, run.train.inner_params],
         "device": device.type,
@@ -108,20 +120,27 @@ def probe_run(
         if cached.is_file():
             result = read_json(cached)
         else:
-            params = algorithm.at_meta_test(load_params(checkpoint, order, device), head, run, step)
-            context = ProbeContext(
-                forward,
-                params,
-                batch,
-                run.train.inner_steps,
-                run.train.inner_lr,
-                study.probe.chunk,
-                study.probe.seed,
-                head,
-                adapted,
-                algorithm.inner_update(run.algorithm_options),
-            )
-            result = _probe_checkpoint(context, study)
+            trained = load_params(checkpoint, order, device)
+            params = algorithm.at_meta_test(trained, head, run, step)
+            contexts = {
+                name: ProbeContext(
+                    forward,
+                    params,
+                    batch,
+                    run.train.inner_steps,
+                    run.train.inner_lr,
+                    study.probe.chunk,
+                    study.probe.seed,
+                    head,
+                    adapted,
+                    algorithm.inner_update(run.algorithm_options),
+                    algorithm.meta_test_adaptation(run.algorithm_options, module, head, run.seed),
+                    trained,
+                    train_split,
+                )
+                for name, batch in batches.items()
+            }
+            result = _probe_checkpoint(contexts, probes, study.probe.split)
             write_json(cached, {"step": step, **result})
         checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **result["summary"]})
         for t in range(len(tasks)):
@@ -149,24 +168,30 @@ def probe_run(
         write_csv(tmp / "tasks.csv", task_rows, task_columns)
         if grid_rows:
             write_csv(tmp / "grids.csv", grid_rows, list(grid_rows[0]))
-        save_task_set(
-            tmp / "tasks.json", tasks, {"split": study.probe.split, "dataset": run.dataset, "seed": study.probe.seed}
-        )
+        for name, task_set in task_sets.items():
+            meta = {"split": name, "dataset": run.dataset, "seed": study.probe.seed}
+            save_task_set(tmp / task_set_file(name, study), task_set, meta)
     return checkpoint_rows
 
 
-def _probe_checkpoint(context: ProbeContext, study: StudyConfig) -> dict:
-    """Every probe of the study on one checkpoint, as JSON-ready lists:
-    {"summary": {...}, "per_task": {name: [values]}, "grids": {name: {"x", "y", "values"}}}."""
+def _probe_checkpoint(contexts: dict[str, ProbeContext], probes: dict, default_split: str) -> dict:
+    """Every probe of the run's probe set on one checkpoint, each on the fixed tasks of its split, as
+    JSON-ready lists: {"summary": {...}, "per_task": {name: [values]}, "grids": {name: {"x", "y", "values"}}}.
+    Outputs of a `<probe>@<split>` key carry the suffix `@<split>`."""
     summary: dict[str, float] = {}
     per_task: dict[str, list[float]] = {}
     grids: dict[str, dict] = {}
-    for name, options in study.probes.items():
-        output = PROBES.get(name).run(context, options)
-        summary.update(output.summary)
-        per_task.update({k: v.tolist() for k, v in output.per_task.items()})
+    for key, options in probes.items():
+        split = probe_split(key, default_split)
+        suffix = "" if "@" not in key else f"@{split}"
+        output = PROBES.get(probe_name(key)).run(contexts[split], options)
+        summary.update({k + suffix: v for k, v in output.summary.items()})
+        per_task.update({k + suffix: v.tolist() for k, v in output.per_task.items()})
         grids.update(
-            {k: {"x": g.x.tolist(), "y": g.y.tolist(), "values": g.values.tolist()} for k, g in output.grids.items()}
+            {
+                k + suffix: {"x": g.x.tolist(), "y": g.y.tolist(), "values": g.values.tolist()}
+                for k, g in output.grids.items()
+            }
         )
     return {"summary": summary, "per_task": per_task, "grids": grids}
 

@@ -12,6 +12,11 @@ d_{l,j} ← d_{l,j} ‖θ_{l,j}‖ / ‖d_{l,j}‖ for every output filter / uni
 (biases, BatchNorm) get zero direction, as in seed 001's code. ``part`` restricts the directions
 to the classifier head or to the feature layers (seed 001 §4.3.1's decomposition).
 
+Seed 001's variants: the k tasks may be re-drawn at every grid point (Fig. 8's noisy 4-task
+meta-loss), the query loss may average only the first q query shots per class (Fig. 10), and a
+pre-training baseline's supervised loss on fixed meta-train images gives transfer learning's
+training landscape around θ as trained, with its all-class head (Fig. 9; no adaptation).
+
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
 chunks of grid points. Summaries per surface: the value at the centre and the mean rise of the
 surface above it over the grid (a filter-normalised average sharpness).
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch.func import vmap
 
+from metaland.data.tasks import TaskBatch, model_inputs
+from metaland.errors import ConfigError
 from metaland.meta.inner import adapt
 from metaland.models import ParamDict
 from metaland.probes import PROBES, Grid, ProbeContext, ProbeOutput, ProbeSpec
@@ -34,13 +41,30 @@ from metaland.seeding import generator
 
 
 class SurfaceSpec(Params):
-    loss: Literal["query", "support"] = Field(
-        "query", description="Set the loss is measured on after adaptation: query (the meta-loss) or support."
+    loss: Literal["query", "support", "pretraining"] = Field(
+        "query",
+        description="Loss measured after adaptation: query (the meta-loss), support (inner-loop landscapes), or "
+        "pretraining: the supervised loss of θ as trained, on fixed meta-train images, no adaptation (seed 001 "
+        "Fig. 9, transfer learning's training landscape).",
     )
     inner_steps: int | None = Field(
         None, ge=0, description="K inner steps from each perturbed point; none = the run's T (seed 001: 0, 5, 10)."
     )
     tasks: int = Field(8, ge=1, description="First k fixed tasks averaged at every grid point (seed 001: 1, 4, 100).")
+    resample: bool = Field(
+        False,
+        description="Draw the k tasks afresh at every grid point, without replacement from the fixed probe tasks "
+        "(seed 001 Fig. 8's 4-task meta-loss, re-sampled 'to simulate the actual optimization process').",
+    )
+    query_shots: int | None = Field(
+        None,
+        ge=1,
+        description="Query samples per class the loss averages, the first ones of each class (seed 001 Fig. 10: "
+        "1, 2, 4, 15); none = all of the task's.",
+    )
+    images: int = Field(
+        1000, ge=1, description="pretraining loss: fixed meta-train images averaged (seed 001 §4.3.2: 1,000)."
+    )
     part: Literal["all", "head", "features"] = Field(
         "all", description="Parameters the directions move: all, the classifier head only, or all but the head."
     )
@@ -90,50 +114,121 @@ def restrict(direction: ParamDict, part: str, head: tuple[str, str] | None) -> P
 
 
 def loss_surface(
-    context: ProbeContext, spec: SurfaceSpec, delta: ParamDict, eta: ParamDict, coords: torch.Tensor, point_chunk: int
+    context: ProbeContext,
+    spec: SurfaceSpec,
+    delta: ParamDict,
+    eta: ParamDict,
+    coords: torch.Tensor,
+    point_chunk: int,
+    resample_rng: torch.Generator | None = None,
 ) -> torch.Tensor:
     """f(a, b) for every (a, b) in ``coords`` × ``coords``: values [n, n], first index along δ."""
+    n = len(coords)
+    a_all, b_all = coords.repeat_interleave(n), coords.repeat(n)
+    if spec.loss == "pretraining":
+        theta = {name: p.detach() for name, p in context.trained.items()}
+        x, y = pretraining_images(context, spec.images)
+
+        def supervised(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(context.forward(shifted(theta, delta, eta, a, b), x), y)
+
+        return vmap(supervised, chunk_size=point_chunk)(a_all, b_all).detach().reshape(n, n)
+
     theta = {name: p.detach() for name, p in context.params.items()}
     steps = context.steps if spec.inner_steps is None else spec.inner_steps
-    tasks = context.batch.chunk(0, min(spec.tasks, len(context.batch)))
+    pool = first_query_shots(context.batch, spec.query_shots)
 
-    def at_point(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        start = {name: theta[name] + a * delta[name] + b * eta[name] for name in theta}
+    def task_loss(start: ParamDict, sx, sy, qx, qy) -> torch.Tensor:
+        adapted = adapt(
+            context.loss, start, sx, sy, steps=steps, lr=context.lr, first_order=True, adapted=context.adapted
+        )
+        x, y = (qx, qy) if spec.loss == "query" else (sx, sy)
+        return F.cross_entropy(context.forward(adapted, x), y)
 
-        def task_loss(sx, sy, qx, qy):
-            adapted = adapt(
-                context.loss,
-                start,
-                sx,
-                sy,
-                steps=steps,
-                lr=context.lr,
-                first_order=True,
-                adapted=context.adapted,
-            )
-            x, y = (qx, qy) if spec.loss == "query" else (sx, sy)
-            return F.cross_entropy(context.forward(adapted, x), y)
+    def mean_over_tasks(a: torch.Tensor, b: torch.Tensor, *tasks: torch.Tensor) -> torch.Tensor:
+        start = shifted(theta, delta, eta, a, b)
+        return vmap(lambda *task: task_loss(start, *task))(*tasks).mean()
 
-        return vmap(task_loss)(*tasks.tensors()).mean()
+    if not spec.resample:
+        fixed = pool.chunk(0, spec.tasks).tensors()
+        values = vmap(lambda a, b: mean_over_tasks(a, b, *fixed), chunk_size=point_chunk)(a_all, b_all)
+        return values.detach().reshape(n, n)
+    picks = torch.stack([torch.randperm(len(pool), generator=resample_rng)[: spec.tasks] for _ in range(n * n)])
+    values = []
+    for start in range(0, n * n, point_chunk):
+        stop = min(start + point_chunk, n * n)
+        index = picks[start:stop].to(pool.support_x.device)
+        tasks = [t[index] for t in pool.tensors()]  # [points, k, ...]: each point's own draw
+        values.append(vmap(mean_over_tasks)(a_all[start:stop], b_all[start:stop], *tasks).detach())
+    return torch.cat(values).reshape(n, n)
 
-    n = len(coords)
-    values = vmap(at_point, chunk_size=point_chunk)(coords.repeat_interleave(n), coords.repeat(n))
-    return values.detach().reshape(n, n)
+
+def shifted(theta: ParamDict, delta: ParamDict, eta: ParamDict, a: torch.Tensor, b: torch.Tensor) -> ParamDict:
+    """θ + a δ + b η (eq. 8)."""
+    return {name: theta[name] + a * delta[name] + b * eta[name] for name in theta}
+
+
+def first_query_shots(batch: TaskBatch, shots: int | None) -> TaskBatch:
+    """The tasks with only the first ``shots`` query samples of each class (labels are class-major)."""
+    if shots is None:
+        return batch
+    ways = int(batch.support_y.max()) + 1
+    per_class = batch.query_y.shape[1] // ways
+    if shots > per_class:
+        raise ConfigError(
+            f"a surface averages {shots} query shots per class, but the probe tasks have {per_class}. "
+            "Fix: lower query_shots, or raise the run's queries."
+        )
+    index = (torch.arange(ways)[:, None] * per_class + torch.arange(shots)).reshape(-1).to(batch.query_y.device)
+    return TaskBatch(batch.support_x, batch.support_y, batch.query_x[:, index], batch.query_y[:, index])
+
+
+def require_pretrained(context: ProbeContext) -> ParamDict:
+    """θ as trained, for a pretraining surface: only a run with one logit per meta-train class has
+    a pre-training loss (seed 001 §3.1.2)."""
+    split, trained = context.train_split, context.trained
+    if split is None or trained is None or context.head is None:
+        raise ConfigError("a pretraining surface needs the meta-train split and θ as trained; this probe has neither.")
+    classes = trained[context.head[1]].shape[0]
+    if classes != split.num_classes:
+        raise ConfigError(
+            f"a pretraining surface measures the supervised loss over all {split.num_classes} meta-train classes, "
+            f"but this run's head has {classes} logits: it was not pre-trained on them. Fix: give pretraining "
+            "surfaces only to runs of the transfer or finetune baselines (a probe_set of their own)."
+        )
+    return trained
+
+
+def pretraining_images(context: ProbeContext, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` fixed meta-train images (seeded by the probe seed), labelled by class."""
+    split = context.train_split
+    if count > len(split.images):
+        raise ConfigError(
+            f"a pretraining surface averages {count} images; the meta-train split has {len(split.images)}. "
+            "Fix: lower images."
+        )
+    index = torch.randperm(len(split.images), generator=generator(context.seed, "surface-pretraining-images"))[:count]
+    labels = torch.searchsorted(split.offsets, index, right=True) - 1
+    like = context.trained[context.head[1]]
+    return model_inputs(split.images[index]).to(device=like.device, dtype=like.dtype), labels.to(like.device)
 
 
 def surfaces(context: ProbeContext, options: SurfaceOptions) -> ProbeOutput:
-    context.require_gradient_descent("surface")
-    rng = generator(context.seed, "surface-directions")
-    delta = filter_normalised_direction(context.params, rng)
-    eta = filter_normalised_direction(context.params, rng)
-    like = next(iter(context.params.values()))
-    coords = torch.linspace(-options.span, options.span, options.resolution, dtype=torch.float64)
     summary: dict[str, float] = {}
     grids: dict[str, Grid] = {}
     for name, spec in options.surfaces.items():
-        d, e = (restrict(v, spec.part, context.head) for v in (delta, eta))
+        if spec.loss == "pretraining":
+            theta = require_pretrained(context)
+        else:
+            context.require_gradient_descent("surface")
+            theta = context.params
+        rng = generator(context.seed, "surface-directions")  # the same draw for every surface and run
+        delta, eta = (restrict(filter_normalised_direction(theta, rng), spec.part, context.head) for _ in range(2))
+        like = next(iter(theta.values()))
+        coords = torch.linspace(-options.span, options.span, options.resolution, dtype=torch.float64)
         on_model = coords.to(device=like.device, dtype=like.dtype)
-        values = loss_surface(context, spec, d, e, on_model, options.point_chunk).cpu().double()
+        resample_rng = generator(context.seed, "surface-resample", name)
+        values = loss_surface(context, spec, delta, eta, on_model, options.point_chunk, resample_rng).cpu().double()
         centre = values[options.resolution // 2, options.resolution // 2]
         grids[name] = Grid(coords, coords, values)
         summary[f"{name}_centre"] = centre.item()
