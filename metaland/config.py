@@ -127,6 +127,12 @@ class ProbeConfig(Params):
         0, ge=0, description="Seed of the study's evaluation task set (same tasks for every run and checkpoint)."
     )
     chunk: int = Field(25, ge=1, description="Tasks vectorised together; changes speed and memory only.")
+    inner_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Inner steps of the meta-test adaptation the probes use; none = the run's train.inner_steps "
+        "(seed 000 §2.7.3: always the same; seed 001 Table 5: 5 in meta-training, 10 at meta-test).",
+    )
     probes: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Probe name -> options, each validated by the probe registry: the probe set of every run that "

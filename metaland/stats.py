@@ -60,3 +60,24 @@ def _correlation(test, x, y) -> Correlation:
         return Correlation(math.nan, math.nan, int(x.size))
     result = test(x, y)
     return Correlation(float(result.statistic), float(result.pvalue), int(x.size))
+
+
+def surface_roughness(values) -> float:
+    """Mean |discrete Laplacian| f(i±1, j) + f(i, j±1) − 4 f(i, j) over the interior of a grid: the
+    small spikes of a noisy surface (seed 001 Fig. 8, 4 re-sampled tasks) raise it, a smooth bowl keeps
+    it at its curvature."""
+    z = np.asarray(values, dtype=float)
+    laplacian = z[2:, 1:-1] + z[:-2, 1:-1] + z[1:-1, 2:] + z[1:-1, :-2] - 4 * z[1:-1, 1:-1]
+    return float(np.abs(laplacian).mean())
+
+
+def convex_fraction(values) -> float:
+    """Share of interior grid points where the central finite-difference Hessian of the surface is
+    positive semi-definite (f_aa ≥ 0, f_bb ≥ 0, f_aa f_bb ≥ f_ab²): 1 for a convex bowl, 0 for a
+    concave cap or a saddle (seed 001 §4.3.2, "convexity increases with query shots")."""
+    z = np.asarray(values, dtype=float)
+    f_aa = z[2:, 1:-1] - 2 * z[1:-1, 1:-1] + z[:-2, 1:-1]
+    f_bb = z[1:-1, 2:] - 2 * z[1:-1, 1:-1] + z[1:-1, :-2]
+    f_ab = (z[2:, 2:] - z[2:, :-2] - z[:-2, 2:] + z[:-2, :-2]) / 4
+    convex = (f_aa >= 0) & (f_bb >= 0) & (f_aa * f_bb - f_ab**2 >= 0)
+    return float(convex.mean())

@@ -118,9 +118,7 @@ class AlgorithmSpec:
     variant: Callable[[Params], str] | None = None
     inner_update: Callable[[Params], InnerStep | None] = plain_gradient_descent
     learned_params: Callable[[ParamDict, frozenset[str] | None, Params], ParamDict] = no_learned_params
-    meta_test_adaptation: Callable[[Params, Any, tuple[str, str], int], TaskAdaptation | None] = (
-        inner_loop_at_meta_test
-    )
+    meta_test_adaptation: Callable[[Params, Any, tuple[str, str], int], TaskAdaptation | None] = inner_loop_at_meta_test
 
     def meta_parameters(self, params: ParamDict, adapted: frozenset[str] | None, options: Params) -> ParamDict:
         """What the outer loop meta-learns: the model's θ and the learned update's φ, if any."""

@@ -127,7 +127,7 @@ def probe_run(
                     forward,
                     params,
                     batch,
-                    run.train.inner_steps,
+                    run.train.inner_steps if study.probe.inner_steps is None else study.probe.inner_steps,
                     run.train.inner_lr,
                     study.probe.chunk,
                     study.probe.seed,

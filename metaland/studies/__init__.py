@@ -44,6 +44,7 @@ class StudySpec:
 STUDIES: Registry[StudySpec] = Registry("study")
 
 # Registrations (one module per study).
+from metaland.studies import ding2023 as _ding2023  # noqa: E402,F401
 from metaland.studies import guiroy2019 as _guiroy2019  # noqa: E402,F401
 from metaland.studies import lil2022 as _lil2022  # noqa: E402,F401
 from metaland.studies import metaopt as _metaopt  # noqa: E402,F401

@@ -1,0 +1,801 @@
+"""Study ``ding2023`` — seed 001, "Understanding MAML Through Its Loss Landscape" (Ding, MSc thesis 2023).
+
+First-order MAML (which the thesis calls MAML) and a transfer-learning baseline are trained with
+several backbones, with and without data augmentation, over three seeds; then the thesis looks at
+their loss landscapes (filter-normalised 2-D surfaces, eqs. 8-9) and SAM sharpness (eqs. 16-17,
+Algorithm 3), and correlates sharpness and loss with accuracy (Tables 3-4). Here:
+
+* runs are ``fomaml`` (T = 5 in meta-training, 10 at meta-test: ``probe.inner_steps``) and
+  ``transfer`` (``metaland.meta.transfer``), each backbone × augmentation × seed; the checkpoint
+  probed is the best on validation (``extract.best``);
+* every MAML run is probed on fixed meta-train and meta-test tasks (``adaptation``,
+  ``sharpness`` and their ``@train`` twins): Table 2, Tables 3-4, 7-8, Figs. 3, 13, 14;
+* the seed-5 runs also get the landscapes (probe set ``landscape``): inner-loop support surfaces
+  after 0 / 5 / 10 steps, the head / features decomposition at 0 steps, the meta-loss over 4 tasks
+  re-drawn per point and over many fixed tasks, the query-shot sweep (Conv4); transfer runs get
+  their pre-training loss surface (probe set ``transfer``): Figs. 4-12;
+* claims are tested by rules fixed below before the data; the surface-shape statistics behind
+  them (roughness, convex fraction) are in ``metaland.stats``.
+
+See docs/studies/ding2023.md for every choice the thesis leaves open.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import cm
+
+from metaland.claims import Claim, Evidence, Statistic, all_hold, improves_on, per_run_verdict, register, where
+from metaland.config import AggregateConfig
+from metaland.plots import grid, no_data, save, suptitle
+from metaland.results import StudyTables
+from metaland.stats import convex_fraction, mean_ci, pearson, surface_roughness
+from metaland.studies import STUDIES, Figure, StudySpec, Table
+
+NAME = "ding2023"
+SEED = "001"
+MAML, TL = "fomaml", "transfer"
+METHOD_NAMES = {MAML: "MAML (first order)", TL: "transfer learning"}
+BACKBONES = ("Conv4", "Conv6", "ResNet10", "ResNet18")
+AUGMENT_NAMES = {"none": "no aug", "chen": "aug"}
+SPLIT_SUFFIX = {"train": "@train", "test": ""}
+"""Probe outputs on meta-train tasks carry ``@train``; meta-test ones (probe.split) carry nothing."""
+SPLIT_NAMES = {"train": "meta-train", "test": "meta-test"}
+SHOT_SURFACES = {1: "shots_1", 2: "shots_2", 4: "shots_4"}
+"""Seed 001 Fig. 10's query-shot sweep; the run's full query set (15 shots) is the ``meta_many`` surface."""
+HEAD_RESEMBLES_MIN_R = 0.9
+FEATURE_FLATNESS_MAX_RATIO = 0.5
+"""'Head-only ≈ total, feature-only flat' read as: Pearson r(head-only, all) ≥ 0.9 over the grid and
+the feature-only surface's range at most half the full one's (the thesis gives no numbers)."""
+REGION_DEPTHS = (0.2, 0.4)
+"""Figs. 11-12 paint the area below fixed loss thresholds; the loss scale differs here, so the
+thresholds are re-derived per panel as minimum + 0.2 and + 0.4 (seed 001 spec §7)."""
+
+PAPER_ACCURACY = {
+    # Table 2, 5-way 1-shot accuracy % (mean over 3 seeds of 1,000 tasks): (method, backbone, augment) -> (mini, CUB)
+    (MAML, "Conv4", "none"): (45.62, 53.24),
+    (MAML, "Conv4", "chen"): (45.29, 56.36),
+    (MAML, "Conv6", "none"): (47.23, 56.40),
+    (MAML, "Conv6", "chen"): (51.31, 66.51),
+    (MAML, "ResNet10", "none"): (49.38, 56.26),
+    (MAML, "ResNet10", "chen"): (54.17, 69.80),
+    (MAML, "ResNet18", "none"): (48.78, 55.50),
+    (MAML, "ResNet18", "chen"): (51.97, 70.42),
+    (TL, "Conv4", "none"): (36.46, 35.83),
+    (TL, "Conv4", "chen"): (45.83, 46.69),
+    (TL, "Conv6", "none"): (41.66, 40.13),
+    (TL, "Conv6", "chen"): (50.13, 53.16),
+    (TL, "ResNet10", "none"): (51.30, 58.86),
+    (TL, "ResNet10", "chen"): (54.76, 60.6),
+    (TL, "ResNet18", "none"): (48.56, 59.90),
+    (TL, "ResNet18", "chen"): (55.26, 63.79),
+}
+PAPER_SHARPNESS = {
+    # Tables 7 (MiniImageNet) and 8 (CUB), printed ×10⁻¹: true sharpness = entry / 10 (spec §1.5).
+    # (backbone, augment, split) -> (mini, CUB)
+    ("Conv4", "none", "train"): (0.2524, 0.2654),
+    ("Conv4", "chen", "train"): (0.1978, 0.2048),
+    ("Conv4", "none", "test"): (0.2916, 0.3185),
+    ("Conv4", "chen", "test"): (0.2320, 0.2533),
+    ("Conv6", "none", "train"): (0.2138, 0.2063),
+    ("Conv6", "chen", "train"): (0.1705, 0.1601),
+    ("Conv6", "none", "test"): (0.2728, 0.2940),
+    ("Conv6", "chen", "test"): (0.2205, 0.2663),
+    ("ResNet10", "none", "train"): (0.1547, 0.0279),
+    ("ResNet10", "chen", "train"): (0.1409, 0.0667),
+    ("ResNet10", "none", "test"): (0.2265, 0.4189),
+    ("ResNet10", "chen", "test"): (0.2295, 0.2597),
+    ("ResNet18", "none", "train"): (0.1530, 0.0299),
+    ("ResNet18", "chen", "train"): (0.1174, 0.0641),
+    ("ResNet18", "none", "test"): (0.1955, 0.5798),
+    ("ResNet18", "chen", "test"): (0.1581, 0.2616),
+}
+PAPER_CORRELATIONS = {
+    # Tables 3 (all runs) and 4 (aug only): (runs, x, x split, accuracy split) -> (r mini, r CUB)
+    ("all", "sam_sharpness", "train", "train"): (-0.62, -0.93),
+    ("all", "sam_sharpness", "train", "test"): (-0.77, -0.37),
+    ("all", "query_loss", "train", "train"): (-0.99, -0.99),
+    ("all", "query_loss", "train", "test"): (-0.83, -0.35),
+    ("all", "sam_sharpness", "test", "test"): (-0.54, -0.41),
+    ("all", "query_loss", "test", "test"): (-0.87, -0.63),
+    ("aug", "sam_sharpness", "train", "train"): (-0.80, -0.95),
+    ("aug", "sam_sharpness", "train", "test"): (-0.78, -0.89),
+    ("aug", "query_loss", "train", "train"): (-0.99, -0.99),
+    ("aug", "query_loss", "train", "test"): (-0.95, -0.95),
+    ("aug", "sam_sharpness", "test", "test"): (-0.30, 0.38),
+    ("aug", "query_loss", "test", "test"): (-0.95, -0.98),
+}
+CORRELATION_ROWS = tuple(dict.fromkeys((x, xs, acc) for _, x, xs, acc in PAPER_CORRELATIONS))
+
+
+def metric(name: str, split: str) -> str:
+    """The column of a probe metric measured on the fixed tasks of ``split``."""
+    return name + SPLIT_SUFFIX[split]
+
+
+def _method(name: str):
+    return where(variant=name)
+
+
+def _backbone_order(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["backbone"]) if not frame.empty else set()
+    return [b for b in BACKBONES if b in present] + sorted(present - set(BACKBONES))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-run points and surfaces
+# --------------------------------------------------------------------------------------------
+
+
+def run_points(tables: StudyTables) -> pd.DataFrame:
+    """One row per run at its probed (best-on-validation) checkpoint: mean accuracy, loss and
+    sharpness over the fixed tasks of each split (Tables 3-4 and Fig. 14 correlate these)."""
+    final = tables.final_tasks
+    if final.empty:
+        return pd.DataFrame()
+    wanted = [metric(m, s) for m in ("query_accuracy", "query_loss", "sam_sharpness") for s in SPLIT_SUFFIX]
+    present = [c for c in wanted if c in final]
+    keys = ["run", "variant", "backbone", "augment", "seed"]
+    return final.groupby(keys, sort=True)[present].mean().reset_index()
+
+
+def final_grids(tables: StudyTables) -> pd.DataFrame:
+    grids = tables.grids
+    if grids.empty:
+        return grids
+    return grids[grids["step"] == grids.groupby("run")["step"].transform("max")]
+
+
+def surface_of(grids: pd.DataFrame, run: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(a, b, values[a, b]) of one surface of one run, or None if it was not probed."""
+    rows = grids[(grids["run"] == run) & (grids["grid"] == name)]
+    if rows.empty:
+        return None
+    table = rows.pivot(index="x", columns="y", values="value")
+    return table.index.to_numpy(), table.columns.to_numpy(), table.to_numpy()
+
+
+def landscape_runs(grids: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """(run, metadata) of every run with surfaces, by method, backbone, augmentation."""
+    if grids.empty:
+        return []
+    meta = grids.drop_duplicates("run").set_index("run")
+    order = {b: i for i, b in enumerate(BACKBONES)}
+    runs = sorted(meta.index, key=lambda r: (meta.loc[r, "variant"], order.get(meta.loc[r, "backbone"], 9), r))
+    return [(run, meta.loc[run]) for run in runs]
+
+
+def _run_title(row: pd.Series) -> str:
+    return f"{row['backbone']}, {AUGMENT_NAMES.get(row['augment'], row['augment'])}, seed {int(row['seed'])}"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Table 2: meta-test accuracy (CI over tasks × seeds) and query loss per method × backbone ×
+    augmentation, beside the thesis's MiniImageNet and CUB numbers."""
+    final = tables.final_tasks
+    rows = []
+    if final.empty:
+        return pd.DataFrame()
+    for (variant, backbone, augment), group in final.groupby(["variant", "backbone", "augment"], sort=True):
+        ci = mean_ci(group["query_accuracy"], cfg.confidence)
+        paper = PAPER_ACCURACY.get((variant, backbone, augment), (math.nan, math.nan))
+        rows.append(
+            {
+                "method": variant,
+                "backbone": backbone,
+                "augment": augment,
+                "runs": group["run"].nunique(),
+                "tasks": ci.n,
+                "accuracy": ci.mean,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "query_loss": group["query_loss"].mean(),
+                "paper_miniimagenet": paper[0] / 100,
+                "paper_cub": paper[1] / 100,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sharpness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Tables 7-8: MAML's SAM sharpness (ρ = 0.05) per backbone × augmentation × split, CI over
+    tasks × seeds, beside the thesis's values (unscaled: its tables print × 10)."""
+    final = _method(MAML)(tables.final_tasks)
+    rows = []
+    if final.empty:
+        return pd.DataFrame()
+    for (backbone, augment), group in final.groupby(["backbone", "augment"], sort=True):
+        for split in SPLIT_SUFFIX:
+            column = metric("sam_sharpness", split)
+            if column not in group:
+                continue
+            ci = mean_ci(group[column], cfg.confidence)
+            paper = PAPER_SHARPNESS.get((backbone, augment, split), (math.nan, math.nan))
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "augment": augment,
+                    "split": split,
+                    "runs": group["run"].nunique(),
+                    "tasks": ci.n,
+                    "sharpness": ci.mean,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "paper_miniimagenet": paper[0],
+                    "paper_cub": paper[1],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def correlation_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Tables 3-4: Pearson r (two-sided p) across MAML runs between mean sharpness / loss and mean
+    accuracy, on meta-train and meta-test tasks; all runs (Table 3) and augmented runs (Table 4)."""
+    points = run_points(tables)
+    rows = []
+    if points.empty:
+        return pd.DataFrame()
+    maml = points[points["variant"] == MAML]
+    for runs, subset in (("all", maml), ("aug", maml[maml["augment"] != "none"])):
+        for x, x_split, accuracy_split in CORRELATION_ROWS:
+            x_column, y_column = metric(x, x_split), metric("query_accuracy", accuracy_split)
+            if x_column not in subset or y_column not in subset:
+                continue
+            result = pearson(subset[x_column], subset[y_column])
+            paper = PAPER_CORRELATIONS[(runs, x, x_split, accuracy_split)]
+            rows.append(
+                {
+                    "runs": runs,
+                    "x": x_column,
+                    "accuracy": y_column,
+                    "n": result.n,
+                    "pearson_r": result.r,
+                    "p_value": result.p,
+                    "paper_r_miniimagenet": paper[0],
+                    "paper_r_cub": paper[1],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def landscape_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Shape of every probed surface: centre, range, mean rise, roughness, convex fraction, and
+    (decomposition) Pearson r of the head-only and feature-only surfaces with the full one."""
+    grids = final_grids(tables)
+    rows = []
+    for run, meta in landscape_runs(grids):
+        for name in sorted(grids[grids["run"] == run]["grid"].unique()):
+            _, _, z = surface_of(grids, run, name)
+            centre = z[len(z) // 2, len(z) // 2]
+            row = {
+                "run": run,
+                "method": meta["variant"],
+                "backbone": meta["backbone"],
+                "augment": meta["augment"],
+                "seed": meta["seed"],
+                "surface": name,
+                "centre": centre,
+                "range": float(np.ptp(z)),
+                "mean_rise": float((z - centre).mean()),
+                "roughness": surface_roughness(z),
+                "convex_fraction": convex_fraction(z),
+            }
+            full = surface_of(grids, run, "inner_0") if name in ("head", "features") else None
+            row["r_with_full"] = pearson(z.ravel(), full[2].ravel()).r if full else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Claims (rules fixed before the data)
+# --------------------------------------------------------------------------------------------
+
+
+def _claim(slug: str, section: str, claim: str, rule: str, test) -> None:
+    register(Claim(id=f"{NAME}-{slug}", study=NAME, seed=SEED, section=section, claim=claim, rule=rule, test=test))
+
+
+def _per_landscape_run(
+    name: str, measure: Callable[[pd.DataFrame, str], dict[str, float] | None], what: str, against: str
+) -> Callable[[StudyTables, AggregateConfig], Evidence]:
+    """A rule checked on every run with surfaces: ``measure(grids, run)`` gives the run's numbers with
+    booleans ``passes`` and ``opposes``, or None when the run lacks the surfaces."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        grids = final_grids(tables)
+        per_run = {run: m for run, _ in landscape_runs(grids) if (m := measure(grids, run)) is not None}
+        verdict, reason = per_run_verdict(
+            {r: bool(m["passes"]) for r, m in per_run.items()},
+            {r: bool(m["opposes"]) for r, m in per_run.items()},
+            what,
+            against,
+        )
+        if not per_run:
+            reason = "no run in this profile has these surfaces"
+        values = [m["value"] for m in per_run.values()]
+        statistic = Statistic(name, float(np.mean(values)) if values else math.nan, len(per_run), per_run=per_run)
+        return Evidence(statistic, verdict, reason)
+
+    return test
+
+
+def _decomposition(grids: pd.DataFrame, run: str) -> dict[str, float] | None:
+    surfaces = {n: surface_of(grids, run, n) for n in ("inner_0", "head", "features")}
+    if any(s is None for s in surfaces.values()):
+        return None
+    full, head, features = (surfaces[n][2] for n in ("inner_0", "head", "features"))
+    r_head = pearson(head.ravel(), full.ravel()).r
+    ratio = float(np.ptp(features) / np.ptp(full)) if np.ptp(full) > 0 else math.nan
+    return {
+        "value": r_head,
+        "r_head_with_full": r_head,
+        "feature_range_ratio": ratio,
+        "passes": r_head >= HEAD_RESEMBLES_MIN_R and ratio <= FEATURE_FLATNESS_MAX_RATIO,
+        "opposes": ratio >= 1 or r_head < 0,
+    }
+
+
+def _smoother_with_more_tasks(grids: pd.DataFrame, run: str) -> dict[str, float] | None:
+    pairs = {}
+    for split, suffix in SPLIT_SUFFIX.items():
+        few, many = surface_of(grids, run, f"meta_4{suffix}"), surface_of(grids, run, f"meta_many{suffix}")
+        if few is not None and many is not None:
+            pairs[split] = (surface_roughness(few[2]), surface_roughness(many[2]))
+    if not pairs:
+        return None
+    ratios = {f"roughness_ratio_{s}": many / few for s, (few, many) in pairs.items()}
+    return {
+        "value": float(np.mean(list(ratios.values()))),
+        **ratios,
+        "passes": all(many < few for few, many in pairs.values()),
+        "opposes": any(many > few for few, many in pairs.values()),
+    }
+
+
+def _convexity_with_shots(grids: pd.DataFrame, run: str) -> dict[str, float] | None:
+    names = {**SHOT_SURFACES, 15: "meta_many"}
+    found = {shots: surface_of(grids, run, name) for shots, name in names.items()}
+    if any(found[shots] is None for shots in SHOT_SURFACES):
+        return None
+    convex = {shots: convex_fraction(s[2]) for shots, s in found.items() if s is not None}
+    ordered = [convex[s] for s in sorted(convex)]
+    rises = all(b >= a for a, b in itertools.pairwise(ordered))
+    return {
+        "value": ordered[-1] - ordered[0],
+        **{f"convex_fraction_{s}_shots": v for s, v in convex.items()},
+        "passes": rises and ordered[-1] > ordered[0],
+        "opposes": ordered[-1] < ordered[0],
+    }
+
+
+_claim(
+    "feature-reuse",
+    "§4.3.1, Figs. 6-7",
+    "The head-only landscape resembles the full one while the feature-only landscape is nearly flat: MAML mostly "
+    "reuses features and adapts the head.",
+    f"on the 0-step support surface of a meta-test task: holds if, in every landscape run, Pearson r(head-only, "
+    f"full) ≥ {HEAD_RESEMBLES_MIN_R} over the grid and the feature-only surface's range is at most "
+    f"{FEATURE_FLATNESS_MAX_RATIO:g}× the full one's; fails if in a run the feature-only range is at least the full "
+    "one's or r < 0; inconclusive otherwise",
+    _per_landscape_run(
+        "r(head-only, full) over the grid", _decomposition, "the head carries the landscape", "features dominate"
+    ),
+)
+_claim(
+    "many-tasks-smoother",
+    "§4.3.2, Fig. 8",
+    "The meta-loss landscape averaged over many fixed tasks keeps the shape of the 4-task one (re-drawn at every "
+    "point) but is smooth.",
+    "holds if, in every landscape run and on both meta-train and meta-test tasks, the many-task surface's roughness "
+    "(mean |discrete Laplacian|) is below the 4-task surface's; fails if it is above it in any; inconclusive "
+    "otherwise",
+    _per_landscape_run(
+        "roughness(many tasks) / roughness(4 tasks)",
+        _smoother_with_more_tasks,
+        "the many-task surface is smoother",
+        "the many-task surface is rougher",
+    ),
+)
+_claim(
+    "query-shots-convexity",
+    "§4.3.2, Fig. 10",
+    "The meta-loss landscape becomes more convex as the number of query shots grows (1 → 2 → 4 → 15).",
+    "holds if, in every run with the sweep, the share of grid points with a positive semi-definite finite-difference "
+    "Hessian never falls and ends higher at 15 shots than at 1; fails if it is lower at 15 shots than at 1; "
+    "inconclusive otherwise",
+    _per_landscape_run(
+        "convex fraction at 15 shots − at 1 shot",
+        _convexity_with_shots,
+        "convexity rises with query shots",
+        "convexity falls with query shots",
+    ),
+)
+_claim(
+    "augmentation-lowers-sharpness",
+    "§4.4, Tables 7-8, Fig. 13",
+    "Data augmentation lowers the sharpness of MAML's meta-loss, on meta-train and meta-test tasks.",
+    "holds if, on both meta-train and meta-test tasks, the 95% CI of no-aug minus aug sharpness, paired over "
+    "backbone × seed × task, lies above 0; fails if either lies below 0; inconclusive otherwise",
+    all_hold(
+        {
+            SPLIT_NAMES[split]: improves_on(
+                metric("sam_sharpness", split),
+                where(variant=MAML, augment=("chen",)),
+                where(variant=MAML, augment=("none",)),
+                pair_on=("backbone", "seed", "task"),
+                better="lower",
+            )
+            for split in SPLIT_SUFFIX
+        }
+    ),
+)
+
+
+def _negative_correlation(x: str) -> Callable[[StudyTables, AggregateConfig], Evidence]:
+    """Pearson r across MAML runs between ``x`` on meta-train tasks and meta-test accuracy < 0."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        points = run_points(tables)
+        points = points[points["variant"] == MAML] if not points.empty else points
+        x_column, y_column = metric(x, "train"), metric("query_accuracy", "test")
+        if points.empty or x_column not in points:
+            return Evidence(Statistic(f"Pearson r({x_column}, {y_column})", math.nan, 0), "inconclusive", "no runs")
+        result = pearson(points[x_column], points[y_column])
+        statistic = Statistic(f"Pearson r({x_column}, {y_column}) across runs", result.r, result.n, result.p)
+        if math.isnan(result.p):
+            return Evidence(statistic, "inconclusive", "too few runs (or no spread) for a correlation")
+        if result.p < cfg.alpha:
+            verdict = "holds" if result.r < 0 else "fails"
+            return Evidence(statistic, verdict, f"r = {result.r:.2f} with p = {result.p:.2g} < α = {cfg.alpha}")
+        return Evidence(statistic, "inconclusive", f"p = {result.p:.2g} ≥ α = {cfg.alpha}")
+
+    return test
+
+
+for _x, _what, _paper in (
+    ("sam_sharpness", "flatter", "−0.77 MiniImageNet, −0.37 CUB; with aug −0.78 / −0.89"),
+    ("query_loss", "lower-loss", "−0.83 / −0.35; with aug −0.95 / −0.95"),
+):
+    _claim(
+        f"{'sharpness' if _x == 'sam_sharpness' else 'loss'}-vs-accuracy",
+        "§4.4, Tables 3-4, Fig. 14",
+        f"MAML runs with a {_what} meta-training landscape reach a higher meta-test accuracy (Pearson r of "
+        f"meta-train {'sharpness' if _x == 'sam_sharpness' else 'loss'} with meta-test accuracy: {_paper}).",
+        "holds if Pearson r across MAML runs (backbone × augmentation × seed) is negative with p < α; fails if it "
+        "is positive with p < α; inconclusive otherwise",
+        _negative_correlation(_x),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+BACKBONE_COLORS = {"Conv4": "#1f77b4", "Conv6": "#ff7f0e", "ResNet10": "#2ca02c", "ResNet18": "#d62728"}
+METHOD_MARKERS = {MAML: "o", TL: "s"}
+
+
+def _empty(path: Path, title: str, what: str) -> None:
+    fig, axes = grid(1, width=5, height=3.5)
+    no_data(axes[0], title, what)
+    save(fig, path)
+
+
+def fig_accuracy(tables: StudyTables, path: Path) -> None:
+    """Fig. 3 (loss vs accuracy, one point per run) and Table 2 as bars beside the thesis's."""
+    points = run_points(tables)
+    if points.empty:
+        _empty(path, "Fig. 3 / Table 2", "probed runs")
+        return
+    fig, axes = grid(2, columns=2, width=5.4, height=4.0)
+    for row in points.itertuples():
+        filled = row.augment != "none"
+        color = BACKBONE_COLORS.get(row.backbone, "#555555")
+        axes[0].scatter(
+            row.query_loss,
+            row.query_accuracy,
+            marker=METHOD_MARKERS.get(row.variant, "^"),
+            facecolors=color if filled else "none",
+            edgecolors=color,
+            s=42,
+        )
+    for backbone in _backbone_order(points):
+        axes[0].scatter([], [], color=BACKBONE_COLORS.get(backbone, "#555555"), label=backbone)
+    for variant in sorted(points["variant"].unique()):
+        axes[0].scatter([], [], marker=METHOD_MARKERS.get(variant, "^"), color="grey", label=METHOD_NAMES[variant])
+    axes[0].scatter([], [], facecolors="none", edgecolors="grey", label="hollow: no aug")
+    axes[0].legend(fontsize=7)
+    axes[0].set_xlabel("mean meta-test query loss")
+    axes[0].set_ylabel("mean meta-test accuracy")
+    axes[0].set_title("(a) Fig. 3: loss vs accuracy, one point per run")
+
+    table = accuracy_table(tables, AggregateConfig())
+    labels = [f"{r.backbone}\n{'TL' if r.method == TL else 'MAML'}" for r in table.itertuples()]
+    x = np.arange(len(table))
+    for offset, augment in ((-0.2, "none"), (0.2, "chen")):
+        rows = table["augment"] == augment
+        ours = table[rows]
+        axes[1].bar(x[rows] + offset, ours["accuracy"], width=0.38, label=AUGMENT_NAMES[augment], alpha=0.85)
+        axes[1].errorbar(
+            x[rows] + offset,
+            ours["accuracy"],
+            yerr=[ours["accuracy"] - ours["ci_low"], ours["ci_high"] - ours["accuracy"]],
+            fmt="none",
+            color="black",
+            capsize=3,
+        )
+        axes[1].scatter(x[rows] + offset, ours["paper_miniimagenet"], marker="_", s=160, color="black")
+    unique = dict(zip(labels, x, strict=True))
+    axes[1].set_xticks(list(unique.values()), list(unique.keys()), fontsize=7)
+    axes[1].scatter([], [], marker="_", s=160, color="black", label="thesis (MiniImageNet)")
+    axes[1].set_ylabel("meta-test accuracy (95% CI over tasks × seeds)")
+    axes[1].set_title("(b) Table 2: ours (bars) and the thesis's (dashes)")
+    axes[1].legend(fontsize=7)
+    suptitle(fig, "Accuracy of MAML and transfer learning, by backbone and augmentation (seed 001 Fig. 3, Table 2)")
+    save(fig, path)
+
+
+def _surface_3d(ax, surface, *, title: str, zlim: tuple[float, float] | None = None) -> None:
+    a, b, z = surface
+    aa, bb = np.meshgrid(a, b, indexing="ij")
+    low, high = zlim if zlim else (z.min(), z.max())
+    ax.plot_surface(aa, bb, np.clip(z, low, high), cmap=cm.coolwarm, vmin=low, vmax=high, linewidth=0)
+    ax.set_zlim(low, high)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("a (δ)", fontsize=7)
+    ax.set_ylabel("b (η)", fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def _surface_figure(
+    tables: StudyTables,
+    path: Path,
+    columns: list[tuple[str, str]],
+    *,
+    title: str,
+    shared_z: bool = False,
+    methods: tuple[str, ...] = (MAML,),
+) -> None:
+    """One row per landscape run, one 3-D panel per (surface name, column title); ``shared_z`` gives
+    every panel of a row the z-range of its first surface (seed 001 Figs. 6-7's fixed scale)."""
+    grids = final_grids(tables)
+    runs = [(r, m) for r, m in landscape_runs(grids) if m["variant"] in methods]
+    runs = [(r, m) for r, m in runs if any(surface_of(grids, r, name) is not None for name, _ in columns)]
+    if not runs:
+        _empty(path, title, "surfaces")
+        return
+    fig = plt.figure(figsize=(3.4 * len(columns), 3.0 * len(runs)))
+    for i, (run, meta) in enumerate(runs):
+        surfaces = [surface_of(grids, run, name) for name, _ in columns]
+        first = next((s for s in surfaces if s is not None), None)
+        zlim = (first[2].min(), first[2].max()) if shared_z and first is not None else None
+        for j, (surface, (_, column)) in enumerate(zip(surfaces, columns, strict=True)):
+            ax = fig.add_subplot(len(runs), len(columns), i * len(columns) + j + 1, projection="3d")
+            if surface is None:
+                ax.set_axis_off()
+                ax.set_title(f"{column}: not probed", fontsize=8)
+                continue
+            _surface_3d(ax, surface, title=f"{_run_title(meta)}\n{column}", zlim=zlim)
+    suptitle(fig, title)
+    save(fig, path)
+
+
+def fig_inner_loop(tables: StudyTables, path: Path) -> None:
+    _surface_figure(
+        tables,
+        path,
+        [
+            ("inner_0@train", "meta-train task, 0 steps"),
+            ("inner_5@train", "meta-train task, 5 steps"),
+            ("inner_0", "meta-test task, 0 steps"),
+            ("inner_10", "meta-test task, 10 steps"),
+        ],
+        title="Inner-loop landscapes: support loss after k steps from θ* + aδ + bη (seed 001 Figs. 4-5)",
+    )
+
+
+def fig_decomposition(tables: StudyTables, path: Path) -> None:
+    _surface_figure(
+        tables,
+        path,
+        [("inner_0", "perturb all"), ("head", "head only"), ("features", "feature layers only")],
+        title="Decomposition at 0 steps on a meta-test task, one z-range per row (seed 001 Figs. 6-7)",
+        shared_z=True,
+    )
+
+
+def fig_meta_loss(tables: StudyTables, path: Path) -> None:
+    _surface_figure(
+        tables,
+        path,
+        [
+            ("meta_4@train", "meta-train, 4 tasks re-drawn per point"),
+            ("meta_many@train", "meta-train, many fixed tasks"),
+            ("meta_4", "meta-test, 4 tasks re-drawn per point"),
+            ("meta_many", "meta-test, many fixed tasks"),
+        ],
+        title="Meta-loss landscapes: query loss after adaptation from each point (seed 001 Fig. 8)",
+    )
+
+
+def fig_transfer_landscape(tables: StudyTables, path: Path) -> None:
+    _surface_figure(
+        tables,
+        path,
+        [("pretraining", "pre-training loss on fixed meta-train images")],
+        title="Transfer learning's training-loss landscape around the best pre-trained θ (seed 001 Fig. 9)",
+        methods=(TL,),
+    )
+
+
+def fig_query_shots(tables: StudyTables, path: Path) -> None:
+    """Fig. 10: meta-loss contours every 0.2 for 1, 2, 4 and all (15) query shots."""
+    grids = final_grids(tables)
+    runs = [(r, m) for r, m in landscape_runs(grids) if surface_of(grids, r, SHOT_SURFACES[1]) is not None]
+    if not runs:
+        _empty(path, "Fig. 10: query-shot sweep", "query-shot surfaces")
+        return
+    shots = [*SHOT_SURFACES.items(), (15, "meta_many")]
+    fig, axes = grid(len(shots) * len(runs), columns=len(shots), width=3.4, height=3.0)
+    for i, (run, meta) in enumerate(runs):
+        for j, (count, name) in enumerate(shots):
+            ax = axes[i * len(shots) + j]
+            surface = surface_of(grids, run, name)
+            if surface is None:
+                no_data(ax, f"{count} query shots", "surface")
+                continue
+            a, b, z = surface
+            levels = np.arange(math.floor(z.min() / 0.2) * 0.2, z.max() + 0.2, 0.2)
+            lines = ax.contour(a, b, z.T, levels=levels, cmap="summer")
+            ax.clabel(lines, fontsize=6, fmt="%.1f")
+            ax.plot(0, 0, marker="+", color="red")
+            ax.set_title(f"{_run_title(meta)}\n{count} query shot{'s' if count > 1 else ''} per class", fontsize=8)
+            ax.set_xlabel("a (δ)")
+            ax.set_ylabel("b (η)")
+            ax.grid(False)
+    suptitle(fig, "More query shots, more convex meta-loss: contours every 0.2 (seed 001 Fig. 10)")
+    save(fig, path)
+
+
+def fig_meta_loss_regions(tables: StudyTables, path: Path) -> None:
+    """Figs. 11-12: low-loss regions of the many-task meta-loss, no aug vs aug, meta-train and meta-test."""
+    grids = final_grids(tables)
+    runs = [(r, m) for r, m in landscape_runs(grids) if m["variant"] == MAML]
+    backbones = _backbone_order(pd.DataFrame([m for _, m in runs])) if runs else []
+    if not backbones:
+        _empty(path, "Figs. 11-12: low-loss regions", "meta-loss surfaces")
+        return
+    columns = [(split, augment) for split in ("train", "test") for augment in ("none", "chen")]
+    fig, axes = grid(len(columns) * len(backbones), columns=len(columns), width=3.2, height=3.0)
+    colors = {"train": ("#f5d142", "#66bb6a"), "test": ("#e53935", "#42a5f5")}
+    for i, backbone in enumerate(backbones):
+        for j, (split, augment) in enumerate(columns):
+            ax = axes[i * len(columns) + j]
+            match = [(r, m) for r, m in runs if m["backbone"] == backbone and m["augment"] == augment]
+            surface = surface_of(grids, match[0][0], f"meta_many{SPLIT_SUFFIX[split]}") if match else None
+            title = f"{backbone}, {SPLIT_NAMES[split]}, {AUGMENT_NAMES[augment]}"
+            if surface is None:
+                no_data(ax, title, "surface")
+                continue
+            a, b, z = surface
+            low = z.min()
+            bounds = [low - 1e-9, low + REGION_DEPTHS[0], low + REGION_DEPTHS[1]]
+            ax.contourf(a, b, z.T, levels=bounds, colors=colors[split])
+            ax.contour(a, b, z.T, levels=10, colors="grey", linewidths=0.4)
+            ax.set_title(f"{title}\nmin {low:.2f}; ≤ +0.2, ≤ +0.4", fontsize=8)
+            ax.grid(False)
+    suptitle(
+        fig,
+        "Where the meta-loss (many tasks) is within 0.2 / 0.4 of its minimum: aug vs no aug (seed 001 Figs. 11-12; "
+        "thresholds relative to each panel's minimum)",
+    )
+    save(fig, path)
+
+
+def fig_sharpness(tables: StudyTables, path: Path) -> None:
+    """Fig. 13: sharpness by backbone, {aug, no aug} × {meta-train, meta-test}, ours beside the thesis's."""
+    table = sharpness_table(tables, AggregateConfig())
+    if table.empty:
+        _empty(path, "Fig. 13: sharpness", "sharpness probes")
+        return
+    fig, axes = grid(2, columns=2, width=5.0, height=3.8)
+    order = _backbone_order(table)
+    styles = {("none", "train"): ("#1f77b4", "-"), ("chen", "train"): ("#1f77b4", "--")}
+    styles |= {("none", "test"): ("#d62728", "-"), ("chen", "test"): ("#d62728", "--")}
+    for (augment, split), (color, line) in styles.items():
+        rows = table[(table["augment"] == augment) & (table["split"] == split)].set_index("backbone")
+        rows = rows.reindex([b for b in order if b in rows.index])
+        if rows.empty:
+            continue
+        name = f"{SPLIT_NAMES[split]}, {AUGMENT_NAMES[augment]}"
+        x = [order.index(b) for b in rows.index]
+        axes[0].errorbar(
+            x,
+            rows["sharpness"],
+            yerr=[rows["sharpness"] - rows["ci_low"], rows["ci_high"] - rows["sharpness"]],
+            color=color,
+            linestyle=line,
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+        paper = [PAPER_SHARPNESS[(b, augment, split)][0] for b in BACKBONES]
+        axes[1].plot(range(len(BACKBONES)), paper, color=color, linestyle=line, marker="o", label=name)
+    axes[0].set_xticks(range(len(order)), order)
+    axes[0].set_ylabel("SAM sharpness (ρ = 0.05), 95% CI")
+    axes[0].set_title("(a) ours")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xticks(range(len(BACKBONES)), BACKBONES)
+    axes[1].set_title("(b) thesis, MiniImageNet (Table 7 / 10)")
+    axes[1].legend(fontsize=7)
+    suptitle(fig, "Sharpness of MAML's meta-loss by backbone, augmentation and split (seed 001 Fig. 13)")
+    save(fig, path)
+
+
+def fig_sharpness_loss_accuracy(tables: StudyTables, path: Path) -> None:
+    """Fig. 14: per run, loss (x) against sharpness (y) coloured by accuracy, meta-train and meta-test."""
+    points = run_points(tables)
+    points = points[points["variant"] == MAML] if not points.empty else points
+    if points.empty or "sam_sharpness" not in points:
+        _empty(path, "Fig. 14", "sharpness probes")
+        return
+    fig, axes = grid(2, columns=2, width=4.8, height=3.8)
+    for ax, split in zip(axes, ("train", "test"), strict=True):
+        x, y, c = (metric(m, split) for m in ("query_loss", "sam_sharpness", "query_accuracy"))
+        if x not in points or y not in points:
+            no_data(ax, SPLIT_NAMES[split], "probes on this split")
+            continue
+        dots = ax.scatter(points[x], points[y], c=points[c], cmap="viridis", s=45, edgecolors="black")
+        fig.colorbar(dots, ax=ax, label=f"{SPLIT_NAMES[split]} accuracy")
+        ax.set_xlabel(f"{SPLIT_NAMES[split]} query loss")
+        ax.set_ylabel(f"{SPLIT_NAMES[split]} sharpness")
+        ax.set_title(f"{SPLIT_NAMES[split]} tasks, one point per run")
+    suptitle(fig, "Lower loss and lower sharpness go with higher accuracy? (seed 001 Fig. 14)")
+    save(fig, path)
+
+
+STUDIES.register(
+    NAME,
+    StudySpec(
+        name=NAME,
+        seed=SEED,
+        title="Ding 2023 — MAML's loss landscape: backbones, augmentation, sharpness",
+        figures=(
+            Figure("accuracy", "Fig. 3 (loss vs accuracy per run) and Table 2 beside the thesis's.", fig_accuracy),
+            Figure(
+                "inner_loop", "Figs. 4-5: support loss after 0 / 5 / 10 inner steps from each point.", fig_inner_loop
+            ),
+            Figure("decomposition", "Figs. 6-7: perturb all / head only / features only.", fig_decomposition),
+            Figure("meta_loss", "Fig. 8: meta-loss over 4 re-drawn vs many fixed tasks.", fig_meta_loss),
+            Figure(
+                "transfer_landscape", "Fig. 9: transfer learning's training-loss landscape.", fig_transfer_landscape
+            ),
+            Figure("query_shots", "Fig. 10: meta-loss contours for 1, 2, 4, 15 query shots.", fig_query_shots),
+            Figure("meta_loss_regions", "Figs. 11-12: low-loss regions, aug vs no aug.", fig_meta_loss_regions),
+            Figure("sharpness", "Fig. 13: sharpness by backbone, augmentation and split.", fig_sharpness),
+            Figure(
+                "sharpness_loss_accuracy",
+                "Fig. 14: loss vs sharpness coloured by accuracy.",
+                fig_sharpness_loss_accuracy,
+            ),
+        ),
+        tables=(
+            Table("accuracy", "Table 2: accuracy ± 95% CI, ours beside the thesis's", accuracy_table),
+            Table("sharpness", "Tables 7-8: SAM sharpness (unscaled), ours beside the thesis's", sharpness_table),
+            Table("correlations", "Tables 3-4: Pearson r of sharpness / loss with accuracy", correlation_table),
+            Table("landscapes", "Shape of every probed surface", landscape_table),
+        ),
+    ),
+)
