@@ -130,7 +130,7 @@ def test_batches_are_augmented_per_seed_and_step():
         images(6).reshape(2, 3, 3, 8, 8), torch.zeros(2, 3), images(4, seed=1).reshape(2, 2, 3, 8, 8), torch.ones(2, 2)
     )
     first, again, later = (augment_batch(tasks, "chen", 7, step) for step in (3, 3, 4))
-    for a, b, c, original in zip(first.tensors(), again.tensors(), later.tensors(), tasks.tensors(), strict=True):
+    for a, b, original in zip(first.tensors(), again.tensors(), tasks.tensors(), strict=True):
         assert a.shape == original.shape and torch.equal(a, b)
     assert not torch.equal(first.support_x, later.support_x) and not torch.equal(first.query_x, tasks.query_x)
     assert torch.equal(first.support_y, tasks.support_y) and torch.equal(first.query_y, tasks.query_y)
