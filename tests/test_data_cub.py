@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from metaland.config import resolve
 from metaland.data import DATASETS, fetch_dataset, load_split
 from metaland.data.cub import CALTECHDATA, CubParams, Expected, make_spec, split_of
 from metaland.data.registry import ArchiveSource
-from metaland.errors import DataError
+from metaland.errors import ConfigError, DataError
+from tests.test_config import REPO, RUN
 
 SPECIES = [f"{i:03d}.Species_{chr(ord('A') + i)}" for i in range(1, 9)]  # 8 classes, listed in name order
 PER_CLASS = 3
@@ -136,3 +139,16 @@ def test_an_archive_without_the_images_folder_or_with_a_broken_image_is_refused(
     archive = mirrored(tmp_path, broken)
     with pytest.raises(DataError, match=rf"Image CUB_200_2011/images/{SPECIES[2]}/\S+_0000\.jpg cannot be decoded"):
         fetch_dataset(spec_for(archive), CubParams(image_size=SIZE), tmp_path / "data", mirror=archive.parent)
+
+
+def test_config_accepts_chens_setting_on_cub_and_refuses_tasks_beyond_its_smallest_class():
+    """Seed 001 §1.1, §3: 5-way 1-shot, 16 training queries, Conv6 with Chen's init and augmentation."""
+    raw = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())
+    raw["datasets"]["cub"] = {"image_size": 84}
+    raw["runs"][RUN].update(dataset="cub", queries=16, model={"blocks": 6, "downsampled_blocks": 4, "init": "chen"})
+    raw["runs"][RUN]["train"] = {"augment": "chen"}
+    run = resolve(raw).runs[RUN]
+    assert (run.model.blocks, run.model.downsampled_blocks, run.model.init, run.train.augment) == (6, 4, "chen", "chen")
+    raw["runs"][RUN].update(shots=30)
+    with pytest.raises(ConfigError, match=r"shots \+ queries = 30 \+ 16 exceeds the 41 samples"):
+        resolve(raw)
