@@ -11,11 +11,13 @@ in Tables 7-8). The repository's training transform is, per image and in this or
    image's mean grey level, with its grey version), clipped to [0, 1] after each;
 3. ``RandomHorizontalFlip(p=0.5)``.
 
-Differences from the repository, all forced by metaland's data layout: the crop is taken from the
+Differences from the repository, the first two forced by metaland's data layout: the crop is taken from the
 stored image (already resized to ``image_size``, ``metaland.data.cub``), not from the original
 photograph; and images stay in metaland's pixel convention [0, 1] (``metaland.data.tasks.model_inputs``),
 so the ImageNet mean/std ``Normalize`` that ends Chen's transform (with and without augmentation)
-is not part of it. On 1-channel images saturation is a no-op (the grey version is the image).
+is not part of it; and the jitter works on float pixels, so PIL's rounding of the mean grey level and
+of every intermediate 8-bit image is not reproduced. On 1-channel images saturation is a no-op (the
+grey version is the image).
 
 Every draw comes from one ``torch.Generator``, independently per image; the training loop seeds it
 by (run seed, "augment", step) (:func:`augment_batch`), so an augmented run resumes bit for bit.
