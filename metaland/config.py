@@ -100,6 +100,13 @@ class TrainConfig(Params):
         "seed 004); body (BOIL, seed 004: head frozen in the inner loop); or comma-separated shell patterns "
         "over parameter names (layer-wise adaptation, seed 003 §3.2).",
     )
+    augment: Literal["none", "chen"] = Field(
+        "none",
+        description="Data augmentation of the images each training iteration trains on (support and query "
+        "images of every task; the finetune baseline's batches); validation and probes never augment. none; "
+        "chen = Chen et al.'s RandomResizedCrop + brightness/contrast/saturation jitter 0.4 + horizontal flip "
+        "(seed 001 §3.3, §4.2.1 'aug'; metaland.data.augment).",
+    )
     algorithm_options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the algorithm, validated by its registry entry."
     )

@@ -4,6 +4,7 @@
 ``fetch_dataset`` builds ``data/<name>`` and ``load_split`` reads one split of it back.
 """
 
+from metaland.data import cub as _cub  # noqa: F401  (registers CUB-200-2011, seed 001)
 from metaland.data import miniimagenet as _miniimagenet  # noqa: F401  (registers MiniImagenet)
 from metaland.data import omniglot as _omniglot  # noqa: F401  (registers the Omniglot datasets)
 from metaland.data import synthetic as _synthetic  # noqa: F401  (registers synthetic-binary, seed 003)

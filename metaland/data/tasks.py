@@ -9,6 +9,7 @@ run probed on identical tasks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,15 @@ class TaskBatch:
 
     def to(self, device: torch.device | str) -> TaskBatch:
         return TaskBatch(*(t.to(device) for t in self.tensors()))
+
+    def map_images(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TaskBatch:
+        """The tasks with ``fn`` applied to the support images, then the query images, each passed as
+        one stack [T·N·K, C, H, W] (training-time augmentation, ``metaland.data.augment``)."""
+
+        def mapped(x: torch.Tensor) -> torch.Tensor:
+            return fn(x.reshape(-1, *x.shape[2:])).reshape(x.shape)
+
+        return TaskBatch(mapped(self.support_x), self.support_y, mapped(self.query_x), self.query_y)
 
 
 def sample_tasks(

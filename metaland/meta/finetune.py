@@ -17,6 +17,7 @@ tasks start from the same θ^s and are comparable (spec §2, "finetune direction
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,10 @@ class LabelledBatch:
 
     def to(self, device: torch.device | str) -> LabelledBatch:
         return LabelledBatch(self.x.to(device), self.y.to(device))
+
+    def map_images(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LabelledBatch:
+        """The batch with ``fn`` applied to its images (training-time augmentation, ``metaland.data.augment``)."""
+        return LabelledBatch(fn(self.x), self.y)
 
 
 def supervised_batch(run, split: SplitData, step: int, options: FinetuneOptions) -> LabelledBatch:

@@ -1,7 +1,8 @@
 """Meta-training of one run, with checkpoints on a schedule and exact resume.
 
 Iteration ``s`` draws its batch (a meta-batch of tasks; images for the finetune baseline) from a
-generator seeded by (run seed, purpose, s) only, and the Adam state is saved with θ, so a run
+generator seeded by (run seed, purpose, s) only, augments it when ``train.augment`` asks (seed 001
+§3.3; validation and probes never augment), and the Adam state is saved with θ, so a run
 restarted from its newest valid checkpoint continues bit for bit as if it had never stopped.
 Layout of the run folder (a DVC ``persist`` output)::
 
@@ -39,6 +40,7 @@ from metaland.checkpoints import (
     save_checkpoint,
 )
 from metaland.config import Run
+from metaland.data.augment import augment_batch
 from metaland.data.layout import SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.errors import DivergenceError
@@ -168,7 +170,8 @@ def train(
         )
         for step in range(start, cfg.iterations):
             began = time.perf_counter()
-            batch = algorithm.training_batch(run, train_split, step, run.algorithm_options).to(device)
+            batch = algorithm.training_batch(run, train_split, step, run.algorithm_options)
+            batch = augment_batch(batch, cfg.augment, run.seed, step).to(device)
             grads, metrics = algorithm.meta_gradient(problem, params, batch, run.algorithm_options)
             _check_finite(run, step, metrics, grads)
             if cfg.meta_optimizer == "adam":
