@@ -143,9 +143,9 @@ class ProbeConfig(Params):
     probes: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Probe name -> options, each validated by the probe registry: the probe set of every run that "
-        "names no other. A key `<probe>@<split>` (train | val | test) runs the probe on the same number of fixed "
+        "names no other. A key `<probe>/<split>` (train | val | test) runs the probe on the same number of fixed "
         "tasks of that split instead (seed 001 measures meta-train and meta-test tasks); its outputs carry the "
-        "suffix `@<split>`.",
+        "suffix `/<split>`.",
     )
     probe_sets: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
@@ -266,19 +266,19 @@ class StudyConfig:
         return self.probes if run.probe_set == DEFAULT_PROBE_SET else self.probe_sets[run.probe_set]
 
     def probe_splits(self, run: Run) -> list[str]:
-        """The splits whose fixed tasks ``run``'s probes measure: probe.split first, then `@<split>` keys'."""
+        """The splits whose fixed tasks ``run``'s probes measure: probe.split first, then `/<split>` keys'."""
         extra = (probe_split(key, self.probe.split) for key in self.probes_for(run))
         return list(dict.fromkeys([self.probe.split, *extra]))
 
 
 def probe_split(key: str, default: str) -> str:
-    """The split a probe key measures: `<probe>@<split>` names it, a plain `<probe>` uses ``default``."""
-    return key.partition("@")[2] or default
+    """The split a probe key measures: `<probe>/<split>` names it, a plain `<probe>` uses ``default``."""
+    return key.partition("/")[2] or default
 
 
 def probe_name(key: str) -> str:
-    """The registered probe a key runs (`surface@train` -> surface)."""
-    return key.partition("@")[0]
+    """The registered probe a key runs (`surface/train` -> surface)."""
+    return key.partition("/")[0]
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
 
 
 def _probe_set(entries: Mapping[str, Any], probe: ProbeConfig, source: str, where: str) -> dict[str, Params]:
-    """Validate one probe set: every key names a registered probe, optionally `@<split>`."""
+    """Validate one probe set: every key names a registered probe, optionally `/<split>`."""
     from metaland.data.registry import SPLITS
     from metaland.probes import PROBES
 
@@ -368,7 +368,7 @@ def _probe_set(entries: Mapping[str, Any], probe: ProbeConfig, source: str, wher
         split = probe_split(probe_key, probe.split)
         if split not in SPLITS:
             raise ConfigError(
-                f"{source}: {key}: {split!r} is not a split. Fix: write <probe>@<split> with one of "
+                f"{source}: {key}: {split!r} is not a split. Fix: write <probe>/<split> with one of "
                 f"{', '.join(SPLITS)}."
             )
         spec = PROBES.get(probe_name(probe_key), key=key)

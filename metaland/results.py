@@ -21,6 +21,7 @@ from metaland.config import Run
 from metaland.errors import MetalandError
 from metaland.io import write_text
 from metaland.meta import ALGORITHMS
+from metaland.models import MODELS
 
 TABLES = ("checkpoints", "final_tasks", "train_log", "grids")
 
@@ -49,6 +50,8 @@ def run_metadata(run: Run) -> dict:
         "inner_lr": run.train.inner_lr,
         "iterations": run.train.iterations,
         "setting": f"{run.dataset} {run.ways}-way {run.shots}-shot",
+        "backbone": MODELS.get(run.model_name).label_of(run.model),
+        "augment": run.train.augment,
     }
 
 

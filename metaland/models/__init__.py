@@ -29,12 +29,17 @@ Forward = Callable[[ParamDict, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``build(options, channels, image_size, ways)`` returns a freshly initialised module."""
+    """``build(options, channels, image_size, ways)`` returns a freshly initialised module;
+    ``label(options)`` is the name results and figures give it (default: the model's name)."""
 
     name: str
     description: str
     config_model: type[Params]
     build: Callable[[Params, int, int, int], nn.Module]
+    label: Callable[[Params], str] | None = None
+
+    def label_of(self, options: Params) -> str:
+        return self.name if self.label is None else self.label(options)
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

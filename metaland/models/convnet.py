@@ -90,5 +90,11 @@ def build(options: ConvNetParams, channels: int, image_size: int, ways: int) -> 
 
 MODELS.register(
     "convnet",
-    ModelSpec("convnet", "Conv4-style ConvNet of Vinyals et al. / Finn et al.", ConvNetParams, build),
+    ModelSpec(
+        "convnet",
+        "Conv4-style ConvNet of Vinyals et al. / Finn et al.",
+        ConvNetParams,
+        build,
+        label=lambda options: f"Conv{options.blocks}",
+    ),
 )

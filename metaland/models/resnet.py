@@ -94,6 +94,10 @@ def build(options: ResNetParams, channels: int, image_size: int, ways: int) -> n
 MODELS.register(
     "resnet",
     ModelSpec(
-        "resnet", "ResNet10/18 of Chen et al. (CloserLookFewShot), batch-statistics BatchNorm", ResNetParams, build
+        "resnet",
+        "ResNet10/18 of Chen et al. (CloserLookFewShot), batch-statistics BatchNorm",
+        ResNetParams,
+        build,
+        label=lambda options: f"ResNet{options.depth}",
     ),
 )

@@ -7,7 +7,7 @@ row per observation::
     probes/<run>/checkpoints.csv   one row per checkpoint: step + every probe summary
     probes/<run>/tasks.csv         one row per checkpoint × task: per-task values
     probes/<run>/tasks.json        the fixed task set (class and sample indices) on probe.split
-    probes/<run>/tasks@<split>.json  the fixed task set on another split a `<probe>@<split>` key measures
+    probes/<run>/tasks-<split>.json  the fixed task set on another split a `<probe>/<split>` key measures
     probes/<run>/grids.csv         one row per checkpoint × surface × grid point (surface probes only)
 
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
@@ -65,8 +65,8 @@ def probe_task_set(run: Run, study: StudyConfig, split: SplitData, split_name: s
 
 
 def task_set_file(split: str, study: StudyConfig) -> str:
-    """tasks.json for probe.split, tasks@<split>.json for the other splits probes measure."""
-    return "tasks.json" if split == study.probe.split else f"tasks@{split}.json"
+    """tasks.json for probe.split, tasks-<split>.json for the other splits probes measure."""
+    return "tasks.json" if split == study.probe.split else f"tasks-{split}.json"
 
 
 DEFAULT_CACHE_DIR = Path(".metaland") / "probe-cache"
@@ -177,13 +177,13 @@ def probe_run(
 def _probe_checkpoint(contexts: dict[str, ProbeContext], probes: dict, default_split: str) -> dict:
     """Every probe of the run's probe set on one checkpoint, each on the fixed tasks of its split, as
     JSON-ready lists: {"summary": {...}, "per_task": {name: [values]}, "grids": {name: {"x", "y", "values"}}}.
-    Outputs of a `<probe>@<split>` key carry the suffix `@<split>`."""
+    Outputs of a `<probe>/<split>` key carry the suffix `/<split>`."""
     summary: dict[str, float] = {}
     per_task: dict[str, list[float]] = {}
     grids: dict[str, dict] = {}
     for key, options in probes.items():
         split = probe_split(key, default_split)
-        suffix = "" if "@" not in key else f"@{split}"
+        suffix = "" if "/" not in key else f"/{split}"
         output = PROBES.get(probe_name(key)).run(contexts[split], options)
         summary.update({k + suffix: v for k, v in output.summary.items()})
         per_task.update({k + suffix: v.tolist() for k, v in output.per_task.items()})

@@ -237,7 +237,11 @@ def surfaces(context: ProbeContext, options: SurfaceOptions) -> ProbeOutput:
 
 
 def check_surfaces(options: SurfaceOptions, probe_config) -> str | None:
-    too_many = sorted(name for name, spec in options.surfaces.items() if spec.tasks > probe_config.tasks)
+    too_many = sorted(
+        name
+        for name, spec in options.surfaces.items()
+        if spec.loss != "pretraining" and spec.tasks > probe_config.tasks
+    )
     if too_many:
         return (
             f"surfaces {', '.join(too_many)} average more tasks than the {probe_config.tasks} fixed probe tasks. "

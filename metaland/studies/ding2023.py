@@ -9,7 +9,7 @@ Algorithm 3), and correlates sharpness and loss with accuracy (Tables 3-4). Here
   ``transfer`` (``metaland.meta.transfer``), each backbone × augmentation × seed; the checkpoint
   probed is the best on validation (``extract.best``);
 * every MAML run is probed on fixed meta-train and meta-test tasks (``adaptation``,
-  ``sharpness`` and their ``@train`` twins): Table 2, Tables 3-4, 7-8, Figs. 3, 13, 14;
+  ``sharpness`` and their ``/train`` twins): Table 2, Tables 3-4, 7-8, Figs. 3, 13, 14;
 * the seed-5 runs also get the landscapes (probe set ``landscape``): inner-loop support surfaces
   after 0 / 5 / 10 steps, the head / features decomposition at 0 steps, the meta-loss over 4 tasks
   re-drawn per point and over many fixed tasks, the query-shot sweep (Conv4); transfer runs get
@@ -45,8 +45,8 @@ MAML, TL = "fomaml", "transfer"
 METHOD_NAMES = {MAML: "MAML (first order)", TL: "transfer learning"}
 BACKBONES = ("Conv4", "Conv6", "ResNet10", "ResNet18")
 AUGMENT_NAMES = {"none": "no aug", "chen": "aug"}
-SPLIT_SUFFIX = {"train": "@train", "test": ""}
-"""Probe outputs on meta-train tasks carry ``@train``; meta-test ones (probe.split) carry nothing."""
+SPLIT_SUFFIX = {"train": "/train", "test": ""}
+"""Probe outputs on meta-train tasks carry ``/train``; meta-test ones (probe.split) carry nothing."""
 SPLIT_NAMES = {"train": "meta-train", "test": "meta-test"}
 SHOT_SURFACES = {1: "shots_1", 2: "shots_2", 4: "shots_4"}
 """Seed 001 Fig. 10's query-shot sweep; the run's full query set (15 shots) is the ``meta_many`` surface."""
@@ -597,8 +597,8 @@ def fig_inner_loop(tables: StudyTables, path: Path) -> None:
         tables,
         path,
         [
-            ("inner_0@train", "meta-train task, 0 steps"),
-            ("inner_5@train", "meta-train task, 5 steps"),
+            ("inner_0/train", "meta-train task, 0 steps"),
+            ("inner_5/train", "meta-train task, 5 steps"),
             ("inner_0", "meta-test task, 0 steps"),
             ("inner_10", "meta-test task, 10 steps"),
         ],
@@ -621,8 +621,8 @@ def fig_meta_loss(tables: StudyTables, path: Path) -> None:
         tables,
         path,
         [
-            ("meta_4@train", "meta-train, 4 tasks re-drawn per point"),
-            ("meta_many@train", "meta-train, many fixed tasks"),
+            ("meta_4/train", "meta-train, 4 tasks re-drawn per point"),
+            ("meta_many/train", "meta-train, many fixed tasks"),
             ("meta_4", "meta-test, 4 tasks re-drawn per point"),
             ("meta_many", "meta-test, many fixed tasks"),
         ],
