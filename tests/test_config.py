@@ -267,3 +267,32 @@ def test_paper_profile_has_the_metaopt_settings():
     assert sorted(d for k in lrs if (d := k.split("-")[2]).startswith("cnn")) == sorted(
         ["cnn1", "cnn2", "cnn3", "cnn4"] * 2 + ["cnn2"] * 2
     )
+
+
+DING = "ding2023-fomaml-conv4-noaug-omniglot-small-5w1s-s5"
+
+
+def test_probe_sets_and_split_keys_resolve(raw):
+    """A run selects a named probe set; `<probe>/<split>` keys add the splits the run's probes measure."""
+    config = resolve(raw)
+    run, study = config.runs[DING], config.studies["ding2023"]
+    assert run.probe_set == "landscape_shots"
+    assert "surface/train" in study.probes_for(run) and study.probe_splits(run) == ["test", "train"]
+    plain = config.runs[RUN]
+    assert config.studies["guiroy2019"].probes_for(plain) is config.studies["guiroy2019"].probes
+    assert config.studies["guiroy2019"].probe_splits(plain) == ["test"]
+
+
+def test_unknown_probe_set_is_named_with_the_known_ones(raw):
+    raw["runs"][DING]["probe_set"] = "landscapes"
+    message = error_of(raw)
+    assert f"runs.{DING}.probe_set = 'landscapes' is not a probe set of study ding2023" in message
+    assert "default, landscape, landscape_shots, transfer" in message
+
+
+def test_probe_key_with_an_unknown_split_or_a_shadowing_set(raw):
+    raw["studies"]["ding2023"]["probe"]["probes"]["adaptation/base"] = {}
+    assert "studies.ding2023.probe.probes.adaptation/base: 'base' is not a split" in error_of(raw)
+    del raw["studies"]["ding2023"]["probe"]["probes"]["adaptation/base"]
+    raw["studies"]["ding2023"]["probe"]["probe_sets"]["default"] = {"adaptation": {}}
+    assert "probe_sets.default would shadow probe.probes" in error_of(raw)

@@ -181,11 +181,14 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     runs = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["runs"]
     assert sorted(s for s in stages if s.startswith("train@")) == sorted(f"train@{r}" for r in runs)
     datasets = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["datasets"]
-    assert {"fetch@omniglot", "fetch@miniimagenet", "fetch@synthetic-binary", "aggregate", "plot"} <= set(stages)
+    assert {"fetch@omniglot", "fetch@miniimagenet", "fetch@cub", "fetch@synthetic-binary", "aggregate", "plot"} <= set(
+        stages
+    )
     assert len(stages) == 3 * len(runs) + len(datasets) + 2
     counts = {(r["algorithm"], r["dataset"]) for r in runs.values()}
     assert counts == {
         *((a, "omniglot") for a in ("maml", "fomaml", "regmaml", "metasgd", "metacurvature", "klin", "kfc")),
-        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml", "lil")),
+        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml", "lil", "transfer")),
+        *((a, "cub") for a in ("fomaml", "transfer")),
         *((a, "synthetic-binary") for a in ("maml", "klin", "kfc")),
     }

@@ -191,7 +191,7 @@ def test_query_shot_surface_averages_the_first_shots_of_each_class():
         expected = _brute_force_point(params, delta, eta, grid.x[i].item(), grid.y[j].item(), tasks, steps=STEPS)
         assert grid.values[i, j].item() == pytest.approx(expected, rel=1e-9)
     too_many = spec.options_model(resolution=3, surfaces={"s": {"tasks": 2, "query_shots": 4}})
-    with pytest.raises(ConfigError, match="query shots per class, but the probe tasks have 3. Fix:"):
+    with pytest.raises(ConfigError, match=r"query shots per class, but the probe tasks have 3\. Fix:"):
         spec.run(_context(module, forward, params, batch), too_many)
 
 
@@ -228,5 +228,5 @@ def test_pretraining_surface_refuses_a_run_without_an_all_class_head():
     context.trained, context.train_split = params, _labelled_split(5)
     spec = PROBES.get("surface")
     options = spec.options_model(resolution=3, surfaces={"tl": {"loss": "pretraining", "images": 10}})
-    with pytest.raises(ConfigError, match="all 5 meta-train classes, but this run's head has 3 logits.*Fix:"):
+    with pytest.raises(ConfigError, match=r"all 5 meta-train classes, but this run's head has 3 logits.*Fix:"):
         spec.run(context, options)

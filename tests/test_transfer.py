@@ -46,7 +46,7 @@ def test_minibatch_schedule_passes_over_permutations_in_batches_of_four():
 
 
 def test_head_finetuning_matches_torch_sgd_on_frozen_features():
-    module, forward, params = tiny_model()
+    module, _, params = tiny_model()
     head = head_names(module)
     options = TransferOptions(finetune_steps=6, finetune_batch=4)
     params = default_linear_head(params, head, WAYS, generator(3, "head"))
@@ -90,7 +90,7 @@ def test_transfer_refuses_a_model_that_is_not_a_sequential_ending_in_its_head():
             super().__init__()
             self.fc = nn.Linear(3, 2)
 
-    with pytest.raises(ConfigError, match="nn.Sequential ending in the linear head"):
+    with pytest.raises(ConfigError, match=r"nn\.Sequential ending in the linear head"):
         head_finetuning(TransferOptions(), Wrapped(), ("fc.weight", "fc.bias"), 0)
 
 
