@@ -12,11 +12,11 @@ from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from metaland.data.tasks import TaskBatch
 from metaland.meta.inner import InnerStep, accuracy, adapt_tasks, cross_entropy
 from metaland.models import Forward, ParamDict
+from metaland.vectorise import map_leading
 
 TaskAdaptation = Callable[[ParamDict, torch.Tensor, torch.Tensor, int], ParamDict]
 """(θ, support_x [T, ...], support_y [T, ...], tasks vectorised together) -> adapted θ̃_i stacked
@@ -71,5 +71,5 @@ def evaluate_tasks(
         }
 
     with torch.no_grad():
-        metrics = vmap(measure, chunk_size=chunk)(adapted, *batch.tensors())
+        metrics = map_leading(measure, chunk=chunk)(adapted, *batch.tensors())
     return metrics, adapted

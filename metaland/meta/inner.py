@@ -25,10 +25,11 @@ from collections.abc import Callable, Collection
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad, vmap
+from torch.func import grad
 
 from metaland.errors import ConfigError
 from metaland.models import Forward, ParamDict
+from metaland.vectorise import map_leading
 
 LossFn = Callable[[ParamDict, torch.Tensor, torch.Tensor], torch.Tensor]
 InnerStep = Callable[[Callable[[ParamDict], torch.Tensor], ParamDict, ParamDict, float], ParamDict]
@@ -158,11 +159,12 @@ def adapt_tasks(
 ) -> ParamDict:
     """Adapted parameters of every task, stacked: {name: [T, ...]} (no graph to θ is kept).
 
-    Vectorised over tasks with ``vmap`` in chunks of ``chunk`` tasks (memory bound only).
+    Vectorised over tasks with ``vmap`` in chunks of ``chunk`` tasks (memory bound only; 1 = a loop,
+    ``metaland.vectorise``).
     """
     detached = {k: v.detach() for k, v in params.items()}
 
     def one(x: torch.Tensor, y: torch.Tensor) -> ParamDict:
         return adapt(loss, detached, x, y, steps=steps, lr=lr, first_order=True, adapted=adapted, update=update)
 
-    return vmap(one, chunk_size=chunk)(support_x, support_y)
+    return map_leading(one, chunk=chunk)(support_x, support_y)

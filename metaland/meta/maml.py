@@ -13,7 +13,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad, vmap
+from torch.func import grad
 
 from metaland.data.tasks import TaskBatch
 from metaland.meta import (
@@ -28,6 +28,7 @@ from metaland.meta import (
 from metaland.meta.inner import accuracy, adapt
 from metaland.models import ParamDict
 from metaland.schema import NoOptions, Params
+from metaland.vectorise import map_leading
 
 
 def query_meta_gradient(
@@ -66,7 +67,11 @@ def query_meta_gradient(
     # BatchNorm's double backward gives wrong second-order gradients in torch.func (checked
     # against unrolled autograd in tests/test_math_inner.py), while the per-task form is exact.
     offset_dim = None if offsets is None else 0
-    per_task_grad = vmap(grad(task_query_loss, has_aux=True), in_dims=(None, 0, 0, 0, 0, offset_dim))
+    per_task_grad = map_leading(
+        grad(task_query_loss, has_aux=True),
+        in_dims=(None, 0, 0, 0, 0, offset_dim),
+        chunk=1 if problem.task_chunk == 1 else 0,  # each chunk of tasks at once, or a loop
+    )
     total: ParamDict | None = None
     seen: dict[str, list[torch.Tensor]] = {"query_loss": [], "query_accuracy": []}
     for start, stop in task_chunks(len(batch), problem.task_chunk):

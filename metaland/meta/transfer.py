@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad
 
 from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, AlgorithmSpec
@@ -36,6 +36,7 @@ from metaland.meta.finetune import all_train_classes, pretraining_gradient, supe
 from metaland.models import ParamDict
 from metaland.schema import Params
 from metaland.seeding import generator
+from metaland.vectorise import map_leading
 
 
 class TransferOptions(Params):
@@ -138,7 +139,7 @@ def head_finetuning(options: TransferOptions, module: nn.Module, head: tuple[str
             return {**params, **current}
 
         with torch.no_grad():
-            return vmap(one_task, chunk_size=chunk)(support_x, support_y)
+            return map_leading(one_task, chunk=chunk)(support_x, support_y)
 
     return adapt_all
 

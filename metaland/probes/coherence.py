@@ -12,11 +12,12 @@ O(d) memory per chunk by mean_{i≠j} v_iᵀ v_j = (‖Σ_i v_i‖² − Σ_i �
 from __future__ import annotations
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad
 
 from metaland.models import flatten_batched
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec
 from metaland.schema import NoOptions, Params
+from metaland.vectorise import map_leading
 
 
 def mean_pairwise_inner_product(vectors: torch.Tensor, chunk: int = 256) -> float:
@@ -46,7 +47,7 @@ def trajectory_coherence(context: ProbeContext, options: Params) -> ProbeOutput:
 def meta_test_gradients(context: ProbeContext) -> torch.Tensor:
     """g_i = −∇_θ L(f(D_i; θ^s)) as rows [T, d]."""
     params = {k: v.detach() for k, v in context.params.items()}
-    per_task = vmap(grad(context.loss), in_dims=(None, 0, 0), chunk_size=context.chunk)
+    per_task = map_leading(grad(context.loss), in_dims=(None, 0, 0), chunk=context.chunk)
     grads = per_task(params, context.batch.support_x, context.batch.support_y)
     return -flatten_batched(grads)
 

@@ -28,13 +28,14 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch.func import grad, jacrev, jvp, vjp, vmap
+from torch.func import grad, jacrev, jvp, vjp
 
 from metaland.meta.inner import LossFn, adapt_trajectory
 from metaland.models import Forward, ParamDict, flatten
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec, within_probe_tasks
 from metaland.schema import Params
 from metaland.seeding import generator
+from metaland.vectorise import map_leading
 
 
 class LinearityOptions(Params):
@@ -161,7 +162,7 @@ def linearity(context: ProbeContext, options: LinearityOptions) -> ProbeOutput:
             projections=v,
         )
 
-    per_task = vmap(one, in_dims=(0, 0, None if exact else 0), chunk_size=context.chunk)(sx, sy, projections)
+    per_task = map_leading(one, in_dims=(0, 0, None if exact else 0), chunk=context.chunk)(sx, sy, projections)
     per_task = {name: values.detach() for name, values in per_task.items()}
     summary = {name: values.mean().item() for name, values in per_task.items()}
     summary["ac_jacobian_deviation"] = (per_task["ac_jacobian"] - 1).abs().mean().item()

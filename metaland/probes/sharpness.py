@@ -22,12 +22,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch.func import grad_and_value, vmap
+from torch.func import grad_and_value
 
 from metaland.meta.inner import adapt
 from metaland.meta.sharp import sam_perturbation
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec, within_probe_tasks
 from metaland.schema import Params
+from metaland.vectorise import map_leading
 
 
 class SharpnessOptions(Params):
@@ -81,7 +82,7 @@ def sam_sharpness(context: ProbeContext, options: SharpnessOptions) -> ProbeOutp
         return before, after
 
     tasks = context.batch.chunk(0, k)
-    before, after = vmap(one_task, chunk_size=context.chunk)(*tasks.tensors())
+    before, after = map_leading(one_task, chunk=context.chunk)(*tasks.tensors())
     sharpness = after - before
     return ProbeOutput(
         {"sam_sharpness": sharpness, "sam_perturbed_query_loss": after},

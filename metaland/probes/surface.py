@@ -18,7 +18,8 @@ pre-training baseline's supervised loss on fixed meta-train images gives transfe
 training landscape around θ as trained, with its all-class head (Fig. 9; no adaptation).
 
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
-chunks of grid points. Summaries per surface: the value at the centre and the mean rise of the
+chunks of grid points, or looped over both with ``point_chunk: 1`` (faster on a CPU,
+``metaland.vectorise``). Summaries per surface: the value at the centre and the mean rise of the
 surface above it over the grid (a filter-normalised average sharpness).
 """
 
@@ -29,7 +30,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch.func import vmap
 
 from metaland.data.tasks import TaskBatch, model_inputs
 from metaland.errors import ConfigError
@@ -38,6 +38,7 @@ from metaland.models import ParamDict
 from metaland.probes import PROBES, Grid, ProbeContext, ProbeOutput, ProbeSpec
 from metaland.schema import Params
 from metaland.seeding import generator
+from metaland.vectorise import map_leading
 
 
 class SurfaceSpec(Params):
@@ -75,7 +76,12 @@ class SurfaceOptions(Params):
     resolution: int = Field(
         11, ge=3, le=201, description="Grid points per axis, odd so the centre is on the grid (seed 001's code: 51)."
     )
-    point_chunk: int = Field(8, ge=1, description="Grid points vectorised together; changes speed and memory only.")
+    point_chunk: int = Field(
+        8,
+        ge=1,
+        description="Grid points vectorised together; 1 = a plain loop over points and tasks (faster on a CPU). "
+        "Changes speed and memory only.",
+    )
     surfaces: dict[str, SurfaceSpec] = Field(
         default_factory=lambda: {"meta_loss": SurfaceSpec()},
         description="Surface name -> what it measures; every surface uses the same two directions.",
@@ -132,11 +138,12 @@ def loss_surface(
         def supervised(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(context.forward(shifted(theta, delta, eta, a, b), x), y)
 
-        return vmap(supervised, chunk_size=point_chunk)(a_all, b_all).detach().reshape(n, n)
+        return map_leading(supervised, chunk=point_chunk)(a_all, b_all).detach().reshape(n, n)
 
     theta = {name: p.detach() for name, p in context.params.items()}
     steps = context.steps if spec.inner_steps is None else spec.inner_steps
     pool = first_query_shots(context.batch, spec.query_shots)
+    task_chunk = 1 if point_chunk == 1 else 0  # a loop over points loops over tasks too
 
     def task_loss(start: ParamDict, sx, sy, qx, qy) -> torch.Tensor:
         adapted = adapt(
@@ -147,11 +154,11 @@ def loss_surface(
 
     def mean_over_tasks(a: torch.Tensor, b: torch.Tensor, *tasks: torch.Tensor) -> torch.Tensor:
         start = shifted(theta, delta, eta, a, b)
-        return vmap(lambda *task: task_loss(start, *task))(*tasks).mean()
+        return map_leading(lambda *task: task_loss(start, *task), chunk=task_chunk)(*tasks).mean()
 
     if not spec.resample:
         fixed = pool.chunk(0, spec.tasks).tensors()
-        values = vmap(lambda a, b: mean_over_tasks(a, b, *fixed), chunk_size=point_chunk)(a_all, b_all)
+        values = map_leading(lambda a, b: mean_over_tasks(a, b, *fixed), chunk=point_chunk)(a_all, b_all)
         return values.detach().reshape(n, n)
     picks = torch.stack([torch.randperm(len(pool), generator=resample_rng)[: spec.tasks] for _ in range(n * n)])
     values = []
@@ -159,7 +166,9 @@ def loss_surface(
         stop = min(start + point_chunk, n * n)
         index = picks[start:stop].to(pool.support_x.device)
         tasks = [t[index] for t in pool.tensors()]  # [points, k, ...]: each point's own draw
-        values.append(vmap(mean_over_tasks)(a_all[start:stop], b_all[start:stop], *tasks).detach())
+        values.append(
+            map_leading(mean_over_tasks, chunk=task_chunk)(a_all[start:stop], b_all[start:stop], *tasks).detach()
+        )
     return torch.cat(values).reshape(n, n)
 
 
