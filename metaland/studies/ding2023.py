@@ -522,23 +522,25 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
     axes[0].set_title("(a) Fig. 3: loss vs accuracy, one point per run")
 
     table = accuracy_table(tables, AggregateConfig())
-    labels = [f"{r.backbone}\n{'TL' if r.method == TL else 'MAML'}" for r in table.itertuples()]
-    x = np.arange(len(table))
+    groups = list(dict.fromkeys(zip(table["method"], table["backbone"], strict=True)))
+    position = {group: i for i, group in enumerate(groups)}
     for offset, augment in ((-0.2, "none"), (0.2, "chen")):
-        rows = table["augment"] == augment
-        ours = table[rows]
-        axes[1].bar(x[rows] + offset, ours["accuracy"], width=0.38, label=AUGMENT_NAMES[augment], alpha=0.85)
+        ours = table[table["augment"] == augment]
+        if ours.empty:
+            continue
+        x = np.array([position[g] for g in zip(ours["method"], ours["backbone"], strict=True)]) + offset
+        axes[1].bar(x, ours["accuracy"], width=0.38, label=AUGMENT_NAMES[augment], alpha=0.85)
         axes[1].errorbar(
-            x[rows] + offset,
+            x,
             ours["accuracy"],
             yerr=[ours["accuracy"] - ours["ci_low"], ours["ci_high"] - ours["accuracy"]],
             fmt="none",
             color="black",
             capsize=3,
         )
-        axes[1].scatter(x[rows] + offset, ours["paper_miniimagenet"], marker="_", s=160, color="black")
-    unique = dict(zip(labels, x, strict=True))
-    axes[1].set_xticks(list(unique.values()), list(unique.keys()), fontsize=7)
+        axes[1].scatter(x, ours["paper_miniimagenet"], marker="_", s=160, color="black")
+    labels = [f"{backbone}\n{'TL' if method == TL else 'MAML'}" for method, backbone in groups]
+    axes[1].set_xticks(range(len(groups)), labels, fontsize=7)
     axes[1].scatter([], [], marker="_", s=160, color="black", label="thesis (MiniImageNet)")
     axes[1].set_ylabel("meta-test accuracy (95% CI over tasks × seeds)")
     axes[1].set_title("(b) Table 2: ours (bars) and the thesis's (dashes)")
