@@ -93,7 +93,7 @@ def test_repro_builds_every_output(pipeline):
         manifest = json.loads((work / "checkpoints" / run / "manifest.json").read_text())
         assert [c["step"] for c in manifest["checkpoints"]] == extracted_steps(run)
     grids = (work / "probes" / "sharpmaml-both-omniglot-small-5w1s-s0" / "grids.csv").read_text().splitlines()
-    assert grids[0] == "run,step,grid,x,y,value" and len(grids) == 1 + 3 * 3
+    assert grids[0] == "run,step,grid,direction_seed,x,y,value" and len(grids) == 1 + 3 * 3
 
 
 def test_every_stage_is_an_mlflow_run(pipeline):

@@ -8,7 +8,8 @@ row per observation::
     probes/<run>/tasks.csv         one row per checkpoint × task: per-task values
     probes/<run>/tasks.json        the fixed task set (class and sample indices) on probe.split
     probes/<run>/tasks-<split>.json  the fixed task set on another split a `<probe>/<split>` key measures
-    probes/<run>/grids.csv         one row per checkpoint × surface × grid point (surface probes only)
+    probes/<run>/grids.csv         one row per checkpoint × surface × grid point (surface probes only),
+                                   with the probe seed the directions are drawn from
 
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
 So each checkpoint's results are also kept, as soon as they exist, in a cache folder outside the
@@ -150,7 +151,15 @@ def probe_run(
             for i, x in enumerate(grid["x"]):
                 for j, y in enumerate(grid["y"]):
                     grid_rows.append(
-                        {"run": run.key, "step": step, "grid": name, "x": x, "y": y, "value": grid["values"][i][j]}
+                        {
+                            "run": run.key,
+                            "step": step,
+                            "grid": name,
+                            "direction_seed": study.probe.seed,
+                            "x": x,
+                            "y": y,
+                            "value": grid["values"][i][j],
+                        }
                     )
         if tracker is not None:
             tracker.log_metrics({f"probe/{k}": v for k, v in result["summary"].items()}, step=step)
