@@ -81,3 +81,61 @@ def test_surface_shape_statistics_on_analytic_surfaces():
     spiky[4, 4] += 1.0
     assert surface_roughness(spiky) > surface_roughness(bowl)
     assert surface_roughness(aa + 3 * bb) == pytest.approx(0.0, abs=1e-12)  # a plane has no curvature
+
+
+def _grid_rows(run: str, surfaces: dict[str, np.ndarray]) -> list[dict]:
+    a = np.linspace(-1, 1, 7)
+    rows = []
+    for name, z in surfaces.items():
+        for i, x in enumerate(a):
+            for j, y in enumerate(a):
+                rows.append(
+                    {"run": run, "variant": "fomaml", "backbone": "Conv4", "augment": "none", "seed": 5, "step": 10}
+                    | {"grid": name, "x": x, "y": y, "value": z[i, j]}
+                )
+    return rows
+
+
+def _claims_on(surfaces: dict[str, np.ndarray]) -> dict[str, str]:
+    from metaland.claims import claims_of
+
+    grids = pd.DataFrame(_grid_rows("ding2023-r0", surfaces))
+    tables = StudyTables("ding2023", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), grids)
+    wanted = ("feature-reuse", "many-tasks-smoother", "query-shots-convexity")
+    return {
+        c.id.split("ding2023-")[1]: c.test(tables, AggregateConfig()).verdict
+        for c in claims_of("ding2023")
+        if c.id.split("ding2023-")[1] in wanted
+    }
+
+
+def test_landscape_claims_follow_their_rules_on_constructed_surfaces():
+    a = np.linspace(-1, 1, 7)
+    aa, bb = np.meshgrid(a, a, indexing="ij")
+    bowl, saddle = aa**2 + bb**2, aa**2 - bb**2
+    spikes = np.random.default_rng(0).normal(0, 0.3, bowl.shape)
+    agreeing = {
+        "inner_0": bowl + 0.1 * aa,
+        "head": bowl,  # carries the shape
+        "features": 0.05 * saddle,  # nearly flat
+        "meta_4": bowl + spikes,
+        "meta_many": bowl,
+        "meta_4/train": bowl + spikes,
+        "meta_many/train": bowl,
+        "shots_1": saddle,
+        "shots_2": 0.5 * saddle + bowl,
+        "shots_4": bowl,
+    }
+    assert set(_claims_on(agreeing).values()) == {"holds"}
+    opposing = {
+        **agreeing,
+        "features": 2 * saddle,  # rougher than the full surface
+        "meta_4": bowl,
+        "meta_many": bowl + spikes,
+        "shots_1": bowl,
+        "meta_many/train": bowl + spikes,
+        "meta_4/train": bowl,
+    }
+    opposing["shots_4"] = opposing["shots_2"] = bowl
+    verdicts = _claims_on({**opposing, "meta_many": saddle + spikes})
+    assert verdicts == {"feature-reuse": "fails", "many-tasks-smoother": "fails", "query-shots-convexity": "fails"}
