@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Protocol, Self
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from metaland.seeding import generator
 
@@ -126,6 +125,8 @@ def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> to
 
 def resized_crops(images: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
     """Each image's crop box resized back to the image's size (bilinear, antialiased, as torchvision)."""
+    from torchvision.transforms.v2 import functional as TF  # a second to import: augmented runs only
+
     size = list(images.shape[-2:])
     boxes = crops.tolist()
     return torch.stack(
