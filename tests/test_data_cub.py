@@ -84,7 +84,7 @@ def test_registered_dataset_is_the_official_archive_with_chens_split():
     params = CubParams()
     assert params.image_size == 84 and spec.channels == 3 and spec.config_model is CubParams
     assert spec.split_sizes(params) == {"train": 100, "val": 50, "test": 50}
-    assert spec.min_instances(params) == 41
+    assert spec.min_instances(params) == 30
     (source,) = spec.sources(params)
     assert source.filename == "CUB_200_2011.tgz" and source.md5 == "97eceeb196236b17998738112f37df78"
     assert source.url == "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
@@ -150,5 +150,5 @@ def test_config_accepts_chens_setting_on_cub_and_refuses_tasks_beyond_its_smalle
     run = resolve(raw).runs[RUN]
     assert (run.model.blocks, run.model.downsampled_blocks, run.model.init, run.train.augment) == (6, 4, "chen", "chen")
     raw["runs"][RUN].update(shots=30)
-    with pytest.raises(ConfigError, match=r"shots \+ queries = 30 \+ 16 exceeds the 41 samples"):
+    with pytest.raises(ConfigError, match=r"shots \+ queries = 30 \+ 16 exceeds the 30 samples"):
         resolve(raw)
