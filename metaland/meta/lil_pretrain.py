@@ -9,9 +9,10 @@ loop"; the inner loop's support labels are the only ones used). Per task τ:
     L_pretrain(τ) = λ · KL( s(f(x|θ*)) ‖ s(f(x|θ̂*)) ),  x ∈ D_target                 (eq. 7)
 
 with δ the teacher's path length Σ_k ‖θ*^{k+1} − θ*^k‖ (spec §6.4 [interp]; or the student's own,
-``distance``), λ = 0.1 and, after every pretraining meta-step, θ_teacher ← m θ_teacher + (1 − m) θ
-with m = 0.999 (App. E); the teacher starts at θ^0. The student's cost is that of a one-step GBML
-method (App. E): one inner gradient, differentiated through unless ``student_first_order``.
+``distance``), the KL reduced as in ``lil`` (``reduction``), λ = 0.1 and, after every pretraining
+meta-step, θ_teacher ← m θ_teacher + (1 − m) θ with m = 0.999 (App. E); the teacher starts at θ^0.
+The student's cost is that of a one-step GBML method (App. E): one inner gradient, differentiated
+through unless ``student_first_order``.
 
 From iteration N on, the run meta-trains with the inherited :class:`LILOptions` (``lil``): by
 default plain FOMAML (first order, both LIL weights 0), App. C's "pretrained FOMAML with LIL loss
@@ -20,7 +21,7 @@ for 15k iterations and then trained with FOMAML without LIL loss for the remaini
 §6.4: the paper is ambiguous there). The end of pretraining is a milestone: always checkpointed,
 extracted and kept per task (Table 1's LIL-init θ^0; step 0 is the random init).
 
-Choices the paper leaves open (spec §6.4 "Not stated"), each an option below: no BYOL predictor
+Choices the paper leaves open (spec §6.4 "Not stated"), options below unless fixed: no BYOL predictor
 (the student and teacher outputs are N-way logits of tasks whose class order is random, so a
 learned map between them has no fixed classes to act on; App. E names only student, teacher and
 momentum); δ from the teacher; a constant momentum applied after every meta-step; the run's own
@@ -59,9 +60,9 @@ class LILPretrainOptions(LILOptions):
     pretrain_iterations: int = Field(
         15000,
         ge=1,
-        description="N: meta-iterations 0..N-1 are label-free LIL pretraining (App. E), the rest meta-train with "
-        "the LIL options below (App. C: 15k of pretraining, then 15k of FOMAML). N ≥ train.iterations pretrains "
-        "only (Table 1's LIL-init).",
+        description="N: meta-iterations 0..N-1 are label-free LIL pretraining (App. E), the rest meta-train as "
+        "lil with phase_weight, amplitude_weight, first_order, direction, detach_delta and detach (App. C: 15k of "
+        "pretraining, then 15k of FOMAML). N = train.iterations pretrains only.",
     )
     momentum: float = Field(
         0.999,
