@@ -67,7 +67,9 @@ def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) 
         final_tasks.append(_with_meta(tasks[tasks["step"] == tasks["step"].max()], meta))
         milestones = {0: INITIAL, **ALGORITHMS.get(run.algorithm).milestones(run.algorithm_options)}
         at_milestones = tasks[tasks["step"].isin(milestones)]
-        milestone_tasks.append(_with_meta(at_milestones.assign(milestone=at_milestones["step"].map(milestones)), meta))
+        if not at_milestones.empty:
+            named = at_milestones.assign(milestone=at_milestones["step"].map(milestones))
+            milestone_tasks.append(_with_meta(named, meta))
         log = Path(runs_dir) / run.key / "train_log.csv"
         if log.is_file():
             train_log.append(_with_meta(pd.read_csv(log), meta))
