@@ -261,6 +261,28 @@ def ablation_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     return _accuracy_rows(tables, cfg, ABLATION)
 
 
+INIT_COLUMNS = (
+    "setting",
+    "init",
+    "step",
+    "runs",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "pre_adaptation_accuracy",
+    "pre_ci_low",
+    "pre_ci_high",
+    "chance",
+    "gain_over_random",
+    "gain_ci_low",
+    "gain_ci_high",
+    "paper_accuracy",
+    "paper_std",
+)
+"""Columns of the Table 1 analogue: accuracy after the inner loop (± CI), raw θ^0 accuracy (± CI), chance,
+the paired gain of the LIL-init over the random init (± CI), the paper's number."""
+
+
 def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     """Table 1 analogue: random vs LIL-pretrained θ^0 of the ``lil-pretrain`` runs, per setting.
 
@@ -268,9 +290,9 @@ def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     ``pre_adaptation_accuracy`` is θ^0's own query accuracy, ≈ 1/N for any θ^0 under random class order
     (the sanity check); the gain is paired over the same fixed tasks and seeds."""
     milestones = PRETRAINED_RUNS(tables.milestone_tasks)
+    rows: list[dict] = []
     if milestones.empty or "milestone" not in milestones:
-        return pd.DataFrame()
-    rows = []
+        return pd.DataFrame(rows, columns=INIT_COLUMNS)  # the header only: the report reads an empty table
     for (setting, shots, ways), group in milestones.groupby(["setting", "shots", "ways"], sort=True):
         for init, milestone in INITS.items():
             mine = group[group["milestone"] == milestone]
@@ -304,7 +326,7 @@ def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                     "paper_std": paper_std / 100,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=INIT_COLUMNS)
 
 
 def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
