@@ -160,3 +160,24 @@ def test_end_of_pretraining_off_the_logging_grid_is_refused(tmp_path):
     path.write_text(text.replace("pretrain_iterations: 10", "pretrain_iterations: 7", 1))
     with pytest.raises(ConfigError, match=r"pretrained milestone .* step 7 .* multiple of train.log_every = 5"):
         load_params(path)
+
+
+def test_study_tables_keep_the_tasks_at_the_initial_checkpoint_and_at_the_end_of_pretraining(tmp_path):
+    from metaland.results import build_tables
+
+    runs = [make_run("lil-pretrain", {"pretrain_iterations": 4}), make_run("maml")]
+    for run in runs:
+        folder = tmp_path / "probes" / run.key
+        folder.mkdir(parents=True)
+        steps = (0, 4, 8, 12)
+        (folder / "checkpoints.csv").write_text("run,step,query_accuracy\n" + "".join(f"r,{s},0.5\n" for s in steps))
+        rows = "".join(f"r,{s},{t},{s / 100 + t}\n" for s in steps for t in range(2))
+        (folder / "tasks.csv").write_text("run,step,task,query_accuracy\n" + rows)
+    tables = build_tables("guiroy2019", runs, tmp_path / "probes", tmp_path / "runs")
+    kept = tables.milestone_tasks.groupby(["algorithm", "milestone"])["step"].unique().to_dict()
+    assert {k: list(v) for k, v in kept.items()} == {
+        ("lil-pretrain", "initial"): [0],
+        ("lil-pretrain", "pretrained"): [4],
+        ("maml", "initial"): [0],
+    }
+    assert len(tables.milestone_tasks) == 6 and set(tables.final_tasks["step"]) == {12}
