@@ -19,6 +19,8 @@ the runs the claim speaks about:
 * :func:`improves_on` — one algorithm beats another on the same tasks (paired CI of the difference).
 * :func:`improves_over_training` — one algorithm's curve lies above (below) another's over
   meta-training (paired CI over seeds × checkpoints: "converges faster").
+* :func:`improves_at_milestone` — a run's metric at a milestone of its training (the end of a
+  pretraining phase) beats its value at the initialisation, on the same tasks (paired CI).
 * :func:`mean_exceeds` — a mean at the final checkpoints lies above a threshold (its CI does).
 * :func:`all_hold` — several named tests must all hold (one claim about several variants).
 
@@ -37,7 +39,7 @@ import pandas as pd
 
 from metaland.config import AggregateConfig
 from metaland.registry import Registry
-from metaland.results import StudyTables
+from metaland.results import INITIAL, StudyTables
 from metaland.stats import mean_ci, pearson, spearman
 
 Verdict = Literal["holds", "fails", "inconclusive"]
@@ -390,6 +392,39 @@ def improves_over_training(
             sign,
             cfg,
             what="checkpoints",
+        )
+
+    return test
+
+
+def improves_at_milestone(
+    metric: str,
+    milestone: str,
+    *,
+    reference: str = INITIAL,
+    scope: Scope = every_run,
+    pair_on: tuple[str, ...] = ("run", "task"),
+) -> Test:
+    """Each run's per-task ``metric`` at its ``milestone`` checkpoint is higher than at ``reference``
+    (default: the initialisation), on the same fixed tasks (paired over ``pair_on``): CI of the mean gain."""
+
+    def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
+        rows = scope(tables.milestone_tasks)
+        keep = [*pair_on, metric]
+        if "milestone" not in rows:
+            rows = pd.DataFrame(columns=[*keep, "milestone"])
+        pairs = (
+            rows[rows["milestone"] == milestone][keep]
+            .merge(rows[rows["milestone"] == reference][keep], on=list(pair_on), suffixes=("_treatment", "_baseline"))
+            .dropna()
+        )
+        return _paired_verdict(
+            f"mean paired difference in {metric} ({milestone} − {reference})",
+            pairs[f"{metric}_treatment"].astype(float),
+            pairs[f"{metric}_baseline"].astype(float),
+            1.0,
+            cfg,
+            what="tasks",
         )
 
     return test

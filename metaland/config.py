@@ -487,6 +487,15 @@ def _check_run(run: Run, dataset_params: Params, study: StudyConfig, source: str
             f"train.log_every = {run.train.log_every}, so a run resumed from a checkpoint would average a partial "
             "logging window. Fix: make checkpoint_every a multiple of log_every."
         )
+    from metaland.meta import ALGORITHMS
+
+    for step, name in ALGORITHMS.get(run.algorithm).milestones(run.algorithm_options).items():
+        if step < run.train.iterations and step % run.train.log_every:
+            raise ConfigError(
+                f"{source}: {where}: the {name} milestone of algorithm {run.algorithm} at step {step} is not a "
+                f"multiple of train.log_every = {run.train.log_every}; it is always checkpointed, so a run resumed "
+                "from it would average a partial logging window. Fix: make it a multiple of log_every."
+            )
     if run.train.checkpoint_every > run.train.iterations:
         raise ConfigError(
             f"{source}: {where}: train.checkpoint_every = {run.train.checkpoint_every} is larger than "

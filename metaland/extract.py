@@ -1,7 +1,8 @@
 """Select, verify and publish the checkpoints a study probes.
 
 Rules (a union; ``studies.<study>.extract``): every k-th checkpoint of the schedule, n
-log-spaced ones, the best on validation accuracy, the final one. Each selected checkpoint is
+log-spaced ones, the best on validation accuracy, the final one; and always the algorithm's
+milestones (``AlgorithmSpec.milestones``: the end of a training phase). Each selected checkpoint is
 verified against its sha256, stripped to θ (no optimizer state) and written to
 ``checkpoints/<run>/`` with a manifest; the folder appears only complete.
 """
@@ -15,12 +16,15 @@ from metaland.checkpoints import Checkpoint, list_checkpoints, load_groups, save
 from metaland.config import ExtractConfig, Run
 from metaland.errors import CheckpointError
 from metaland.io import atomic_dir, read_json, write_json
+from metaland.meta import ALGORITHMS
 
 VAL_METRIC = "val/query_accuracy"
 
 
-def select(checkpoints: list[Checkpoint], rule: ExtractConfig) -> dict[int, list[str]]:
-    """step -> the rules that selected it, for checkpoints sorted by step."""
+def select(
+    checkpoints: list[Checkpoint], rule: ExtractConfig, milestones: dict[int, str] | None = None
+) -> dict[int, list[str]]:
+    """step -> the rules that selected it, for checkpoints sorted by step (``milestones``: {step: name})."""
     steps = [c.step for c in checkpoints]
     chosen: dict[int, list[str]] = {}
 
@@ -38,6 +42,9 @@ def select(checkpoints: list[Checkpoint], rule: ExtractConfig) -> dict[int, list
         pick(best.step, "best-val")
     if rule.final:
         pick(steps[-1], "final")
+    for step, name in (milestones or {}).items():
+        if step in steps:
+            pick(step, name)
     return dict(sorted(chosen.items()))
 
 
@@ -69,7 +76,8 @@ def extract(run: Run, rule: ExtractConfig, train_dir: Path, out_dir: Path) -> di
     by_step = {c.step: c for c in checkpoints}
     entries = []
     with atomic_dir(out_dir) as tmp:
-        for step, reasons in select(checkpoints, rule).items():
+        milestones = ALGORITHMS.get(run.algorithm).milestones(run.algorithm_options)
+        for step, reasons in select(checkpoints, rule, milestones).items():
             source = by_step[step]
             verify(source)
             params = load_groups(source)["params"]

@@ -4,6 +4,8 @@
 
     checkpoints.csv   run × checkpoint: run metadata, step, every probe summary
     final_tasks.csv   run × task at each run's final checkpoint: per-task probe values
+    milestone_tasks.csv  run × task at the initial checkpoint (milestone ``initial``) and at the
+                      algorithm's milestones (``AlgorithmSpec.milestones``): per-task probe values
     train_log.csv     run × log step: meta-training query loss / accuracy
     grids.csv         run × checkpoint × surface × grid point: 2-D loss surfaces (surface probes)
 
@@ -23,7 +25,9 @@ from metaland.io import write_text
 from metaland.meta import ALGORITHMS
 from metaland.models import MODELS
 
-TABLES = ("checkpoints", "final_tasks", "train_log", "grids")
+TABLES = ("checkpoints", "final_tasks", "train_log", "grids", "milestone_tasks")
+INITIAL = "initial"
+"""The milestone name of step 0, the initialisation."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class StudyTables:
     final_tasks: pd.DataFrame
     train_log: pd.DataFrame
     grids: pd.DataFrame = field(default_factory=pd.DataFrame)
+    milestone_tasks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def run_metadata(run: Run) -> dict:
@@ -57,19 +62,25 @@ def run_metadata(run: Run) -> dict:
 
 def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) -> StudyTables:
     """Join every run's probe tables and training log with its metadata."""
-    checkpoints, final_tasks, train_log, grids = [], [], [], []
+    checkpoints, final_tasks, train_log, grids, milestone_tasks = [], [], [], [], []
     for run in runs:
         meta = run_metadata(run)
         checkpoints.append(_with_meta(_read(Path(probes_dir) / run.key / "checkpoints.csv", run.key), meta))
         tasks = _read(Path(probes_dir) / run.key / "tasks.csv", run.key)
         final_tasks.append(_with_meta(tasks[tasks["step"] == tasks["step"].max()], meta))
+        milestones = {0: INITIAL, **ALGORITHMS.get(run.algorithm).milestones(run.algorithm_options)}
+        at_milestones = tasks[tasks["step"].isin(milestones)]
+        if not at_milestones.empty:
+            named = at_milestones.assign(milestone=at_milestones["step"].map(milestones))
+            milestone_tasks.append(_with_meta(named, meta))
         log = Path(runs_dir) / run.key / "train_log.csv"
         if log.is_file():
             train_log.append(_with_meta(pd.read_csv(log), meta))
         surfaces = Path(probes_dir) / run.key / "grids.csv"
         if surfaces.is_file():
             grids.append(_with_meta(pd.read_csv(surfaces), meta))
-    return StudyTables(study, *(_concat(frames) for frames in (checkpoints, final_tasks, train_log, grids)))
+    parts = (checkpoints, final_tasks, train_log, grids, milestone_tasks)
+    return StudyTables(study, *(_concat(frames) for frames in parts))
 
 
 def write_tables(tables: StudyTables, out_dir: Path) -> None:

@@ -66,8 +66,9 @@ def test_paper_profile_has_the_sharp_maml_setting():
 
 def test_paper_profile_has_the_lil_setting():
     """Seed 004 §6, App. C: 4-conv on miniImageNet 5-way 1/5-shot, S = 3, α = 0.5, meta-batch 4, 30k
-    iterations; MAML, ANIL, BOIL ± LIL and the Table 5 ablation on the same 3 seeds; λ_phase 0.1,
-    λ_amp 0.01 (1-shot) / 0.1 (5-shot) for MAML only."""
+    iterations; MAML, FOMAML, ANIL, BOIL ± LIL and the Table 5 ablation on the same 3 seeds; λ_phase 0.1,
+    λ_amp 0.01 (1-shot) / 0.1 (5-shot) for MAML only; FOMAML + LIL: 15k of LIL pretraining (momentum
+    0.999, λ 0.1), then 15k of FOMAML (App. C, App. E)."""
     config = load_params(REPO / "profiles" / "paper.yaml")
     variants: dict[tuple[str, int], list[int]] = {}
     for run in config.runs_of("lil2022"):
@@ -80,7 +81,20 @@ def test_paper_profile_has_the_lil_setting():
         assert options.phase_weight in (0.0, 0.1)
         if options.amplitude_weight:
             assert run.train.inner_params == "all" and options.amplitude_weight == {1: 0.01, 5: 0.1}[run.shots]
-    names = ("maml", "maml+lil", "maml+lil-phase", "maml+lil-amplitude", "anil", "anil+lil-phase", "boil")
+        if run.algorithm == "lil-pretrain":
+            assert (options.pretrain_iterations, options.momentum, options.pretrain_weight) == (15000, 0.999, 0.1)
+            assert options.first_order and options.phase_weight == options.amplitude_weight == 0
+    names = (
+        "maml",
+        "maml+lil",
+        "maml+lil-phase",
+        "maml+lil-amplitude",
+        "fomaml",
+        "fomaml+lil-pretrain",
+        "anil",
+        "anil+lil-phase",
+        "boil",
+    )
     assert variants == {(v, k): [0, 1, 2] for v in (*names, "boil+lil-phase") for k in (1, 5)}
 
 

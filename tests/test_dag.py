@@ -188,7 +188,7 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     counts = {(r["algorithm"], r["dataset"]) for r in runs.values()}
     assert counts == {
         *((a, "omniglot") for a in ("maml", "fomaml", "regmaml", "metasgd", "metacurvature", "klin", "kfc")),
-        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml", "lil", "transfer")),
+        *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml", "lil", "lil-pretrain", "transfer")),
         *((a, "cub") for a in ("fomaml", "transfer")),
         *((a, "synthetic-binary") for a in ("maml", "klin", "kfc")),
     }

@@ -27,6 +27,20 @@ transfer baseline fine-tunes a new linear head on frozen features with SGD and m
 * ``meta_test_adaptation(options, module, head, seed)``: a :data:`metaland.meta.evaluate.TaskAdaptation`
   used by validation and every probe (default ``None`` = the run's inner loop).
 
+Two hooks let an algorithm keep training state beyond θ and Adam (seed 004 App. E: the BYOL
+teacher, an EMA of θ); every other algorithm keeps none and trains exactly as without them:
+
+* ``initial_state(params, options)``: the state at step 0 ({name: tensor}; default ``None`` = no
+  state). An algorithm with state receives it, and the step, as ``meta_gradient(..., state=,
+  step=)``; the training loop checkpoints it as the tensor group ``algorithm_state`` and restores
+  it on resume;
+* ``update_state(state, params, step, options)``: the state after meta-step ``step``, given θ
+  after that step (required with ``initial_state``).
+
+``milestones(options)`` names the steps where an algorithm's training changes phase ({step:
+name}; default none; seed 004 App. C: the end of LIL pretraining): training checkpoints them,
+extract keeps them, and study tables keep their per-task rows beside the initial ones.
+
 ``variant(options)`` names a run's variant in results and figures when one algorithm covers
 several published methods (Sharp-MAML's low / up / both); by default the algorithm's name. An
 inner loop on the head or the body renames MAML to ANIL or BOIL (seed 004 §6).
@@ -103,6 +117,10 @@ def no_learned_params(params: ParamDict, adapted: frozenset[str] | None, options
     return {}
 
 
+def no_milestones(options: Params) -> dict[int, str]:
+    return {}
+
+
 SUBSET_NAMES = {"head": "anil", "body": "boil"}  # train.inner_params -> method name (seed 004 §6)
 
 
@@ -119,6 +137,26 @@ class AlgorithmSpec:
     inner_update: Callable[[Params], InnerStep | None] = plain_gradient_descent
     learned_params: Callable[[ParamDict, frozenset[str] | None, Params], ParamDict] = no_learned_params
     meta_test_adaptation: Callable[[Params, Any, tuple[str, str], int], TaskAdaptation | None] = inner_loop_at_meta_test
+
+    initial_state: Callable[[ParamDict, Params], ParamDict] | None = None
+    update_state: Callable[[ParamDict, ParamDict, int, Params], ParamDict] | None = None
+    milestones: Callable[[Params], dict[int, str]] = no_milestones
+
+    def state_at_start(self, params: ParamDict, options: Params) -> ParamDict:
+        """The algorithm's training state at step 0 (empty for algorithms without state)."""
+        return {} if self.initial_state is None else self.initial_state(params, options)
+
+    def step_gradient(
+        self, problem: MetaProblem, params: ParamDict, batch: Any, options: Params, state: ParamDict, step: int
+    ) -> tuple[ParamDict, dict[str, float]]:
+        """``meta_gradient`` of meta-step ``step``; only an algorithm with state sees ``state`` and ``step``."""
+        if self.initial_state is None:
+            return self.meta_gradient(problem, params, batch, options)
+        return self.meta_gradient(problem, params, batch, options, state=state, step=step)
+
+    def state_after(self, state: ParamDict, params: ParamDict, step: int, options: Params) -> ParamDict:
+        """The training state after meta-step ``step`` (θ after the step: ``params``)."""
+        return state if self.update_state is None else self.update_state(state, params, step, options)
 
     def meta_parameters(self, params: ParamDict, adapted: frozenset[str] | None, options: Params) -> ParamDict:
         """What the outer loop meta-learns: the model's θ and the learned update's φ, if any."""
@@ -166,6 +204,7 @@ def mean_metrics(values: dict[str, torch.Tensor]) -> dict[str, float]:
 # Registrations (one module per algorithm family).
 from metaland.meta import finetune as _finetune  # noqa: E402,F401
 from metaland.meta import lil as _lil  # noqa: E402,F401
+from metaland.meta import lil_pretrain as _lil_pretrain  # noqa: E402,F401
 from metaland.meta import maml as _maml  # noqa: E402,F401
 from metaland.meta import metaopt as _metaopt  # noqa: E402,F401
 from metaland.meta import regularised as _regularised  # noqa: E402,F401

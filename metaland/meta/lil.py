@@ -18,7 +18,7 @@ defaults: d is the support-loss gradient at θ^0 (the inner-loop direction; the 
 reduction is the batch mean, and nothing is detached. λ_phase = 0.1 (all experiments), λ_amp =
 0.01 for 1-shot and 0.1 for 5-shot MAML, 0 for ANIL / BOIL (§6, App. C).
 
-Not built here: LIL as a label-free BYOL-style pretraining stage (App. E; see docs/studies/lil2022.md).
+LIL as a label-free BYOL-style pretraining stage (App. E) is ``metaland.meta.lil_pretrain``.
 """
 
 from __future__ import annotations
@@ -151,19 +151,27 @@ def lil_objective(problem: MetaProblem, options: LILOptions):
 METRICS = ("query_loss", "query_accuracy", "phase_loss", "amplitude_loss", "outer_loss")
 
 
-def lil_meta_gradient(
-    problem: MetaProblem, params: ParamDict, batch: TaskBatch, options: LILOptions
+def mean_task_gradient(
+    objective, params: ParamDict, batch: TaskBatch, chunk: int
 ) -> tuple[ParamDict, dict[str, float]]:
-    """(1/n) Σ_τ ∇_θ L_outer(τ) and the mean per-task terms (per task ``vmap(grad(.))``: see metaland.meta.maml)."""
-    per_task_grad = vmap(grad(lil_objective(problem, options), has_aux=True), in_dims=(None, 0, 0, 0, 0))
+    """(1/n) Σ_τ ∇_θ objective(θ, τ) and the mean of its per-task terms (named :data:`METRICS`), per
+    task ``vmap(grad(.))`` in chunks of ``chunk`` tasks (see metaland.meta.maml)."""
+    per_task_grad = vmap(grad(objective, has_aux=True), in_dims=(None, 0, 0, 0, 0))
     total: ParamDict | None = None
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in METRICS}
-    for start, stop in task_chunks(len(batch), problem.task_chunk):
+    for start, stop in task_chunks(len(batch), chunk):
         grads, values = per_task_grad(params, *batch.chunk(start, stop).tensors())
         total = add_into(total, {k: g.sum(dim=0) for k, g in grads.items()})
         for name, value in zip(METRICS, values, strict=True):
             seen[name].append(value)
     return scale(total, 1.0 / len(batch)), mean_metrics({k: torch.cat(v) for k, v in seen.items()})
+
+
+def lil_meta_gradient(
+    problem: MetaProblem, params: ParamDict, batch: TaskBatch, options: LILOptions
+) -> tuple[ParamDict, dict[str, float]]:
+    """(1/n) Σ_τ ∇_θ L_outer(τ) and the mean per-task terms."""
+    return mean_task_gradient(lil_objective(problem, options), params, batch, problem.task_chunk)
 
 
 ALGORITHMS.register(

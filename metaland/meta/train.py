@@ -6,15 +6,16 @@ generator seeded by (run seed, purpose, s) only, augments it when ``train.augmen
 restarted from its newest valid checkpoint continues bit for bit as if it had never stopped.
 Layout of the run folder (a DVC ``persist`` output)::
 
-    runs/<run>/ckpt/step-00000500.safetensors + .json   θ, Adam state; sidecar with val metrics
+    runs/<run>/ckpt/step-00000500.safetensors + .json   θ, Adam state (and the algorithm's own training
+                                                        state, if it keeps one); sidecar with val metrics
     runs/<run>/train_log.csv                            per log step: the algorithm's training metrics
     runs/<run>/val_tasks.json                           the fixed validation task set
 
 A restarted run continues the MLflow run of the same run key and params hash, so its metrics
 form one curve in the UI.
 
-A checkpoint is written at step 0 (the initialisation), every ``checkpoint_every`` iterations
-and at the last iteration.
+A checkpoint is written at step 0 (the initialisation), every ``checkpoint_every`` iterations,
+at the algorithm's milestones (``AlgorithmSpec.milestones``) and at the last iteration.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def train(
         inner_params,
         algorithm.inner_update(run.algorithm_options),
     )
+    milestones = algorithm.milestones(run.algorithm_options)
     initial = algorithm.meta_parameters(initial_params(module), inner_params, run.algorithm_options)
     params_hash = run.trajectory_hash(dataset_params)
     ckpt_dir = Path(out_dir) / "ckpt"
@@ -128,13 +130,16 @@ def train(
         )
         return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
 
-    def checkpoint(step: int, params: ParamDict, adam: AdamState, log_rows: list[dict], tracker) -> Checkpoint:
+    def checkpoint(
+        step: int, params: ParamDict, adam: AdamState, state: ParamDict, log_rows: list[dict], tracker
+    ) -> Checkpoint:
         val = validate(params, step)
         write_csv(Path(out_dir) / "train_log.csv", log_rows, list(log_rows[0]) if log_rows else ["step"])
         ckpt = save_checkpoint(
             ckpt_dir,
             step,
-            {"params": params, "adam_m": adam.exp_avg, "adam_v": adam.exp_avg_sq},
+            # an empty algorithm_state group writes no tensor: stateless runs write the same file as ever
+            {"params": params, "adam_m": adam.exp_avg, "adam_v": adam.exp_avg_sq, "algorithm_state": state},
             params_hash=params_hash,
             metrics=val,
             extra={"run": run.key, "adam_step": adam.step},
@@ -152,13 +157,16 @@ def train(
         if resume is None:
             params = {k: v.to(device) for k, v in initial.items()}
             adam = adam_init(params)
+            state = algorithm.state_at_start(params, run.algorithm_options)
             log_rows: list[dict] = []
-            checkpoint(0, params, adam, log_rows, tracker)
+            checkpoint(0, params, adam, state, log_rows, tracker)
             start = 0
         else:
             groups = load_groups(resume, device)
             params = {name: groups["params"][name] for name in initial}
             adam = AdamState(int(resume.sidecar["adam_step"]), groups["adam_m"], groups["adam_v"])
+            saved_state = groups.get("algorithm_state", {})
+            state = {name: saved_state[name] for name in algorithm.state_at_start(params, run.algorithm_options)}
             log_rows = [row for row in _read_log(Path(out_dir) / "train_log.csv") if row["step"] <= resume.step]
             start = resume.step
             log.info("resuming %s from step %d", run.key, start)
@@ -172,12 +180,13 @@ def train(
             began = time.perf_counter()
             batch = algorithm.training_batch(run, train_split, step, run.algorithm_options)
             batch = augment_batch(batch, cfg.augment, run.seed, step).to(device)
-            grads, metrics = algorithm.meta_gradient(problem, params, batch, run.algorithm_options)
+            grads, metrics = algorithm.step_gradient(problem, params, batch, run.algorithm_options, state, step)
             _check_finite(run, step, metrics, grads)
             if cfg.meta_optimizer == "adam":
                 params, adam = adam_step(params, grads, adam, lr=cfg.meta_lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
             else:
                 params = sgd_step(params, grads, cfg.meta_lr)
+            state = algorithm.state_after(state, params, step, run.algorithm_options)
             seconds.append(time.perf_counter() - began)
             for k, value in metrics.items():
                 window.setdefault(k, []).append(value)
@@ -192,8 +201,8 @@ def train(
                     logged["train/seconds_per_iteration"] = sum(seconds) / len(seconds)
                     tracker.log_metrics(logged, step=done)
                 seconds = []
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                checkpoint(done, params, adam, log_rows, tracker)
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in milestones:
+                checkpoint(done, params, adam, state, log_rows, tracker)
             progress.update(1)
         progress.close()
     return TrainResult(list_checkpoints(ckpt_dir), None if resume is None else resume.step)

@@ -8,13 +8,15 @@ and improves MAML, ANIL and BOIL (Tables 2, 5). Here each claim is tested, not a
 
 * the ``linearity`` probe measures PC, AC (logit-Jacobian and loss-gradient readings), the
   gradient change and the Hessian-noise ratio on fixed test tasks at every extracted checkpoint;
-* MAML / ANIL / BOIL runs are ``maml`` with ``train.inner_params`` all / head / body; their LIL
-  runs are ``lil`` with the same inner loop (λ_amp = 0 for ANIL and BOIL: phase only, as the
-  paper); the Table 5 ablation sets one weight to 0;
+* MAML / ANIL / BOIL runs are ``lil`` with both weights 0 and ``train.inner_params`` all / head /
+  body (FOMAML: first order); their LIL runs are ``lil`` with the same inner loop (λ_amp = 0 for
+  ANIL and BOIL: phase only, as the paper); the Table 5 ablation sets one weight to 0;
+* FOMAML + LIL is ``lil-pretrain``: label-free BYOL-style LIL pretraining, then FOMAML (App. E,
+  App. C). Its step 0 is Table 1's random init and the end of pretraining (the ``pretrained``
+  milestone) its LIL-init, both meta-tested on the same fixed tasks;
 * accuracy comparisons pair the same fixed test tasks and seeds (same init, same task stream).
 
-Not built: LIL as label-free BYOL-style pretraining (App. E), hence Table 1 and FOMAML + LIL;
-ResNet-12 (Table 4); CUB / Cars / tieredImageNet (Tables 2-3 beyond miniImageNet). See
+Not built: ResNet-12 (Table 4); CUB / Cars / tieredImageNet (Tables 1-3 beyond miniImageNet). See
 docs/studies/lil2022.md.
 """
 
@@ -27,6 +29,7 @@ import pandas as pd
 
 from metaland.claims import (
     Claim,
+    improves_at_milestone,
     improves_on,
     improves_over_training,
     mean_exceeds,
@@ -35,20 +38,24 @@ from metaland.claims import (
     where,
 )
 from metaland.config import AggregateConfig
+from metaland.meta.lil_pretrain import PRETRAINED
 from metaland.plots import curves_by_algorithm, grid, label, no_data, save, suptitle
-from metaland.results import StudyTables
+from metaland.results import INITIAL, StudyTables
 from metaland.stats import mean_ci
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "lil2022"
 SEED = "004"
-BASELINES = ("maml", "anil", "boil")
-LIL_OF = {"maml": "maml+lil", "anil": "anil+lil-phase", "boil": "boil+lil-phase"}
-"""The paper's "+ LIL" of each baseline: both losses for MAML, the phase loss only for ANIL / BOIL (§6, App. C)."""
+BASELINES = ("maml", "fomaml", "anil", "boil")
+LIL_OF = {"maml": "maml+lil", "fomaml": "fomaml+lil-pretrain", "anil": "anil+lil-phase", "boil": "boil+lil-phase"}
+"""The paper's "+ LIL" of each baseline: both losses for MAML, the phase loss only for ANIL / BOIL, LIL
+pretraining then FOMAML for FOMAML (§6, App. C, App. E)."""
 ABLATION = ("maml", "maml+lil-phase", "maml+lil-amplitude", "maml+lil")
 LEGEND = {
     "maml": "MAML",
     "maml+lil": "MAML + LIL",
+    "fomaml": "FOMAML",
+    "fomaml+lil-pretrain": "FOMAML + LIL (pretraining)",
     "maml+lil-phase": "MAML + PC (phase loss)",
     "maml+lil-amplitude": "MAML + AC (pseudo-amplitude loss)",
     "anil": "ANIL",
@@ -63,6 +70,8 @@ PAPER_ACCURACY = {
     ("maml+lil", 1): (49.07, 0.14),
     ("maml+lil-phase", 1): (47.13, 0.30),
     ("maml+lil-amplitude", 1): (48.62, 0.29),
+    ("fomaml", 1): (46.29, 0.94),
+    ("fomaml+lil-pretrain", 1): (46.81, 0.87),
     ("anil", 1): (48.53, 0.76),
     ("anil+lil-phase", 1): (49.45, 0.31),
     ("boil", 1): (50.44, 1.00),
@@ -71,6 +80,8 @@ PAPER_ACCURACY = {
     ("maml+lil", 5): (66.34, 0.35),
     ("maml+lil-phase", 5): (65.48, 0.30),
     ("maml+lil-amplitude", 5): (65.98, 0.50),
+    ("fomaml", 5): (62.91, 1.85),
+    ("fomaml+lil-pretrain", 5): (65.05, 1.25),
     ("anil", 5): (63.74, 1.39),
     ("anil+lil-phase", 5): (66.55, 2.09),
     ("boil", 5): (66.34, 0.35),
@@ -79,6 +90,18 @@ PAPER_ACCURACY = {
 """Seed 004's published accuracies (%, mean ± std over 3 runs) on miniImageNet 5-way, 4-conv: Table 2
 (baselines ± LIL) and Table 5 (MAML + PC / + AC), keyed by (variant, shots)."""
 PAPER_SETTING = "paper: miniImageNet 5-way, 4-conv (Tables 2 and 5)"
+PAPER_INIT_ACCURACY = {
+    # Table 1, meta-trained and meta-tested on miniImageNet, 4-conv, % ± std.
+    ("random", 1): (21.36, 0.01),
+    ("lil", 1): (24.62, 0.04),
+    ("random", 5): (21.29, 0.09),
+    ("lil", 5): (27.32, 0.59),
+}
+"""Seed 004 Table 1 (miniImageNet → miniImageNet column): θ^0 of a random and of a LIL-pretrained init,
+keyed by (init, shots); read as accuracy after the standard inner loop (spec §5 [interp])."""
+INITS = {"random": INITIAL, "lil": PRETRAINED}
+"""Table 1's rows and the milestones of a ``lil-pretrain`` run that hold them: step 0 and the end of pretraining."""
+PRETRAINED_RUNS = where(algorithm="lil-pretrain")
 GRADIENT_COSINE_THRESHOLD = 0.9
 """'The gradient barely changes through the inner loop' (§1, §4.1) read as cos(g^0, g^S) > 0.9 (< 26°);
 the paper gives no number."""
@@ -144,6 +167,17 @@ for _base in BASELINES:
         "inconclusive otherwise (also when the profile lacks the runs)",
         improves_on("query_accuracy", _variant(LIL_OF[_base]), _variant(_base), pair_on=PAIR),
     )
+_claim(
+    "lil-init-beats-random-init",
+    "§4.2 'Linearity helps GBML work', Table 1",
+    "A θ^0 pretrained only to make the inner loop linear, with no label of the outer loop, beats a random θ^0 "
+    f"(paper, miniImageNet 5-way: {PAPER_INIT_ACCURACY[('random', 1)][0]} → {PAPER_INIT_ACCURACY[('lil', 1)][0]} % "
+    f"1-shot, {PAPER_INIT_ACCURACY[('random', 5)][0]} → {PAPER_INIT_ACCURACY[('lil', 5)][0]} % 5-shot).",
+    "holds if the 95% CI of the gain in accuracy after the standard inner loop (spec §5 [interp]: Table 1's "
+    "number) of each LIL-pretraining run's θ^0 at the end of pretraining over its own step-0 θ^0, paired over the "
+    "same fixed test tasks, lies above 0; fails if below 0; inconclusive otherwise (also without such runs)",
+    improves_at_milestone("query_accuracy", PRETRAINED, scope=PRETRAINED_RUNS),
+)
 _claim(
     "gradient-direction-stable",
     "§1, §4.1",
@@ -225,6 +259,74 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
 def ablation_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     """Table 5 analogue: MAML, + phase loss only, + pseudo-amplitude loss only, + both."""
     return _accuracy_rows(tables, cfg, ABLATION)
+
+
+INIT_COLUMNS = (
+    "setting",
+    "init",
+    "step",
+    "runs",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "pre_adaptation_accuracy",
+    "pre_ci_low",
+    "pre_ci_high",
+    "chance",
+    "gain_over_random",
+    "gain_ci_low",
+    "gain_ci_high",
+    "paper_accuracy",
+    "paper_std",
+)
+"""Columns of the Table 1 analogue: accuracy after the inner loop (± CI), raw θ^0 accuracy (± CI), chance,
+the paired gain of the LIL-init over the random init (± CI), the paper's number."""
+
+
+def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Table 1 analogue: random vs LIL-pretrained θ^0 of the ``lil-pretrain`` runs, per setting.
+
+    ``accuracy`` is after the standard inner loop from θ^0 (Table 1's number, spec §5 [interp]);
+    ``pre_adaptation_accuracy`` is θ^0's own query accuracy, ≈ 1/N for any θ^0 under random class order
+    (the sanity check); the gain is paired over the same fixed tasks and seeds."""
+    milestones = PRETRAINED_RUNS(tables.milestone_tasks)
+    rows: list[dict] = []
+    if milestones.empty or "milestone" not in milestones:
+        return pd.DataFrame(rows, columns=INIT_COLUMNS)  # the header only: the report reads an empty table
+    for (setting, shots, ways), group in milestones.groupby(["setting", "shots", "ways"], sort=True):
+        for init, milestone in INITS.items():
+            mine = group[group["milestone"] == milestone]
+            if mine.empty:
+                continue
+            adapted = mean_ci(mine["query_accuracy"], cfg.confidence)
+            raw = mean_ci(mine["pre_query_accuracy"], cfg.confidence)
+            gain = (np.nan, np.nan, np.nan)
+            if init != "random":
+                scope = where(algorithm="lil-pretrain", setting=setting)
+                stat = improves_at_milestone("query_accuracy", milestone, scope=scope)(tables, cfg).statistic
+                gain = (stat.value, *stat.ci)
+            paper, paper_std = PAPER_INIT_ACCURACY.get((init, shots), (np.nan, np.nan))
+            rows.append(
+                {
+                    "setting": setting,
+                    "init": init,
+                    "step": int(mine["step"].iloc[0]),
+                    "runs": mine["run"].nunique(),
+                    "accuracy": adapted.mean,
+                    "ci_low": adapted.low,
+                    "ci_high": adapted.high,
+                    "pre_adaptation_accuracy": raw.mean,
+                    "pre_ci_low": raw.low,
+                    "pre_ci_high": raw.high,
+                    "chance": 1 / ways,
+                    "gain_over_random": gain[0],
+                    "gain_ci_low": gain[1],
+                    "gain_ci_high": gain[2],
+                    "paper_accuracy": paper / 100,
+                    "paper_std": paper_std / 100,
+                }
+            )
+    return pd.DataFrame(rows, columns=INIT_COLUMNS)
 
 
 def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
@@ -312,7 +414,8 @@ STUDIES.register(
     StudySpec(
         name=NAME,
         seed=SEED,
-        title="LIL 2022 — linearity of the inner loop (PC, AC) and the LIL regulariser on MAML / ANIL / BOIL",
+        title="LIL 2022 — linearity of the inner loop (PC, AC), the LIL regulariser on MAML / ANIL / BOIL and LIL "
+        "pretraining for FOMAML",
         figures=(
             Figure(
                 "linearity",
@@ -329,6 +432,12 @@ STUDIES.register(
         tables=(
             Table(
                 "accuracy", "Table 2 analogue: baselines ± LIL, ours beside the paper's (miniImageNet)", accuracy_table
+            ),
+            Table(
+                "init",
+                "Table 1 analogue: random vs LIL-pretrained θ^0 (accuracy after the inner loop; raw θ^0 ≈ 1/N), "
+                "ours beside the paper's (miniImageNet)",
+                init_table,
             ),
             Table("ablation", "Table 5 analogue: MAML + phase loss, + pseudo-amplitude loss, + both", ablation_table),
             Table("linearity", "Linearity measures at the initial and final checkpoints", linearity_table),
