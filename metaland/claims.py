@@ -157,7 +157,7 @@ def _runs(tables: StudyTables, scope: Scope) -> dict[str, pd.DataFrame]:
     return {run: rows.sort_values("step") for run, rows in frame.groupby("run", sort=True)}
 
 
-def per_run_verdict(
+def _per_run_verdict(
     passes: dict[str, bool], opposes: dict[str, bool], what: str, against: str | None = None
 ) -> tuple[Verdict, str]:
     """Combine per-run outcomes; ``against`` names what a failing run shows (default: the opposite)."""
@@ -187,7 +187,9 @@ def trend(metric: str, direction: int, *, scope: Scope = every_run, min_rho: flo
             signed = direction * c.r if not math.isnan(c.r) else math.nan
             passes[run] = signed >= min_rho and c.p < cfg.alpha
             opposes[run] = signed < 0 and c.p < cfg.alpha
-        verdict, reason = per_run_verdict(passes, opposes, f"{metric} {word} (Spearman ρ ≥ {min_rho}, p < {cfg.alpha})")
+        verdict, reason = _per_run_verdict(
+            passes, opposes, f"{metric} {word} (Spearman ρ ≥ {min_rho}, p < {cfg.alpha})"
+        )
         return Evidence(_summary(f"spearman_rho(step, {metric})", per_run, "rho"), verdict, reason)
 
     return test
@@ -212,7 +214,7 @@ def correlation(
             passes[run] = signed > 0 and c.p < cfg.alpha
             opposes[run] = signed < 0 and c.p < cfg.alpha
         relation = "positive" if sign > 0 else "negative"
-        verdict, reason = per_run_verdict(passes, opposes, f"a significant {relation} {name}({x}, {y})")
+        verdict, reason = _per_run_verdict(passes, opposes, f"a significant {relation} {name}({x}, {y})")
         return Evidence(_summary(f"{method}({x}, {y})", per_run, "r"), verdict, reason)
 
     return test
@@ -239,7 +241,7 @@ def peak_then_fall(metric: str, *, scope: Scope = every_run, min_rho: float = 0.
             }
             passes[run] = interior and c.n >= 3 and -c.r >= min_rho and c.p < cfg.alpha
             opposes[run] = not interior
-        verdict, reason = per_run_verdict(
+        verdict, reason = _per_run_verdict(
             passes,
             opposes,
             f"an interior peak of {metric} followed by a significant fall",
@@ -275,7 +277,7 @@ def falls_after_peak_of(metric: str, peak_of: str, *, scope: Scope = every_run, 
             significant = c.n >= 3 and c.p < cfg.alpha
             passes[run] = peak < len(rows) - 1 and significant and -c.r >= min_rho
             opposes[run] = significant and c.r > 0
-        verdict, reason = per_run_verdict(
+        verdict, reason = _per_run_verdict(
             passes,
             opposes,
             f"{metric} falls significantly after {peak_of} peaks",

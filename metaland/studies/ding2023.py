@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import cm
 
-from metaland.claims import Claim, Evidence, Statistic, all_hold, improves_on, per_run_verdict, register, where
+from metaland.claims import Claim, Evidence, Statistic, all_hold, improves_on, register, where
 from metaland.config import AggregateConfig
 from metaland.plots import grid, no_data, save, suptitle
 from metaland.results import StudyTables
@@ -316,14 +316,16 @@ def _per_landscape_run(
     def test(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
         grids = final_grids(tables)
         per_run = {run: m for run, _ in landscape_runs(grids) if (m := measure(grids, run)) is not None}
-        verdict, reason = per_run_verdict(
-            {r: bool(m["passes"]) for r, m in per_run.items()},
-            {r: bool(m["opposes"]) for r, m in per_run.items()},
-            what,
-            against,
-        )
+        opposed = sorted(run for run, m in per_run.items() if m["opposes"])
+        short = sorted(run for run, m in per_run.items() if not m["passes"])
         if not per_run:
-            reason = "no run in this profile has these surfaces"
+            verdict, reason = "inconclusive", "no run in this profile has these surfaces"
+        elif opposed:
+            verdict, reason = "fails", f"{against} in {', '.join(opposed)}"
+        elif not short:
+            verdict, reason = "holds", f"{what} in all {len(per_run)} runs with these surfaces"
+        else:
+            verdict, reason = "inconclusive", f"neither the rule nor its opposite is met in {', '.join(short)}"
         values = [m["value"] for m in per_run.values()]
         statistic = Statistic(name, float(np.mean(values)) if values else math.nan, len(per_run), per_run=per_run)
         return Evidence(statistic, verdict, reason)
