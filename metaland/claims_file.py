@@ -52,7 +52,7 @@ class MlflowRuns(_Strict):
 
 
 class ClaimRecord(_Strict):
-    id: str = Field(description="Unique claim id, '<study>-<slug>'.")
+    id: str = Field(description="Unique claim id; starts with the study key.")
     study: str
     seed: str = Field(description="Seed number (000-004).")
     section: str = Field(description="Where the seed makes the claim (section / figure / table).")

@@ -12,8 +12,9 @@ accuracies differ by task, so the per-study rows are the ones to read first.
 Columns suffixed ``/train`` (ding2023: the same probe on meta-*train* tasks) are kept as metrics of
 their own, correlated with the meta-test accuracy as seed 001 Tables 3-4 do. Surface summaries
 (``<surface>_mean_rise``: mean loss rise over a 2-D filter-normalised surface, a flatness measure)
-are included where a study draws surfaces. A checkpoint that lacks a metric or the accuracy is left
-out of that cell only, and counted in ``n_missing``: no value is dropped silently.
+are included where a study draws surfaces. Each cell covers the checkpoints of the studies that
+measure the metric; one of those that lacks the metric or the accuracy is left out of that cell
+only, and counted in ``n_missing``: no value is dropped silently.
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ def correlations(points: pd.DataFrame) -> pd.DataFrame:
     """Spearman ρ(metric, accuracy) per metric, over all studies and per study (tidy, :data:`COLUMNS`)."""
     rows = []
     metrics = landscape_columns(points.columns)
-    for scope, frame in [(ALL, points), *points.groupby("study", sort=True)]:
+    for scope, scoped in [(ALL, points), *points.groupby("study", sort=True)]:
         for metric in metrics:
-            if frame[metric].isna().all():
-                continue  # the study does not measure it
+            measuring = scoped.groupby("study")[metric].transform(lambda v: v.notna().any())
+            frame = scoped[measuring]  # the checkpoints of the studies that measure the metric
+            if frame.empty:
+                continue
             both = np.isfinite(frame[metric].to_numpy(float)) & np.isfinite(frame[ACCURACY].to_numpy(float))
             c = spearman(frame[metric], frame[ACCURACY])
             rows.append(
@@ -100,24 +103,27 @@ def correlations(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw(points: pd.DataFrame, path: Path) -> None:
-    """Every landscape metric (log-scaled where positive and spread) against accuracy, one colour per study."""
+    """Every landscape metric (x log-scaled where positive and spread over two decades) against
+    accuracy, one colour per study, the pooled Spearman ρ in each panel's title; the last panel is the legend."""
     metrics = landscape_columns(points.columns)
-    fig, axes = plots.grid(max(len(metrics), 1), columns=4, width=3.6, height=3.0)
+    fig, axes = plots.grid(len(metrics) + 1, columns=4, width=3.6, height=3.0)
     studies = sorted(points["study"].unique())
     colours = {study: STUDY_COLOURS[i % len(STUDY_COLOURS)] for i, study in enumerate(studies)}
     for ax, metric in zip(axes, metrics, strict=False):
         for study in studies:
             rows = points[(points["study"] == study) & points[metric].notna()]
-            if not rows.empty:
-                ax.scatter(rows[metric], rows[ACCURACY], s=14, alpha=0.8, color=colours[study], label=study)
+            ax.scatter(rows[metric], rows[ACCURACY], s=14, alpha=0.8, color=colours[study])
         c = spearman(points[metric], points[ACCURACY])
-        ax.set_title(f"{metric}\nρ = {c.r:.2f} (p = {c.p:.2g}, n = {c.n})", fontsize=8)
+        rho = "ρ undefined" if np.isnan(c.r) else f"ρ = {c.r:.2f} (p = {c.p:.2g})"
+        ax.set_title(f"{metric}\n{rho}, n = {c.n}", fontsize=8)
         ax.set_xlabel(plots.label(metric), fontsize=8)
         ax.set_ylabel(plots.label(ACCURACY), fontsize=8)
         values = points[metric].dropna()
         if len(values) and (values > 0).all() and values.max() > 100 * values.min():
             ax.set_xscale("log")
-    if metrics:
-        axes[0].legend(fontsize=7)
-    plots.suptitle(fig, "Landscape metrics against meta-test accuracy, every probed checkpoint of every study")
+    legend = axes[-1]
+    for study in studies:
+        legend.scatter([], [], s=30, color=colours[study], label=study)
+    legend.legend(loc="center", fontsize=9, title="study")
+    legend.axis("off")
     plots.save(fig, path)

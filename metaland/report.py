@@ -137,7 +137,7 @@ def to_html(block: Block) -> str:
             + "</tr>"
             for row in block.rows
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     if isinstance(block, Image):
         notes = "".join(f"<div class='note'>{_inline_html(n)}</div>" for n in block.notes)
         return (
@@ -177,7 +177,7 @@ STYLE = """body { font-family: system-ui, sans-serif; max-width: 1200px; margin:
 body { color: #1f2328; }
 table { border-collapse: collapse; width: 100%; margin: 1em 0; font-size: .92em; }
 td, th { border-bottom: 1px solid #d0d7de; padding: .4em; vertical-align: top; text-align: left; }
-.note { color: #59636e; font-size: .9em; margin-top: .3em; }
+.scroll { overflow-x: auto; } .note { color: #59636e; font-size: .9em; margin-top: .3em; }
 figure { margin: 1.5em 0; } img { max-width: 100%; } figcaption { color: #59636e; }
 code { background: #f6f8fa; padding: .1em .3em; } pre { background: #f6f8fa; padding: .8em; overflow-x: auto; }"""
 
