@@ -7,6 +7,9 @@ tagged with the stage, the DVC stage address (``train@<run>``), the run key, the
 dirty flag, the params hash and the command that rebuilds it (``git checkout <commit> && dvc repro
 <stage>``, also the run's description and its "Source" column in the UI), so a row in the UI leads
 back to exactly what produced it. Runs started by ``dvc exp run`` also carry the experiment name.
+Probe and aggregate runs also carry the digest of the folder they wrote (:data:`OUTPUTS_TAG`), so
+an output leads back to its run (:func:`producer_run_id`: results/claims.json names the probe runs,
+the report is attached to the aggregate run).
 
 The store may be a tracking server (``MLFLOW_TRACKING_URI=http://host:5000``): that is how parallel
 ``dvc exp run --queue`` workers and several GPU machines share one store, and nothing else changes.
