@@ -26,6 +26,7 @@ from metaland.io import atomic_dir, tree_digest, write_json, write_text
 from metaland.results import build_tables, write_tables
 from metaland.stats import mean_ci, pearson, spearman
 from metaland.studies import STUDIES
+from metaland.tracking import EXPERIMENT_PREFIX
 
 GROUP = ["algorithm", "variant", "dataset", "ways", "shots", "inner_steps", "setting"]
 NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", "iterations", *GROUP}
@@ -168,4 +169,4 @@ def _mlflow_runs(study: str, runs: list[Run], probes_dir: Path, probe_run_id) ->
     ids = {
         run.key: probe_run_id(run, tree_digest(Path(probes_dir) / run.key)) if probe_run_id else None for run in runs
     }
-    return {"experiment": f"metaland/{study}", "probe_runs": ids}
+    return {"experiment": f"{EXPERIMENT_PREFIX}/{study}", "probe_runs": ids}
