@@ -182,14 +182,16 @@ def test_cross_study_correlations_equal_scipys(report):
     studies = sorted({c["study"] for c in record["claims"]})
     frames = {s: pd.read_csv(work / "results" / s / "checkpoints.csv").assign(study=s) for s in studies}
     points = pd.concat(frames.values(), ignore_index=True)
-    assert set(table["scope"]) == {"all", *studies}
-    expected = {m for m in points.columns if m in cross_study.LANDSCAPE_METRICS or m.endswith("_mean_rise")}
-    assert expected <= set(table.loc[table["scope"] == "all", "metric"])
+    measured = {
+        s: set(cross_study.landscape_columns(f.dropna(axis="columns", how="all").columns)) for s, f in frames.items()
+    }
+    assert set(table["scope"]) == {"all", *(s for s, metrics in measured.items() if metrics)}
+    for scope, metrics in [("all", set().union(*measured.values())), *measured.items()]:
+        assert set(table.loc[table["scope"] == scope, "metric"]) == metrics
+    assert {"hessian_top_eigenvalue", "sam_sharpness", "pc", "gradient_coherence"} <= set().union(*measured.values())
     for row in table.itertuples():
         frame = points if row.scope == "all" else frames[row.scope]
-        frame = frame[
-            frame["study"].isin([s for s, f in frames.items() if f.get(row.metric, pd.Series()).notna().any()])
-        ]
+        frame = frame[frame["study"].isin([s for s, metrics in measured.items() if row.metric in metrics])]
         x, y = frame[row.metric].to_numpy(float), frame["query_accuracy"].to_numpy(float)
         both = np.isfinite(x) & np.isfinite(y)
         assert (row.n, row.n_missing) == (both.sum(), len(frame) - both.sum())
