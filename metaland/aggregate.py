@@ -8,21 +8,25 @@ Writes ``results/`` as a whole (atomically):
     results/<study>/correlations.csv   per run: each probe metric vs accuracy and vs step
     results/<study>/<table>.csv        the study's own tables (StudySpec.tables)
     results/metrics.json               DVC metrics: final-checkpoint numbers per run
-    results/claims.json                every claim, its statistic, rule and verdict
+    results/claims.json                every claim, its statistic, rule and verdict (metaland.claims_file)
+    results/cross_study.csv            every landscape metric vs accuracy over all studies (metaland.cross_study)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from metaland import claims_file, cross_study
 from metaland.claims import claims_of, evaluate
-from metaland.config import Config
-from metaland.io import atomic_dir, write_json, write_text
+from metaland.config import Config, Run
+from metaland.io import atomic_dir, tree_digest, write_json, write_text
 from metaland.results import build_tables, write_tables
 from metaland.stats import mean_ci, pearson, spearman
 from metaland.studies import STUDIES
+from metaland.tracking import EXPERIMENT_PREFIX
 
 GROUP = ["algorithm", "variant", "dataset", "ways", "shots", "inner_steps", "setting"]
 NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", "iterations", *GROUP}
@@ -110,14 +114,26 @@ def _round(value: float) -> float | None:
     return None if pd.isna(value) else round(float(value), 6)
 
 
-def aggregate(config: Config, probes_dir: Path, runs_dir: Path, results_dir: Path) -> dict:
-    """Build every study's tables and claims into ``results_dir``; return the claims record."""
+def aggregate(
+    config: Config,
+    probes_dir: Path,
+    runs_dir: Path,
+    results_dir: Path,
+    probe_run_id: Callable[[Run, str], str | None] | None = None,
+) -> dict:
+    """Build every study's tables and claims into ``results_dir``; return the claims record.
+
+    ``probe_run_id(run, digest)`` names the MLflow run of the probe stage that wrote
+    ``probes/<run>/`` with that :func:`~metaland.io.tree_digest` (None: not known); each claim
+    records them for its input runs (:mod:`metaland.claims_file`)."""
     metrics: dict = {}
     claims: list[dict] = []
+    checkpoints: dict[str, pd.DataFrame] = {}
     with atomic_dir(results_dir) as out:
         for name in config.studies_with_runs():
             study = config.studies[name]
-            tables = build_tables(name, config.runs_of(name), probes_dir, runs_dir)
+            runs = config.runs_of(name)
+            tables = build_tables(name, runs, probes_dir, runs_dir)
             folder = out / name
             write_tables(tables, folder)
             confidence = study.aggregate.confidence
@@ -132,9 +148,25 @@ def aggregate(config: Config, probes_dir: Path, runs_dir: Path, results_dir: Pat
                 frame = table.build(tables, study.aggregate)
                 write_text(folder / f"{table.name}.csv", frame.to_csv(index=False, lineterminator="\n"))
             metrics[name] = run_metrics(final)
-            claims += [evaluate(claim, tables, study.aggregate) for claim in claims_of(name)]
-        counts = {v: sum(c["verdict"] == v for c in claims) for v in ("holds", "fails", "inconclusive")}
+            mlflow = _mlflow_runs(name, runs, probes_dir, probe_run_id)
+            claims += [
+                {**evaluate(claim, tables, study.aggregate), "profile": config.profile, "mlflow": mlflow}
+                for claim in claims_of(name)
+            ]
+            checkpoints[name] = tables.checkpoints
+        counts = {v: sum(c["verdict"] == v for c in claims) for v in claims_file.VERDICTS}
         record = {"profile": config.profile, "counts": counts, "claims": claims}
+        claims_file.validate(record)
+        points = cross_study.pooled(checkpoints)
+        write_text(out / "cross_study.csv", cross_study.correlations(points).to_csv(index=False, lineterminator="\n"))
         write_json(out / "metrics.json", metrics)
         write_json(out / "claims.json", record)
     return record
+
+
+def _mlflow_runs(study: str, runs: list[Run], probes_dir: Path, probe_run_id) -> dict:
+    """The study's MLflow experiment and, per run, the probe-stage run that wrote its probe tables."""
+    ids = {
+        run.key: probe_run_id(run, tree_digest(Path(probes_dir) / run.key)) if probe_run_id else None for run in runs
+    }
+    return {"experiment": f"{EXPERIMENT_PREFIX}/{study}", "probe_runs": ids}

@@ -104,6 +104,19 @@ def evaluate(claim: Claim, tables: StudyTables, cfg: AggregateConfig) -> dict:
         "statistic": _clean(asdict(evidence.statistic)),
         "verdict": evidence.verdict,
         "reason": evidence.reason,
+        "inputs": claim_inputs(tables, evidence.statistic),
+    }
+
+
+def claim_inputs(tables: StudyTables, statistic: Statistic) -> dict:
+    """What a claim was tested on: every run of the study's tables with its probed checkpoint steps
+    (a claim's scope is code inside its test, so these are the runs it *could* read), and the runs
+    its statistic reports one by one (per-run rules; empty for pooled ones)."""
+    frame = tables.checkpoints
+    steps = {} if frame.empty else {str(r): sorted(int(s) for s in g["step"]) for r, g in frame.groupby("run")}
+    return {
+        "runs": [{"run": run, "checkpoints": f"checkpoints/{run}", "steps": s} for run, s in sorted(steps.items())],
+        "measured_runs": sorted(set(statistic.per_run) & set(steps)),
     }
 
 

@@ -45,7 +45,7 @@ CKPT_DIR = _dir("checkpoints", "checkpoints", "Selected, verified checkpoints (e
 PROBES_DIR = _dir("probes", "probes", "Probe tables (probe output).")
 RESULTS_DIR = _dir("results", "results", "Study tables, metrics.json, claims.json (aggregate output).")
 FIGURES_DIR = _dir("figures", "figures", "Figures of every study (plot output).")
-REPORT_DIR = _dir("report", "report", "The report page (plot output).")
+REPORT_DIR = _dir("report", "report", "The report: index.html and its Markdown twin index.md (plot output).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -291,6 +291,7 @@ def probe(
             tracker=tracker,
             cache_dir=cache_dir,
         )
+        tracker.tag_outputs(probes_dir / run.key)
     click.echo(f"probed {len(rows)} checkpoints of {run.key} -> {probes_dir / run.key}")
 
 
@@ -300,15 +301,24 @@ def probe(
 @PROBES_DIR
 @RESULTS_DIR
 def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: Path) -> None:
-    """Join probe tables per study; write statistics, results/metrics.json and results/claims.json."""
+    """Join probe tables per study; write statistics, results/metrics.json, results/claims.json and
+    results/cross_study.csv. Each claim records the MLflow runs of the probe stages that wrote its inputs."""
     from metaland.aggregate import aggregate as aggregate_all
-    from metaland.tracking import stage_run
+    from metaland.tracking import producer_run_id, stage_run
 
     config = _config(params_path)
     with stage_run("aggregate", experiment="results", params=_provenance(config, params_path)) as tracker:
-        record = aggregate_all(config, probes_dir, runs_dir, results_dir)
+        record = aggregate_all(
+            config,
+            probes_dir,
+            runs_dir,
+            results_dir,
+            probe_run_id=lambda run, digest: producer_run_id(run.study, "probe", run.key, digest),
+        )
         tracker.log_metrics({f"claims/{k}": v for k, v in record["counts"].items()}, step=0)
         tracker.log_artifact(results_dir / "claims.json")
+        tracker.log_artifact(results_dir / "cross_study.csv")
+        tracker.tag_outputs(results_dir)
     counts = record["counts"]
     click.echo(f"claims: {counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive")
 
@@ -319,18 +329,26 @@ def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: 
 @FIGURES_DIR
 @REPORT_DIR
 def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> None:
-    """Redraw every figure of every study from results/, then write report/index.html."""
+    """Redraw every figure of every study from results/, then write report/index.html and index.md.
+
+    The report is logged to this run and to the aggregate run that wrote results/ (when the tracking
+    store holds it), beside the claims.json it renders."""
+    from metaland.io import tree_digest
     from metaland.report import plot_all, write_report
-    from metaland.tracking import stage_run
+    from metaland.tracking import producer_run_id, stage_run
 
     config = _config(params_path)
     with stage_run("plot", experiment="results", params=_provenance(config, params_path)) as tracker:
         figures = plot_all(config, results_dir, figures_dir)
-        page = write_report(config, params_path, results_dir, figures_dir, report_dir)
+        pages = write_report(config, params_path, results_dir, figures_dir, report_dir)
         for path in figures:
             tracker.log_artifact(path, f"figures/{path.parent.name}")
-        tracker.log_artifact(page, "report")
-    click.echo(f"{len(figures)} figures -> {figures_dir}; report -> {page}")
+        aggregate_run = producer_run_id("results", "aggregate", None, tree_digest(results_dir))
+        for page in pages:
+            tracker.log_artifact(page, "report")
+            if aggregate_run is not None:
+                tracker.client.log_artifact(aggregate_run, str(page), "report")
+    click.echo(f"{len(figures)} figures -> {figures_dir}; report -> {', '.join(map(str, pages))}")
 
 
 @cli.command()
@@ -339,10 +357,11 @@ def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Pa
 @FIGURES_DIR
 @REPORT_DIR
 def report(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Path) -> None:
-    """Rewrite report/index.html from results/ and figures/ (the plot stage does this too)."""
+    """Rewrite report/index.html and index.md from results/ and figures/ (the plot stage does this too)."""
     from metaland.report import write_report
 
-    click.echo(write_report(_config(params_path), params_path, results_dir, figures_dir, report_dir))
+    for page in write_report(_config(params_path), params_path, results_dir, figures_dir, report_dir):
+        click.echo(page)
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,13 +126,18 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def source_digest() -> str:
-    """sha256 over the package's Python sources (paths and contents): changes with any code change."""
-    root = Path(__file__).resolve().parent
+def tree_digest(root: Path | str, pattern: str = "*") -> str:
+    """sha256 over the files under ``root`` matching ``pattern`` (relative paths and contents, sorted)."""
+    root = Path(root)
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for p in root.rglob(pattern) if p.is_file()):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def source_digest() -> str:
+    """sha256 over the package's Python sources (paths and contents): changes with any code change."""
+    return tree_digest(Path(__file__).resolve().parent, "*.py")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -7,6 +7,9 @@ tagged with the stage, the DVC stage address (``train@<run>``), the run key, the
 dirty flag, the params hash and the command that rebuilds it (``git checkout <commit> && dvc repro
 <stage>``, also the run's description and its "Source" column in the UI), so a row in the UI leads
 back to exactly what produced it. Runs started by ``dvc exp run`` also carry the experiment name.
+Probe and aggregate runs also carry the digest of the folder they wrote (:data:`OUTPUTS_TAG`), so
+an output leads back to its run (:func:`producer_run_id`: results/claims.json names the probe runs,
+the report is attached to the aggregate run).
 
 The store may be a tracking server (``MLFLOW_TRACKING_URI=http://host:5000``): that is how parallel
 ``dvc exp run --queue`` workers and several GPU machines share one store, and nothing else changes.
@@ -35,9 +38,11 @@ from typing import Any
 from filelock import FileLock
 
 from metaland.errors import TrackingError
-from metaland.io import stable_hash
+from metaland.io import stable_hash, tree_digest
 
 EXPERIMENT_PREFIX = "metaland"
+OUTPUTS_TAG = "metaland.outputs_sha256"
+"""Tag: sha256 of the output folder a stage wrote (:func:`metaland.io.tree_digest`); see :func:`producer_run_id`."""
 MAX_PARAM_LENGTH = 6000
 
 
@@ -187,6 +192,12 @@ class StageRun:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def tag_outputs(self, folder: Path) -> str:
+        """Record the digest of the output folder this run wrote (:data:`OUTPUTS_TAG`); return it."""
+        digest = tree_digest(folder)
+        self.client.set_tag(self.run_id, OUTPUTS_TAG, digest)
+        return digest
+
     def log_model_dir(self, name: str, directory: Path, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Log a folder of safetensors weights + manifest as an MLflow (external) model."""
         from mlflow.entities import LoggedModelStatus
@@ -264,15 +275,36 @@ def stage_run(
 
 
 def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:
-    query = " and ".join(
-        f"tags.`{tag}` = '{value}'"
-        for tag, value in (
-            ("metaland.stage", stage),
-            ("metaland.run_key", run_key or ""),
-            ("metaland.params_hash", params_hash),
-        )
+    query = _tag_query(
+        {"metaland.stage": stage, "metaland.run_key": run_key or "", "metaland.params_hash": params_hash}
     )
     runs = client.search_runs(
         [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _tag_query(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.`{tag}` = '{value}'" for tag, value in tags.items())
+
+
+def producer_run_id(experiment: str, stage: str, run_key: str | None, outputs_digest: str) -> str | None:
+    """The MLflow run id of the stage execution that wrote exactly these outputs, or None.
+
+    Stages tag their run with :data:`OUTPUTS_TAG` (:func:`metaland.io.tree_digest` of their output
+    folder). Of the FINISHED runs of ``stage`` for ``run_key`` in ``metaland/<experiment>`` with that
+    digest, the *first* is returned: a rebuild that writes the same bytes (``dvc repro --force``)
+    then points at the same run, so outputs that record run ids stay byte-stable. None where the
+    store holds no such run (outputs restored from the DVC cache, or another tracking store)."""
+    client = _client()
+    found = client.get_experiment_by_name(f"{EXPERIMENT_PREFIX}/{experiment}")
+    if found is None:
+        return None
+    query = _tag_query({"metaland.stage": stage, "metaland.run_key": run_key or "", OUTPUTS_TAG: outputs_digest})
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"{query} and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
     )
     return runs[0].info.run_id if runs else None

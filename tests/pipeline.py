@@ -21,8 +21,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 120
+CHROMIUM = Path(os.environ.get("METALAND_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("METALAND_CHROMEDRIVER", "/usr/bin/chromedriver"))
+PAGE_TIMEOUT_S = 60
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def sh(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
@@ -114,3 +120,41 @@ def _stop_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+@contextlib.contextmanager
+def headless_chromium() -> Iterator:
+    """A Selenium driver of headless Chromium (Debian's ``chromium`` and ``chromium-driver``; nothing
+    is downloaded). Skips the test, saying why, where Chromium is not installed; with
+    METALAND_REQUIRE_BROWSER=1 (set by .ci/run) that is a failure instead."""
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        reason = (
+            f"Chromium is not installed ({', '.join(missing)} missing); install it with `make browser` "
+            "(Debian's chromium and chromium-driver, as root)"
+        )
+        if os.environ.get("METALAND_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason}. METALAND_REQUIRE_BROWSER=1 (set by .ci/run) forbids skipping this test.")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1920,1080"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver, path: Path) -> Path:
+    """Save what the browser shows as a PNG (checked to be one, and not blank) and print where."""
+    assert driver.save_screenshot(str(path)) and path.read_bytes()[:8] == PNG and path.stat().st_size > 20_000
+    print(f"screenshot: {path}")
+    return path

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from metaland.errors import TrackingError
-from metaland.tracking import describe_store, ensure_store, flatten_params, stage_run
+from metaland.tracking import OUTPUTS_TAG, describe_store, ensure_store, flatten_params, producer_run_id, stage_run
 
 
 @pytest.fixture()
@@ -46,6 +46,30 @@ def test_resume_continues_the_run_of_the_same_params(store):
     with stage_run("train", experiment="s", run_key="k", params_hash="h2", resume=True) as other:
         pass
     assert other.run_id != first.run_id
+
+
+def test_the_producer_of_outputs_is_the_first_finished_run_that_wrote_them(store, tmp_path):
+    """Two probe runs wrote the same bytes (a forced rebuild): the first is named, so outputs that record
+    it stay byte-stable; a run that wrote other bytes, a failed run or another key is not named."""
+    out = tmp_path / "probes" / "k"
+    out.mkdir(parents=True)
+    (out / "checkpoints.csv").write_text("step,acc\n0,0.5\n")
+    assert producer_run_id("s", "probe", "k", "0" * 64) is None  # no experiment yet
+    runs = []
+    for _ in range(2):
+        with stage_run("probe", experiment="s", run_key="k") as run:
+            digest = run.tag_outputs(out)
+        runs.append(run.run_id)
+    with pytest.raises(RuntimeError), stage_run("probe", experiment="s", run_key="k2") as failed:
+        failed.tag_outputs(out)
+        raise RuntimeError("boom")
+    assert store.get_run(runs[1]).data.tags[OUTPUTS_TAG] == digest
+    assert producer_run_id("s", "probe", "k", digest) == runs[0]
+    assert producer_run_id("s", "probe", "k2", digest) is None
+    (out / "checkpoints.csv").write_text("step,acc\n0,0.6\n")
+    with stage_run("probe", experiment="s", run_key="k") as changed:
+        other = changed.tag_outputs(out)
+    assert other != digest and producer_run_id("s", "probe", "k", other) == changed.run_id
 
 
 def _create(uri: str) -> None:

@@ -14,21 +14,15 @@ Skipped, saying why, only where Chromium is not installed; CI installs it (`make
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.pipeline import free_port, serving
+from tests.pipeline import PAGE_TIMEOUT_S, free_port, headless_chromium, screenshot, serving
 
 pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
 
-CHROMIUM = Path(os.environ.get("METALAND_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("METALAND_CHROMEDRIVER", "/usr/bin/chromedriver"))
-PAGE_TIMEOUT_S = 60
-PNG = b"\x89PNG\r\n\x1a\n"
 # What the UI remembers in the browser: the classic runs views ("Model training", not GenAI) and
 # the assistant panel closed, so the screenshots show the runs.
 UI_SETTINGS = {
@@ -40,28 +34,8 @@ UI_SETTINGS = {
 
 @pytest.fixture(scope="module")
 def browser():
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        reason = (
-            f"Chromium is not installed ({', '.join(missing)} missing); install it with `make browser` "
-            "(Debian's chromium and chromium-driver, as root)"
-        )
-        if os.environ.get("METALAND_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{reason}. METALAND_REQUIRE_BROWSER=1 (set by .ci/run) forbids skipping this test.")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1920,1080"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
-    yield driver
-    driver.quit()
+    with headless_chromium() as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +72,6 @@ def page_text(driver) -> str:
 def visible(driver, text: str) -> list:
     """Displayed elements whose own text is exactly ``text``."""
     return [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{text}']") if e.is_displayed()]
-
-
-def screenshot(driver, path: Path) -> Path:
-    assert driver.save_screenshot(str(path)) and path.read_bytes()[:8] == PNG and path.stat().st_size > 20_000
-    print(f"screenshot: {path}")
-    return path
 
 
 def experiment(client: MlflowClient, name: str = "metaland/guiroy2019"):
