@@ -39,12 +39,17 @@ def iterations(run: str) -> int:
     return train_setting(run, "iterations")
 
 
-def extracted_steps(run: str) -> list[int]:
-    """What extract keeps on the ci profile: every checkpoint (guiroy2019) or the final one."""
+def extracted_steps(run: str, work: Path | None = None) -> list[int]:
+    """What extract keeps on the ci profile: every checkpoint (guiroy2019), the final one, or the best
+    on validation accuracy, read from the run's checkpoint sidecars in ``work`` (ding2023)."""
     rule = CI_STUDIES[CI_RUNS[run]["study"]]["extract"]
     if rule["every"]:
         return list(range(0, iterations(run) + 1, train_setting(run, "checkpoint_every")))
-    return [iterations(run)]
+    if rule["final"]:
+        return [iterations(run)]
+    sidecars = [json.loads(p.read_text()) for p in (work / "runs" / run / "ckpt").glob("step-*.json")]
+    best = max(sidecars, key=lambda c: (c["metrics"]["val/query_accuracy"], -c["step"]))
+    return [best["step"]]
 
 
 pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
@@ -91,7 +96,7 @@ def test_repro_builds_every_output(pipeline):
     for run in RUNS:
         assert (work / "probes" / run / "tasks.json").is_file()
         manifest = json.loads((work / "checkpoints" / run / "manifest.json").read_text())
-        assert [c["step"] for c in manifest["checkpoints"]] == extracted_steps(run)
+        assert [c["step"] for c in manifest["checkpoints"]] == extracted_steps(run, work)
     grids = (work / "probes" / "sharpmaml-both-omniglot-small-5w1s-s0" / "grids.csv").read_text().splitlines()
     assert grids[0] == "run,step,grid,direction_seed,x,y,value" and len(grids) == 1 + 3 * 3
 
@@ -117,7 +122,8 @@ def test_every_stage_is_an_mlflow_run(pipeline):
         steps = train_setting(key, "inner_steps")
         assert run.data.params["train.inner_steps"] == str(steps) and run.data.tags["metaland.params_hash"]
         loss = "train/batch_loss" if run.data.params["algorithm"] == "finetune" else "train/query_loss"
-        logged = list(range(5, iterations(key) + 1, 5))
+        every = train_setting(key, "log_every")
+        logged = list(range(every, iterations(key) + 1, every))
         assert [m.step for m in client.get_metric_history(run.info.run_id, loss)] == logged
         timing = client.get_metric_history(run.info.run_id, "train/seconds_per_iteration")
         assert [m.step for m in timing] == logged and all(m.value > 0 for m in timing)
@@ -127,10 +133,10 @@ def test_every_stage_is_an_mlflow_run(pipeline):
     for probe in (r for r in runs if r.data.tags["metaland.stage"] == "probe"):
         key = probe.data.tags["metaland.run_key"]
         steps = [m.step for m in client.get_metric_history(probe.info.run_id, "probe/query_accuracy")]
-        assert steps == extracted_steps(key)
+        assert steps == extracted_steps(key, work)
     for study, study_runs in STUDIES_IN_CI.items():
         models = client.search_logged_models([experiments[f"metaland/{study}"]])
-        assert len(models) == sum(len(extracted_steps(r)) for r in study_runs)
+        assert len(models) == sum(len(extracted_steps(r, work)) for r in study_runs)
         assert all(m.status.name == "READY" for m in models)
 
 
