@@ -95,7 +95,7 @@ def test_paper_profile_has_the_lil_setting():
     expected = {("Conv4", d, v, k) for d in ("miniimagenet", "cub") for v in table2 for k in (1, 5)}
     expected |= {("Conv4", "miniimagenet", v, k) for v in ("maml+lil-phase", "maml+lil-amplitude") for k in (1, 5)}
     expected |= {("ResNet12", "miniimagenet", v, k) for v in ("maml", "maml+lil") for k in (1, 5)}
-    assert variants == dict.fromkeys(expected, [0, 1, 2])
+    assert variants == {key: [0, 1, 2] for key in expected}
 
 
 def test_paper_profile_has_the_thesis_settings():

@@ -16,8 +16,10 @@ and improves MAML, ANIL and BOIL (Tables 2, 5). Here each claim is tested, not a
   milestone) its LIL-init, both meta-tested on the same fixed tasks;
 * accuracy comparisons pair the same fixed test tasks and seeds (same init, same task stream).
 
-Not built: ResNet-12 (Table 4); CUB / Cars / tieredImageNet (Tables 1-3 beyond miniImageNet). See
-docs/studies/lil2022.md.
+Table 2's paper column is the run's dataset's (CUB, miniImageNet; miniImageNet's for Omniglot, marked);
+ResNet-12 runs (model ``resnet12``) make the Table 4 analogue (mini → mini) and stay out of Tables 2 / 5.
+Not built: tieredImageNet / Cars loaders and cross-domain meta-tests (Table 3, Table 4's other columns).
+See docs/studies/lil2022.md.
 """
 
 from __future__ import annotations
