@@ -319,6 +319,24 @@ def _is_4conv(backbone: pd.Series) -> pd.Series:
 _table2_runs = where(backbone=_is_4conv)
 """The rows of the Table 2 / Table 5 runs (and of the figures): every backbone but ResNet-12."""
 
+ACCURACY_COLUMNS = (
+    "setting",
+    "variant",
+    "baseline",
+    "runs",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "gain_over_baseline",
+    "gain_ci_low",
+    "gain_ci_high",
+    "paper_dataset",
+    "paper_accuracy",
+    "paper_std",
+    "paper_gain_over_baseline",
+)
+"""Columns of the Table 2 / 4 / 5 analogues (a table without runs keeps them: the report reads it back)."""
+
 PaperNumbers = Callable[[str, str, int], tuple[float, float]]
 """``(dataset, variant, shots) -> (mean, std)`` in %, the paper's number shown beside a row."""
 
@@ -337,7 +355,7 @@ def _accuracy_rows(
     final = where(backbone=backbone)(tables.final_tasks)
     rows = []
     if final.empty:
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
     for (setting, dataset, shots), rows_of_setting in final.groupby(["setting", "dataset", "shots"], sort=True):
         for name in _present(rows_of_setting, names):
             mine = rows_of_setting[rows_of_setting["variant"] == name]
@@ -372,7 +390,7 @@ def _accuracy_rows(
                     "paper_gain_over_baseline": (mean - paper_base) / 100,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
 
 
 def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
