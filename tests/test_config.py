@@ -11,6 +11,7 @@ import yaml
 from metaland.config import TrainConfig, load_params, resolve
 from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS
+from metaland.models import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
@@ -65,37 +66,36 @@ def test_paper_profile_has_the_sharp_maml_setting():
 
 
 def test_paper_profile_has_the_lil_setting():
-    """Seed 004 §6, App. C: 4-conv on miniImageNet 5-way 1/5-shot, S = 3, α = 0.5, meta-batch 4, 30k
-    iterations; MAML, FOMAML, ANIL, BOIL ± LIL and the Table 5 ablation on the same 3 seeds; λ_phase 0.1,
-    λ_amp 0.01 (1-shot) / 0.1 (5-shot) for MAML only; FOMAML + LIL: 15k of LIL pretraining (momentum
-    0.999, λ 0.1), then 15k of FOMAML (App. C, App. E)."""
+    """Seed 004 §6, App. C: 4-conv on miniImageNet and CUB 5-way 1/5-shot, S = 3, α = 0.5, meta-batch 4, 30k
+    iterations, meta-lr 0.001; MAML, FOMAML, ANIL, BOIL ± LIL (Table 2) on both and the Table 5 ablation on
+    miniImageNet, on the same 3 seeds; λ_phase 0.1, λ_amp 0.01 (1-shot) / 0.1 (5-shot) for MAML only; FOMAML + LIL:
+    15k of LIL pretraining (momentum 0.999, λ 0.1), then 15k of FOMAML (App. C, App. E). Table 4: ResNet-12 MAML
+    ± LIL on miniImageNet, 10k iterations, α = 0.3, meta-lr 6e-4."""
     config = load_params(REPO / "profiles" / "paper.yaml")
-    variants: dict[tuple[str, int], list[int]] = {}
+    variants: dict[tuple[str, str, str, int], list[int]] = {}
     for run in config.runs_of("lil2022"):
-        assert (run.dataset, run.ways, run.model.filters, run.model.downsample) == ("miniimagenet", 5, 64, "maxpool")
-        assert (run.train.inner_steps, run.train.inner_lr, run.train.meta_batch) == (3, 0.5, 4)
-        assert (run.train.iterations, run.train.meta_lr) == (30000, 0.001)
+        backbone = MODELS.get(run.model_name).label_of(run.model)
+        assert (run.ways, run.train.inner_steps, run.train.meta_batch) == (5, 3, 4)
+        if backbone == "ResNet12":
+            assert run.model.widths == (64, 128, 256, 512) and run.dataset == "miniimagenet"
+            assert (run.train.iterations, run.train.inner_lr, run.train.meta_lr) == (10000, 0.3, 0.0006)
+        else:
+            assert (run.model.filters, run.model.downsample) == (64, "maxpool")
+            assert (run.train.iterations, run.train.inner_lr, run.train.meta_lr) == (30000, 0.5, 0.001)
         options = run.algorithm_options
         name = ALGORITHMS.get(run.algorithm).variant_of(options, run.train.inner_params)
-        variants.setdefault((name, run.shots), []).append(run.seed)
+        variants.setdefault((backbone, run.dataset, name, run.shots), []).append(run.seed)
         assert options.phase_weight in (0.0, 0.1)
         if options.amplitude_weight:
             assert run.train.inner_params == "all" and options.amplitude_weight == {1: 0.01, 5: 0.1}[run.shots]
         if run.algorithm == "lil-pretrain":
             assert (options.pretrain_iterations, options.momentum, options.pretrain_weight) == (15000, 0.999, 0.1)
             assert options.first_order and options.phase_weight == options.amplitude_weight == 0
-    names = (
-        "maml",
-        "maml+lil",
-        "maml+lil-phase",
-        "maml+lil-amplitude",
-        "fomaml",
-        "fomaml+lil-pretrain",
-        "anil",
-        "anil+lil-phase",
-        "boil",
-    )
-    assert variants == {(v, k): [0, 1, 2] for v in (*names, "boil+lil-phase") for k in (1, 5)}
+    table2 = ("maml", "maml+lil", "fomaml", "fomaml+lil-pretrain", "anil", "anil+lil-phase", "boil", "boil+lil-phase")
+    expected = {("Conv4", d, v, k) for d in ("miniimagenet", "cub") for v in table2 for k in (1, 5)}
+    expected |= {("Conv4", "miniimagenet", v, k) for v in ("maml+lil-phase", "maml+lil-amplitude") for k in (1, 5)}
+    expected |= {("ResNet12", "miniimagenet", v, k) for v in ("maml", "maml+lil") for k in (1, 5)}
+    assert variants == {key: [0, 1, 2] for key in expected}
 
 
 def test_paper_profile_has_the_thesis_settings():

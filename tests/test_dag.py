@@ -195,6 +195,6 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     assert counts == {
         *((a, "omniglot") for a in ("maml", "fomaml", "regmaml", "metasgd", "metacurvature", "klin", "kfc")),
         *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml", "lil", "lil-pretrain", "transfer")),
-        *((a, "cub") for a in ("fomaml", "transfer")),
+        *((a, "cub") for a in ("fomaml", "transfer", "lil", "lil-pretrain")),
         *((a, "synthetic-binary") for a in ("maml", "klin", "kfc")),
     }

@@ -10,18 +10,30 @@ import pytest
 from metaland.claims import claims_of, evaluate
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
-from metaland.studies.lil2022 import PAPER_ACCURACY, PAPER_INIT_ACCURACY, ablation_table, accuracy_table, init_table
+from metaland.studies.lil2022 import (
+    LIL_OF,
+    PAPER_ACCURACY,
+    PAPER_INIT_ACCURACY,
+    PAPER_TABLE2,
+    ablation_table,
+    accuracy_table,
+    init_table,
+    linearity_table,
+    resnet12_table,
+)
 
 CFG = AggregateConfig()
 
 
-def final_tasks(shift: dict[tuple[str, int], float]) -> pd.DataFrame:
+def final_tasks(
+    shift: dict[tuple[str, int], float], dataset: str = "d", backbone: str = "Conv4", variants=None
+) -> pd.DataFrame:
     """60 tasks × 2 seeds per (variant, shots); ``shift`` moves a variant's accuracy in one setting."""
     rng = np.random.default_rng(0)
     rows = []
     for shots in (1, 5):
         base = rng.uniform(0.4, 0.8, size=(2, 60))
-        for variant in (
+        for variant in variants or (
             "maml",
             "maml+lil",
             "anil",
@@ -36,9 +48,11 @@ def final_tasks(shift: dict[tuple[str, int], float]) -> pd.DataFrame:
                     value = base[seed, task] + shift.get((variant, shots), 0.0) + noise[seed, task]
                     rows.append(
                         {
-                            "run": f"{variant}-{shots}-{seed}",
+                            "run": f"{backbone}-{variant}-{dataset}-{shots}-{seed}",
                             "variant": variant,
-                            "setting": f"d 5-way {shots}-shot",
+                            "dataset": dataset,
+                            "backbone": backbone,
+                            "setting": f"{dataset} 5-way {shots}-shot",
                             "shots": shots,
                             "seed": seed,
                             "task": task,
@@ -69,8 +83,67 @@ def test_accuracy_table_pairs_each_lil_variant_with_its_baseline_within_a_settin
     assert table.loc[(five, "maml+lil"), "paper_accuracy"] == pytest.approx(PAPER_ACCURACY[("maml+lil", 5)][0] / 100)
     assert table.loc[(one, "anil+lil-phase"), "paper_gain_over_baseline"] == pytest.approx((49.45 - 48.53) / 100)
     assert "maml+lil-phase" not in table.index.get_level_values("variant")
+    assert set(table["paper_dataset"]) == {"miniImageNet"}  # "d" is not a dataset of the paper
     ablation = ablation_table(tables, CFG)
     assert set(ablation["variant"]) == {"maml", "maml+lil", "maml+lil-phase"}
+    assert ablation.set_index(["setting", "variant"]).loc[(one, "maml+lil-phase"), "paper_accuracy"] == pytest.approx(
+        0.4713
+    )
+
+
+def test_cub_runs_show_table_2s_cub_column_and_resnet12_runs_make_table_4():
+    """Seed 004 Table 2's CUB column beside CUB runs; ResNet-12 runs only in the Table 4 analogue, beside
+    Table 4's mini → mini column, paired with their own baseline (same backbone, seed and task)."""
+    frames = (
+        final_tasks({}, dataset="omniglot"),
+        final_tasks({("maml+lil", 5): -0.02}, dataset="cub"),
+        final_tasks({}, dataset="miniimagenet", variants=("maml", "maml+lil")),
+        final_tasks(
+            {("maml+lil", 1): 0.04}, dataset="miniimagenet", backbone="ResNet12", variants=("maml", "maml+lil")
+        ),
+    )
+    tables = StudyTables("lil2022", pd.DataFrame(), pd.concat(frames, ignore_index=True), pd.DataFrame())
+    table = accuracy_table(tables, CFG).set_index(["setting", "variant"])
+    mini = table.loc[("miniimagenet 5-way 1-shot", "maml+lil")]  # the 4-conv runs only, paired among themselves
+    assert mini["runs"] == 2 and mini["gain_over_baseline"] == pytest.approx(0.0, abs=0.005)
+    assert mini["paper_dataset"] == "miniImageNet" and mini["paper_accuracy"] == pytest.approx(0.4907)
+    cub = table.loc[("cub 5-way 5-shot", "maml+lil")]
+    assert cub["paper_dataset"] == "CUB"
+    assert (cub["paper_accuracy"], cub["paper_std"]) == pytest.approx((0.7437, 0.0049))
+    assert cub["paper_gain_over_baseline"] == pytest.approx((74.37 - 72.48) / 100)
+    assert cub["gain_over_baseline"] == pytest.approx(-0.02, abs=0.005) and cub["runs"] == 2
+    assert table.loc[("cub 5-way 1-shot", "anil+lil-phase"), "paper_accuracy"] == pytest.approx(0.5787)
+    omniglot = table.loc[("omniglot 5-way 1-shot", "maml")]
+    assert omniglot["paper_dataset"] == "miniImageNet" and omniglot["paper_accuracy"] == pytest.approx(0.4788)
+    cub_ablation = ablation_table(tables, CFG).set_index(["setting", "variant"])
+    assert np.isnan(cub_ablation.loc[("cub 5-way 1-shot", "maml+lil-phase"), "paper_accuracy"])  # Table 5: no CUB
+
+    resnet = resnet12_table(tables, CFG).set_index(["setting", "variant"])
+    assert set(resnet.index.get_level_values("setting")) == {"miniimagenet 5-way 1-shot", "miniimagenet 5-way 5-shot"}
+    one = resnet.loc[("miniimagenet 5-way 1-shot", "maml+lil")]
+    assert (one["paper_dataset"], one["runs"]) == ("miniImageNet", 2) and one["paper_accuracy"] == pytest.approx(0.5272)
+    assert one["gain_over_baseline"] == pytest.approx(0.04, abs=0.005)
+    assert resnet.loc[("miniimagenet 5-way 5-shot", "maml+lil"), "paper_gain_over_baseline"] == pytest.approx(
+        (72.50 - 71.32) / 100
+    )
+    claim = next(c for c in claims_of("lil2022") if c.id == "lil2022-lil-improves-maml")
+    assert evaluate(claim, tables, CFG)["statistic"]["n"] == 4 * 2 * 2 * 60  # each backbone paired with itself
+    without = resnet12_table(StudyTables("lil2022", pd.DataFrame(), frames[0], pd.DataFrame()), CFG)
+    assert without.empty and "paper_dataset" in without  # a header, so the report can read it back
+
+
+def test_linearity_table_keeps_backbones_apart():
+    rows = [
+        {"run": f"{b}-{s}", "setting": "m 5-way 1-shot", "backbone": b, "variant": "maml", "step": step, "pc": pc}
+        for b, pc in (("Conv4", 0.5), ("ResNet12", 0.9))
+        for s in range(2)
+        for step in (0, 10)
+    ]
+    checkpoints = pd.DataFrame(rows).assign(ac_jacobian=1.0, ac_lossgrad=1.0, gradient_cosine_final=1.0)
+    checkpoints = checkpoints.assign(hessian_noise_ratio=0.0, ac_jacobian_deviation=0.0)
+    table = linearity_table(StudyTables("lil2022", checkpoints, pd.DataFrame(), pd.DataFrame()), CFG)
+    final = table[table["checkpoint"] == "final"].set_index("backbone")
+    assert final.loc["Conv4", "pc"] == 0.5 and final.loc["ResNet12", "pc"] == 0.9 and len(table) == 4
 
 
 def test_claims_follow_the_data():
@@ -101,6 +174,7 @@ def milestone_tasks(lil_gain: float) -> pd.DataFrame:
                     {
                         "run": f"{algorithm}-{seed}",
                         "algorithm": algorithm,
+                        "dataset": "d",
                         "setting": "d 5-way 1-shot",
                         "shots": 1,
                         "ways": 5,
@@ -125,6 +199,8 @@ def test_table_1_pairs_the_lil_init_with_the_random_init_of_the_same_runs(gain, 
     assert table.loc["lil", "step"] == 10 and table.loc["random", "runs"] == 2
     assert table.loc["random", "pre_adaptation_accuracy"] == pytest.approx(0.2, abs=0.01)
     assert table.loc["lil", "paper_accuracy"] == pytest.approx(PAPER_INIT_ACCURACY[("lil", 1)][0] / 100)
+    on_cub = StudyTables("lil2022", *[pd.DataFrame()] * 3, milestone_tasks=milestone_tasks(gain).assign(dataset="cub"))
+    assert init_table(on_cub, CFG)["paper_accuracy"].isna().all()  # Table 1 has no CUB → CUB column
     claim = next(c for c in claims_of("lil2022") if c.id == "lil2022-lil-init-beats-random-init")
     assert evaluate(claim, tables, CFG)["verdict"] == verdict
 
@@ -135,3 +211,23 @@ def test_table_1_is_empty_and_its_claim_inconclusive_without_pretraining_runs():
     assert table.empty and "pre_adaptation_accuracy" in table  # a header, so the report can read it back
     claim = next(c for c in claims_of("lil2022") if c.id == "lil2022-lil-init-beats-random-init")
     assert evaluate(claim, tables, CFG)["verdict"] == "inconclusive"
+
+
+def test_paper_table_2_matches_the_seeds_own_tally():
+    """Spec §Table 2, derived: LIL beats its baseline in 27/32 cells, worse in BOIL(1) on mini, tiered and CUB,
+    ANIL(1) on CUB and BOIL(5) on CUB (a check of the transcription)."""
+    worse = {
+        (dataset, base, shots)
+        for dataset, column in PAPER_TABLE2.items()
+        for base, lil in LIL_OF.items()
+        for shots in (1, 5)
+        if column[(lil, shots)][0] < column[(base, shots)][0]
+    }
+    assert sum(len(column) for column in PAPER_TABLE2.values()) == 4 * 16
+    assert worse == {
+        ("miniimagenet", "boil", 1),
+        ("tieredimagenet", "boil", 1),
+        ("cub", "boil", 1),
+        ("cub", "anil", 1),
+        ("cub", "boil", 5),
+    }

@@ -123,3 +123,4 @@ from metaland.models import cnn as _cnn  # noqa: E402,F401
 from metaland.models import convnet as _convnet  # noqa: E402,F401
 from metaland.models import linear as _linear  # noqa: E402,F401
 from metaland.models import resnet as _resnet  # noqa: E402,F401
+from metaland.models import resnet12 as _resnet12  # noqa: E402,F401

@@ -16,12 +16,15 @@ and improves MAML, ANIL and BOIL (Tables 2, 5). Here each claim is tested, not a
   milestone) its LIL-init, both meta-tested on the same fixed tasks;
 * accuracy comparisons pair the same fixed test tasks and seeds (same init, same task stream).
 
-Not built: ResNet-12 (Table 4); CUB / Cars / tieredImageNet (Tables 1-3 beyond miniImageNet). See
-docs/studies/lil2022.md.
+Table 2's paper column is the run's dataset's (CUB, miniImageNet; miniImageNet's for Omniglot, marked);
+ResNet-12 runs (model ``resnet12``) make the Table 4 analogue (mini → mini) and stay out of Tables 2 / 5.
+Not built: tieredImageNet / Cars loaders and cross-domain meta-tests (Table 3, Table 4's other columns).
+See docs/studies/lil2022.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,32 +67,125 @@ LEGEND = {
     "boil+lil-phase": "BOIL + LIL",
 }
 VARIANTS = tuple(LEGEND)
-PAPER_ACCURACY = {
-    # Table 2 (in-domain, miniImageNet column) and Table 5 (ablation, miniImageNet column), 4-conv, % ± std.
-    ("maml", 1): (47.88, 0.55),
-    ("maml+lil", 1): (49.07, 0.14),
+PAPER_TABLE2 = {
+    # Table 2 (in-domain), 4-conv, % ± std over 3 runs: one column per dataset.
+    "miniimagenet": {
+        ("maml", 1): (47.88, 0.55),
+        ("maml+lil", 1): (49.07, 0.14),
+        ("fomaml", 1): (46.29, 0.94),
+        ("fomaml+lil-pretrain", 1): (46.81, 0.87),
+        ("anil", 1): (48.53, 0.76),
+        ("anil+lil-phase", 1): (49.45, 0.31),
+        ("boil", 1): (50.44, 1.00),
+        ("boil+lil-phase", 1): (49.91, 0.34),
+        ("maml", 5): (64.81, 1.63),
+        ("maml+lil", 5): (66.34, 0.35),
+        ("fomaml", 5): (62.91, 1.85),
+        ("fomaml+lil-pretrain", 5): (65.05, 1.25),
+        ("anil", 5): (63.74, 1.39),
+        ("anil+lil-phase", 5): (66.55, 2.09),
+        ("boil", 5): (66.34, 0.35),
+        ("boil+lil-phase", 5): (67.09, 0.59),
+    },
+    "tieredimagenet": {
+        ("maml", 1): (46.93, 1.07),
+        ("maml+lil", 1): (49.29, 0.24),
+        ("fomaml", 1): (46.96, 0.81),
+        ("fomaml+lil-pretrain", 1): (47.86, 0.81),
+        ("anil", 1): (50.09, 0.27),
+        ("anil+lil-phase", 1): (50.33, 0.28),
+        ("boil", 1): (50.56, 0.54),
+        ("boil+lil-phase", 1): (50.48, 0.43),
+        ("maml", 5): (66.12, 1.10),
+        ("maml+lil", 5): (67.85, 0.67),
+        ("fomaml", 5): (65.56, 0.89),
+        ("fomaml+lil-pretrain", 5): (66.37, 0.27),
+        ("anil", 5): (66.12, 1.11),
+        ("anil+lil-phase", 5): (66.75, 0.72),
+        ("boil", 5): (69.50, 0.57),
+        ("boil+lil-phase", 5): (69.81, 0.17),
+    },
+    "cars": {
+        ("maml", 1): (47.78, 0.99),
+        ("maml+lil", 1): (49.53, 0.89),
+        ("fomaml", 1): (47.91, 0.56),
+        ("fomaml+lil-pretrain", 1): (48.45, 0.56),
+        ("anil", 1): (49.49, 0.71),
+        ("anil+lil-phase", 1): (50.62, 1.06),
+        ("boil", 1): (56.30, 0.76),
+        ("boil+lil-phase", 1): (56.51, 0.85),
+        ("maml", 5): (62.24, 2.01),
+        ("maml+lil", 5): (69.94, 0.24),
+        ("fomaml", 5): (62.75, 1.55),
+        ("fomaml+lil-pretrain", 5): (65.69, 3.52),
+        ("anil", 5): (63.03, 0.95),
+        ("anil+lil-phase", 5): (63.74, 1.11),
+        ("boil", 5): (75.54, 0.22),
+        ("boil+lil-phase", 5): (76.39, 0.02),
+    },
+    "cub": {
+        ("maml", 1): (57.04, 1.42),
+        ("maml+lil", 1): (58.06, 0.72),
+        ("fomaml", 1): (57.46, 0.21),
+        ("fomaml+lil-pretrain", 1): (58.01, 1.00),
+        ("anil", 1): (58.54, 3.76),
+        ("anil+lil-phase", 1): (57.87, 0.13),
+        ("boil", 1): (63.14, 0.38),
+        ("boil+lil-phase", 1): (62.93, 0.03),
+        ("maml", 5): (72.48, 0.86),
+        ("maml+lil", 5): (74.37, 0.49),
+        ("fomaml", 5): (71.44, 0.34),
+        ("fomaml+lil-pretrain", 5): (72.52, 0.22),
+        ("anil", 5): (71.75, 0.75),
+        ("anil+lil-phase", 5): (73.68, 0.63),
+        ("boil", 5): (77.60, 0.12),
+        ("boil+lil-phase", 5): (77.19, 0.21),
+    },
+}
+"""Seed 004 Table 2: published in-domain accuracies (%, mean ± std over 3 runs), 5-way, 4-conv, keyed by
+dataset (the project's dataset names) and then by (variant, shots)."""
+PAPER_TABLE5 = {
+    # Table 5 (ablation), miniImageNet → miniImageNet column, 4-conv, % ± std.
     ("maml+lil-phase", 1): (47.13, 0.30),
     ("maml+lil-amplitude", 1): (48.62, 0.29),
-    ("fomaml", 1): (46.29, 0.94),
-    ("fomaml+lil-pretrain", 1): (46.81, 0.87),
-    ("anil", 1): (48.53, 0.76),
-    ("anil+lil-phase", 1): (49.45, 0.31),
-    ("boil", 1): (50.44, 1.00),
-    ("boil+lil-phase", 1): (49.91, 0.34),
-    ("maml", 5): (64.81, 1.63),
-    ("maml+lil", 5): (66.34, 0.35),
     ("maml+lil-phase", 5): (65.48, 0.30),
     ("maml+lil-amplitude", 5): (65.98, 0.50),
-    ("fomaml", 5): (62.91, 1.85),
-    ("fomaml+lil-pretrain", 5): (65.05, 1.25),
-    ("anil", 5): (63.74, 1.39),
-    ("anil+lil-phase", 5): (66.55, 2.09),
-    ("boil", 5): (66.34, 0.35),
-    ("boil+lil-phase", 5): (67.09, 0.59),
 }
-"""Seed 004's published accuracies (%, mean ± std over 3 runs) on miniImageNet 5-way, 4-conv: Table 2
-(baselines ± LIL) and Table 5 (MAML + PC / + AC), keyed by (variant, shots)."""
-PAPER_SETTING = "paper: miniImageNet 5-way, 4-conv (Tables 2 and 5)"
+"""Seed 004 Table 5's MAML + PC / + AC rows (miniImageNet column); its MAML and MAML + LIL rows are Table 2's."""
+PAPER_ACCURACY = PAPER_TABLE2["miniimagenet"] | PAPER_TABLE5
+"""Seed 004's miniImageNet accuracies (Tables 2 and 5), keyed by (variant, shots): the claims quote them."""
+PAPER_RESNET12 = {
+    # Table 4, ResNet-12, meta-trained and meta-tested on miniImageNet (the mini → mini column), % ± std.
+    ("maml", 1): (50.63, 1.70),
+    ("maml+lil", 1): (52.72, 0.15),
+    ("maml", 5): (71.32, 1.55),
+    ("maml+lil", 5): (72.50, 0.94),
+}
+"""Seed 004 Table 4, mini → mini column (its last row reads "MAML + LIL (1)", sic: the 5-shot row, spec §Table 4).
+The mini → tiered and mini → Cars columns are not built: the project has no tieredImageNet or Cars loader."""
+PAPER_DATASETS = {"miniimagenet": "miniImageNet", "tieredimagenet": "tieredImageNet", "cars": "Cars", "cub": "CUB"}
+"""The paper's name of each Table 2 column."""
+RESNET12 = "ResNet12"
+"""The backbone label of Table 4's runs; every other backbone's runs make the Table 2 / Table 5 analogues."""
+
+
+def paper_column(dataset: str) -> str:
+    """The Table 2 column shown beside a run on ``dataset``: its own, or miniImageNet's for a dataset the paper
+    does not use (Omniglot in the default profile), marked by the ``paper_dataset`` column of the tables."""
+    return dataset if dataset in PAPER_TABLE2 else "miniimagenet"
+
+
+def paper_setting(dataset: str) -> str:
+    return f"paper: {PAPER_DATASETS[paper_column(dataset)]} 5-way, 4-conv (Tables 2 and 5)"
+
+
+def paper_accuracy(dataset: str, variant: str, shots: int) -> tuple[float, float]:
+    """Table 2's (or, on miniImageNet, Table 5's) mean and std (%) for a run on ``dataset``; NaN where none."""
+    column = paper_column(dataset)
+    numbers = PAPER_TABLE2[column] | (PAPER_TABLE5 if column == "miniimagenet" else {})
+    return numbers.get((variant, shots), (np.nan, np.nan))
+
+
 PAPER_INIT_ACCURACY = {
     # Table 1, meta-trained and meta-tested on miniImageNet, 4-conv, % ± std.
     ("random", 1): (21.36, 0.01),
@@ -105,7 +201,7 @@ PRETRAINED_RUNS = where(algorithm="lil-pretrain")
 GRADIENT_COSINE_THRESHOLD = 0.9
 """'The gradient barely changes through the inner loop' (§1, §4.1) read as cos(g^0, g^S) > 0.9 (< 26°);
 the paper gives no number."""
-PAIR = ("setting", "seed", "task")
+PAIR = ("setting", "backbone", "seed", "task")
 LINEARITY = ("pc", "ac_jacobian", "ac_lossgrad", "gradient_cosine_final", "hessian_noise_ratio")
 LABELS = {
     "pc": "phase consistency PC (eq. 3)",
@@ -212,10 +308,55 @@ def _baseline_of(variant: str) -> str | None:
     return next(base for base in BASELINES if variant.startswith(base))
 
 
-def _accuracy_rows(tables: StudyTables, cfg: AggregateConfig, names: tuple[str, ...]) -> pd.DataFrame:
-    final = tables.final_tasks
+def _is_resnet12(backbone: pd.Series) -> pd.Series:
+    return backbone == RESNET12
+
+
+def _is_4conv(backbone: pd.Series) -> pd.Series:
+    return backbone != RESNET12
+
+
+_table2_runs = where(backbone=_is_4conv)
+"""The rows of the Table 2 / Table 5 runs (and of the figures): every backbone but ResNet-12."""
+
+ACCURACY_COLUMNS = (
+    "setting",
+    "variant",
+    "baseline",
+    "runs",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "gain_over_baseline",
+    "gain_ci_low",
+    "gain_ci_high",
+    "paper_dataset",
+    "paper_accuracy",
+    "paper_std",
+    "paper_gain_over_baseline",
+)
+"""Columns of the Table 2 / 4 / 5 analogues (a table without runs keeps them: the report reads it back)."""
+
+PaperNumbers = Callable[[str, str, int], tuple[float, float]]
+"""``(dataset, variant, shots) -> (mean, std)`` in %, the paper's number shown beside a row."""
+
+
+def _accuracy_rows(
+    tables: StudyTables,
+    cfg: AggregateConfig,
+    names: tuple[str, ...],
+    *,
+    backbone: Callable[[pd.Series], pd.Series] = _is_4conv,
+    paper: PaperNumbers = paper_accuracy,
+    paper_dataset: Callable[[str], str] = paper_column,
+) -> pd.DataFrame:
+    """One row per (setting, variant) of the runs whose backbone passes ``backbone``: our mean accuracy (± CI),
+    the gain over the baseline paired on the same tasks and seeds (± CI), the paper's number and gain."""
+    final = where(backbone=backbone)(tables.final_tasks)
     rows = []
-    for (setting, shots), rows_of_setting in final.groupby(["setting", "shots"], sort=True):
+    if final.empty:
+        return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    for (setting, dataset, shots), rows_of_setting in final.groupby(["setting", "dataset", "shots"], sort=True):
         for name in _present(rows_of_setting, names):
             mine = rows_of_setting[rows_of_setting["variant"] == name]
             ci = mean_ci(mine["query_accuracy"], cfg.confidence)
@@ -224,13 +365,13 @@ def _accuracy_rows(tables: StudyTables, cfg: AggregateConfig, names: tuple[str, 
             if base is not None:
                 stat = improves_on(
                     "query_accuracy",
-                    where(variant=name, setting=setting),
-                    where(variant=base, setting=setting),
+                    where(variant=name, setting=setting, backbone=backbone),
+                    where(variant=base, setting=setting, backbone=backbone),
                     pair_on=PAIR,
                 )(tables, cfg).statistic
                 gain = (stat.value, *stat.ci)
-            paper, paper_std = PAPER_ACCURACY.get((name, shots), (np.nan, np.nan))
-            paper_base = PAPER_ACCURACY.get((base, shots), (np.nan, np.nan))[0] if base else np.nan
+            mean, std = paper(dataset, name, shots)
+            paper_base = paper(dataset, base, shots)[0] if base else np.nan
             rows.append(
                 {
                     "setting": setting,
@@ -243,22 +384,42 @@ def _accuracy_rows(tables: StudyTables, cfg: AggregateConfig, names: tuple[str, 
                     "gain_over_baseline": gain[0],
                     "gain_ci_low": gain[1],
                     "gain_ci_high": gain[2],
-                    "paper_accuracy": paper / 100,
-                    "paper_std": paper_std / 100,
-                    "paper_gain_over_baseline": (paper - paper_base) / 100,
+                    "paper_dataset": PAPER_DATASETS[paper_dataset(dataset)],
+                    "paper_accuracy": mean / 100,
+                    "paper_std": std / 100,
+                    "paper_gain_over_baseline": (mean - paper_base) / 100,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
 
 
 def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Table 2 analogue: final meta-test accuracy of each baseline and its + LIL, the paired gain, the paper's."""
+    """Table 2 analogue: final meta-test accuracy of each baseline and its + LIL, the paired gain, and the paper's
+    column of the run's dataset (miniImageNet's for a dataset the paper does not use; ``paper_dataset`` says which).
+    4-conv (every backbone but ResNet-12) runs only."""
     return _accuracy_rows(tables, cfg, (*BASELINES, *LIL_OF.values()))
 
 
 def ablation_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     """Table 5 analogue: MAML, + phase loss only, + pseudo-amplitude loss only, + both."""
     return _accuracy_rows(tables, cfg, ABLATION)
+
+
+def _paper_resnet12(dataset: str, variant: str, shots: int) -> tuple[float, float]:
+    return PAPER_RESNET12.get((variant, shots), (np.nan, np.nan))
+
+
+def resnet12_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Table 4 analogue: ResNet-12 MAML vs MAML + LIL, 1- and 5-shot, beside Table 4's mini → mini column
+    (``paper_dataset`` = miniImageNet whatever our dataset; the cross-domain columns are not built)."""
+    return _accuracy_rows(
+        tables,
+        cfg,
+        ("maml", "maml+lil"),
+        backbone=_is_resnet12,
+        paper=_paper_resnet12,
+        paper_dataset=lambda dataset: "miniimagenet",
+    )
 
 
 INIT_COLUMNS = (
@@ -287,13 +448,16 @@ def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     """Table 1 analogue: random vs LIL-pretrained θ^0 of the ``lil-pretrain`` runs, per setting.
 
     ``accuracy`` is after the standard inner loop from θ^0 (Table 1's number, spec §5 [interp]);
-    ``pre_adaptation_accuracy`` is θ^0's own query accuracy, ≈ 1/N for any θ^0 under random class order
-    (the sanity check); the gain is paired over the same fixed tasks and seeds."""
+    the paper's number is Table 1's mini → mini column (for Omniglot too; none for CUB, which Table 1 meta-tests
+    on only after Cars); ``pre_adaptation_accuracy`` is θ^0's own query accuracy, ≈ 1/N for any θ^0 under random
+    class order (the sanity check); the gain is paired over the same fixed tasks and seeds."""
     milestones = PRETRAINED_RUNS(tables.milestone_tasks)
     rows: list[dict] = []
     if milestones.empty or "milestone" not in milestones:
         return pd.DataFrame(rows, columns=INIT_COLUMNS)  # the header only: the report reads an empty table
-    for (setting, shots, ways), group in milestones.groupby(["setting", "shots", "ways"], sort=True):
+    for (setting, dataset, shots, ways), group in milestones.groupby(
+        ["setting", "dataset", "shots", "ways"], sort=True
+    ):
         for init, milestone in INITS.items():
             mine = group[group["milestone"] == milestone]
             if mine.empty:
@@ -305,7 +469,8 @@ def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                 scope = where(algorithm="lil-pretrain", setting=setting)
                 stat = improves_at_milestone("query_accuracy", milestone, scope=scope)(tables, cfg).statistic
                 gain = (stat.value, *stat.ci)
-            paper, paper_std = PAPER_INIT_ACCURACY.get((init, shots), (np.nan, np.nan))
+            in_paper = paper_column(dataset) == "miniimagenet"  # Table 1's only in-domain column is mini → mini
+            paper, paper_std = PAPER_INIT_ACCURACY.get((init, shots), (np.nan, np.nan)) if in_paper else (np.nan,) * 2
             rows.append(
                 {
                     "setting": setting,
@@ -334,13 +499,15 @@ def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
 
 
 def linearity_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Per setting × variant: the linearity measures at the initial and final checkpoints (mean over seeds)."""
+    """Per setting × backbone × variant: the linearity measures at the initial and final checkpoints (mean over
+    seeds)."""
     rows = []
     checkpoints = tables.checkpoints
     first = checkpoints[checkpoints["step"] == 0]
     for moment, frame in (("initial", first), ("final", final_checkpoints(checkpoints))):
-        for (setting, name), group in frame.groupby(["setting", "variant"], sort=True):
-            row = {"setting": setting, "variant": name, "checkpoint": moment, "step": int(group["step"].max())}
+        for (setting, backbone, name), group in frame.groupby(["setting", "backbone", "variant"], sort=True):
+            row = {"setting": setting, "backbone": backbone, "variant": name, "checkpoint": moment}
+            row["step"] = int(group["step"].max())
             row |= {metric: group[metric].mean() for metric in (*LINEARITY, "ac_jacobian_deviation")}
             rows.append(row)
     return pd.DataFrame(rows)
@@ -363,20 +530,22 @@ def _curves(ax, frame: pd.DataFrame, metric: str, title: str, *, reference: floa
 
 
 def fig_linearity(tables: StudyTables, path: Path) -> None:
-    """Fig. 2: PC and AC (both readings), gradient change and Hessian-noise ratio over meta-training."""
+    """Fig. 2: PC and AC (both readings), gradient change and Hessian-noise ratio over meta-training (4-conv runs;
+    the ResNet-12 runs' measures are in the linearity table)."""
     fig, axes = grid(len(LINEARITY), columns=3, width=4.4, height=3.4)
     for ax, metric, letter in zip(axes, LINEARITY, "abcde", strict=True):
         reference = 1.0 if metric in ("pc", "ac_jacobian", "ac_lossgrad", "gradient_cosine_final") else None
-        _curves(ax, tables.checkpoints, metric, f"({letter}) {LABELS[metric]}", reference=reference)
+        _curves(ax, _table2_runs(tables.checkpoints), metric, f"({letter}) {LABELS[metric]}", reference=reference)
     suptitle(fig, "Linearity of the inner loop over meta-training (seed 004 Fig. 2; dotted: 1 = linear)")
     save(fig, path)
 
 
 def fig_accuracy(tables: StudyTables, path: Path) -> None:
-    """Fig. 4: accuracy over meta-training; the final accuracy beside the paper's."""
+    """Fig. 4: accuracy over meta-training; the final accuracy on one dataset beside the paper's column for it.
+    4-conv runs only (the ResNet-12 runs are Table 4's)."""
     fig, axes = grid(3, columns=3, width=4.4, height=3.4)
-    _curves(axes[0], tables.checkpoints, "query_accuracy", "(a) accuracy over meta-training (Fig. 4)")
-    log = tables.train_log
+    _curves(axes[0], _table2_runs(tables.checkpoints), "query_accuracy", "(a) accuracy over meta-training (Fig. 4)")
+    log = _table2_runs(tables.train_log)
     if log.empty:
         no_data(axes[1], "(b) meta-training query accuracy", "training logs")
     else:
@@ -389,17 +558,20 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
             names=LEGEND,
         )
         axes[1].set_ylabel("meta-train query accuracy (running mean)")
-    final = tables.final_tasks
+    final = _table2_runs(tables.final_tasks)
     present = _present(final)
     if not present:
         no_data(axes[2], "(c) final accuracy", "lil2022 runs")
     else:
+        dataset = min(final["dataset"])  # one dataset's runs beside the paper's column for it
+        final = final[final["dataset"] == dataset]
+        present = _present(final)
         ours = [mean_ci(final[final["variant"] == n]["query_accuracy"], 0.95).mean for n in present]
         shots = int(final["shots"].min())
-        paper = [PAPER_ACCURACY.get((n, shots), (np.nan, np.nan))[0] / 100 for n in present]
+        paper = [paper_accuracy(dataset, n, shots)[0] / 100 for n in present]
         x = np.arange(len(present))
         axes[2].bar(x - 0.2, ours, width=0.4, label="ours", color="#1f77b4")
-        axes[2].bar(x + 0.2, paper, width=0.4, label=f"{PAPER_SETTING}, {shots}-shot", color="#999999")
+        axes[2].bar(x + 0.2, paper, width=0.4, label=f"{paper_setting(dataset)}, {shots}-shot", color="#999999")
         axes[2].set_xticks(x, [LEGEND[n] for n in present], rotation=30, ha="right")
         axes[2].set_ylabel("final meta-test accuracy")
         axes[2].set_title("(c) final accuracy: ours vs the paper's")
@@ -431,13 +603,21 @@ STUDIES.register(
         ),
         tables=(
             Table(
-                "accuracy", "Table 2 analogue: baselines ± LIL, ours beside the paper's (miniImageNet)", accuracy_table
+                "accuracy",
+                "Table 2 analogue: baselines ± LIL (4-conv), ours beside the paper's column of our dataset "
+                "(miniImageNet for Omniglot)",
+                accuracy_table,
             ),
             Table(
                 "init",
                 "Table 1 analogue: random vs LIL-pretrained θ^0 (accuracy after the inner loop; raw θ^0 ≈ 1/N), "
                 "ours beside the paper's (miniImageNet)",
                 init_table,
+            ),
+            Table(
+                "resnet12",
+                "Table 4 analogue: ResNet-12 MAML ± LIL, ours beside the paper's (miniImageNet → miniImageNet)",
+                resnet12_table,
             ),
             Table("ablation", "Table 5 analogue: MAML + phase loss, + pseudo-amplitude loss, + both", ablation_table),
             Table("linearity", "Linearity measures at the initial and final checkpoints", linearity_table),
