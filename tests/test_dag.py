@@ -121,7 +121,8 @@ def test_every_stage_is_an_mlflow_run(pipeline):
         key = run.data.tags["metaland.run_key"]
         steps = train_setting(key, "inner_steps")
         assert run.data.params["train.inner_steps"] == str(steps) and run.data.tags["metaland.params_hash"]
-        loss = "train/batch_loss" if run.data.params["algorithm"] == "finetune" else "train/query_loss"
+        pretraining = run.data.params["algorithm"] in ("finetune", "transfer")  # supervised batches
+        loss = "train/batch_loss" if pretraining else "train/query_loss"
         every = train_setting(key, "log_every")
         logged = list(range(every, iterations(key) + 1, every))
         assert [m.step for m in client.get_metric_history(run.info.run_id, loss)] == logged
