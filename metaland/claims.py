@@ -85,9 +85,10 @@ def register(claim: Claim) -> Claim:
 
 
 def claims_of(study: str) -> list[Claim]:
-    """The claims a study module registered (importing the study registry registers them)."""
-    import metaland.studies  # noqa: F401  (lazy: study modules import this module)
+    """The claims a study module registered (looking the study up imports its module)."""
+    from metaland.studies import STUDIES  # lazy: study modules import this module
 
+    STUDIES.get(study)
     return [claim for _, claim in CLAIMS.items() if claim.study == study]
 
 

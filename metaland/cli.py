@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -241,16 +240,12 @@ def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Pa
     with stage_run("extract", experiment=run.study, run_key=run.key, params=rule.model_dump()) as tracker:
         manifest = extract_run(run, rule, runs_dir / run.key, out_dir)
         for entry in manifest["checkpoints"]:
-            with tempfile.TemporaryDirectory() as folder:
-                for suffix in (".safetensors", ".json"):
-                    name = Path(entry["file"]).with_suffix(suffix).name
-                    shutil.copy2(out_dir / name, Path(folder) / name)
-                tracker.log_model_dir(
-                    f"{run.key}-step{entry['step']:08d}",
-                    Path(folder),
-                    params={"step": entry["step"], "reasons": ",".join(entry["reasons"])},
-                    tags={"metaland.run_key": run.key},
-                )
+            tracker.log_model(
+                f"{run.key}-step{entry['step']:08d}",
+                [out_dir / Path(entry["file"]).with_suffix(suffix).name for suffix in (".safetensors", ".json")],
+                params={"step": entry["step"], "reasons": ",".join(entry["reasons"])},
+                tags={"metaland.run_key": run.key},
+            )
         tracker.log_artifact(out_dir / "manifest.json")
     click.echo(f"extracted {len(manifest['checkpoints'])} checkpoints of {run.key} -> {out_dir}")
 
@@ -347,7 +342,7 @@ def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Pa
         for page in pages:
             tracker.log_artifact(page, "report")
             if aggregate_run is not None:
-                tracker.client.log_artifact(aggregate_run, str(page), "report")
+                tracker.log_artifact(page, "report", run_id=aggregate_run)
     click.echo(f"{len(figures)} figures -> {figures_dir}; report -> {', '.join(map(str, pages))}")
 
 

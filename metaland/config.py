@@ -339,7 +339,7 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
 
     studies: dict[str, StudyConfig] = {}
     for name, block in top.studies.items():
-        STUDIES.get(name, key=f"studies.{name}")
+        STUDIES.check(name, key=f"studies.{name}")
         probes = _probe_set(block.probe.probes, block.probe, source, f"studies.{name}.probe.probes")
         sets = {
             set_name: _probe_set(entries, block.probe, source, f"studies.{name}.probe.probe_sets.{set_name}")

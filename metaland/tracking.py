@@ -25,13 +25,15 @@ MLflow's retry loop: nothing is lost, and the message says how to fix it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import select
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,46 +175,106 @@ def provenance_tags(stage: str, run_key: str | None, params_hash: str) -> dict[s
     return tags
 
 
-@dataclass
 class StageRun:
-    """An open MLflow run for one stage execution."""
+    """An open MLflow run for one stage execution, written by its sidecar process
+    (:mod:`metaland.tracking_sidecar`) while the stage computes.
 
-    client: Any
-    run_id: str
-    experiment_id: str
+    Calls return at once and are carried out in order; a store error is raised as
+    :class:`TrackingError` by the next call, or when the run closes, so the stage fails with it.
+    """
+
+    def __init__(self, **open_command: Any):
+        self._sidecar = subprocess.Popen(
+            [sys.executable, "-m", "metaland.tracking_sidecar"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._run_id: str | None = None
+        self._error: str | None = None
+        self._closed = False
+        self._send("open", **open_command)
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id (waits for the sidecar to open the run)."""
+        while self._run_id is None:
+            self._receive()
+            self._raise_if_failed()
+        return self._run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        self._send("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step, timestamp=_now_ms())
 
-        timestamp = _now_ms()
-        batch = [Metric(k, float(v), timestamp, step) for k, v in sorted(metrics.items())]
-        for start in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+    def log_artifact(self, path: Path, artifact_path: str | None = None, *, run_id: str | None = None) -> None:
+        """Copy a file into this run's artifacts (or into run ``run_id``'s)."""
+        self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path, run_id=run_id)
 
     def tag_outputs(self, folder: Path) -> str:
         """Record the digest of the output folder this run wrote (:data:`OUTPUTS_TAG`); return it."""
         digest = tree_digest(folder)
-        self.client.set_tag(self.run_id, OUTPUTS_TAG, digest)
+        self._send("tag", key=OUTPUTS_TAG, value=digest)
         return digest
 
-    def log_model_dir(self, name: str, directory: Path, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """Log a folder of safetensors weights + manifest as an MLflow (external) model."""
-        from mlflow.entities import LoggedModelStatus
-
-        model = self.client.create_logged_model(
-            experiment_id=self.experiment_id,
+    def log_model(self, name: str, files: list[Path], params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """Log files (safetensors weights + sidecar) as one MLflow (external) model of this run."""
+        self._send(
+            "model",
             name=name,
-            source_run_id=self.run_id,
+            files=[str(Path(f).resolve()) for f in files],
             params=flatten_params(params),
             tags=dict(tags),
-            model_type="safetensors",
         )
-        self.client.log_model_artifacts(model.model_id, str(directory))
-        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-        return model.model_id
+
+    def close(self, status: str) -> str | None:
+        """End the run with ``status`` once every call is carried out; return the store error, if any."""
+        self._send("close", status=status, check=False)
+        self._sidecar.stdin.close()
+        while not self._closed and self._receive() is not None:
+            pass
+        self._sidecar.wait()
+        return self._error
+
+    def _send(self, op: str, *, check: bool = True, **fields: Any) -> None:
+        if check:
+            self._poll()
+            self._raise_if_failed()
+        try:
+            self._sidecar.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+            self._sidecar.stdin.flush()
+        except BrokenPipeError:
+            self._error = self._error or f"the tracking sidecar exited with status {self._sidecar.wait()}"
+            if check:
+                self._raise_if_failed()
+
+    def _poll(self) -> None:
+        """Read the replies that have already arrived, without waiting."""
+        while self._sidecar.poll() is None and select.select([self._sidecar.stdout], [], [], 0)[0]:
+            if self._receive() is None:
+                return
+
+    def _receive(self) -> dict | None:
+        line = self._sidecar.stdout.readline()
+        if not line:
+            self._error = self._error or f"the tracking sidecar exited with status {self._sidecar.wait()}"
+            return None
+        reply = json.loads(line)
+        self._run_id = reply.get("opened", self._run_id)
+        self._error = reply.get("error", self._error)
+        self._closed = "closed" in reply
+        return reply
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise TrackingError(_failure_message(self._error))
+
+
+def _failure_message(error: str) -> str:
+    return (
+        f"Logging this stage to the MLflow store {tracking_uri()} failed ({error}), so the stage fails rather "
+        "than leave results without their run. Fix: `python -m metaland doctor` checks the store; for the "
+        "local file, check its permissions and free space, or move mlflow.db aside to start a fresh store."
+    )
 
 
 def _now_ms() -> int:
@@ -245,33 +307,28 @@ def stage_run(
     """Open an MLflow run for a stage execution; mark it FINISHED or FAILED on exit.
 
     With ``resume`` (a training restarted from a checkpoint) the newest earlier run of the same
-    stage, run key and params hash is continued, so its metrics form one curve in the UI.
+    stage, run key and params hash is continued, so its metrics form one curve in the UI. The run
+    is written by a sidecar process (:mod:`metaland.tracking_sidecar`), so the stage does not wait
+    for MLflow to import; on exit it waits until everything is logged, and a store error fails it.
     """
-    ensure_store()
-    client = _client()
-    experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
-    params_hash = params_hash or (stable_hash(dict(params)) if params else "")
-    run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
-    tags = provenance_tags(stage, run_key, params_hash)
-    if run_id is None:
-        run_name = f"{stage}@{run_key}" if run_key else stage
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        if params:
-            from mlflow.entities import Param
-
-            flat = [Param(k, v) for k, v in sorted(flatten_params(params).items())]
-            for start in range(0, len(flat), 100):
-                client.log_batch(run_id, params=flat[start : start + 100])
-    else:
-        client.update_run(run_id, status="RUNNING")
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+    run = StageRun(
+        stage=stage,
+        experiment=experiment,
+        run_key=run_key,
+        params=flatten_params(params) if params else {},
+        params_hash=params_hash or (stable_hash(dict(params)) if params else ""),
+        resume=resume,
+    )
     try:
-        yield StageRun(client, run_id, experiment_id)
+        yield run
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        error = run.close("FAILED")
+        if error is not None:
+            logging.getLogger(__name__).warning(_failure_message(error))
         raise
-    client.set_terminated(run_id, "FINISHED")
+    error = run.close("FINISHED")
+    if error is not None:
+        raise TrackingError(_failure_message(error))
 
 
 def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,6 +207,30 @@ def test_unknown_algorithm_and_model_get_suggestions(raw):
     raw["runs"][RUN]["algorithm"] = "maml"
     raw["studies"]["guiroy2019"]["defaults"]["model"]["name"] = "convnett"
     assert "Did you mean 'convnet'?" in error_of(raw)
+
+
+def test_an_unknown_study_is_named_with_the_known_ones(raw):
+    raw["studies"]["guiroy2020"] = raw["studies"].pop("guiroy2019")
+    message = error_of(raw)
+    assert "studies.guiroy2020 = 'guiroy2020' is not a known study. Did you mean 'guiroy2019'?" in message
+    assert "Known studies: ding2023, guiroy2019, lil2022, metaopt, sharpmaml." in message
+
+
+def test_validating_params_imports_no_study_module():
+    """Every stage validates params.yaml; a study's module (figures, claims, statistics) is imported
+    only where the study is looked up, which keeps a second off each of the DAG's stages."""
+    check = (
+        "import sys\n"
+        "from metaland.config import load_params\n"
+        "load_params('params.yaml')\n"
+        "heavy = [m for m in ('matplotlib', 'scipy.stats', 'pandas') if m in sys.modules]\n"
+        "studies = [m for m in sys.modules if m.startswith('metaland.studies.')]\n"
+        "assert not heavy and not studies, (heavy, studies)\n"
+        "from metaland.studies import STUDIES\n"
+        "assert STUDIES.get('metaopt').name == 'metaopt' and 'metaland.studies.ding2023' not in sys.modules\n"
+        "assert [name for name, _ in STUDIES.items()] == STUDIES.names()\n"
+    )
+    subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True)
 
 
 def test_probe_options_are_validated_by_the_probe(raw):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -137,3 +140,50 @@ def test_describe_store_names_an_unreachable_server(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     with pytest.raises(TrackingError, match=r"cannot be reached .* Fix: start the server"):
         describe_store()
+
+
+def test_a_store_error_fails_the_stage_and_its_run(store, tmp_path):
+    """The sidecar reports a failed call: the next call raises, and so does the end of the run."""
+    with pytest.raises(TrackingError, match=r"artifact: .*missing\.txt.* Fix: `python -m metaland doctor`"):
+        with stage_run("probe", experiment="s", run_key="k") as run:
+            run.log_artifact(tmp_path / "missing.txt")
+    assert store.get_run(run.run_id).info.status == "FAILED"
+    with pytest.raises(TrackingError), stage_run("probe", experiment="s", run_key="k") as run:
+        run.log_artifact(tmp_path / "missing.txt")
+        deadline = time.monotonic() + 60
+        with pytest.raises(TrackingError, match="missing.txt"):
+            while time.monotonic() < deadline:
+                run.log_metrics({"x": 1.0}, step=0)
+                time.sleep(0.1)
+
+
+def test_a_killed_stage_leaves_its_run_failed_not_running(store):
+    """The stage dies without closing its run (SIGKILL, OOM): the sidecar sees its input end and
+    marks the run FAILED, so the UI never shows a dead stage as running."""
+    script = (
+        "import os\n"
+        "from metaland.tracking import stage_run\n"
+        "with stage_run('train', experiment='s', run_key='k') as run:\n"
+        "    run.log_metrics({'loss': 1.0}, step=1)\n"
+        "    print(run.run_id, flush=True)\n"
+        "    os._exit(3)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 3, killed.stderr
+    run_id = killed.stdout.strip()
+    deadline = time.monotonic() + 60
+    while store.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get_run(run_id).info.status == "FAILED"
+    assert [m.value for m in store.get_metric_history(run_id, "loss")] == [1.0]
+
+
+def test_logged_models_carry_their_files_and_params(store, tmp_path):
+    files = [tmp_path / "step-00000010.safetensors", tmp_path / "step-00000010.json"]
+    for file in files:
+        file.write_text(file.suffix)
+    with stage_run("extract", experiment="s", run_key="k") as run:
+        run.log_model("k-step00000010", files, params={"step": 10}, tags={"metaland.run_key": "k"})
+    (model,) = store.search_logged_models(experiment_ids=[store.get_run(run.run_id).info.experiment_id])
+    assert model.name == "k-step00000010" and model.source_run_id == run.run_id and model.params == {"step": "10"}
+    assert sorted(a.path for a in store.list_logged_model_artifacts(model.model_id)) == sorted(f.name for f in files)

@@ -2,7 +2,8 @@
 
 A study module registers a :class:`StudySpec` (what ``plot`` draws and the report shows) and its
 claims (``metaland.claims.register``); its runs and knobs live in ``params.yaml`` under
-``studies.<name>`` and ``runs``.
+``studies.<name>`` and ``runs``. The module is named as its study and is imported on the study's
+first lookup, so validating params (every stage) does not import plotting and statistics.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from metaland.config import AggregateConfig
 from metaland.registry import Registry
-from metaland.results import StudyTables
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from metaland.config import AggregateConfig
+    from metaland.results import StudyTables
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,4 @@ class StudySpec:
     tables: tuple[Table, ...] = ()  # study-specific tables aggregate writes and the report shows
 
 
-STUDIES: Registry[StudySpec] = Registry("study")
-
-# Registrations (one module per study).
-from metaland.studies import ding2023 as _ding2023  # noqa: E402,F401
-from metaland.studies import guiroy2019 as _guiroy2019  # noqa: E402,F401
-from metaland.studies import lil2022 as _lil2022  # noqa: E402,F401
-from metaland.studies import metaopt as _metaopt  # noqa: E402,F401
-from metaland.studies import sharpmaml as _sharpmaml  # noqa: E402,F401
+STUDIES: Registry[StudySpec] = Registry("study", package=__name__)
