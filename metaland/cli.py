@@ -160,10 +160,12 @@ def fetch(dataset: str, params_path: Path, data_dir: Path, mirror: Path | None) 
     The public addresses and checksums are in the dataset registry (metaland/data/); the result
     is data/DATASET/ with one safetensors file per split, classes.json and manifest.json.
     """
-    from metaland.data import DATASETS, fetch_dataset
-    from metaland.tracking import stage_run
+    from metaland.tracking import StageRun, stage_run
 
+    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
     config = _config(params_path)
+    from metaland.data import DATASETS, fetch_dataset
+
     if dataset not in config.datasets:
         raise ConfigError(
             f"{config.source}: dataset {dataset!r} is not declared under datasets. Fix: add "
@@ -171,7 +173,9 @@ def fetch(dataset: str, params_path: Path, data_dir: Path, mirror: Path | None) 
         )
     spec = DATASETS.get(dataset)
     params = config.datasets[dataset]
-    with stage_run("fetch", experiment="data", run_key=dataset, params=params.model_dump()) as tracker:
+    with stage_run(
+        "fetch", experiment="data", run_key=dataset, params=params.model_dump(), started=tracking
+    ) as tracker:
         out = fetch_dataset(spec, params, data_dir, mirror=mirror)
         tracker.log_artifact(out / "manifest.json")
     click.echo(f"fetched {dataset} -> {out}")
@@ -189,10 +193,12 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path) -> No
     iterations and at the end. Rerunning resumes from the newest valid checkpoint with the same
     params hash, continuing bit for bit; checkpoints written for other params are removed.
     """
-    from metaland.meta.train import train as train_run
-    from metaland.tracking import stage_run
+    from metaland.tracking import StageRun, stage_run
 
+    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
     config = _config(params_path)
+    from metaland.meta.train import train as train_run
+
     run = _run(config, run_key)
     device = _device(config)
     dataset_params = config.datasets[run.dataset]
@@ -206,6 +212,7 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path) -> No
             params=run.to_dict(),
             params_hash=params_hash,
             resume=resumed,
+            started=tracking,
         )
 
     result = train_run(
@@ -230,14 +237,18 @@ def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Pa
 
     Each selected checkpoint is also logged to MLflow as a model (safetensors weights + sidecar).
     """
-    from metaland.extract import extract as extract_run
-    from metaland.tracking import stage_run
+    from metaland.tracking import StageRun, stage_run
 
+    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
     config = _config(params_path)
+    from metaland.extract import extract as extract_run
+
     run = _run(config, run_key)
     rule = config.studies[run.study].extract
     out_dir = checkpoints_dir / run.key
-    with stage_run("extract", experiment=run.study, run_key=run.key, params=rule.model_dump()) as tracker:
+    with stage_run(
+        "extract", experiment=run.study, run_key=run.key, params=rule.model_dump(), started=tracking
+    ) as tracker:
         manifest = extract_run(run, rule, runs_dir / run.key, out_dir)
         for entry in manifest["checkpoints"]:
             tracker.log_model(
@@ -267,15 +278,19 @@ def probe(
     checkpoint's summary is logged to MLflow with step = meta-iteration. Each checkpoint's results
     are kept in the cache folder as soon as they exist, so a killed sweep restarts where it stopped.
     """
-    from metaland.probes.runner import probe_run
-    from metaland.tracking import stage_run
+    from metaland.tracking import StageRun, stage_run
 
+    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
     config = _config(params_path)
+    from metaland.probes.runner import probe_run
+
     run = _run(config, run_key)
     study = config.studies[run.study]
     device = _device(config)
     dataset_dir = _dataset_dir(data_dir, run.dataset)
-    with stage_run("probe", experiment=run.study, run_key=run.key, params=study.probe.model_dump()) as tracker:
+    with stage_run(
+        "probe", experiment=run.study, run_key=run.key, params=study.probe.model_dump(), started=tracking
+    ) as tracker:
         rows = probe_run(
             run,
             study,
@@ -298,11 +313,14 @@ def probe(
 def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: Path) -> None:
     """Join probe tables per study; write statistics, results/metrics.json, results/claims.json and
     results/cross_study.csv. Each claim records the MLflow runs of the probe stages that wrote its inputs."""
-    from metaland.aggregate import aggregate as aggregate_all
-    from metaland.tracking import producer_run_id, stage_run
+    from metaland.tracking import StageRun, producer_run_id, stage_run
 
+    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
     config = _config(params_path)
-    with stage_run("aggregate", experiment="results", params=_provenance(config, params_path)) as tracker:
+    from metaland.aggregate import aggregate as aggregate_all
+
+    provenance = _provenance(config, params_path)
+    with stage_run("aggregate", experiment="results", params=provenance, started=tracking) as tracker:
         record = aggregate_all(
             config,
             probes_dir,
@@ -329,11 +347,14 @@ def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Pa
     The report is logged to this run and to the aggregate run that wrote results/ (when the tracking
     store holds it), beside the claims.json it renders."""
     from metaland.io import tree_digest
-    from metaland.report import plot_all, write_report
-    from metaland.tracking import producer_run_id, stage_run
+    from metaland.tracking import StageRun, producer_run_id, stage_run
 
+    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
     config = _config(params_path)
-    with stage_run("plot", experiment="results", params=_provenance(config, params_path)) as tracker:
+    from metaland.report import plot_all, write_report
+
+    provenance = _provenance(config, params_path)
+    with stage_run("plot", experiment="results", params=provenance, started=tracking) as tracker:
         figures = plot_all(config, results_dir, figures_dir)
         pages = write_report(config, params_path, results_dir, figures_dir, report_dir)
         for path in figures:

@@ -183,7 +183,9 @@ class StageRun:
     :class:`TrackingError` by the next call, or when the run closes, so the stage fails with it.
     """
 
-    def __init__(self, **open_command: Any):
+    def __init__(self):
+        """Start the sidecar, which imports MLflow while the caller goes on; :func:`stage_run` opens
+        the run. A stage starts it before importing PyTorch, so that the two imports overlap."""
         self._sidecar = subprocess.Popen(
             [sys.executable, "-m", "metaland.tracking_sidecar"],
             stdin=subprocess.PIPE,
@@ -193,7 +195,9 @@ class StageRun:
         self._run_id: str | None = None
         self._error: str | None = None
         self._closed = False
-        self._send("open", **open_command)
+
+    def open(self, **command: Any) -> None:
+        self._send("open", **command)
 
     @property
     def run_id(self) -> str:
@@ -303,15 +307,19 @@ def stage_run(
     params: Mapping[str, Any] | None = None,
     params_hash: str | None = None,
     resume: bool = False,
+    started: StageRun | None = None,
 ) -> Iterator[StageRun]:
     """Open an MLflow run for a stage execution; mark it FINISHED or FAILED on exit.
 
     With ``resume`` (a training restarted from a checkpoint) the newest earlier run of the same
     stage, run key and params hash is continued, so its metrics form one curve in the UI. The run
     is written by a sidecar process (:mod:`metaland.tracking_sidecar`), so the stage does not wait
-    for MLflow to import; on exit it waits until everything is logged, and a store error fails it.
+    for MLflow to import (``started``: a sidecar the stage started earlier, so that MLflow loads
+    while it imports PyTorch); on exit it waits until everything is logged, and a store error
+    fails it.
     """
-    run = StageRun(
+    run = started or StageRun()
+    run.open(
         stage=stage,
         experiment=experiment,
         run_key=run_key,

@@ -16,6 +16,7 @@ which sees it too, close the run as FAILED.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -113,8 +114,9 @@ def carry_out(client, run: dict[str, str], op: str, command: dict[str, Any]) -> 
 
 def serve(commands: TextIO, replies: TextIO) -> None:
     def reply(**message: Any) -> None:
-        replies.write(json.dumps(message) + "\n")
-        replies.flush()
+        with contextlib.suppress(BrokenPipeError):  # the stage has died: the run's status says so
+            replies.write(json.dumps(message) + "\n")
+            replies.flush()
 
     client = _client()
     run: dict[str, str] = {}
