@@ -186,12 +186,13 @@ class StageRun:
     def __init__(self):
         """Start the sidecar, which imports MLflow while the caller goes on; :func:`stage_run` opens
         the run. A stage starts it before importing PyTorch, so that the two imports overlap."""
+        replies, replies_end = os.pipe()
         self._sidecar = subprocess.Popen(
-            [sys.executable, "-m", "metaland.tracking_sidecar"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-m", "metaland.tracking_sidecar"], stdin=subprocess.PIPE, stdout=replies_end, text=True
         )
+        os.close(replies_end)
+        # Unbuffered, so that select() sees every reply that has arrived (replies are a few short lines).
+        self._replies = os.fdopen(replies, "rb", buffering=0)
         self._run_id: str | None = None
         self._error: str | None = None
         self._closed = False
@@ -237,6 +238,7 @@ class StageRun:
         while not self._closed and self._receive() is not None:
             pass
         self._sidecar.wait()
+        self._replies.close()
         return self._error
 
     def _send(self, op: str, *, check: bool = True, **fields: Any) -> None:
@@ -253,12 +255,12 @@ class StageRun:
 
     def _poll(self) -> None:
         """Read the replies that have already arrived, without waiting."""
-        while self._sidecar.poll() is None and select.select([self._sidecar.stdout], [], [], 0)[0]:
+        while select.select([self._replies], [], [], 0)[0]:
             if self._receive() is None:
                 return
 
     def _receive(self) -> dict | None:
-        line = self._sidecar.stdout.readline()
+        line = self._replies.readline()
         if not line:
             self._error = self._error or f"the tracking sidecar exited with status {self._sidecar.wait()}"
             return None

@@ -144,14 +144,14 @@ def test_describe_store_names_an_unreachable_server(monkeypatch):
 
 def test_a_store_error_fails_the_stage_and_its_run(store, tmp_path):
     """The sidecar reports a failed call: the next call raises, and so does the end of the run."""
-    with pytest.raises(TrackingError, match=r"artifact: .*missing\.txt.* Fix: `python -m metaland doctor`"):
-        with stage_run("probe", experiment="s", run_key="k") as run:
-            run.log_artifact(tmp_path / "missing.txt")
+    message = r"artifact: .*missing\.txt.* Fix: `python -m metaland doctor`"
+    with pytest.raises(TrackingError, match=message), stage_run("probe", experiment="s", run_key="k") as run:
+        run.log_artifact(tmp_path / "missing.txt")
     assert store.get_run(run.run_id).info.status == "FAILED"
     with pytest.raises(TrackingError), stage_run("probe", experiment="s", run_key="k") as run:
         run.log_artifact(tmp_path / "missing.txt")
         deadline = time.monotonic() + 60
-        with pytest.raises(TrackingError, match="missing.txt"):
+        with pytest.raises(TrackingError, match=r"missing\.txt"):
             while time.monotonic() < deadline:
                 run.log_metrics({"x": 1.0}, step=0)
                 time.sleep(0.1)
