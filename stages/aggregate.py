@@ -4,9 +4,7 @@ A thin shell over `python -m metaland aggregate` (see `metaland.cli`), so `dvc r
 hand-run command do the same thing.
 """
 
-import sys
-
-from metaland.cli import main
+from metaland.cli import stage_main
 
 if __name__ == "__main__":
-    main(["aggregate", *sys.argv[1:]])
+    stage_main("aggregate")

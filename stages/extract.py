@@ -4,9 +4,7 @@ A thin shell over `python -m metaland extract` (see `metaland.cli`), so `dvc rep
 hand-run command do the same thing.
 """
 
-import sys
-
-from metaland.cli import main
+from metaland.cli import stage_main
 
 if __name__ == "__main__":
-    main(["extract", *sys.argv[1:]])
+    stage_main("extract")

@@ -4,9 +4,7 @@ A thin shell over `python -m metaland probe` (see `metaland.cli`), so `dvc repro
 hand-run command do the same thing.
 """
 
-import sys
-
-from metaland.cli import main
+from metaland.cli import stage_main
 
 if __name__ == "__main__":
-    main(["probe", *sys.argv[1:]])
+    stage_main("probe")
