@@ -118,9 +118,13 @@ def serve(commands: TextIO, replies: TextIO) -> None:
             replies.write(json.dumps(message) + "\n")
             replies.flush()
 
-    client = _client()
     run: dict[str, str] = {}
     status, failed = "FAILED", False
+    try:
+        client = _client()
+    except Exception as err:  # an unusable store: every command is skipped, the stage fails with this
+        client, failed = None, True
+        reply(error=f"opening the store: {type(err).__name__}: {err}")
     for line in commands:
         command = json.loads(line)
         op = command.pop("op")

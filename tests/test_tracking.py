@@ -157,6 +157,14 @@ def test_a_store_error_fails_the_stage_and_its_run(store, tmp_path):
                 time.sleep(0.1)
 
 
+def test_an_unusable_store_fails_the_stage_with_its_reason(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}")
+    message = r"a-file/mlflow\.db failed \(.*Error: .* Fix: "
+    with pytest.raises(TrackingError, match=message), stage_run("probe", experiment="s", run_key="k") as run:
+        run.log_metrics({"x": 1.0}, step=0)
+
+
 def test_a_killed_stage_leaves_its_run_failed_not_running(store):
     """The stage dies without closing its run (SIGKILL, OOM): the sidecar sees its input end and
     marks the run FAILED, so the UI never shows a dead stage as running."""
