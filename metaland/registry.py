@@ -55,11 +55,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str, *, key: str = "") -> T:
         """The entry called ``name``; ``key`` names the parameter that asked, for the message."""
-        self.check(name, key=key)
+        if name in self._entries:
+            return self._entries[name]
+        self.check(name, key=key)  # a known name not registered yet is a lazy entry: import its module
+        importlib.import_module(f"{self._package}.{name}")
         if name not in self._entries:
-            importlib.import_module(f"{self._package}.{name}")
-            if name not in self._entries:
-                raise ValueError(f"module {self._package}.{name} registers no {self.kind} {name!r}")
+            raise ValueError(f"module {self._package}.{name} registers no {self.kind} {name!r}")
         return self._entries[name]
 
     def items(self) -> list[tuple[str, T]]:
