@@ -15,7 +15,10 @@ that both sides compute the same numbers. Rows:
 3. 2-D loss surfaces (21×21 and 51×51) with inner steps from every perturbed point: metaland
    (``vmap`` over grid points and tasks) against a per-point Python loop;
 4. a whole checkpoint probe (every guiroy2019 probe on 60 tasks): vectorised over tasks against the
-   same probes one task at a time.
+   same probes one task at a time;
+5. the fixed cost of a stage process (start, import PyTorch and use ``torch.func.grad`` once, open
+   an MLflow run, log a metric, close it, exit): metaland's stages (tracking sidecar started first,
+   no interpreter teardown) against the same calls made in the process, one after the other.
 
 Usage: ``python benchmarks/run.py`` (``--quick`` for a smaller smoke run, ``--device cuda`` on a GPU).
 Needs the ``bench`` extra (``pip install -e .[bench]``: ``higher``).
@@ -23,8 +26,12 @@ Needs the ``bench`` extra (``pip install -e .[bench]``: ``higher``).
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -394,6 +401,68 @@ def row_probe(device, rounds: int, *, filters: int, tasks: int) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------
+# Stage start-up: the fixed cost of one DVC stage process
+# --------------------------------------------------------------------------------------------
+
+STAGE_WORK = "import torch\ntorch.func.grad(lambda x: (x * x).sum())(torch.ones(3))\n"
+
+STAGE_METALAND = (
+    "import os, sys\n"
+    "from metaland.tracking import StageRun, stage_run\n"
+    "tracking = StageRun()\n"
+    + STAGE_WORK
+    + "with stage_run('probe', experiment='bench', run_key=sys.argv[1], params={'k': 1}, "
+    "started=tracking) as run:\n"
+    "    run.log_metrics({'m': 1.0}, step=0)\n"
+    "os._exit(0)\n"
+)
+
+STAGE_IN_PROCESS = (
+    "import sys\n" + STAGE_WORK + "from metaland.tracking import _client\n"
+    "from metaland.tracking_sidecar import log_metrics, open_run\n"
+    "client = _client()\n"
+    "run_id, _ = open_run(client, 'probe', 'bench', sys.argv[1], {'k': '1'}, '', False)\n"
+    "log_metrics(client, run_id, {'m': 1.0}, 0, 0)\n"
+    "client.set_terminated(run_id, 'FINISHED')\n"
+)
+
+
+def row_stage(rounds: int) -> list[Row]:
+    """Both sides run as fresh processes against one SQLite store, as DVC runs a stage."""
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
+
+        def stage(code: str, key: str) -> None:
+            subprocess.run([sys.executable, "-c", code, key], env=env, check=True, cwd=folder)
+
+        result = timed_rounds(
+            {
+                "metaland": partial(stage, STAGE_METALAND, "sidecar"),
+                "in process": partial(stage, STAGE_IN_PROCESS, "inline"),
+            },
+            rounds,
+            torch.device("cpu"),
+        )
+        from mlflow import MlflowClient
+
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        finished = {
+            key: sum(
+                r.info.status == "FINISHED" and r.data.metrics == {"m": 1.0}
+                for r in client.search_runs(
+                    [client.get_experiment_by_name("metaland/bench").experiment_id],
+                    filter_string=f"tags.`metaland.run_key` = '{key}'",
+                )
+            )
+            for key in ("sidecar", "inline")
+        }
+    t = result["times"]
+    what = "stage start-up: import PyTorch + `torch.func.grad`, open an MLflow run, log, close, exit"
+    agreement = f"FINISHED runs with the metric: {finished['sidecar']} / {finished['inline']} of {rounds + 1} each"
+    return [Row(what, t["metaland"], t["in process"], "MLflow in the process", agreement)]
+
+
+# --------------------------------------------------------------------------------------------
 # Scaling: how metaland's own cost grows
 # --------------------------------------------------------------------------------------------
 
@@ -451,7 +520,10 @@ def print_rows(rows: list[Row]) -> None:
 @click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option(
-    "--only", multiple=True, type=click.Choice(["meta", "hessian", "surface", "probe", "scaling"]), help="Rows to run."
+    "--only",
+    multiple=True,
+    type=click.Choice(["meta", "hessian", "surface", "probe", "stage", "scaling"]),
+    help="Rows to run.",
 )
 def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, ...]):
     """Time metaland against reference implementations; print medians, ratios and agreement.
@@ -461,7 +533,7 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
     device = torch.device(device)
     rounds = 2 if quick else rounds
     filters = 16 if quick else 64
-    wanted = set(only) or {"meta", "hessian", "surface", "probe", "scaling"}
+    wanted = set(only) or {"meta", "hessian", "surface", "probe", "stage", "scaling"}
     where = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {threads} threads"
     )
@@ -483,6 +555,8 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
             print_rows(row_surface(device, surface_rounds, filters=16, resolution=resolution, tasks=4, steps=1))
     if "probe" in wanted:
         print_rows(row_probe(device, rounds, filters=filters, tasks=8 if quick else 60))
+    if "stage" in wanted:
+        print_rows(row_stage(rounds))
     if "scaling" in wanted:
         click.echo("\nHow metaland's cost grows (one knob at a time; second-order meta-iteration around the base)")
         click.echo("| what | value | seconds | relative to the first value |")
