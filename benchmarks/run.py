@@ -418,9 +418,10 @@ STAGE_METALAND = (
 )
 
 STAGE_IN_PROCESS = (
-    "import sys\n" + STAGE_WORK + "from metaland.tracking import _client\n"
+    "import sys\n" + STAGE_WORK + "from metaland.tracking import ensure_store, mlflow_client\n"
     "from metaland.tracking_sidecar import log_metrics, open_run\n"
-    "client = _client()\n"
+    "ensure_store()\n"
+    "client = mlflow_client()\n"
     "run_id, _ = open_run(client, 'probe', 'bench', sys.argv[1], {'k': '1'}, '', False)\n"
     "log_metrics(client, run_id, {'m': 1.0}, 0, 0)\n"
     "client.set_terminated(run_id, 'FINISHED')\n"

@@ -52,7 +52,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def _client():
+def mlflow_client():
     # MLflow is imported lazily: it is slow to import and only stages need it.
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -100,7 +100,7 @@ def describe_store() -> str:
                 )
             return f"{uri}: not created yet (the first stage creates it)"
     try:
-        count = len(_client().search_experiments(max_results=1000))
+        count = len(mlflow_client().search_experiments(max_results=1000))
     except Exception as err:
         raise TrackingError(
             f"The tracking store {uri} (MLFLOW_TRACKING_URI) answers but cannot be read ({type(err).__name__}: "
@@ -116,7 +116,7 @@ def ensure_store() -> None:
     lock_path = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else None
     lock = FileLock(str(lock_path)) if lock_path else contextlib.nullcontext()
     with lock:
-        _client().search_experiments(max_results=1)
+        mlflow_client().search_experiments(max_results=1)
 
 
 def git_state() -> dict[str, str]:
@@ -289,17 +289,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name.replace("/", "-")).as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -341,17 +330,7 @@ def stage_run(
         raise TrackingError(_failure_message(error))
 
 
-def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:
-    query = _tag_query(
-        {"metaland.stage": stage, "metaland.run_key": run_key or "", "metaland.params_hash": params_hash}
-    )
-    runs = client.search_runs(
-        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return runs[0].info.run_id if runs else None
-
-
-def _tag_query(tags: Mapping[str, str]) -> str:
+def tag_query(tags: Mapping[str, str]) -> str:
     return " and ".join(f"tags.`{tag}` = '{value}'" for tag, value in tags.items())
 
 
@@ -363,11 +342,11 @@ def producer_run_id(experiment: str, stage: str, run_key: str | None, outputs_di
     digest, the *first* is returned: a rebuild that writes the same bytes (``dvc repro --force``)
     then points at the same run, so outputs that record run ids stay byte-stable. None where the
     store holds no such run (outputs restored from the DVC cache, or another tracking store)."""
-    client = _client()
+    client = mlflow_client()
     found = client.get_experiment_by_name(f"{EXPERIMENT_PREFIX}/{experiment}")
     if found is None:
         return None
-    query = _tag_query({"metaland.stage": stage, "metaland.run_key": run_key or "", OUTPUTS_TAG: outputs_digest})
+    query = tag_query({"metaland.stage": stage, "metaland.run_key": run_key or "", OUTPUTS_TAG: outputs_digest})
     runs = client.search_runs(
         [found.experiment_id],
         filter_string=f"{query} and attributes.status = 'FINISHED'",

@@ -29,12 +29,31 @@ from typing import Any, TextIO
 
 from metaland.tracking import (
     EXPERIMENT_PREFIX,
-    _client,
-    _experiment_id,
-    _latest_run,
     ensure_store,
+    mlflow_client,
     provenance_tags,
+    tag_query,
+    tracking_uri,
 )
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name.replace("/", "-")).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:
+    query = tag_query({"metaland.stage": stage, "metaland.run_key": run_key or "", "metaland.params_hash": params_hash})
+    runs = client.search_runs(
+        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def open_run(
@@ -44,7 +63,6 @@ def open_run(
     key and params hash); return (run id, experiment id)."""
     from mlflow.entities import Param
 
-    ensure_store()
     experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
     run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
     tags = provenance_tags(stage, run_key, params_hash)
@@ -121,7 +139,8 @@ def serve(commands: TextIO, replies: TextIO) -> None:
     run: dict[str, str] = {}
     status, failed = "FAILED", False
     try:
-        client = _client()
+        ensure_store()  # creates the database under its lock before this process's client opens it
+        client = mlflow_client()
     except Exception as err:  # an unusable store: every command is skipped, the stage fails with this
         client, failed = None, True
         reply(error=f"opening the store: {type(err).__name__}: {err}")
