@@ -137,13 +137,8 @@ def serve(commands: TextIO, replies: TextIO) -> None:
             replies.flush()
 
     run: dict[str, str] = {}
+    client = None  # the store is opened with the run: a stage that fails before leaves no database
     status, failed = "FAILED", False
-    try:
-        ensure_store()  # creates the database under its lock before this process's client opens it
-        client = mlflow_client()
-    except Exception as err:  # an unusable store: every command is skipped, the stage fails with this
-        client, failed = None, True
-        reply(error=f"opening the store: {type(err).__name__}: {err}")
     for line in commands:
         command = json.loads(line)
         op = command.pop("op")
@@ -153,6 +148,9 @@ def serve(commands: TextIO, replies: TextIO) -> None:
         if failed:
             continue
         try:
+            if client is None:
+                ensure_store()  # creates the database under its lock before this process's client opens it
+                client = mlflow_client()
             carry_out(client, run, op, command)
         except Exception as err:  # reported to the stage, which fails with it
             failed = True
@@ -167,6 +165,8 @@ def serve(commands: TextIO, replies: TextIO) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the slow part, while the stage loads PyTorch)
+
     # Replies get the real standard output; anything a library prints goes to standard error.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
