@@ -18,7 +18,7 @@ from torch.testing import assert_close
 from metaland.data.tasks import TaskBatch
 from metaland.meta.inner import cross_entropy
 from metaland.models import flatten
-from metaland.probes import PROBES, ProbeContext
+from metaland.probes import PROBES, ProbeContext, hessian
 from metaland.probes.coherence import mean_pairwise_cosine, mean_pairwise_inner_product
 from metaland.probes.hessian import (
     CurvatureOptions,
@@ -224,10 +224,11 @@ def test_lanczos_returns_signed_negative_dominant_eigenvalue():
     assert_close(eigenvalue, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=0)
 
 
-def test_lanczos_stops_each_task_at_its_own_iteration_and_counts_them():
+def test_lanczos_stops_each_task_at_its_own_iteration_and_counts_them(monkeypatch):
     """Per-task stopping: each task stops at its own iteration and keeps the value it had then,
-    while slower tasks of the batch continue; a task that never converges reports max_iters.
-    Quadratics in 40 dimensions with slowly decaying spectra, so Lanczos needs several steps."""
+    while slower tasks of the batch continue, and a stopped task costs no further Hessian-vector
+    products; a task that never converges reports max_iters. Quadratics in 40 dimensions with
+    slowly decaying spectra, so Lanczos needs several steps."""
     d, tol = 40, 1e-3
     spectra = [
         [top, *torch.linspace(0, top * ratio, d - 1, dtype=torch.float64).tolist()]
@@ -250,11 +251,21 @@ def test_lanczos_stops_each_task_at_its_own_iteration_and_counts_them():
     assert all(stops) and len(set(stops)) > 1, f"tasks should stop at different iterations: {stops}"
 
     # 1) Enough iterations for every task to converge: each keeps the value of its own stop.
+    products = []  # tasks in each batched Hessian-vector product
+    tasks_hvp = hessian._tasks_hvp
+
+    def counted(loss, p, x, y, vector):
+        products.append(x.shape[0])
+        return tasks_hvp(loss, p, x, y, vector)
+
+    monkeypatch.setattr(hessian, "_tasks_hvp", counted)
     eigenvalue, iterations, converged = hessian_top_eigenvalue(
         quadratic_loss, params, matrices, y, max_iters=d, tol=tol, start=start
     )
+    monkeypatch.undo()
     assert converged.tolist() == [True, True, True]
     assert iterations.tolist() == stops
+    assert products == [sum(stop >= it for stop in stops) for it in range(1, max(stops) + 1)]
     for i, (estimates, stop) in enumerate(references):
         assert eigenvalue[i].item() == pytest.approx(estimates[stop - 1], rel=1e-9), f"task {i}"
         assert eigenvalue[i].item() == pytest.approx(spectra[i][0], rel=10 * tol)

@@ -51,15 +51,23 @@ def hessian_vector_product(loss: LossFn, params: ParamDict, x, y, vector: ParamD
     return jvp(lambda p: grad(loss)(p, x, y), (params,), (vector,))[1]
 
 
-def _tridiagonal_extreme(alphas: list[torch.Tensor], betas: list[torch.Tensor]) -> torch.Tensor:
-    """Per task, the signed eigenvalue of largest magnitude of the Lanczos tridiagonal matrix."""
-    diagonal = torch.stack(alphas, dim=1)
+def _tridiagonal_extreme(diagonal: torch.Tensor, off_diagonal: torch.Tensor) -> torch.Tensor:
+    """Per task, the signed eigenvalue of largest magnitude of the Lanczos tridiagonal matrix
+    with ``diagonal`` [T, k] and ``off_diagonal`` [T, k - 1]."""
     matrix = torch.diag_embed(diagonal)
-    if betas:
-        off = torch.stack(betas, dim=1)
-        matrix = matrix + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
+    if off_diagonal.shape[1]:
+        matrix = matrix + torch.diag_embed(off_diagonal, offset=1) + torch.diag_embed(off_diagonal, offset=-1)
     ritz = torch.linalg.eigvalsh(matrix)
     return ritz.gather(1, ritz.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def _tasks_hvp(loss: LossFn, params: ParamDict, x, y, vector: ParamDict) -> ParamDict:
+    """H_i v_i for every task i of the leading axis; a single task runs without ``vmap`` (plain
+    convolutions instead of grouped ones)."""
+    if x.shape[0] == 1:
+        one = hessian_vector_product(loss, _first(params), x[0], y[0], _first(vector))
+        return {name: value.unsqueeze(0) for name, value in one.items()}
+    return vmap(lambda p, xi, yi, v: hessian_vector_product(loss, p, xi, yi, v))(params, x, y, vector)
 
 
 def hessian_top_eigenvalue(
@@ -77,51 +85,59 @@ def hessian_top_eigenvalue(
     ``params``, ``x``, ``y`` and ``start`` carry a leading task axis. After k Hessian-vector
     products the estimate is the Ritz value of largest magnitude of the k × k tridiagonal matrix;
     a task stops when it changes by at most ``tol`` relative to itself, or when its Krylov space is
-    exhausted (the estimate is then exact). Returns (eigenvalue [T], iterations [T], converged [T]);
-    a stopped task keeps its value, so results do not depend on which tasks share a batch.
+    exhausted (the estimate is then exact). Returns (eigenvalue [T], iterations [T], converged [T]).
+    A stopped task leaves the batch: later products are computed for the remaining tasks only, and
+    each task's value depends on nothing but its own inputs, whichever tasks share its batch.
     """
     n_tasks = x.shape[0]
-    if n_tasks == 1:  # no vmap for a single task: plain convolutions instead of grouped ones
-
-        def batched_hvp(p, xs, ys, v):
-            one = hessian_vector_product(loss, _first(p), xs[0], ys[0], _first(v))
-            return {name: value.unsqueeze(0) for name, value in one.items()}
-
-    else:
-        batched_hvp = vmap(lambda p, xi, yi, v: hessian_vector_product(loss, p, xi, yi, v))
+    dtype = next(iter(params.values())).dtype
+    template = {name: value[0] for name, value in start.items()}  # one task's shapes
     q = flatten_batched(start).to(torch.float64)
     q = q / q.norm(dim=1, keepdim=True)
-    basis = [q]
-    alphas: list[torch.Tensor] = []
-    betas: list[torch.Tensor] = []
-    previous, beta = torch.zeros_like(q), torch.zeros(n_tasks, dtype=torch.float64, device=q.device)
+    dimension = q.shape[1]
     eigenvalue = torch.full((n_tasks,), float("nan"), dtype=torch.float64)
     iterations = torch.full((n_tasks,), max_iters, dtype=torch.int64)
     converged = torch.zeros(n_tasks, dtype=torch.bool)
-    dtype = next(iter(params.values())).dtype
-    template = {name: value[0] for name, value in start.items()}  # one task's shapes
+    alphas = torch.zeros(n_tasks, max_iters, dtype=torch.float64, device=q.device)
+    betas = torch.zeros(n_tasks, max_iters, dtype=torch.float64, device=q.device)
+    # Rows of the state below belong to the tasks still iterating, ``active`` (their task ids).
+    active = torch.arange(n_tasks)
+    basis = q.new_empty(n_tasks, min(8, max_iters), dimension)  # Krylov vectors, grown on demand
+    basis[:, 0] = q
+    previous, beta = torch.zeros_like(q), torch.zeros(n_tasks, dtype=torch.float64, device=q.device)
     for it in range(1, max_iters + 1):
-        w = flatten_batched(batched_hvp(params, x, y, unflatten_batched(q.to(dtype), template))).to(torch.float64)
+        vector = unflatten_batched(q.to(dtype), template)
+        w = flatten_batched(_tasks_hvp(loss, params, x, y, vector)).to(torch.float64)
         alpha = (w * q).sum(dim=1)
-        w = w - alpha[:, None] * q - beta[:, None] * previous
-        krylov = torch.stack(basis, dim=1)  # [T, k, d]
+        w = torch.addcmul(w, alpha[:, None], q, value=-1).addcmul_(beta[:, None], previous, value=-1).unsqueeze(2)
+        krylov = basis[:, :it]  # [A, it, d]
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
-            w = w - torch.einsum("tkd,tk->td", krylov, torch.einsum("tkd,td->tk", krylov, w))
-        alphas.append(alpha)
-        estimate = _tridiagonal_extreme(alphas, betas).cpu()
+            w = torch.baddbmm(w, krylov.transpose(1, 2), krylov @ w, alpha=-1)
+        w = w.squeeze(2)
+        rows = active.to(q.device)
+        alphas[rows, it - 1] = alpha
+        estimate = _tridiagonal_extreme(alphas[rows, :it], betas[rows, : it - 1]).cpu()
         beta = w.norm(dim=1)
-        exhausted = (beta <= 1e-10 * alpha.abs().clamp_min(1e-30)).cpu() | torch.tensor(it >= q.shape[1])
-        active = ~converged
-        stable = (estimate - eigenvalue).abs() <= tol * estimate.abs() if it > 1 else torch.zeros_like(active)
-        newly = active & (stable | exhausted)
-        eigenvalue[active] = estimate[active]
-        iterations[newly] = it
-        converged |= newly
-        if converged.all():
+        exhausted = (beta <= 1e-10 * alpha.abs().clamp_min(1e-30)).cpu() | (it >= dimension)
+        stable = (estimate - eigenvalue[active]).abs() <= tol * estimate.abs()
+        done = stable | exhausted
+        eigenvalue[active] = estimate
+        iterations[active[done]] = it
+        converged[active[done]] = True
+        if done.all() or it == max_iters:
             break
-        betas.append(beta)
+        betas[rows, it - 1] = beta
         previous, q = q, w / beta.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-        basis.append(q)
+        if it == basis.shape[1]:
+            basis = torch.cat([basis, torch.empty_like(basis[:, : min(it, max_iters - it)])], dim=1)
+        basis[:, it] = q
+        if done.any():
+            keep = ~done
+            kept = keep.to(q.device)
+            active = active[keep]
+            q, previous, beta, basis = q[kept], previous[kept], beta[kept], basis[kept]
+            params = {name: value[kept] for name, value in params.items()}
+            x, y = x[kept], y[kept]
     return eigenvalue, iterations, converged
 
 
