@@ -49,7 +49,7 @@ from metaland.models import build_model, head_names, initial_params, make_forwar
 from metaland.models.convnet import ConvNetParams
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.hessian import lanczos_starts, tasks_top_eigenvalues
-from metaland.probes.surface import SurfaceSpec, filter_normalised_direction, loss_surface
+from metaland.probes.surface import SurfaceOptions, SurfaceSpec, filter_normalised_direction, loss_surface
 from metaland.schema import NoOptions
 from metaland.seeding import generator
 
@@ -330,6 +330,11 @@ def per_point_surface(module, params, batch: TaskBatch, delta, eta, coords, step
     return values
 
 
+# Grid points per vmap call: the documented default. On a CPU the chunk's activations must stay
+# in the last-level cache; far larger chunks run slower than the per-point loop (docs/performance.md).
+POINT_CHUNK = SurfaceOptions().point_chunk
+
+
 def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: int, steps: int) -> list[Row]:
     module, params = convnet(filters, 28, device)
     forward = make_forward(module)
@@ -343,7 +348,7 @@ def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: in
 
     result = timed_rounds(
         {
-            "metaland": lambda: loss_surface(context, spec, delta, eta, coords, 64).double().cpu(),
+            "metaland": lambda: loss_surface(context, spec, delta, eta, coords, POINT_CHUNK).double().cpu(),
             "metaland-loop": lambda: loss_surface(context, spec, delta, eta, coords, 1).double().cpu(),
             "loop": lambda: per_point_surface(module, params, batch, delta, eta, coords.cpu(), steps, lr),
         },
@@ -499,7 +504,7 @@ def scaling_rows(device, rounds: int, *, quick: bool) -> list[tuple[str, str, fl
         delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
         coords = torch.linspace(-1, 1, resolution, device=device)
         context = ProbeContext(forward, params, batch, 1, 0.4, 4, 0, head_names(module))
-        surface = partial(loss_surface, context, SurfaceSpec(tasks=4), delta, eta, coords, 64)
+        surface = partial(loss_surface, context, SurfaceSpec(tasks=4), delta, eta, coords, POINT_CHUNK)
         seconds = median_seconds(surface, rounds, device)
         rows.append(("surface: resolution (Conv4-16, 4 tasks, T = 1)", f"{resolution}×{resolution}", seconds))
     return rows
