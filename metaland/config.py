@@ -134,7 +134,10 @@ class ProbeConfig(Params):
         0, ge=0, description="Seed of the study's evaluation task set (same tasks for every run and checkpoint)."
     )
     chunk: int = Field(
-        25, ge=1, description="Tasks vectorised together; 1 = a plain loop (faster on a CPU); speed and memory only."
+        25,
+        ge=1,
+        description="Tasks vectorised together; 1 = a plain loop. Speed and memory only (on a CPU, chunks whose "
+        "activations outgrow the last-level cache run slower than small ones; docs/performance.md).",
     )
     inner_steps: int | None = Field(
         None,

@@ -2,9 +2,11 @@
 or a plain Python loop when the chunk is 1.
 
 On a GPU, ``vmap`` turns many small kernels into a few large ones. On a CPU it turns per-task
-weights into grouped convolutions, which run slower than the plain kernels a loop runs
-(``benchmarks/run.py``, docs/performance.md), so a chunk of 1 means "loop": the same math, the
-same per-item results up to float rounding, stacked along a leading axis as ``vmap`` stacks them.
+weights into grouped convolutions, which run slower than a loop's plain kernels when each group is
+large (2-3× for 75 query images) and faster when it is small (5 support images), and large chunks
+outgrow the caches (``benchmarks/bounds.py``, docs/performance.md). So the chunk is a knob, and a
+chunk of 1 means "loop": the same math, the same per-item results up to float rounding, stacked
+along a leading axis as ``vmap`` stacks them.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ pre-training baseline's supervised loss on fixed meta-train images gives transfe
 training landscape around θ as trained, with its all-class head (Fig. 9; no adaptation).
 
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
-chunks of grid points, or looped over both with ``point_chunk: 1`` (faster on a CPU,
-``metaland.vectorise``). Summaries per surface: the value at the centre and the mean rise of the
+chunks of grid points, or looped over both with ``point_chunk: 1`` (``metaland.vectorise``; on a
+CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md). Summaries per surface: the value at the centre and the mean rise of the
 surface above it over the grid (a filter-normalised average sharpness).
 """
 
@@ -79,7 +79,9 @@ class SurfaceOptions(Params):
     point_chunk: int = Field(
         8,
         ge=1,
-        description="Grid points vectorised together; 1 = a plain loop over points and tasks (faster on a CPU). "
+        description="Grid points vectorised together; 1 = a plain loop over points and tasks. On a CPU keep a "
+        "chunk's activations within the last-level cache: 8 points of 4 Conv4-16 tasks beat the loop 2x, 32 "
+        "points lose to it (benchmarks/bounds.py). "
         "Changes speed and memory only.",
     )
     surfaces: dict[str, SurfaceSpec] = Field(
