@@ -19,8 +19,9 @@ training landscape around θ as trained, with its all-class head (Fig. 9; no ada
 
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
 chunks of grid points, or looped over both with ``point_chunk: 1`` (``metaland.vectorise``; on a
-CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md). Summaries per surface: the value at the centre and the mean rise of the
-surface above it over the grid (a filter-normalised average sharpness).
+CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md).
+Summaries per surface: the value at the centre and the mean rise of the surface above it over the
+grid (a filter-normalised average sharpness).
 """
 
 from __future__ import annotations
