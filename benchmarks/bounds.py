@@ -25,13 +25,8 @@ from functools import partial
 import click
 import torch
 import torch.nn.functional as F
-from run import convnet, meta_gradients, omniglot_like_tasks, timed_rounds  # benchmarks/run.py, beside this script
+from run import SurfaceProblem, meta_gradients, timed_rounds  # benchmarks/run.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
-
-from metaland.models import head_names, make_forward
-from metaland.probes import ProbeContext
-from metaland.probes.surface import SurfaceSpec, filter_normalised_direction, loss_surface
-from metaland.seeding import generator
 
 CPU = torch.device("cpu")
 
@@ -98,15 +93,8 @@ CONVOLUTIONS = (
 
 def surface_chunks(rounds: int, resolution: int, chunks: tuple[int, ...]) -> list[tuple[str, float]]:
     """Seconds of a 2-D surface (Conv4-16, 4 tasks, T = 1) per ``point_chunk``."""
-    module, params = convnet(16, 28, CPU)
-    forward = make_forward(module)
-    batch = omniglot_like_tasks(4, 28, 15, CPU)
-    rng = generator(0, "surface-directions")
-    delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
-    coords = torch.linspace(-1, 1, resolution)
-    context = ProbeContext(forward, params, batch, 1, 0.4, 4, 0, head_names(module))
-    surface = partial(loss_surface, context, SurfaceSpec(tasks=4), delta, eta, coords)
-    times = timed_rounds({str(c): partial(surface, c) for c in chunks}, rounds, CPU)["times"]
+    problem = SurfaceProblem.build(CPU, filters=16, tasks=4, resolution=resolution, steps=1)
+    times = timed_rounds({str(c): partial(problem.metaland, c) for c in chunks}, rounds, CPU)["times"]
     return [(chunk, median(t)) for chunk, t in times.items()]
 
 

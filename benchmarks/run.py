@@ -335,22 +335,45 @@ def per_point_surface(module, params, batch: TaskBatch, delta, eta, coords, step
 POINT_CHUNK = SurfaceOptions().point_chunk
 
 
+@dataclass
+class SurfaceProblem:
+    """A Conv4 at θ, fixed tasks, two filter-normalised directions and a grid: one 2-D surface."""
+
+    module: torch.nn.Module
+    params: dict
+    batch: TaskBatch
+    delta: dict
+    eta: dict
+    coords: torch.Tensor
+    context: ProbeContext
+    spec: SurfaceSpec
+
+    @classmethod
+    def build(cls, device, *, filters: int, tasks: int, resolution: int, steps: int, lr: float = 0.4):
+        module, params = convnet(filters, 28, device)
+        forward = make_forward(module)
+        batch = omniglot_like_tasks(tasks, 28, 15, device)
+        rng = generator(0, "surface-directions")
+        delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
+        coords = torch.linspace(-1, 1, resolution, device=device)
+        context = ProbeContext(forward, params, batch, steps, lr, tasks, 0, head_names(module))
+        return cls(module, params, batch, delta, eta, coords, context, SurfaceSpec(tasks=tasks))
+
+    def metaland(self, point_chunk: int) -> torch.Tensor:
+        """The surface by ``metaland.probes.surface``, ``point_chunk`` grid points per ``vmap`` call."""
+        return loss_surface(self.context, self.spec, self.delta, self.eta, self.coords, point_chunk).double().cpu()
+
+
 def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: int, steps: int) -> list[Row]:
-    module, params = convnet(filters, 28, device)
-    forward = make_forward(module)
-    batch = omniglot_like_tasks(tasks, 28, 15, device)
-    lr = 0.4
-    rng = generator(0, "surface-directions")
-    delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
-    coords = torch.linspace(-1, 1, resolution, device=device)
-    context = ProbeContext(forward, params, batch, steps, lr, tasks, 0, head_names(module))
-    spec = SurfaceSpec(tasks=tasks)
+    problem = SurfaceProblem.build(device, filters=filters, tasks=tasks, resolution=resolution, steps=steps)
+    module, params, batch, delta, eta = problem.module, problem.params, problem.batch, problem.delta, problem.eta
+    lr = problem.context.lr
 
     result = timed_rounds(
         {
-            "metaland": lambda: loss_surface(context, spec, delta, eta, coords, POINT_CHUNK).double().cpu(),
-            "metaland-loop": lambda: loss_surface(context, spec, delta, eta, coords, 1).double().cpu(),
-            "loop": lambda: per_point_surface(module, params, batch, delta, eta, coords.cpu(), steps, lr),
+            "metaland": partial(problem.metaland, POINT_CHUNK),
+            "metaland-loop": partial(problem.metaland, 1),
+            "loop": lambda: per_point_surface(module, params, batch, delta, eta, problem.coords.cpu(), steps, lr),
         },
         rounds,
         device,
@@ -497,15 +520,8 @@ def scaling_rows(device, rounds: int, *, quick: bool) -> list[tuple[str, str, fl
             label = "all" if knob == "chunk" and value == 0 else str(value)
             rows.append((f"meta-iteration: {knob}", label, seconds))
     for resolution in (5, 11) if quick else (11, 21, 31):
-        module, params = convnet(16, 28, device)
-        forward = make_forward(module)
-        batch = omniglot_like_tasks(4, 28, 15, device)
-        rng = generator(0, "surface-directions")
-        delta, eta = filter_normalised_direction(params, rng), filter_normalised_direction(params, rng)
-        coords = torch.linspace(-1, 1, resolution, device=device)
-        context = ProbeContext(forward, params, batch, 1, 0.4, 4, 0, head_names(module))
-        surface = partial(loss_surface, context, SurfaceSpec(tasks=4), delta, eta, coords, POINT_CHUNK)
-        seconds = median_seconds(surface, rounds, device)
+        problem = SurfaceProblem.build(device, filters=16, tasks=4, resolution=resolution, steps=1)
+        seconds = median_seconds(partial(problem.metaland, POINT_CHUNK), rounds, device)
         rows.append(("surface: resolution (Conv4-16, 4 tasks, T = 1)", f"{resolution}×{resolution}", seconds))
     return rows
 
