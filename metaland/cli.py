@@ -1,4 +1,4 @@
-"""``python -m metaland`` — one command per DVC stage, plus the UI, a doctor and profiles.
+"""``python -m metaland`` — one command per DVC stage, plus the UI, a doctor, profiles and a results comparison.
 
 The DVC stages (``stages/*.py``) call these commands, so ``dvc repro`` and a hand-run command do
 exactly the same thing. Every command reads ``params.yaml`` through ``metaland.config`` and stops
@@ -64,6 +64,7 @@ def cli(verbose: bool) -> None:
     \b
     Start with `make repro` (installs, then `dvc repro`) and `make ui` (MLflow UI).
     `metaland params` lists every knob; `metaland profile ci|default|paper` switches scale.
+    `metaland compare-results A B` says whether two builds (two machines) agree in numbers.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
@@ -445,3 +446,34 @@ def doctor(params_path: Path, data_dir: Path) -> None:
     problems = run_checks(params_path, data_dir, click.echo)
     if problems:
         raise MetalandError(f"doctor found {problems} problem(s); each is marked FAIL above with its fix.")
+
+
+@cli.command(name="compare-results")
+@click.argument("a", type=click.Path(exists=True, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, path_type=Path))
+@click.option("--rtol", default=1e-5, show_default=True, type=click.FloatRange(min=0), help="Relative tolerance.")
+@click.option("--atol", default=1e-8, show_default=True, type=click.FloatRange(min=0), help="Absolute tolerance.")
+def compare_results(a: Path, b: Path, rtol: float, atol: float) -> None:
+    """Do two builds agree in numbers? Compare folders A and B (e.g. two checkouts' results/,
+    or probes/) file by file, or two files.
+
+    \b
+    Same params on the same machine give the same bytes; another CPU model, thread count or a GPU
+    computes in another floating-point order, so bytes (and dvc.lock hashes) differ while numbers
+    should agree within a tolerance. Tables (CSV) are compared cell by cell, JSON value by value,
+    safetensors tensor by tensor: numbers within |a - b| <= atol + rtol·|b| (NaN equals NaN), text
+    and verdicts exactly. Figures and report pages are not compared (their numbers are the tables').
+
+    \b
+    Exit status: 0 when every file agrees, 1 when any differs or exists on one side only.
+    Example:  metaland compare-results results/ ../colleague/results/ --rtol 1e-3
+    """
+    from metaland.compare import Tolerance, compare_trees, format_comparison
+
+    if a.is_file() != b.is_file():
+        raise click.BadParameter("give two folders or two files, not one of each", param_hint="A B")
+    tolerance = Tolerance(rtol=rtol, atol=atol)
+    results = compare_trees(a, b, tolerance)
+    click.echo(format_comparison(results, tolerance))
+    if not all(r.agrees for r in results):
+        sys.exit(1)
