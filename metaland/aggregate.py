@@ -9,6 +9,7 @@ Writes ``results/`` as a whole (atomically):
     results/<study>/<table>.csv        the study's own tables (StudySpec.tables)
     results/metrics.json               DVC metrics: final-checkpoint numbers per run
     results/claims.json                every claim, its statistic, rule and verdict (metaland.claims_file)
+    results/claims/<study>/<claim>.csv the rows each claim's statistic read (`metaland claim <id>` recomputes it)
     results/cross_study.csv            every landscape metric vs accuracy over all studies (metaland.cross_study)
 """
 
@@ -20,16 +21,17 @@ from pathlib import Path
 import pandas as pd
 
 from metaland import claims_file, cross_study
-from metaland.claims import claims_of, evaluate
+from metaland.claims import STRATUM_KNOBS, claim_record, claims_of, evaluate_study, rows_csv
 from metaland.config import Config, Run
-from metaland.io import atomic_dir, tree_digest, write_json, write_text
+from metaland.io import atomic_dir, text_digest, tree_digest, write_json, write_text
 from metaland.results import build_tables, write_tables
 from metaland.stats import mean_ci, pearson, spearman
 from metaland.studies import STUDIES
 from metaland.tracking import EXPERIMENT_PREFIX
 
-GROUP = ["algorithm", "variant", "dataset", "ways", "shots", "inner_steps", "setting"]
-NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "queries", "inner_lr", "iterations", *GROUP}
+GROUP = ["algorithm", "variant", *STRATUM_KNOBS, "setting"]
+"""A summary row's identity: the algorithm and every identity knob a seed keeps apart (never averaged over)."""
+NOT_METRICS = {"run", "step", "task", "n_tasks", "seed", "iterations", *GROUP}
 ACCURACY = "query_accuracy"
 
 
@@ -149,13 +151,14 @@ def aggregate(
                 write_text(folder / f"{table.name}.csv", frame.to_csv(index=False, lineterminator="\n"))
             metrics[name] = run_metrics(final)
             mlflow = _mlflow_runs(name, runs, probes_dir, probe_run_id)
-            claims += [
-                {**evaluate(claim, tables, study.aggregate), "profile": config.profile, "mlflow": mlflow}
-                for claim in claims_of(name)
-            ]
+            for result in evaluate_study(claims_of(name), tables, study.aggregate):
+                path = f"claims/{name}/{result.claim.slug}.csv"
+                text = rows_csv(result.rows)
+                write_text(out / path, text)
+                record = claim_record(result, path, text_digest(text), tables, study.aggregate)
+                claims.append({**record, "profile": config.profile, "mlflow": mlflow})
             checkpoints[name] = tables.checkpoints
-        counts = {v: sum(c["verdict"] == v for c in claims) for v in claims_file.VERDICTS}
-        record = {"profile": config.profile, "counts": counts, "claims": claims}
+        record = claims_file.summary(config.profile, claims)
         claims_file.validate(record)
         points = cross_study.pooled(checkpoints)
         write_text(out / "cross_study.csv", cross_study.correlations(points).to_csv(index=False, lineterminator="\n"))

@@ -341,11 +341,15 @@ def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: 
             probe_run_id=lambda run, digest: producer_run_id(run.study, "probe", run.key, digest),
         )
         tracker.log_metrics({f"claims/{k}": v for k, v in record["counts"].items()}, step=0)
+        tracker.log_metrics({f"checks/{k}": v for k, v in record["checks"].items()}, step=0)
         tracker.log_artifact(results_dir / "claims.json")
         tracker.log_artifact(results_dir / "cross_study.csv")
         tracker.tag_outputs(results_dir)
-    counts = record["counts"]
-    click.echo(f"claims: {counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive")
+    counts, checks = record["counts"], record["checks"]
+    click.echo(
+        f"findings: {counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive; "
+        f"sanity checks: {checks['holds']} pass of {sum(checks.values())}"
+    )
 
 
 @cli.command()
@@ -476,4 +480,32 @@ def compare_results(a: Path, b: Path, rtol: float, atol: float) -> None:
     results = compare_trees(a, b, tolerance)
     click.echo(format_comparison(results, tolerance))
     if not all(r.agrees for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("claim_id", metavar="ID", required=False)
+@RESULTS_DIR
+@click.option("--list", "list_only", is_flag=True, help="List every claim id with its category and verdict.")
+def claim(claim_id: str | None, results_dir: Path, list_only: bool) -> None:
+    """Recompute claim ID's verdict, step by step, from the rows it was computed from.
+
+    \b
+    Reads results/claims/<study>/<claim>.csv (checking its sha256 against results/claims.json), then
+    prints each part (component × stratum): the value each training run (seed) contributes, their mean,
+    s.d., CI and one-sided p-values; how the parts combine; Holm's adjustment over the study's
+    findings; the verdict and, when inconclusive, the minimal detectable effect and the seeds that
+    would decide. Exit status 1 if the recomputation does not match results/claims.json.
+    Example:  metaland claim guiroy2019/support-loss-falls
+    """
+    from metaland.explain import explain_claim, list_claims
+
+    if list_only or claim_id is None:
+        if claim_id is None and not list_only:
+            raise click.UsageError("give a claim ID, or --list to see them")
+        click.echo("\n".join(list_claims(results_dir)))
+        return
+    lines, matches = explain_claim(results_dir, claim_id)
+    click.echo("\n".join(lines))
+    if not matches:
         sys.exit(1)

@@ -164,7 +164,18 @@ class AggregateConfig(Params):
 
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the reported intervals.")
     alpha: float = Field(
-        0.05, gt=0, lt=0.5, description="Significance level of the claim rules (fixed before the data)."
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Significance level of the claim rules (fixed before the data), after Holm's adjustment over "
+        "a study's findings.",
+    )
+    min_seeds: int = Field(
+        3,
+        ge=2,
+        le=1000,
+        description="Training runs (seeds) a stratum needs before a claim can hold or fail; with fewer it is "
+        "inconclusive (the run is the unit of replication: tasks and checkpoints of one run are not replicates).",
     )
 
 
@@ -200,6 +211,13 @@ class RunBlock(Params):
 class TopLevel(Params):
     profile: str = Field("default", description="Name of the profile this file was made from.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    seed_offset: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Added to every run's seed (initialisation, meta-batches); the probe tasks stay fixed. Rebuild "
+        "with another offset to see which verdicts depend on the draw of training seeds (docs/claims.md).",
+    )
     datasets: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Dataset name -> its params (one fetch stage each)."
     )
@@ -447,7 +465,7 @@ def _resolve_run(key: str, entry: Any, top: TopLevel, datasets: dict[str, Params
         ways=run_block.ways,
         shots=run_block.shots,
         queries=run_block.queries,
-        seed=run_block.seed,
+        seed=run_block.seed + top.seed_offset,
         model_name=model_name,
         model=model_params,
         train=run_block.train,

@@ -2,12 +2,15 @@
 
 The five seeds circle one question — does a landscape property (curvature, sharpness, coherence,
 linearity, gradient change, surface flatness) go with how well the meta-learned model generalises? —
-each on its own runs. Here it is asked once, on every probed checkpoint of every run of every study
-(``results/<study>/checkpoints.csv``): Spearman's rank correlation ρ of each metric with
-``query_accuracy`` (the meta-test accuracy on the study's fixed probe tasks), pooled over all
-studies (scope ``all``) and per study, with its two-sided p-value and n. Rank correlation because
-the metrics' scales differ between studies and models; pooled ranks still mix studies whose
-accuracies differ by task, so the per-study rows are the ones to read first.
+each on its own runs. Here it is asked once, across runs: every run of every study contributes **one
+point**, its last probed checkpoint (``results/<study>/checkpoints.csv``) — checkpoints of one run are
+not independent observations, so they never enter as separate points. Spearman's rank correlation ρ of
+each metric with ``query_accuracy`` (the meta-test accuracy on the study's fixed probe tasks), pooled
+over all studies (scope ``all``) and per study, with its two-sided p-value from the permutation
+distribution (exact for up to 7 runs; scipy's t approximation is wrong at a handful of points) and n.
+Rank correlation because the metrics' scales differ between studies and models; pooled ranks still mix
+studies whose accuracies differ by task, so the per-study rows are the ones to read first, and the
+figure draws no ρ below :data:`MIN_RUNS` runs.
 
 Columns suffixed ``/train`` (ding2023: the same probe on meta-*train* tasks) are kept as metrics of
 their own, correlated with the meta-test accuracy as seed 001 Tables 3-4 do. Surface summaries
@@ -43,6 +46,9 @@ TRAIN_SUFFIX = "/train"
 ALL = "all"
 STUDY_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 COLUMNS = ["scope", "metric", "description", "n", "n_missing", "n_runs", "spearman_rho", "spearman_p"]
+MIN_RUNS = 5
+"""Fewest runs a panel of the figure states a correlation for (a rank correlation of 3 or 4 points says
+little: its smallest two-sided exact p is 0.33 or 0.08)."""
 
 
 def describe(metric: str) -> str:
@@ -65,18 +71,20 @@ def landscape_columns(columns) -> list[str]:
 
 
 def pooled(checkpoints: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One frame of every run × checkpoint of every study: study, run, step, accuracy, metrics."""
+    """One row per run of every study, at its last probed checkpoint: study, run, step, accuracy, metrics."""
     frames = []
     for study, frame in checkpoints.items():
         if frame.empty:
             continue
         keep = ["run", "step", ACCURACY, *landscape_columns(frame.columns)]
-        frames.append(frame[keep].assign(study=study)[["study", *keep]])
+        last = frame[frame["step"] == frame.groupby("run")["step"].transform("max")]
+        frames.append(last[keep].assign(study=study)[["study", *keep]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study", "run", "step", ACCURACY])
 
 
 def correlations(points: pd.DataFrame) -> pd.DataFrame:
-    """Spearman ρ(metric, accuracy) per metric, over all studies and per study (tidy, :data:`COLUMNS`)."""
+    """Spearman ρ(metric, accuracy) across runs per metric, over all studies and per study, with the exact
+    permutation p (tidy, :data:`COLUMNS`)."""
     rows = []
     metrics = landscape_columns(points.columns)
     for scope, scoped in [(ALL, points), *points.groupby("study", sort=True)]:
@@ -86,7 +94,7 @@ def correlations(points: pd.DataFrame) -> pd.DataFrame:
             if frame.empty:
                 continue
             both = np.isfinite(frame[metric].to_numpy(float)) & np.isfinite(frame[ACCURACY].to_numpy(float))
-            c = spearman(frame[metric], frame[ACCURACY])
+            c = spearman(frame[metric], frame[ACCURACY], exact=True)
             rows.append(
                 {
                     "scope": scope,
@@ -104,7 +112,8 @@ def correlations(points: pd.DataFrame) -> pd.DataFrame:
 
 def draw(points: pd.DataFrame, path: Path) -> None:
     """Every landscape metric (x log-scaled where positive and spread over two decades) against
-    accuracy, one colour per study, the pooled Spearman ρ in each panel's title; the last panel is the legend."""
+    accuracy, one point per run, one colour per study (only studies with points in the panel get a key),
+    the pooled Spearman ρ with its exact p in each panel's title from :data:`MIN_RUNS` runs on."""
     metrics = landscape_columns(points.columns)
     fig, axes = plots.grid(len(metrics) + 1, columns=4, width=3.6, height=3.0)
     studies = sorted(points["study"].unique())
@@ -113,9 +122,12 @@ def draw(points: pd.DataFrame, path: Path) -> None:
         for study in studies:
             rows = points[(points["study"] == study) & points[metric].notna()]
             ax.scatter(rows[metric], rows[ACCURACY], s=14, alpha=0.8, color=colours[study])
-        c = spearman(points[metric], points[ACCURACY])
-        rho = "ρ undefined" if np.isnan(c.r) else f"ρ = {c.r:.2f} (p = {c.p:.2g})"
-        ax.set_title(f"{metric}\n{rho}, n = {c.n}", fontsize=8)
+        c = spearman(points[metric], points[ACCURACY], exact=True)
+        if c.n < MIN_RUNS:
+            rho = f"no ρ below {MIN_RUNS} runs"
+        else:
+            rho = "ρ undefined" if np.isnan(c.r) else f"ρ = {c.r:.2f} (exact p = {c.p:.2g})"
+        ax.set_title(f"{metric}\n{rho}, n = {c.n} runs", fontsize=8)
         ax.set_xlabel(plots.label(metric), fontsize=8)
         ax.set_ylabel(plots.label(ACCURACY), fontsize=8)
         values = points[metric].dropna()

@@ -126,6 +126,11 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def text_digest(text: str) -> str:
+    """sha256 of ``text`` as written by :func:`write_text` (UTF-8)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def tree_digest(root: Path | str, pattern: str = "*") -> str:
     """sha256 over the files under ``root`` matching ``pattern`` (relative paths and contents, sorted)."""
     root = Path(root)

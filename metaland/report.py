@@ -210,18 +210,35 @@ def fmt(value) -> str:
 
 
 def statistic_text(stat: dict) -> str:
+    """The weakest part's statistic over seeds, the claim's p-value and its adjusted value."""
     ci = f" [{fmt(stat['ci'][0])}, {fmt(stat['ci'][1])}]" if stat.get("ci") else ""
-    p = f", p ≤ {fmt(stat['p_value'])}" if stat.get("p_value") is not None else ""
-    return f"{stat['name']} = {fmt(stat['value'])}{ci}{p} (n = {stat['n']})"
+    return (
+        f"{stat['name']} = {fmt(stat['value'])}{ci} over {stat['n']} seeds; "
+        f"p = {fmt(stat['p_value'])}, adjusted p = {fmt(stat['p_adjusted'])}"
+    )
+
+
+def power_text(power: dict) -> str:
+    """What an inconclusive verdict would need."""
+    if not power:
+        return ""
+    if "minimal_detectable_effect" not in power:
+        return f" Power: {power.get('note', '')}."
+    return (
+        f" Power: with {power['seeds']} seeds (s.d. {fmt(power['sd_between_seeds'])} between seeds) the smallest "
+        f"effect detected with probability 0.8 is {fmt(power['minimal_detectable_effect'])}; "
+        f"{fmt(power['seeds_needed'])} seeds would detect the {power['effect_source']} effect {fmt(power['effect'])}."
+    )
 
 
 def claims_grid(claims: list[dict]) -> Grid:
     rows = tuple(
         (c["verdict"], f"`{c['id']}`", c["section"], c["claim"], statistic_text(c["statistic"]),
-         f"Rule: {c['rule']} Here: {c['reason']}.")
+         f"Rule: {c['rule']} Here: {c['reason']}.{power_text(c['power'])} Rows: "
+         f"[`results/{c['rows']['path']}`](../results/{c['rows']['path']}); `python -m metaland claim {c['id']}`.")
         for c in claims
     )  # fmt: skip
-    return Grid(("verdict", "claim id", "where", "claim", "statistic", "rule and reason"), rows)
+    return Grid(("verdict", "claim id", "where", "claim", "statistic", "rule, reason, rows"), rows)
 
 
 def frame_grid(frame: pd.DataFrame) -> Grid:
@@ -244,10 +261,17 @@ def runs_grid(claims: list[dict]) -> Grid:
 
 
 def counts_text(claims: list[dict]) -> str:
-    counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
-    return (
-        f"{len(claims)} claims: {counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive"
+    findings = [c for c in claims if c["category"] == "finding"]
+    checks = [c for c in claims if c["category"] == "check"]
+    counts = {v: sum(c["verdict"] == v for c in findings) for v in VERDICTS}
+    text = (
+        f"{len(findings)} findings: {counts['holds']} hold, {counts['fails']} fail, "
+        f"{counts['inconclusive']} inconclusive"
     )
+    if checks:
+        passed = sum(c["verdict"] == "holds" for c in checks)
+        text += f"; {len(checks)} sanity checks ({passed} pass), counted apart"
+    return text
 
 
 def _correlation_cell(row) -> str:
@@ -267,9 +291,10 @@ def cross_study_blocks(results_dir: Path, figures_dir: Path) -> list[Block]:
         Heading(2, "Cross-study view: landscape metrics against accuracy", "cross-study"),
         Text(
             "Spearman rank correlation of each landscape metric with `query_accuracy` (meta-test accuracy on each "
-            "study's fixed probe tasks) over every probed checkpoint of every run: pooled over all studies, then per "
+            "study's fixed probe tasks) across runs, one point per run (its last probed checkpoint: checkpoints of a "
+            "run are not independent points), with the exact permutation p: pooled over all studies, then per "
             "study (read the per-study columns first: accuracies of different studies are on different tasks). "
-            "n counts the checkpoints with both values; missing ones are counted, not dropped silently. "
+            "n counts the runs with both values; missing ones are counted, not dropped silently. "
             "Table: [`results/cross_study.csv`](../results/cross_study.csv) (`dvc repro aggregate`)."
         ),
         Grid(("metric", *scopes), tuple(rows)),
@@ -286,10 +311,15 @@ def study_blocks(name: str, claims: list[dict], params: dict, results_dir: Path,
     blocks: list[Block] = [
         Heading(2, f"{spec.title} (seed {spec.seed})", name),
         Text(f"Study `{name}`. {counts_text(claims)}."),
-        claims_grid(claims),
-        Heading(3, "Runs"),
-        runs_grid(claims),
+        claims_grid([c for c in claims if c["category"] == "finding"]),
     ]
+    checks = [c for c in claims if c["category"] == "check"]
+    if checks:
+        blocks += [
+            Heading(3, "Sanity checks (not findings of the seed)"),
+            claims_grid(checks),
+        ]
+    blocks += [Heading(3, "Runs"), runs_grid(claims)]
     tables = [(t, pd.read_csv(Path(results_dir) / name / f"{t.name}.csv")) for t in spec.tables]
     if any(c.startswith("paper") for _, frame in tables for c in frame.columns):
         blocks.append(Text("The seed's published numbers stand beside ours in the `paper*` columns.", small=True))
@@ -317,19 +347,27 @@ def report_blocks(config: Config, params_path: Path, results_dir: Path, figures_
     git = git_state()
     names = config.studies_with_runs()
     by_study = {name: [c for c in record["claims"] if c["study"] == name] for name in names}
+
+    def tally(cs: list[dict], category: str) -> list[str]:
+        return [str(sum(c["verdict"] == v for c in cs if c["category"] == category)) for v in VERDICTS]
+
     summary = Grid(
-        ("study", "seed", "claims", *VERDICTS),
+        ("study", "seed", "findings", *VERDICTS, "sanity checks passed"),
         tuple(
-            (f"`{n}`", STUDIES.get(n).seed, str(len(cs)), *(str(sum(c["verdict"] == v for c in cs)) for v in VERDICTS))
+            (f"`{n}`", STUDIES.get(n).seed, str(sum(c["category"] == "finding" for c in cs)), *tally(cs, "finding"),
+             f"{tally(cs, 'check')[0]} of {sum(c['category'] == 'check' for c in cs)}")
             for n, cs in by_study.items()
         ),
-    )
+    )  # fmt: skip
     blocks: list[Block] = [
         Heading(1, "metaland — reproduction report"),
         Text(
             f"Profile `{config.profile}`: {counts_text(record['claims'])} at this scale. Verdicts follow rules fixed "
-            "in code before the data (`metaland/claims.py` and each study module); every claim with its statistic, "
-            "inputs and MLflow runs is in [`results/claims.json`](../results/claims.json)."
+            "in code before the data (`metaland/claims.py` and each study module): the training run (seed) is the "
+            "unit of replication, strata (dataset, backbone, ways, shots, inner steps and lr, augmentation) are never "
+            "mixed, and each study's findings are Holm-adjusted ([`docs/claims.md`](../docs/claims.md)). Every claim "
+            "with its statistic, inputs and MLflow runs is in [`results/claims.json`](../results/claims.json), the "
+            "rows behind it in `results/claims/`; `python -m metaland claim <id>` recomputes it step by step."
         ),
         summary,
         Text(

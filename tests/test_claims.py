@@ -1,277 +1,354 @@
-"""Claim rules on synthetic study tables whose verdicts are known by construction."""
+"""Claim rules on study tables whose truth is known by construction, each statistic checked against an
+explicit loop and scipy, and the claim's rows file recomputing its verdict."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from metaland.claims import (
     CLAIMS,
-    all_hold,
+    FAMILIES,
+    Claim,
+    all_of,
+    association,
+    claim_record,
+    claim_rows,
     claims_of,
-    correlation,
-    evaluate,
+    decide,
+    evaluate_study,
     falls_after_peak_of,
     improves_on,
-    improves_over_training,
-    mean_equals,
-    mean_exceeds,
-    mean_within,
+    level,
+    method_of,
     peak_then_fall,
-    stays_within,
+    rows_csv,
     trend,
     where,
+    within,
 )
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
 
 CFG = AggregateConfig()
 STEPS = np.arange(0, 110, 10)
-RUN_META = {"algorithm": "maml", "dataset": "d", "ways": 5, "shots": 1, "inner_steps": 5, "iterations": 100}
+META = {
+    "algorithm": "maml",
+    "variant": "maml",
+    "dataset": "d",
+    "backbone": "Conv4",
+    "ways": 5,
+    "shots": 1,
+    "queries": 15,
+    "inner_steps": 5,
+    "inner_lr": 0.4,
+    "augment": "none",
+    "iterations": 100,
+}
 
 
-def tables(series: dict[str, np.ndarray], *, metric: str = "m", other: dict | None = None) -> StudyTables:
+def curves(series: dict[tuple[int, str], np.ndarray], **meta) -> StudyTables:
+    """Checkpoint tables: ``{(seed, variant): values over STEPS}``; ``meta`` overrides run metadata."""
     rows = []
-    for run, values in series.items():
-        for i, (step, value) in enumerate(zip(STEPS[: len(values)], values, strict=True)):
-            row = {**RUN_META, "run": run, "step": int(step), metric: float(value)}
-            if other:
-                row.update({k: float(v[run][i]) for k, v in other.items()})
-            rows.append(row)
+    for (seed, variant), values in series.items():
+        run = f"{variant}-{meta.get('dataset', 'd')}-{meta.get('backbone', 'Conv4')}-s{seed}"
+        for step, value in zip(STEPS[: len(values)], values, strict=False):
+            rows.append({**META, **meta, "variant": variant, "run": run, "seed": seed, "step": int(step), "m": value})
     return StudyTables("s", pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
 
 
-def falling(offset: float = 0.0) -> np.ndarray:
-    return 5.0 - 0.4 * np.arange(11) + offset + np.sin(np.arange(11)) * 0.05
-
-
-def test_trend_holds_when_every_run_falls():
-    evidence = trend("m", -1)(tables({"a": falling(), "b": falling(1)}), CFG)
-    assert evidence.verdict == "holds"
-    assert evidence.statistic.n == 2 and evidence.statistic.value < -0.9
-
-
-def test_trend_fails_when_a_run_significantly_rises():
-    evidence = trend("m", -1)(tables({"a": falling(), "b": -falling()}), CFG)
-    assert evidence.verdict == "fails" and "b" in evidence.reason
-
-
-def test_trend_is_inconclusive_on_noise_or_too_few_checkpoints():
-    noise = np.random.default_rng(0).normal(size=11)
-    assert trend("m", -1)(tables({"a": falling(), "b": noise}), CFG).verdict == "inconclusive"
-    assert trend("m", -1)(tables({"a": falling()[:3]}), CFG).verdict == "inconclusive"
-
-
-def test_algorithm_scope():
-    frame = tables({"a": falling()}).checkpoints.assign(algorithm="finetune")
-    evidence = trend("m", -1, scope=where(algorithm="maml"))(
-        StudyTables("s", frame, pd.DataFrame(), pd.DataFrame()), CFG
-    )
-    assert evidence.verdict == "inconclusive" and evidence.statistic.n == 0
-
-
-def test_scope_matches_any_of_a_tuple_and_keeps_the_longest_runs():
-    frame = pd.DataFrame(
-        {"run": list("abcd"), "algorithm": ["maml", "fomaml", "fomaml", "finetune"], "iterations": [5, 5, 9, 9]}
-    )
-    assert where(algorithm=("maml", "fomaml"))(frame)["run"].tolist() == ["a", "b", "c"]
-    assert where(algorithm="fomaml", longest=True)(frame)["run"].tolist() == ["c"]
-    assert where(algorithm="maml")(pd.DataFrame()).empty
-
-
-def test_rank_correlation_rule():
-    acc = {"a": np.linspace(0.2, 0.9, 11)}
-    coherent = {"a": np.exp(np.linspace(0, 3, 11))}  # monotone, far from linear
-    rule = correlation("coh", "acc", method="spearman")
-    evidence = rule(tables(coherent, metric="coh", other={"acc": acc}), CFG)
-    assert evidence.verdict == "holds" and evidence.statistic.value == pytest.approx(1.0)
-
-
-def test_correlation_rule():
-    acc = {"a": np.linspace(0.2, 0.9, 11), "b": np.linspace(0.3, 0.8, 11)}
-    coherent = {"a": np.linspace(0.0, 0.3, 11) + np.cos(np.arange(11)) * 0.01, "b": np.linspace(0.1, 0.2, 11)}
-    up = tables(coherent, metric="coh", other={"acc": acc})
-    assert correlation("coh", "acc")(up, CFG).verdict == "holds"
-    down = tables({k: -v for k, v in coherent.items()}, metric="coh", other={"acc": acc})
-    assert correlation("coh", "acc")(down, CFG).verdict == "fails"
-
-
-def test_peak_then_fall():
-    rise_fall = np.array([1, 3, 5, 4.5, 4, 3.6, 3.1, 2.7, 2.2, 1.9, 1.5])
-    assert peak_then_fall("m")(tables({"a": rise_fall}), CFG).verdict == "holds"
-    statistic = peak_then_fall("m")(tables({"a": rise_fall}), CFG).statistic
-    assert statistic.per_run["a"]["peak_step"] == 20
-    monotone = np.linspace(1, 5, 11)
-    evidence = peak_then_fall("m")(tables({"a": monotone}), CFG)
-    assert evidence.verdict == "fails" and "peaks at the first or last checkpoint" in evidence.reason
-
-
-def test_falls_after_peak_of_accuracy():
-    accuracy = np.array([0.2, 0.5, 0.7, 0.8, 0.75, 0.7, 0.68, 0.66, 0.6, 0.58, 0.55])
-    falling_curvature = np.linspace(5, 1, 11)
-    overfit = tables({"a": falling_curvature}, other={"acc": {"a": accuracy}})
-    evidence = falls_after_peak_of("m", "acc")(overfit, CFG)
-    assert evidence.verdict == "holds"
-    assert evidence.statistic.per_run["a"]["acc_peak_step"] == 30
-    assert evidence.statistic.per_run["a"]["acc_drop_after_peak"] == pytest.approx(0.25)
-    rising = tables({"a": falling_curvature[::-1]}, other={"acc": {"a": accuracy}})
-    assert falls_after_peak_of("m", "acc")(rising, CFG).verdict == "fails"
-    still_learning = tables({"a": falling_curvature}, other={"acc": {"a": np.linspace(0.2, 0.9, 11)}})
-    evidence = falls_after_peak_of("m", "acc")(still_learning, CFG)
-    assert evidence.verdict == "inconclusive" and "no overfitting" in evidence.reason
-
-
-def test_stays_within():
-    near_zero = tables({"a": np.full(11, 0.01), "b": np.linspace(-0.02, 0.03, 11)})
-    assert stays_within("m", 0.0, 0.05)(near_zero, CFG).verdict == "holds"
-    evidence = stays_within("m", 0.0, 0.05)(tables({"a": np.full(11, 0.01), "b": np.linspace(0, 0.3, 11)}), CFG)
-    assert evidence.verdict == "fails" and "b" in evidence.reason
-
-
-def test_improves_on_pairs_tasks_of_the_same_seed():
-    rng = np.random.default_rng(2)
-    base = rng.uniform(0.85, 0.95, size=200)
-    rows = pd.DataFrame(
-        {
-            "algorithm": ["maml"] * 200 + ["regmaml"] * 200,
-            "seed": 0,
-            "task": list(range(200)) * 2,
-            "acc": np.concatenate([base, base + 0.01 + rng.normal(0, 0.005, 200)]),
-        }
-    )
-    final = StudyTables("s", pd.DataFrame(), rows, pd.DataFrame())
-    better = improves_on("acc", where(algorithm="regmaml"), where(algorithm="maml"))
-    evidence = better(final, CFG)
-    assert evidence.verdict == "holds" and evidence.statistic.value == pytest.approx(0.01, abs=0.002)
-    assert evidence.statistic.n == 200
-    worse = improves_on("acc", where(algorithm="maml"), where(algorithm="regmaml"))
-    assert worse(final, CFG).verdict == "fails"
-    absent = improves_on("acc", where(algorithm="other"), where(algorithm="maml"))
-    assert absent(final, CFG).verdict == "inconclusive"
-
-
-def _paired(treatment_shift: dict[str, float], *, metric: str = "sharp", seeds: int = 2) -> StudyTables:
-    """Per-task values of a baseline and shifted treatments on the same tasks and seeds (the last
-    task of each seed unmeasured, as first-k probes leave it)."""
-    rng = np.random.default_rng(3)
-    base = rng.uniform(0.5, 1.0, size=(seeds, 60))
+def tasks(values: dict[tuple[int, str], np.ndarray], **meta) -> pd.DataFrame:
+    """Final-task rows: ``{(seed, variant): per-task values}``."""
     rows = []
-    for name, shift in {"maml": 0.0, **treatment_shift}.items():
-        noise = rng.normal(0, 0.01, size=base.shape)
-        for seed in range(seeds):
-            for task in range(60):
-                value = np.nan if task == 59 else base[seed, task] + shift + noise[seed, task]
-                rows.append({"variant": name, "seed": seed, "task": task, metric: value})
-    return StudyTables("s", pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame())
+    for (seed, variant), per_task in values.items():
+        run = f"{variant}-{meta.get('dataset', 'd')}-{meta.get('backbone', 'Conv4')}-s{seed}"
+        for task, value in enumerate(per_task):
+            rows.append(
+                {**META, **meta, "variant": variant, "run": run, "seed": seed, "step": 100, "task": task, "m": value}
+            )
+    return pd.DataFrame(rows)
 
 
-def test_improves_on_lower_is_better_and_skips_unmeasured_tasks():
-    final = _paired({"flat": -0.05, "sharp": 0.05})
-    flatter = improves_on("sharp", where(variant="flat"), where(variant="maml"), better="lower")
-    evidence = flatter(final, CFG)
-    assert evidence.verdict == "holds" and evidence.statistic.n == 2 * 59
-    assert (
-        evidence.statistic.value == pytest.approx(0.05, abs=0.005) and "baseline − treatment" in evidence.statistic.name
-    )
-    assert (
-        improves_on("sharp", where(variant="sharp"), where(variant="maml"), better="lower")(final, CFG).verdict
-        == "fails"
-    )
+def final(frame: pd.DataFrame) -> StudyTables:
+    return StudyTables("s", pd.DataFrame(), frame, pd.DataFrame())
 
 
-def test_all_hold_needs_every_component():
-    final = _paired({"a": -0.05, "b": -0.03, "c": 0.0})
-
-    def flatter(*names):
-        return all_hold(
-            {n: improves_on("sharp", where(variant=n), where(variant="maml"), better="lower") for n in names}
-        )
-
-    both = flatter("a", "b")(final, CFG)
-    assert both.verdict == "holds" and both.statistic.value == pytest.approx(0.03, abs=0.005)  # the weakest
-    assert set(both.statistic.per_run) == {"a", "b"} and both.statistic.per_run["b"]["verdict"] == "holds"
-    assert flatter("a", "c")(final, CFG).verdict == "inconclusive"
-    mixed = _paired({"a": -0.05, "d": 0.05})
-    assert (
-        all_hold(
-            {n: improves_on("sharp", where(variant=n), where(variant="maml"), better="lower") for n in ("a", "d")}
-        )(mixed, CFG).verdict
-        == "fails"
-    )
+def one(claim_test, tables: StudyTables, category="finding", published=None):
+    claim = Claim("s-x", "s", "000", "§0", "a claim", "a rule", claim_test, category, published)
+    return evaluate_study([claim], tables, CFG)[0]
 
 
-def test_mean_equals():
-    rng = np.random.default_rng(1)
-    chance = pd.DataFrame({"ways": 5, "pre": rng.binomial(75, 0.2, size=400) / 75})
-    rule = mean_equals("pre", lambda rows: float((1 / rows["ways"]).mean()))
-    assert rule(StudyTables("s", pd.DataFrame(), chance, pd.DataFrame()), CFG).verdict == "holds"
-    biased = chance.assign(pre=rng.binomial(75, 0.3, size=400) / 75)
-    assert rule(StudyTables("s", pd.DataFrame(), biased, pd.DataFrame()), CFG).verdict == "fails"
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
 
 
-def test_mean_within():
-    rng = np.random.default_rng(2)
-
-    def verdict(p: float, n: int = 400) -> str:
-        frame = pd.DataFrame({"acc": rng.binomial(100, p, size=n) / 100})
-        return mean_within("acc", 0.45, 0.55)(StudyTables("s", pd.DataFrame(), frame, pd.DataFrame()), CFG).verdict
-
-    assert verdict(0.5) == "holds"
-    assert verdict(0.7) == "fails" and verdict(0.3) == "fails"
-    assert verdict(0.55, n=20) == "inconclusive"  # the CI straddles the upper bound
-    empty = StudyTables("s", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
-    assert mean_within("acc", 0, 1)(empty, CFG).verdict == "inconclusive"
+# --------------------------------------------------------------------------------------------
+# contrast: one paired effect per seed, t over seeds
+# --------------------------------------------------------------------------------------------
 
 
-def test_improves_over_training_pairs_seeds_and_checkpoints_after_the_first():
-    """A curve below the baseline's at every trained checkpoint (same seed and setting) is "lower";
-    step 0, where both start from the same θ, is left out; other settings are never paired."""
-    rows = []
-    rng = np.random.default_rng(4)
-    for seed in (0, 1):
-        for step in STEPS:
-            base = 2.0 - step / 100 + rng.normal(0, 0.01)
-            for variant, shift in (("maml", 0.0), ("lil", -0.2 if step else 0.0)):
-                rows.append({"variant": variant, "setting": "s1", "seed": seed, "step": int(step), "pc": base + shift})
-            rows.append({"variant": "maml", "setting": "s5", "seed": seed, "step": int(step), "pc": 9.0})
-    checkpoints = StudyTables("s", pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
-    lower = improves_over_training("pc", where(variant="lil"), where(variant="maml"), better="lower")(checkpoints, CFG)
-    assert lower.verdict == "holds" and lower.statistic.n == 2 * (len(STEPS) - 1)
-    assert lower.statistic.value == pytest.approx(0.2)
-    higher = improves_over_training("pc", where(variant="lil"), where(variant="maml"))(checkpoints, CFG)
-    assert higher.verdict == "fails"
-    absent = improves_over_training("pc", where(variant="anil"), where(variant="maml"))(checkpoints, CFG)
-    assert absent.verdict == "inconclusive" and "no paired checkpoints" in absent.reason
+def paired_study(effect: float, seeds: int = 5, tasks_per_seed: int = 30, seed_sd: float = 0.02, seed: int = 0):
+    """Treatment and baseline share per-seed offsets (the pairing) and per-task noise."""
+    g = rng(seed)
+    values = {}
+    for s in range(seeds):
+        base = 0.5 + g.normal(0, 0.05) + g.normal(0, 0.05, tasks_per_seed)
+        values[(s, "maml")] = base
+        values[(s, "new")] = base + effect + g.normal(0, seed_sd) + g.normal(0, 0.01, tasks_per_seed)
+    return final(tasks(values))
 
 
-def test_mean_exceeds():
-    rng = np.random.default_rng(5)
-    final = pd.DataFrame({"variant": "maml", "cos": rng.uniform(0.92, 0.98, size=40)})
-    above = mean_exceeds("cos", 0.9, scope=where(variant="maml"))
-    assert above(StudyTables("s", pd.DataFrame(), final, pd.DataFrame()), CFG).verdict == "holds"
-    low = final.assign(cos=final["cos"] - 0.5)
-    assert above(StudyTables("s", pd.DataFrame(), low, pd.DataFrame()), CFG).verdict == "fails"
-    spread = rng.uniform(-0.1, 0.1, size=40)
-    straddling = final.assign(cos=0.9 + spread - spread.mean())
-    assert above(StudyTables("s", pd.DataFrame(), straddling, pd.DataFrame()), CFG).verdict == "inconclusive"
+def test_contrast_is_a_t_test_over_per_seed_paired_means():
+    tables = paired_study(0.05)
+    result = one(improves_on("m", where(variant="new"), where(variant="maml")), tables)
+    frame = tables.final_tasks
+    wide = frame.pivot_table(index=["seed", "task"], columns="variant", values="m")
+    per_seed = (wide["new"] - wide["maml"]).groupby("seed").mean()  # the oracle: explicit pairing
+    (part,) = result.outcome.parts
+    assert part.per_seed == pytest.approx(per_seed.to_dict())
+    expected = sps.ttest_1samp(per_seed, 0, alternative="greater")
+    assert part.p_holds == pytest.approx(expected.pvalue)
+    assert part.inference.n == 5 and result.verdict == "holds"
+    assert result.outcome.p_value == pytest.approx(2 * expected.pvalue)
+    mean, low, high, n = part.extra["convention"]  # the field's CI over tasks × seeds, beside it
+    assert n == 150 and low < mean < high
 
 
-def test_registered_claims_are_complete_and_serialise():
-    claims = claims_of("guiroy2019")
-    assert len(claims) >= 5
-    for claim in claims:
-        assert claim.id.startswith("guiroy2019/") and claim.seed == "000" and claim.section and claim.rule
-    record = evaluate(
-        CLAIMS.get("guiroy2019/support-loss-falls"), tables({"a": falling()[:2]}, metric="support_loss"), CFG
-    )
-    text = json.dumps(record, allow_nan=False)  # NaN must have become null
-    assert record["verdict"] == "inconclusive" and "NaN" not in text
+def test_contrast_fails_on_the_opposite_and_is_inconclusive_below_min_seeds():
+    assert one(improves_on("m", where(variant="new"), where(variant="maml")), paired_study(-0.05)).verdict == "fails"
+    few = one(improves_on("m", where(variant="new"), where(variant="maml")), paired_study(0.05, seeds=2))
+    assert few.verdict == "inconclusive" and "2 seed(s) < aggregate.min_seeds = 3" in few.reason
+    assert few.power["seeds_needed"] == 3
 
 
-@pytest.mark.parametrize("value", [math.nan])
-def test_nan_series_are_inconclusive(value):
-    assert trend("m", 1)(tables({"a": np.full(11, value)}), CFG).verdict == "inconclusive"
+def test_many_tasks_of_one_seed_are_not_replicates():
+    """A large effect in one seed and none in the others: the pooled task CI would call it; seeds do not."""
+    g = rng(1)
+    values = {}
+    for s in range(3):
+        base = 0.5 + g.normal(0, 0.05, 600)
+        values[(s, "maml")] = base
+        values[(s, "new")] = base + (0.08 if s == 0 else -0.01 * s) + g.normal(0, 0.01, 600)
+    result = one(improves_on("m", where(variant="new"), where(variant="maml")), final(tasks(values)))
+    _, low, _, _ = result.outcome.parts[0].extra["convention"]
+    assert low > 0  # the field's convention says "significant"
+    assert result.verdict == "inconclusive"
+    assert result.power["minimal_detectable_effect"] > 0.02
+
+
+def test_pairs_never_cross_strata():
+    """Two datasets × two backbones: four parts, each from its own runs; the claim holds only where all do."""
+    frames = []
+    for dataset, backbone, effect in [
+        ("d1", "Conv4", 0.05),
+        ("d1", "ResNet10", 0.05),
+        ("d2", "Conv4", 0.05),
+        ("d2", "ResNet10", -0.05),
+    ]:
+        g = rng(hash((dataset, backbone)) % 1000)
+        values = {}
+        for s in range(5):
+            base = 0.5 + g.normal(0, 0.05, 20)
+            values[(s, "maml")], values[(s, "new")] = base, base + effect + g.normal(0, 0.005)
+        frames.append(tasks(values, dataset=dataset, backbone=backbone))
+    result = one(improves_on("m", where(variant="new"), where(variant="maml")), final(pd.concat(frames)))
+    parts = result.outcome.parts
+    assert len(parts) == 4
+    for part in parts:
+        rows = result.rows[result.rows["stratum"] == part.stratum]
+        assert rows["run"].str.split("-").str[1:3].map(tuple).nunique() == 1, "one dataset and backbone per part"
+    assert {p.stratum.split()[0] for p in parts if p.inference.estimate < 0} == {"dataset=d2"}
+    assert result.verdict == "fails"
+
+
+def test_arms_that_differ_in_a_stratum_knob_pair_only_when_it_is_declared():
+    g = rng(2)
+    values_none, values_aug = {}, {}
+    for s in range(4):
+        base = 1.0 + g.normal(0, 0.1, 10)
+        values_none[(s, "maml")], values_aug[(s, "maml")] = base, base - 0.2 + g.normal(0, 0.01)
+    frame = pd.concat([tasks(values_none, augment="none"), tasks(values_aug, augment="chen")])
+    frame["run"] = frame["run"] + "-" + frame["augment"]
+    undeclared = improves_on("m", where(augment="chen"), where(augment="none"), better="lower")
+    declared = improves_on("m", where(augment="chen"), where(augment="none"), better="lower", varies=("augment",))
+    assert one(undeclared, final(frame)).verdict == "inconclusive"  # no pairs: augment splits the strata
+    assert one(declared, final(frame)).verdict == "holds"
+
+
+# --------------------------------------------------------------------------------------------
+# curves: one statistic per run
+# --------------------------------------------------------------------------------------------
+
+
+def falling(g, noise=0.05):
+    return 5.0 - 0.4 * np.arange(11) + g.normal(0, noise, 11)
+
+
+def test_trend_is_a_t_test_over_per_run_spearman():
+    g = rng(3)
+    tables = curves({(s, "maml"): falling(g, noise=0.8) for s in range(4)})
+    result = one(trend("m", -1), tables)
+    rhos = [sps.spearmanr(STEPS, tables.checkpoints[tables.checkpoints["seed"] == s]["m"]).statistic for s in range(4)]
+    assert list(result.outcome.parts[0].per_seed.values()) == pytest.approx(rhos)
+    assert result.verdict == "holds"
+    assert one(trend("m", 1), tables).verdict == "fails"
+    noise = curves({(s, "maml"): g.normal(0, 1, 11) for s in range(4)})
+    assert one(trend("m", -1), noise).verdict == "inconclusive"
+
+
+def test_identical_per_seed_values_get_the_exact_sign_flip_p():
+    """ρ = −1 in every run has no t statistic: p = 2⁻ⁿ, so 4 perfectly falling runs cannot decide (p = 1/16
+    per direction), 6 can (1/64)."""
+    g = rng(4)
+    four = one(trend("m", -1), curves({(s, "maml"): falling(g, noise=0.01) for s in range(4)}))
+    assert four.outcome.parts[0].p_holds == pytest.approx(1 / 16) and four.verdict == "inconclusive"
+    six = one(trend("m", -1), curves({(s, "maml"): falling(g, noise=0.01) for s in range(6)}))
+    assert six.outcome.parts[0].p_holds == pytest.approx(1 / 64) and six.verdict == "holds"
+
+
+def test_association_per_run():
+    g = rng(4)
+    series = {}
+    for s in range(4):
+        x = g.normal(0, 1, 11)
+        series[(s, "maml")] = x
+    tables = curves(series)
+    frame = tables.checkpoints.assign(y=lambda f: 2 * f["m"] + rng(5).normal(0, 0.1, len(f)))
+    tables = StudyTables("s", frame, pd.DataFrame(), pd.DataFrame())
+    assert one(association("m", "y", sign=1), tables).verdict == "holds"
+    assert one(association("m", "y", sign=-1), tables).verdict == "fails"
+
+
+def hump(g, peak=5, noise=0.05):
+    x = np.arange(11)
+    return 10 - 0.3 * (x - peak) ** 2 + g.normal(0, noise, 11)
+
+
+def test_peak_then_fall_uses_the_held_out_peak():
+    g = rng(6)
+    assert one(peak_then_fall("m"), curves({(s, "maml"): hump(g) for s in range(4)})).verdict == "holds"
+    assert one(peak_then_fall("m"), curves({(s, "maml"): falling(g) for s in range(4)})).verdict == "fails"
+    assert one(peak_then_fall("m"), curves({(s, "maml"): -falling(g) for s in range(4)})).verdict == "fails"
+
+
+def test_a_peak_at_the_initialisation_is_left_out_by_default():
+    """Step 0 high (a random init), then a hump: the thesis's curve after the first epoch rises then falls."""
+    g = rng(7)
+    series = {(s, "maml"): np.r_[50.0, hump(g)[1:]] for s in range(4)}
+    assert one(peak_then_fall("m"), curves(series)).verdict == "holds"
+    with_initial = one(peak_then_fall("m", skip_initial=False), curves(series))
+    assert with_initial.verdict == "fails"  # the first checkpoint is above the peak
+
+
+def test_falls_after_peak_of_needs_a_significant_degradation():
+    g = rng(8)
+    series, acc = {}, {}
+    for s in range(4):
+        series[(s, "maml")] = falling(g)
+        acc[s] = hump(g, peak=4)
+    tables = curves(series)
+    frame = tables.checkpoints.copy()
+    frame["acc"] = np.concatenate([acc[s] for s in range(4)])
+    overfit = one(falls_after_peak_of("m", "acc"), StudyTables("s", frame, pd.DataFrame(), pd.DataFrame()))
+    assert overfit.verdict == "holds"
+    frame["acc"] = np.tile(np.arange(11.0), 4) + rng(9).normal(0, 0.01, 44)  # accuracy never degrades
+    rising = one(falls_after_peak_of("m", "acc"), StudyTables("s", frame, pd.DataFrame(), pd.DataFrame()))
+    assert rising.verdict == "inconclusive"
+
+
+# --------------------------------------------------------------------------------------------
+# levels and equivalence
+# --------------------------------------------------------------------------------------------
+
+
+def level_study(mean: float, seeds: int = 5, sd_seed: float = 0.01, seed: int = 0) -> StudyTables:
+    g = rng(seed)
+    return final(tasks({(s, "maml"): mean + g.normal(0, sd_seed) + g.normal(0, 0.05, 40) for s in range(seeds)}))
+
+
+def test_level_and_equivalence():
+    assert one(level("m", 0.9), level_study(0.95)).verdict == "holds"
+    assert one(level("m", 0.9), level_study(0.85)).verdict == "fails"
+    assert one(level("m", 0.9, above=False), level_study(0.85)).verdict == "holds"
+    assert one(within("m", 0.45, 0.55), level_study(0.5)).verdict == "holds"
+    assert one(within("m", 0.45, 0.55), level_study(0.7)).verdict == "fails"
+    assert one(within("m", 0.45, 0.55), level_study(0.54, seeds=3, sd_seed=0.05)).verdict == "inconclusive"
+
+
+def test_equivalence_is_tost_not_a_failure_to_reject():
+    """A mean near the edge with wide seed spread: no difference from 0.5 is found, and that is not equality."""
+    tables = level_study(0.52, seeds=3, sd_seed=0.1, seed=3)
+    result = one(within("m", 0.45, 0.55), tables)
+    per_seed = list(result.outcome.parts[0].per_seed.values())
+    assert sps.ttest_1samp(per_seed, 0.5).pvalue > 0.05
+    assert result.verdict == "inconclusive"
+
+
+def test_checks_are_not_adjusted_and_findings_are_holm_adjusted():
+    tables = paired_study(0.02, seeds=4, seed=11)
+    rule = improves_on("m", where(variant="new"), where(variant="maml"))
+    claims = [Claim(f"s-{i}", "s", "000", "§", "c", "r", rule) for i in range(6)]
+    claims.append(Claim("s-check", "s", "000", "§", "c", "r", rule, "check"))
+    results = evaluate_study(claims, tables, CFG)
+    raw = results[0].outcome.p_value
+    assert results[0].p_adjusted == pytest.approx(min(1.0, 6 * raw))  # equal p-values: Holm multiplies by m
+    assert results[-1].p_adjusted == pytest.approx(raw) and "a check" in results[-1].reason
+
+
+def test_all_of_holds_only_if_every_component_holds():
+    tables = paired_study(0.05)
+    good = improves_on("m", where(variant="new"), where(variant="maml"))
+    missing = improves_on("m", where(variant="other"), where(variant="maml"))
+    assert one(all_of({"a": good, "b": good}), tables).verdict == "holds"
+    result = one(all_of({"a": good, "b": missing}), tables)
+    assert result.verdict == "inconclusive"
+    bad = improves_on("m", where(variant="maml"), where(variant="new"))
+    assert one(all_of({"a": good, "b": bad}), tables).verdict == "fails"
+
+
+# --------------------------------------------------------------------------------------------
+# traceability: the rows file alone recomputes the verdict
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_rows_file_recomputes_every_part(tmp_path):
+    tables = paired_study(0.03)
+    rule = all_of({"x": improves_on("m", where(variant="new"), where(variant="maml")), "y": level("m", 0.4)})
+    claim = Claim("s-x", "s", "000", "§", "c", "r", rule)
+    result = evaluate_study([claim], tables, CFG)[0]
+    path = tmp_path / "rows.csv"
+    path.write_text(rows_csv(result.rows))
+    read = pd.read_csv(path)
+    for column in ("rule", "component"):
+        read[column] = read[column].fillna("").astype(str)
+    again = decide(method_of(claim), read, CFG)
+    assert [(p.component, p.stratum, p.per_seed) for p in again] == [
+        (p.component, p.stratum, pytest.approx(p.per_seed)) for p in result.outcome.parts
+    ]
+    record = claim_record(result, "claims/s/x.csv", "0" * 64, tables, CFG)
+    assert record["rows"]["seeds"] == list(range(5)) and record["rows"]["n_rows"] == len(result.rows)
+
+
+def test_every_registered_claim_has_a_known_family_and_serialises():
+    from metaland.studies import STUDIES
+
+    for study, _ in STUDIES.items():
+        for claim in claims_of(study):
+            for rule in claim.rules.values():
+                assert rule.family in dict(FAMILIES.items())
+            assert claim.slug and "/" not in claim.slug
+            assert claim.category in ("finding", "check")
+            empty = StudyTables(study, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+            rows = claim_rows(claim, empty)
+            assert rows.empty
+    assert len(dict(CLAIMS.items())) >= 41
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_undefined_values_make_a_claim_inconclusive(value):
+    frame = tasks({(s, "maml"): np.full(5, value) for s in range(4)})
+    assert one(level("m", 0.5), final(frame)).verdict == "inconclusive"

@@ -25,7 +25,7 @@ from scipy import stats
 
 from metaland import claims_file, cross_study
 from metaland.claims import claims_of
-from metaland.io import tree_digest
+from metaland.io import file_digest, tree_digest
 from metaland.report import Grid, Image, Text, to_html, to_markdown
 from tests.pipeline import headless_chromium, screenshot
 
@@ -71,27 +71,55 @@ def test_both_renderings_carry_the_same_cells_and_colour_the_verdict():
 
 
 def test_the_schema_rejects_a_record_that_does_not_match():
-    statistic = {"name": "s", "value": None, "n": 0, "p_value": None, "ci": None, "per_run": {}}
+    part = {
+        "component": "",
+        "stratum": "dataset=d",
+        "name": "Spearman ρ(step, value) per run",
+        "estimate": 0.5,
+        "ci": [0.1, 0.9],
+        "n_seeds": 3,
+        "sd_between_seeds": 0.2,
+        "p_holds": 0.01,
+        "p_fails": 0.99,
+        "per_seed": {"0": 0.4, "1": 0.5, "2": 0.6},
+        "note": "",
+    }
+    statistic = {"name": "s", "value": 0.5, "n": 3, "ci": [0.1, 0.9], "p_value": 0.02, "p_adjusted": 0.02}
+    statistic |= {"p_holds": 0.01, "p_fails": 0.99, "parts": [part]}
     claim = {
         "id": "s-x",
         "study": "s",
         "seed": "000",
         "section": "§1",
         "claim": "c",
+        "category": "finding",
         "rule": "r",
+        "method": {"": {"family": "trend", "params": {"direction": 1}}},
+        "aggregate": {"confidence": 0.95, "alpha": 0.05, "min_seeds": 3},
         "statistic": statistic,
         "verdict": "holds",
         "reason": "why",
-        "inputs": {"runs": [{"run": "r0", "checkpoints": "checkpoints/r0", "steps": [0, 5]}], "measured_runs": []},
+        "power": {},
+        "rows": {"path": "claims/s/x.csv", "sha256": "0" * 64, "n_rows": 3, "runs": ["r0"], "seeds": [0],
+                 "strata": ["dataset=d"]},
+        "inputs": {"runs": [{"run": "r0", "checkpoints": "checkpoints/r0", "steps": [0, 5]}]},
         "profile": "ci",
         "mlflow": {"experiment": "metaland/s", "probe_runs": {"r0": None}},
-    }
-    record = {"profile": "ci", "counts": {"holds": 1, "fails": 0, "inconclusive": 0}, "claims": [claim]}
+    }  # fmt: skip
+    none = {"holds": 0, "fails": 0, "inconclusive": 0}
+    record = {"profile": "ci", "counts": {**none, "holds": 1}, "checks": none, "by_study": {}, "claims": [claim]}
     assert claims_file.validate(record).claims[0].mlflow.probe_runs == {"r0": None}
-    for broken in ({**claim, "verdict": "maybe"}, {**claim, "profile": None}, {**claim, "extra": 1}):
+    for broken in (
+        {**claim, "verdict": "maybe"},
+        {**claim, "profile": None},
+        {**claim, "extra": 1},
+        {**claim, "category": "finding?"},
+        {**claim, "rows": {**claim["rows"], "sha256": None}},
+    ):
         with pytest.raises(pydantic.ValidationError):
             claims_file.validate({**record, "claims": [broken]})
-    assert set(claims_file.json_schema()["$defs"]["ClaimRecord"]["required"]) >= {"verdict", "inputs", "mlflow"}
+    required = set(claims_file.json_schema()["$defs"]["ClaimRecord"]["required"])
+    assert required >= {"verdict", "inputs", "mlflow", "rows", "category", "method", "power"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,10 +145,16 @@ def test_every_claim_appears_with_its_verdict(report):
     )
     assert len(studies) == 5
     assert sorted(c["id"] for c in record["claims"]) == sorted(c.id for s in studies for c in claims_of(s))
-    assert record["counts"] == {v: sum(c["verdict"] == v for c in record["claims"]) for v in claims_file.VERDICTS}
+    for category, counts in (("finding", record["counts"]), ("check", record["checks"])):
+        assert counts == {
+            v: sum(c["verdict"] == v for c in record["claims"] if c["category"] == category)
+            for v in claims_file.VERDICTS
+        }
     counts = record["counts"]
-    summary = f"{len(record['claims'])} claims: {counts['holds']} hold, {counts['fails']} fail"
+    findings = sum(c["category"] == "finding" for c in record["claims"])
+    summary = f"{findings} findings: {counts['holds']} hold, {counts['fails']} fail"
     assert summary in page and summary in markdown
+    assert "Sanity checks (not findings of the seed)" in page
     for claim in record["claims"]:
         (row,) = rows_naming(page, f"<code>{claim['id']}</code>", row_split="<tr>")
         assert f"class='verdict {claim['verdict']}'" in row
@@ -131,6 +165,27 @@ def test_every_claim_appears_with_its_verdict(report):
         assert {r["run"]: r["steps"] for r in claim["inputs"]["runs"]} == {
             run: sorted(rows["step"]) for run, rows in probed.groupby("run")
         }
+        rows = work / "results" / claim["rows"]["path"]
+        assert file_digest(rows) == claim["rows"]["sha256"] and claim["rows"]["path"] in page
+
+
+@pytest.mark.dag
+@pytest.mark.xdist_group("dag")
+def test_every_verdict_is_recomputed_from_its_rows_file_alone(report, tmp_path):
+    """`metaland claim <id>` on a copy of results/ with nothing but claims.json and the rows files."""
+    import shutil
+
+    from metaland.explain import explain_claim
+
+    work, record, _, _ = report
+    alone = tmp_path / "results"
+    (alone / "claims").parent.mkdir(parents=True)
+    shutil.copytree(work / "results" / "claims", alone / "claims")
+    shutil.copy(work / "results" / "claims.json", alone / "claims.json")
+    for claim in record["claims"]:
+        lines, matches = explain_claim(alone, claim["id"])
+        assert matches, "\n".join(lines)
+        assert lines[-1].startswith(f"recorded in results/claims.json: {claim['verdict']}")
 
 
 @pytest.mark.dag
@@ -177,10 +232,15 @@ def test_the_report_opens_offline_and_every_link_resolves(report):
 @pytest.mark.dag
 @pytest.mark.xdist_group("dag")
 def test_cross_study_correlations_equal_scipys(report):
+    """One point per run (its last probed checkpoint), ρ equal to scipy's, and the exact permutation p equal
+    to an explicit enumeration of every ordering where there are at most 7 runs."""
+    import itertools
+
     work, record, page, _ = report
     table = pd.read_csv(work / "results" / "cross_study.csv")
     studies = sorted({c["study"] for c in record["claims"]})
     frames = {s: pd.read_csv(work / "results" / s / "checkpoints.csv").assign(study=s) for s in studies}
+    frames = {s: f[f["step"] == f.groupby("run")["step"].transform("max")] for s, f in frames.items()}
     points = pd.concat(frames.values(), ignore_index=True)
     measured = {
         s: set(cross_study.landscape_columns(f.dropna(axis="columns", how="all").columns)) for s, f in frames.items()
@@ -194,10 +254,15 @@ def test_cross_study_correlations_equal_scipys(report):
         frame = frame[frame["study"].isin([s for s, metrics in measured.items() if row.metric in metrics])]
         x, y = frame[row.metric].to_numpy(float), frame["query_accuracy"].to_numpy(float)
         both = np.isfinite(x) & np.isfinite(y)
-        assert (row.n, row.n_missing) == (both.sum(), len(frame) - both.sum())
+        assert (row.n, row.n_missing, row.n_runs) == (both.sum(), len(frame) - both.sum(), both.sum())
         if both.sum() >= 3 and np.ptp(x[both]) > 0 and np.ptp(y[both]) > 0:
-            rho, p = stats.spearmanr(x[both], y[both])
-            assert row.spearman_rho == pytest.approx(rho, abs=1e-12) and row.spearman_p == pytest.approx(p, rel=1e-9)
+            rho = stats.spearmanr(x[both], y[both]).statistic
+            assert row.spearman_rho == pytest.approx(rho, abs=1e-12)
+            if both.sum() <= 7:
+                rx, ry = stats.rankdata(x[both]), stats.rankdata(y[both])
+                null = np.array([stats.pearsonr(rx, np.array(order)).statistic for order in itertools.permutations(ry)])
+                exact = min(1.0, 2 * min(np.mean(null <= rho + 1e-12), np.mean(null >= rho - 1e-12)))
+                assert row.spearman_p == pytest.approx(exact, abs=1e-9)
         else:
             assert math.isnan(row.spearman_rho)
         assert f"<code>{row.metric}</code>" in page

@@ -25,6 +25,7 @@ def _final_tasks(n_runs: int = 6, tasks: int = 5) -> pd.DataFrame:
                 {
                     "run": f"ding2023-r{r}",
                     "variant": "fomaml",
+                    "dataset": "miniimagenet",
                     "backbone": "Conv4" if r < 3 else "Conv6",
                     "augment": augment,
                     "seed": 5 + r % 3,
@@ -44,18 +45,21 @@ def _tables(final: pd.DataFrame) -> StudyTables:
     return StudyTables("ding2023", pd.DataFrame(), final, pd.DataFrame())
 
 
-def test_correlations_are_scipys_pearson_on_the_per_run_means():
-    final = _final_tasks()
-    table = correlation_table(_tables(final), AggregateConfig()).set_index(["runs", "x", "accuracy"])
-    means = final.groupby("run").mean(numeric_only=True)
-    for subset, runs in (("all", means), ("aug", means[final.groupby("run")["augment"].first() == "chen"])):
+def test_correlations_are_scipys_pearson_on_the_per_run_means_with_exact_p():
+    final = pd.concat([_final_tasks(), _final_tasks().assign(dataset="cub", run=lambda f: f["run"] + "-cub")])
+    table = correlation_table(_tables(final), AggregateConfig()).set_index(["dataset", "runs", "x", "accuracy"])
+    assert set(table.index.get_level_values("dataset")) == {"cub", "miniimagenet"}  # never pooled over datasets
+    mini = final[final["dataset"] == "miniimagenet"]
+    means = mini.groupby("run").mean(numeric_only=True)
+    exact = sps.PermutationMethod(n_resamples=9999, rng=np.random.default_rng(1))
+    for subset, runs in (("all", means), ("aug", means[mini.groupby("run")["augment"].first() == "chen"])):
         for x, y in (("sam_sharpness/train", "query_accuracy"), ("query_loss", "query_accuracy")):
-            expected = sps.pearsonr(runs[x], runs[y])
-            row = table.loc[(subset, x, y)]
+            expected = sps.pearsonr(runs[x], runs[y], method=exact)  # 6! or 3! orderings: exhaustive
+            row = table.loc[("miniimagenet", subset, x, y)]
             assert row["pearson_r"] == pytest.approx(expected.statistic, rel=1e-12)
             assert row["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
             assert row["n"] == len(runs)
-    assert table.loc[("all", "sam_sharpness/train", "query_accuracy"), "paper_r_miniimagenet"] == -0.77
+    assert table.loc[("miniimagenet", "all", "sam_sharpness/train", "query_accuracy"), "paper_r_miniimagenet"] == -0.77
 
 
 def test_run_points_and_sharpness_table_average_over_tasks_and_seeds():
@@ -64,10 +68,13 @@ def test_run_points_and_sharpness_table_average_over_tasks_and_seeds():
     assert points.loc["ding2023-r0", "sam_sharpness"] == pytest.approx(
         final[final["run"] == "ding2023-r0"]["sam_sharpness"].mean()
     )
-    table = sharpness_table(_tables(final), AggregateConfig()).set_index(["backbone", "augment", "split"])
+    table = sharpness_table(_tables(final), AggregateConfig()).set_index(["dataset", "backbone", "augment", "split"])
     rows = final[(final["backbone"] == "Conv4") & (final["augment"] == "none")]
-    assert table.loc[("Conv4", "none", "train"), "sharpness"] == pytest.approx(rows["sam_sharpness/train"].mean())
-    assert table.loc[("Conv4", "none", "test"), "paper_miniimagenet"] == pytest.approx(0.2916)  # Table 7 / 10
+    per_seed = rows.groupby("seed")["sam_sharpness/train"].mean()
+    cell = table.loc[("miniimagenet", "Conv4", "none", "train")]
+    assert cell["sharpness"] == pytest.approx(per_seed.mean())
+    assert cell["ci_low"] == pytest.approx(sps.ttest_1samp(per_seed, 0).confidence_interval().low)
+    assert table.loc[("miniimagenet", "Conv4", "none", "test"), "paper_miniimagenet"] == pytest.approx(0.2916)
 
 
 def test_surface_shape_statistics_on_analytic_surfaces():
@@ -83,30 +90,32 @@ def test_surface_shape_statistics_on_analytic_surfaces():
     assert surface_roughness(aa + 3 * bb) == pytest.approx(0.0, abs=1e-12)  # a plane has no curvature
 
 
-def _grid_rows(run: str, surfaces: dict[str, np.ndarray]) -> list[dict]:
+def _grid_rows(run: str, seed: int, surfaces: dict[str, np.ndarray]) -> list[dict]:
     a = np.linspace(-1, 1, 7)
     rows = []
     for name, z in surfaces.items():
         for i, x in enumerate(a):
             for j, y in enumerate(a):
                 rows.append(
-                    {"run": run, "variant": "fomaml", "backbone": "Conv4", "augment": "none", "seed": 5, "step": 10}
-                    | {"grid": name, "x": x, "y": y, "value": z[i, j]}
+                    {"run": run, "variant": "fomaml", "dataset": "d", "backbone": "Conv4", "augment": "none"}
+                    | {"seed": seed, "step": 10, "grid": name, "x": x, "y": y, "value": z[i, j]}
                 )
     return rows
 
 
-def _claims_on(surfaces: dict[str, np.ndarray]) -> dict[str, str]:
-    from metaland.claims import claims_of
+def _claims_on(surfaces: dict[str, np.ndarray], seeds: int = 8) -> dict[str, str]:
+    """The landscape claims on ``seeds`` runs whose surfaces are ``surfaces`` plus a little noise of their own."""
+    from metaland.claims import claims_of, evaluate_study
 
-    grids = pd.DataFrame(_grid_rows("ding2023-r0", surfaces))
-    tables = StudyTables("ding2023", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), grids)
+    g = np.random.default_rng(2)
+    rows = []
+    for seed in range(seeds):
+        jittered = {name: z + g.normal(0, 0.002, z.shape) for name, z in surfaces.items()}
+        rows += _grid_rows(f"ding2023-r{seed}", seed, jittered)
+    tables = StudyTables("ding2023", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(rows))
     wanted = ("feature-reuse", "many-tasks-smoother", "query-shots-convexity")
-    return {
-        c.id.split("ding2023-")[1]: c.test(tables, AggregateConfig()).verdict
-        for c in claims_of("ding2023")
-        if c.id.split("ding2023-")[1] in wanted
-    }
+    results = evaluate_study([c for c in claims_of("ding2023") if c.slug in wanted], tables, AggregateConfig())
+    return {r.claim.slug: r.verdict for r in results}
 
 
 def test_landscape_claims_follow_their_rules_on_constructed_surfaces():
@@ -118,24 +127,26 @@ def test_landscape_claims_follow_their_rules_on_constructed_surfaces():
         "inner_0": bowl + 0.1 * aa,
         "head": bowl,  # carries the shape
         "features": 0.05 * saddle,  # nearly flat
-        "meta_4": bowl + spikes,
+        "meta_4": bowl + 0.3 * spikes,  # the 4 re-drawn tasks: the same bowl, noisier
         "meta_many": bowl,
-        "meta_4/train": bowl + spikes,
+        "meta_many_resample": bowl + 0.3 * spikes,
+        "meta_4/train": bowl + 0.3 * spikes,
         "meta_many/train": bowl,
+        "meta_many_resample/train": bowl + 0.3 * spikes,
         "shots_1": saddle,
         "shots_2": 0.5 * saddle + bowl,
         "shots_4": bowl,
     }
     assert set(_claims_on(agreeing).values()) == {"holds"}
+    assert set(_claims_on(agreeing, seeds=2).values()) == {"inconclusive"}  # below min_seeds
     opposing = {
         **agreeing,
-        "features": 2 * saddle,  # rougher than the full surface
-        "meta_4": bowl,
-        "meta_many": bowl + spikes,
-        "shots_1": bowl,
-        "meta_many/train": bowl + spikes,
-        "meta_4/train": bowl,
+        "features": 2 * saddle,  # wider than the full surface
+        "meta_many": saddle + spikes,  # another shape, and rougher than its re-drawn twin
+        "meta_many/train": saddle + spikes,
+        "meta_many_resample": saddle,
+        "meta_many_resample/train": saddle,
+        "shots_1": bowl,  # convex at 1 query shot, not at 15
     }
-    opposing["shots_4"] = opposing["shots_2"] = bowl
-    verdicts = _claims_on({**opposing, "meta_many": saddle + spikes})
+    verdicts = _claims_on(opposing)
     assert verdicts == {"feature-reuse": "fails", "many-tasks-smoother": "fails", "query-shots-convexity": "fails"}

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metaland.claims import claims_of, evaluate
+from metaland.claims import claims_of, evaluate_study
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
 from metaland.studies.lil2022 import (
@@ -26,13 +26,13 @@ CFG = AggregateConfig()
 
 
 def final_tasks(
-    shift: dict[tuple[str, int], float], dataset: str = "d", backbone: str = "Conv4", variants=None
+    shift: dict[tuple[str, int], float], dataset: str = "d", backbone: str = "Conv4", variants=None, seeds: int = 2
 ) -> pd.DataFrame:
-    """60 tasks × 2 seeds per (variant, shots); ``shift`` moves a variant's accuracy in one setting."""
+    """60 tasks × ``seeds`` per (variant, shots); ``shift`` moves a variant's accuracy in one setting."""
     rng = np.random.default_rng(0)
     rows = []
     for shots in (1, 5):
-        base = rng.uniform(0.4, 0.8, size=(2, 60))
+        base = rng.uniform(0.4, 0.8, size=(seeds, 60))
         for variant in variants or (
             "maml",
             "maml+lil",
@@ -43,7 +43,7 @@ def final_tasks(
             "fomaml+lil-pretrain",
         ):
             noise = rng.normal(0, 0.005, size=base.shape)
-            for seed in range(2):
+            for seed in range(seeds):
                 for task in range(60):
                     value = base[seed, task] + shift.get((variant, shots), 0.0) + noise[seed, task]
                     rows.append(
@@ -126,8 +126,11 @@ def test_cub_runs_show_table_2s_cub_column_and_resnet12_runs_make_table_4():
     assert resnet.loc[("miniimagenet 5-way 5-shot", "maml+lil"), "paper_gain_over_baseline"] == pytest.approx(
         (72.50 - 71.32) / 100
     )
-    claim = next(c for c in claims_of("lil2022") if c.id == "lil2022-lil-improves-maml")
-    assert evaluate(claim, tables, CFG)["statistic"]["n"] == 4 * 2 * 2 * 60  # each backbone paired with itself
+    (improves,) = (r for r in evaluate_study(claims_of("lil2022"), tables, CFG) if r.claim.id.endswith("improves-maml"))
+    assert len(improves.outcome.parts) == 4 * 2  # (dataset, backbone) × shots: each paired with itself
+    for part in improves.outcome.parts:
+        rows = improves.rows[improves.rows["stratum"] == part.stratum]
+        assert rows["run"].str.split("-").str[0].nunique() == 1 and part.inference.n == 2
     without = resnet12_table(StudyTables("lil2022", pd.DataFrame(), frames[0], pd.DataFrame()), CFG)
     assert without.empty and "paper_dataset" in without  # a header, so the report can read it back
 
@@ -146,23 +149,30 @@ def test_linearity_table_keeps_backbones_apart():
     assert final.loc["Conv4", "pc"] == 0.5 and final.loc["ResNet12", "pc"] == 0.9 and len(table) == 4
 
 
+def verdicts(tables: StudyTables) -> dict[str, str]:
+    return {r.claim.id: r.verdict for r in evaluate_study(claims_of("lil2022"), tables, CFG)}
+
+
 def test_claims_follow_the_data():
-    tables = StudyTables(
-        "lil2022", pd.DataFrame(), final_tasks({("maml+lil", 1): 0.05, ("anil+lil-phase", 1): -0.03}), pd.DataFrame()
-    )
-    verdicts = {c.id: evaluate(c, tables, CFG)["verdict"] for c in claims_of("lil2022") if "improves" in c.id}
-    # 5-shot pairs show no gain, so the pooled CI over both settings decides; BOIL has no runs.
-    assert verdicts["lil2022-lil-improves-boil"] == "inconclusive"
-    assert verdicts["lil2022-lil-improves-maml"] == "holds"
-    assert verdicts["lil2022-lil-improves-anil"] == "fails"
+    def tables(shift):
+        return StudyTables("lil2022", pd.DataFrame(), final_tasks(shift, seeds=4), pd.DataFrame())
+
+    found = verdicts(tables({("maml+lil", 1): 0.05, ("maml+lil", 5): 0.05, ("anil+lil-phase", 1): -0.03}))
+    assert found["lil2022-lil-improves-boil"] == "inconclusive"  # no BOIL runs
+    assert found["lil2022-lil-improves-maml"] == "holds"  # a gain in every stratum (1- and 5-shot)
+    assert found["lil2022-lil-improves-anil"] == "fails"  # 1-shot significantly worse
+    one_stratum = verdicts(tables({("maml+lil", 1): 0.05}))
+    assert one_stratum["lil2022-lil-improves-maml"] != "holds"  # no gain at 5 shots: not "in every setting"
+    too_few = StudyTables("lil2022", pd.DataFrame(), final_tasks({("maml+lil", 1): 0.05}, seeds=2), pd.DataFrame())
+    assert verdicts(too_few)["lil2022-lil-improves-maml"] == "inconclusive"  # 2 seeds < min_seeds
 
 
 def milestone_tasks(lil_gain: float) -> pd.DataFrame:
-    """Two lil-pretrain runs × 40 tasks at step 0 (random init) and at the end of pretraining (LIL-init,
+    """Four lil-pretrain runs × 40 tasks at step 0 (random init) and at the end of pretraining (LIL-init,
     ``lil_gain`` better after adaptation); raw θ^0 accuracy is chance at both; a MAML run's step 0 too."""
     rng = np.random.default_rng(1)
     rows = []
-    for seed in range(2):
+    for seed in range(4):
         base = rng.uniform(0.2, 0.3, size=40)
         for algorithm, milestone, step, shift in (
             ("lil-pretrain", "initial", 0, 0.0),
@@ -196,21 +206,19 @@ def test_table_1_pairs_the_lil_init_with_the_random_init_of_the_same_runs(gain, 
     )
     table = init_table(tables, CFG).set_index("init")
     assert table.loc["lil", "gain_over_random"] == pytest.approx(gain, abs=0.002)
-    assert table.loc["lil", "step"] == 10 and table.loc["random", "runs"] == 2
+    assert table.loc["lil", "step"] == 10 and table.loc["random", "runs"] == 4
     assert table.loc["random", "pre_adaptation_accuracy"] == pytest.approx(0.2, abs=0.01)
     assert table.loc["lil", "paper_accuracy"] == pytest.approx(PAPER_INIT_ACCURACY[("lil", 1)][0] / 100)
     on_cub = StudyTables("lil2022", *[pd.DataFrame()] * 3, milestone_tasks=milestone_tasks(gain).assign(dataset="cub"))
     assert init_table(on_cub, CFG)["paper_accuracy"].isna().all()  # Table 1 has no CUB → CUB column
-    claim = next(c for c in claims_of("lil2022") if c.id == "lil2022-lil-init-beats-random-init")
-    assert evaluate(claim, tables, CFG)["verdict"] == verdict
+    assert verdicts(tables)["lil2022-lil-init-beats-random-init"] == verdict
 
 
 def test_table_1_is_empty_and_its_claim_inconclusive_without_pretraining_runs():
     tables = StudyTables("lil2022", pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     table = init_table(tables, CFG)
     assert table.empty and "pre_adaptation_accuracy" in table  # a header, so the report can read it back
-    claim = next(c for c in claims_of("lil2022") if c.id == "lil2022-lil-init-beats-random-init")
-    assert evaluate(claim, tables, CFG)["verdict"] == "inconclusive"
+    assert verdicts(tables)["lil2022-lil-init-beats-random-init"] == "inconclusive"
 
 
 def test_paper_table_2_matches_the_seeds_own_tally():

@@ -4,44 +4,47 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from metaland.claims import claims_of
+from metaland.claims import claims_of, evaluate_study
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
-from metaland.studies.metaopt import (
-    annotate,
-    deeper_adapts_better,
-    depth_of,
-    layerwise_table,
-    linear_table,
-    model_of,
-    optimizer_degrades_slower,
-)
+from metaland.studies.metaopt import annotate, depth_of, layerwise_table, linear_table, model_of
 
 CFG = AggregateConfig()
 TASKS = 60
+SEEDS = 4
 
 
 def final_tasks(accuracy: dict[str, float], extra: dict[str, dict[str, float]] | None = None) -> StudyTables:
-    """Per-task rows of runs whose accuracy is ``accuracy[run]`` plus a task effect shared by all runs."""
-    noise = np.random.default_rng(0).normal(0, 0.02, TASKS)
+    """Per-task rows of runs (one per seed) whose accuracy is ``accuracy[run]`` plus a task effect shared by
+    all runs and a small effect per run."""
+    g = np.random.default_rng(0)
+    noise = g.normal(0, 0.02, TASKS)
     rows = []
     for run, mean in accuracy.items():
-        for t in range(TASKS):
-            row = {
-                "run": run,
-                "algorithm": run.split("-")[1],
-                "dataset": "omniglot-small",
-                "seed": 0,
-                "task": t,
-                "setting": "omniglot-small 10-way 5-shot",
-                "inner_steps": 4,
-                "query_accuracy": mean + noise[t],
-                "pre_query_accuracy": 0.1,
-            }
-            row.update({k: v + noise[t] for k, v in (extra or {}).get(run, {}).items()})
-            rows.append(row)
+        for seed in range(SEEDS):
+            offset = g.normal(0, 0.002)
+            for t in range(TASKS):
+                row = {
+                    "run": run.replace("-s0", f"-s{seed}"),
+                    "algorithm": run.split("-")[1],
+                    "backbone": f"CNN-{depth_of(run)}" if depth_of(run) else model_of(run),
+                    "dataset": "omniglot-small",
+                    "seed": seed,
+                    "task": t,
+                    "setting": "omniglot-small 10-way 5-shot",
+                    "inner_steps": 4,
+                    "query_accuracy": mean + noise[t] + offset,
+                    "pre_query_accuracy": 0.1,
+                }
+                row.update({k: v + noise[t] + offset for k, v in (extra or {}).get(run, {}).items()})
+                rows.append(row)
     return StudyTables("metaopt", pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame())
+
+
+def verdicts(tables: StudyTables) -> dict[str, object]:
+    return {r.claim.id.removeprefix("metaopt-"): r for r in evaluate_study(claims_of("metaopt"), tables, CFG)}
 
 
 def key(algorithm: str, model: str) -> str:
@@ -73,15 +76,25 @@ def test_depth_claims_follow_the_accuracies():
             key("maml", "lr"): 0.2,  # linear runs have no depth and do not take part
         }
     )
-    assert deeper_adapts_better(paper_like, CFG).verdict == "holds"
-    evidence = optimizer_degrades_slower(paper_like, CFG)
-    assert evidence.verdict == "holds" and abs(evidence.statistic.value - (0.36 - 0.31)) < 1e-9
-    reversed_ = final_tasks(
-        {key("maml", "cnn1"): 0.6, key("maml", "cnn2"): 0.3, key("kfc", "cnn1"): 0.6, key("kfc", "cnn2"): 0.5}
+    found = verdicts(paper_like)
+    assert found["deeper-adapts-better"].verdict == "holds"
+    degrades = found["optimizer-degrades-slower"]
+    assert degrades.verdict == "holds"
+    (contrast,) = [p for p in degrades.outcome.parts if p.component.startswith("gain larger")]
+    assert contrast.inference.estimate == pytest.approx(0.36 - 0.31, abs=0.01)
+    assert {p.component for p in degrades.outcome.parts} == {
+        "KFC beats MAML at 1 layers",
+        "KFC beats MAML at 2 layers",
+        "gain larger at 1 than at 2 layers",
+    }
+    reversed_ = verdicts(
+        final_tasks(
+            {key("maml", "cnn1"): 0.6, key("maml", "cnn2"): 0.3, key("kfc", "cnn1"): 0.6, key("kfc", "cnn2"): 0.5}
+        )
     )
-    assert deeper_adapts_better(reversed_, CFG).verdict == "fails"
-    assert optimizer_degrades_slower(reversed_, CFG).verdict == "fails"
-    assert optimizer_degrades_slower(final_tasks({key("maml", "cnn2"): 0.5}), CFG).verdict == "inconclusive"
+    assert reversed_["deeper-adapts-better"].verdict == "fails"
+    assert reversed_["optimizer-degrades-slower"].verdict == "fails"
+    assert verdicts(final_tasks({key("maml", "cnn2"): 0.5}))["optimizer-degrades-slower"].verdict == "inconclusive"
 
 
 def test_layerwise_claim_and_table():
@@ -92,10 +105,9 @@ def test_layerwise_claim_and_table():
         "layerwise_only_fc_accuracy": 0.4,
     }
     tables = final_tasks({run: 0.6}, {run: columns})
-    [claim] = [c for c in claims_of("metaopt") if c.id == "metaopt-last-conv-carries-adaptation"]
-    assert claim.test(tables, CFG).verdict == "holds"
+    assert verdicts(tables)["last-conv-carries-adaptation"].verdict == "holds"
     flipped = final_tasks({run: 0.6}, {run: {**columns, "layerwise_freeze_conv1_accuracy": 0.2}})
-    assert claim.test(flipped, CFG).verdict == "fails"
+    assert verdicts(flipped)["last-conv-carries-adaptation"].verdict == "fails"
     table = layerwise_table(tables, CFG)
     assert list(zip(table["layer"], table["mode"], strict=True)) == [
         ("fc", "adapting only"),
@@ -109,5 +121,5 @@ def test_linear_table_puts_the_papers_numbers_beside_ours():
     tables = final_tasks({"metaopt-maml-linnet-synthetic-binary-2w50s-s0": 0.8})
     tables.final_tasks["dataset"] = "synthetic-binary"
     row = linear_table(tables, CFG).iloc[0]
-    assert (row["method"], row["paper_accuracy"], row["tasks"]) == ("LinNet", 0.92, TASKS)
+    assert (row["method"], row["paper_accuracy"], row["tasks"]) == ("LinNet", 0.92, TASKS * SEEDS)
     assert abs(row["accuracy"] - 0.8) < 0.01

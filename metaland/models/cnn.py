@@ -49,5 +49,11 @@ def build(options: CNNParams, channels: int, image_size: int, ways: int) -> nn.M
 
 MODELS.register(
     "cnn",
-    ModelSpec("cnn", "Seed 003's CNN: conv1..convL (3×3, BN, ReLU), spatial mean, linear head fc", CNNParams, build),
+    ModelSpec(
+        "cnn",
+        "Seed 003's CNN: conv1..convL (3×3, BN, ReLU), spatial mean, linear head fc",
+        CNNParams,
+        build,
+        label=lambda options: f"CNN-{options.blocks}",
+    ),
 )

@@ -67,5 +67,11 @@ def build(options: LinearParams, channels: int, image_size: int, ways: int) -> n
 
 MODELS.register(
     "linear",
-    ModelSpec("linear", "Logistic regression / LinNet (linear hidden layers) of seed 003 §3.2", LinearParams, build),
+    ModelSpec(
+        "linear",
+        "Logistic regression / LinNet (linear hidden layers) of seed 003 §3.2",
+        LinearParams,
+        build,
+        label=lambda options: "-".join(["LinNet", *map(str, options.hidden)]) if options.hidden else "LR",
+    ),
 )

@@ -34,17 +34,19 @@ from metaland.claims import (
     Claim,
     improves_at_milestone,
     improves_on,
-    improves_over_training,
-    mean_exceeds,
+    level,
     register,
+    rule_parts,
+    stratum_of,
     trend,
     where,
+    within,
 )
 from metaland.config import AggregateConfig
 from metaland.meta.lil_pretrain import PRETRAINED
 from metaland.plots import curves_by_algorithm, grid, label, no_data, save, suptitle
 from metaland.results import INITIAL, StudyTables
-from metaland.stats import mean_ci
+from metaland.stats import mean_ci, seed_level
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "lil2022"
@@ -201,7 +203,9 @@ PRETRAINED_RUNS = where(algorithm="lil-pretrain")
 GRADIENT_COSINE_THRESHOLD = 0.9
 """'The gradient barely changes through the inner loop' (§1, §4.1) read as cos(g^0, g^S) > 0.9 (< 26°);
 the paper gives no number."""
-PAIR = ("setting", "backbone", "seed", "task")
+LINEARITY_MARGIN = 0.1
+"""How near 1 "PC and AC approach (settle near) 1" must be shown to be (TOST): within ± 0.1 at the final
+checkpoints; the paper gives no number (spec §2: final values not recoverable)."""
 LINEARITY = ("pc", "ac_jacobian", "ac_lossgrad", "gradient_cosine_final", "hessian_noise_ratio")
 LABELS = {
     "pc": "phase consistency PC (eq. 3)",
@@ -217,39 +221,47 @@ def _variant(name: str):
     return where(variant=name)
 
 
-def _claim(slug: str, section: str, claim: str, rule: str, test) -> None:
-    register(Claim(id=f"{NAME}-{slug}", study=NAME, seed=SEED, section=section, claim=claim, rule=rule, test=test))
+def _claim(slug: str, section: str, claim: str, rule: str, test, **extra) -> None:
+    register(
+        Claim(id=f"{NAME}-{slug}", study=NAME, seed=SEED, section=section, claim=claim, rule=rule, test=test, **extra)
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Claims (rules fixed before the data)
 # --------------------------------------------------------------------------------------------
 
-for _metric, _name, _what in (("pc", "pc", "PC falls"), ("ac_jacobian_deviation", "ac", "|AC_jacobian − 1| falls")):
+SEEDS = "per stratum (dataset, backbone, ways, shots, inner steps and lr), t over seeds"
+
+for _metric, _name in (("pc", "pc"), ("ac_jacobian", "ac")):
     _claim(
         f"maml-{_name}-approaches-one",
         "§4.1, Fig. 2",
         f"Over MAML meta-training, {_name.upper()} approaches 1: MAML becomes almost linear along the inner loop.",
-        f"holds if, in every MAML run, {_what} with the meta-training step (Spearman ρ ≤ −0.5, p < α); fails if it "
-        "rises significantly in a run; inconclusive otherwise",
-        trend(_metric, -1, scope=_variant("maml")),
+        f"each MAML run gives its mean {_metric} over the fixed probe tasks at its final checkpoint; {SEEDS}: holds if "
+        f"TOST shows the mean within 1 ± {LINEARITY_MARGIN} in every stratum; fails if it lies significantly outside "
+        "in any; inconclusive otherwise",
+        within(_metric, 1 - LINEARITY_MARGIN, 1 + LINEARITY_MARGIN, scope=_variant("maml")),
     )
+    _deviation = "pc" if _name == "pc" else "ac_jacobian_deviation"
     _claim(
         f"lil-{_name}-faster",
         "§6 'Dynamics of LIL', Fig. 2",
         f"MAML + LIL satisfies the linearity condition much faster than MAML: {_name.upper()} closer to 1 along "
         "meta-training.",
-        f"holds if the 95% CI of MAML's minus MAML + LIL's {_metric}, paired over seeds × checkpoints after the "
-        "initial one, lies above 0; fails if it lies below 0; inconclusive otherwise",
-        improves_over_training(_metric, _variant("maml+lil"), _variant("maml"), better="lower"),
+        f"each seed gives its mean over the checkpoints after the initial one of MAML's minus MAML + LIL's "
+        f"{_deviation} (same seed, same checkpoints); {SEEDS}: holds if it is significantly above 0; fails if "
+        "significantly below 0; inconclusive otherwise",
+        improves_on(_deviation, _variant("maml+lil"), _variant("maml"), better="lower", source="checkpoints"),
     )
 _claim(
     "lil-converges-faster",
     "§6, Fig. 4",
     "MAML + LIL converges faster than MAML: higher accuracy along meta-training.",
-    "holds if the 95% CI of MAML + LIL's minus MAML's accuracy on the fixed probe tasks, paired over seeds × "
-    "checkpoints after the initial one, lies above 0; fails if below 0; inconclusive otherwise",
-    improves_over_training("query_accuracy", _variant("maml+lil"), _variant("maml")),
+    "each seed gives its mean over the checkpoints after the initial one of MAML + LIL's minus MAML's accuracy on the "
+    f"fixed probe tasks (same seed, same checkpoints); {SEEDS}: holds if it is significantly above 0; fails if "
+    "significantly below 0; inconclusive otherwise",
+    improves_on("query_accuracy", _variant("maml+lil"), _variant("maml"), source="checkpoints"),
 )
 for _base in BASELINES:
     _claim(
@@ -258,10 +270,14 @@ for _base in BASELINES:
         f"LIL improves the meta-test accuracy of {LEGEND[_base]} (paper, miniImageNet: "
         f"{PAPER_ACCURACY[(_base, 1)][0]} → {PAPER_ACCURACY[(LIL_OF[_base], 1)][0]} % 1-shot, "
         f"{PAPER_ACCURACY[(_base, 5)][0]} → {PAPER_ACCURACY[(LIL_OF[_base], 5)][0]} % 5-shot).",
-        f"holds if the 95% CI of the accuracy gain of {LEGEND[LIL_OF[_base]]} over {LEGEND[_base]}, paired over "
-        "the same fixed test tasks and seeds at the final checkpoints (per setting), lies above 0; fails if below 0; "
-        "inconclusive otherwise (also when the profile lacks the runs)",
-        improves_on("query_accuracy", _variant(LIL_OF[_base]), _variant(_base), pair_on=PAIR),
+        f"each seed gives its mean paired gain of {LEGEND[LIL_OF[_base]]} over {LEGEND[_base]} of the same seed on the "
+        f"same fixed test tasks at the final checkpoints; {SEEDS}: holds if it is significantly above 0 in every "
+        "stratum; fails if significantly below 0 in any; inconclusive otherwise (also when the profile lacks the runs)",
+        improves_on("query_accuracy", _variant(LIL_OF[_base]), _variant(_base)),
+        published_effect=min(
+            PAPER_ACCURACY[(LIL_OF[_base], shots)][0] - PAPER_ACCURACY[(_base, shots)][0] for shots in (1, 5)
+        )
+        / 100,
     )
 _claim(
     "lil-init-beats-random-init",
@@ -269,25 +285,27 @@ _claim(
     "A θ^0 pretrained only to make the inner loop linear, with no label of the outer loop, beats a random θ^0 "
     f"(paper, miniImageNet 5-way: {PAPER_INIT_ACCURACY[('random', 1)][0]} → {PAPER_INIT_ACCURACY[('lil', 1)][0]} % "
     f"1-shot, {PAPER_INIT_ACCURACY[('random', 5)][0]} → {PAPER_INIT_ACCURACY[('lil', 5)][0]} % 5-shot).",
-    "holds if the 95% CI of the gain in accuracy after the standard inner loop (spec §5 [interp]: Table 1's "
-    "number) of each LIL-pretraining run's θ^0 at the end of pretraining over its own step-0 θ^0, paired over the "
-    "same fixed test tasks, lies above 0; fails if below 0; inconclusive otherwise (also without such runs)",
+    "each LIL-pretraining run gives its mean gain in accuracy after the standard inner loop (spec §5 [interp]: "
+    "Table 1's number) of its θ^0 at the end of pretraining over its own step-0 θ^0, on the same fixed test tasks; "
+    f"{SEEDS}: holds if it is significantly above 0; fails if significantly below 0; inconclusive otherwise (also "
+    "without such runs)",
     improves_at_milestone("query_accuracy", PRETRAINED, scope=PRETRAINED_RUNS),
+    published_effect=(PAPER_INIT_ACCURACY[("lil", 1)][0] - PAPER_INIT_ACCURACY[("random", 1)][0]) / 100,
 )
 _claim(
     "gradient-direction-stable",
     "§1, §4.1",
     "After meta-training, the inner-loop gradient barely changes direction: cos(g^0, g^S) is near 1.",
-    f"holds if the 95% CI of the mean cos(g^0, g^S) over the fixed tasks at MAML's final checkpoints lies above "
-    f"{GRADIENT_COSINE_THRESHOLD}; fails if it lies below; inconclusive otherwise",
-    mean_exceeds("gradient_cosine_final", GRADIENT_COSINE_THRESHOLD, scope=_variant("maml")),
+    f"each MAML run gives its mean cos(g^0, g^S) over the fixed tasks at its final checkpoint; {SEEDS}: holds if the "
+    f"mean is significantly above {GRADIENT_COSINE_THRESHOLD}; fails if significantly below; inconclusive otherwise",
+    level("gradient_cosine_final", GRADIENT_COSINE_THRESHOLD, scope=_variant("maml")),
 )
 _claim(
     "hessian-noise-shrinks",
     "§4.2, eq. 5",
     "Meta-training reduces the Hessian term of a large-lr inner step: (α/2) gᵀHg / ‖g‖² falls.",
-    "holds if, in every MAML run, the mean Hessian-noise ratio falls with the meta-training step "
-    "(Spearman ρ ≤ −0.5, p < α); fails if it rises significantly in a run; inconclusive otherwise",
+    f"each MAML run gives Spearman ρ(step, mean Hessian-noise ratio) over its checkpoints; {SEEDS}: holds if the "
+    "mean ρ is significantly below 0 in every stratum; fails if significantly above 0 in any; inconclusive otherwise",
     trend("hessian_noise_ratio", -1, scope=_variant("maml")),
 )
 
@@ -321,12 +339,15 @@ _table2_runs = where(backbone=_is_4conv)
 
 ACCURACY_COLUMNS = (
     "setting",
+    "stratum",
     "variant",
     "baseline",
     "runs",
     "accuracy",
     "ci_low",
     "ci_high",
+    "tasks_ci_low",
+    "tasks_ci_high",
     "gain_over_baseline",
     "gain_ci_low",
     "gain_ci_high",
@@ -350,40 +371,57 @@ def _accuracy_rows(
     paper: PaperNumbers = paper_accuracy,
     paper_dataset: Callable[[str], str] = paper_column,
 ) -> pd.DataFrame:
-    """One row per (setting, variant) of the runs whose backbone passes ``backbone``: our mean accuracy (± CI),
-    the gain over the baseline paired on the same tasks and seeds (± CI), the paper's number and gain."""
+    """One row per (stratum, variant) of the runs whose backbone passes ``backbone``: our accuracy (mean and CI
+    over seeds, each seed's mean over the fixed tasks; the field's CI over tasks × seeds beside it), the gain over
+    the baseline of the same seed on the same tasks (CI over seeds), the paper's number and gain."""
     final = where(backbone=backbone)(tables.final_tasks)
     rows = []
     if final.empty:
         return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
-    for (setting, dataset, shots), rows_of_setting in final.groupby(["setting", "dataset", "shots"], sort=True):
-        for name in _present(rows_of_setting, names):
-            mine = rows_of_setting[rows_of_setting["variant"] == name]
-            ci = mean_ci(mine["query_accuracy"], cfg.confidence)
-            base = _baseline_of(name)
-            gain = (np.nan, np.nan, np.nan)
-            if base is not None:
-                stat = improves_on(
+    gains = {
+        name: {
+            p.stratum: p
+            for p in rule_parts(
+                improves_on(
                     "query_accuracy",
-                    where(variant=name, setting=setting, backbone=backbone),
-                    where(variant=base, setting=setting, backbone=backbone),
-                    pair_on=PAIR,
-                )(tables, cfg).statistic
-                gain = (stat.value, *stat.ci)
+                    where(variant=name, backbone=backbone),
+                    where(variant=_baseline_of(name), backbone=backbone),
+                ),
+                tables,
+                cfg,
+            )
+        }
+        for name in names
+        if _baseline_of(name)
+    }
+    for (stratum, setting, dataset, shots), in_stratum in final.groupby(
+        [stratum_of(final), "setting", "dataset", "shots"], sort=True
+    ):
+        for name in _present(in_stratum, names):
+            mine = in_stratum[in_stratum["variant"] == name]
+            seeds, tasks = (
+                seed_level(mine, "query_accuracy", cfg.confidence),
+                mean_ci(mine["query_accuracy"], cfg.confidence),
+            )
+            base = _baseline_of(name)
+            gain = gains.get(name, {}).get(stratum)
             mean, std = paper(dataset, name, shots)
             paper_base = paper(dataset, base, shots)[0] if base else np.nan
             rows.append(
                 {
                     "setting": setting,
+                    "stratum": stratum,
                     "variant": name,
                     "baseline": base or "",
                     "runs": mine["run"].nunique(),
-                    "accuracy": ci.mean,
-                    "ci_low": ci.low,
-                    "ci_high": ci.high,
-                    "gain_over_baseline": gain[0],
-                    "gain_ci_low": gain[1],
-                    "gain_ci_high": gain[2],
+                    "accuracy": seeds.estimate,
+                    "ci_low": seeds.ci_low,
+                    "ci_high": seeds.ci_high,
+                    "tasks_ci_low": tasks.low,
+                    "tasks_ci_high": tasks.high,
+                    "gain_over_baseline": gain.inference.estimate if gain else np.nan,
+                    "gain_ci_low": gain.inference.ci_low if gain else np.nan,
+                    "gain_ci_high": gain.inference.ci_high if gain else np.nan,
                     "paper_dataset": PAPER_DATASETS[paper_dataset(dataset)],
                     "paper_accuracy": mean / 100,
                     "paper_std": std / 100,
@@ -424,6 +462,7 @@ def resnet12_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
 
 INIT_COLUMNS = (
     "setting",
+    "stratum",
     "init",
     "step",
     "runs",
@@ -455,38 +494,39 @@ def init_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     rows: list[dict] = []
     if milestones.empty or "milestone" not in milestones:
         return pd.DataFrame(rows, columns=INIT_COLUMNS)  # the header only: the report reads an empty table
-    for (setting, dataset, shots, ways), group in milestones.groupby(
-        ["setting", "dataset", "shots", "ways"], sort=True
+    gains = {
+        p.stratum: p
+        for p in rule_parts(improves_at_milestone("query_accuracy", PRETRAINED, scope=PRETRAINED_RUNS), tables, cfg)
+    }
+    for (stratum, setting, dataset, shots, ways), group in milestones.groupby(
+        [stratum_of(milestones), "setting", "dataset", "shots", "ways"], sort=True
     ):
         for init, milestone in INITS.items():
             mine = group[group["milestone"] == milestone]
             if mine.empty:
                 continue
-            adapted = mean_ci(mine["query_accuracy"], cfg.confidence)
-            raw = mean_ci(mine["pre_query_accuracy"], cfg.confidence)
-            gain = (np.nan, np.nan, np.nan)
-            if init != "random":
-                scope = where(algorithm="lil-pretrain", setting=setting)
-                stat = improves_at_milestone("query_accuracy", milestone, scope=scope)(tables, cfg).statistic
-                gain = (stat.value, *stat.ci)
+            adapted = seed_level(mine, "query_accuracy", cfg.confidence)
+            raw = seed_level(mine, "pre_query_accuracy", cfg.confidence)
+            gain = gains.get(stratum) if init != "random" else None
             in_paper = paper_column(dataset) == "miniimagenet"  # Table 1's only in-domain column is mini → mini
             paper, paper_std = PAPER_INIT_ACCURACY.get((init, shots), (np.nan, np.nan)) if in_paper else (np.nan,) * 2
             rows.append(
                 {
                     "setting": setting,
+                    "stratum": stratum,
                     "init": init,
                     "step": int(mine["step"].iloc[0]),
                     "runs": mine["run"].nunique(),
-                    "accuracy": adapted.mean,
-                    "ci_low": adapted.low,
-                    "ci_high": adapted.high,
-                    "pre_adaptation_accuracy": raw.mean,
-                    "pre_ci_low": raw.low,
-                    "pre_ci_high": raw.high,
+                    "accuracy": adapted.estimate,
+                    "ci_low": adapted.ci_low,
+                    "ci_high": adapted.ci_high,
+                    "pre_adaptation_accuracy": raw.estimate,
+                    "pre_ci_low": raw.ci_low,
+                    "pre_ci_high": raw.ci_high,
                     "chance": 1 / ways,
-                    "gain_over_random": gain[0],
-                    "gain_ci_low": gain[1],
-                    "gain_ci_high": gain[2],
+                    "gain_over_random": gain.inference.estimate if gain else np.nan,
+                    "gain_ci_low": gain.inference.ci_low if gain else np.nan,
+                    "gain_ci_high": gain.inference.ci_high if gain else np.nan,
                     "paper_accuracy": paper / 100,
                     "paper_std": paper_std / 100,
                 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +28,20 @@ import pandas as pd
 
 from metaland.claims import (
     Claim,
-    Evidence,
-    Statistic,
-    all_hold,
+    Rule,
+    all_of,
+    column_contrast,
+    contrast,
     improves_on,
-    mean_within,
+    level,
     register,
-    sign_of_mean,
     where,
+    within,
 )
 from metaland.config import AggregateConfig
 from metaland.plots import curve, grid, no_data, save, suptitle
 from metaland.results import StudyTables
-from metaland.stats import mean_ci
+from metaland.stats import mean_ci, seed_level
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "metaopt"
@@ -140,6 +142,11 @@ OMNIGLOT = ("omniglot", "omniglot-small")
 # --------------------------------------------------------------------------------------------
 
 FINAL = "1-step post-adaptation accuracy on the fixed synthetic test tasks at the final checkpoint"
+SEEDS = "per stratum (dataset, model, ways, shots, inner steps and lr), each seed's mean over the fixed test tasks"
+PAIRED = (
+    "each seed gives its mean paired difference over the same fixed test tasks at the final checkpoints; per stratum, "
+    "t over seeds"
+)
 
 register(
     Claim(
@@ -149,9 +156,9 @@ register(
         section="§3.2, Fig. 1 (left)",
         claim="Logistic regression cannot be meta-learned by MAML on the synthetic tasks: its 1-step "
         "post-adaptation accuracy stays at chance (50%).",
-        rule=f"holds if the {CONFIDENCE:.0%} CI of the {FINAL} lies inside 50% ± {CHANCE_BAND:.0%}; fails if it "
-        "lies entirely outside that band (above: LR does meta-learn); inconclusive otherwise",
-        test=mean_within("query_accuracy", 0.5 - CHANCE_BAND, 0.5 + CHANCE_BAND, scope=linear("maml", "lr", SYNTHETIC)),
+        rule=f"{SEEDS} of the {FINAL}: holds if TOST shows the mean over seeds inside 50% ± {CHANCE_BAND:.0%}; fails "
+        "if it lies significantly outside that band (above: LR does meta-learn); inconclusive otherwise",
+        test=within("query_accuracy", 0.5 - CHANCE_BAND, 0.5 + CHANCE_BAND, scope=linear("maml", "lr", SYNTHETIC)),
     )
 )
 register(
@@ -161,9 +168,9 @@ register(
         seed=SEED,
         section="§3.2, Fig. 1 (left)",
         claim="LinNet (LR with 3 linear hidden layers of 64) reaches ≈ 92% 1-step accuracy on the synthetic tasks.",
-        rule=f"holds if the {CONFIDENCE:.0%} CI of LinNet's {FINAL} lies above {0.92 - REACH_BAND:.0%}; fails if it "
-        f"lies below {0.92 - REACH_BAND:.0%}; inconclusive otherwise",
-        test=mean_within("query_accuracy", 0.92 - REACH_BAND, 1.0, scope=linear("maml", "linnet", SYNTHETIC)),
+        rule=f"{SEEDS} of LinNet's {FINAL}: holds if the mean over seeds is significantly above "
+        f"{0.92 - REACH_BAND:.0%}; fails if it is significantly below; inconclusive otherwise",
+        test=level("query_accuracy", 0.92 - REACH_BAND, scope=linear("maml", "linnet", SYNTHETIC)),
     )
 )
 register(
@@ -174,10 +181,10 @@ register(
         section="§5.1, Table 1",
         claim="Meta-optimizers let the shallow model meta-learn: LR w/ KLin and LR w/ KFC adapt better than LR "
         "under MAML, on the synthetic tasks and on Omniglot.",
-        rule=f"holds if, for KLin and KFC on each dataset, the {CONFIDENCE:.0%} CI of the accuracy gain over LR "
-        "under MAML (paired over the same test tasks and seeds) lies above 0; fails if any lies below 0; "
-        "inconclusive otherwise (including a dataset without runs in this profile)",
-        test=all_hold(
+        rule=f"for KLin and KFC on each dataset against LR under MAML of the same seed, {PAIRED}: holds if the mean "
+        "gain is significantly above 0 for all four; fails if significantly below 0 for any; inconclusive otherwise "
+        "(including a dataset without runs in this profile)",
+        test=all_of(
             {
                 f"{method} {dataset}": improves_on(
                     "query_accuracy", linear(algorithm, "lr", datasets), linear("maml", "lr", datasets)
@@ -196,10 +203,9 @@ register(
         section="§5.3, Table 2",
         claim="Every learned optimizer (Meta-SGD, Meta-Curvature, KFC) adapts the small 2-layer CNN better than "
         "MAML (paper, Omniglot: 60.94% → 69.25 / 85.70 / 91.13%).",
-        rule=f"holds if, for each of MSGD, MC and KFC, the {CONFIDENCE:.0%} CI of the accuracy gain over SCNN w/ "
-        "MAML (paired over the same test tasks and seeds) lies above 0; fails if any lies below 0; inconclusive "
-        "otherwise",
-        test=all_hold(
+        rule=f"for each of MSGD, MC and KFC against SCNN w/ MAML of the same seed, {PAIRED}: holds if the mean gain is "
+        "significantly above 0 for all three; fails if significantly below 0 for any; inconclusive otherwise",
+        test=all_of(
             {
                 OPTIMIZER_NAMES[a]: improves_on(
                     "query_accuracy", where(algorithm=a, run=depth_is(2)), where(algorithm="maml", run=depth_is(2))
@@ -207,6 +213,7 @@ register(
                 for a in ("metasgd", "metacurvature", "kfc")
             }
         ),
+        published_effect=PAPER_CNN[("metasgd", 2)] - PAPER_CNN[("maml", 2)],
     )
 )
 
@@ -217,24 +224,28 @@ def _depths(frame: pd.DataFrame, algorithm: str) -> list[int]:
     return sorted({depth_of(run) for run in runs} - {None})
 
 
-def deeper_adapts_better(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
-    """MAML with L + 1 conv layers beats MAML with L layers, for every consecutive pair of depths run."""
-    depths = _depths(tables.final_tasks, "maml")
-    pairs = {
+def _by_depths(build: Callable[[list[int]], dict[str, Rule]]) -> Callable[[StudyTables], pd.DataFrame]:
+    """A select over the depths the profile ran: ``build(depths of MAML CNNs)`` names one contrast per
+    component (its rows carry the name), e.g. one per pair of consecutive depths."""
+
+    def select(tables: StudyTables) -> pd.DataFrame:
+        rules = build(_depths(tables.final_tasks, "maml"))
+        frames = [rule.select(tables).assign(component=name) for name, rule in rules.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    return select
+
+
+def _deeper_pairs(depths: list[int]) -> dict[str, Rule]:
+    return {
         f"{deeper} vs {shallow} layers": improves_on(
             "query_accuracy",
             where(algorithm="maml", run=depth_is(deeper)),
             where(algorithm="maml", run=depth_is(shallow)),
+            varies=("backbone",),
         )
         for shallow, deeper in itertools.pairwise(depths)
     }
-    if not pairs:
-        return Evidence(
-            Statistic("paired accuracy gain per extra layer", math.nan, 0),
-            "inconclusive",
-            "fewer than two CNN depths under MAML in this profile",
-        )
-    return all_hold(pairs)(tables, cfg)
 
 
 register(
@@ -245,37 +256,37 @@ register(
         section="§5.2, Fig. 3, Table A1",
         claim="Deeper models adapt better: under MAML, each extra conv layer raises post-adaptation accuracy "
         "(paper, Omniglot: 29.20 / 60.94 / 91.69 / 97.56% for 1-4 layers).",
-        rule=f"holds if, for every pair of consecutive depths run under MAML, the {CONFIDENCE:.0%} CI of the deeper "
-        "model's accuracy gain (paired over the same test tasks and seeds) lies above 0; fails if any lies below 0; "
-        "inconclusive otherwise",
-        test=deeper_adapts_better,
+        rule=f"for every pair of consecutive depths run under MAML, the deeper model's gain, {PAIRED}: holds if it is "
+        "significantly above 0 for every pair; fails if significantly below 0 for any; inconclusive otherwise",
+        test=Rule("contrast", {"name": "paired accuracy gain of the deeper CNN, per seed"}, _by_depths(_deeper_pairs)),
     )
 )
 
 
-def optimizer_degrades_slower(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
-    """(KFC − MAML) at the shallowest depth minus (KFC − MAML) at the next depth, paired over tasks."""
-    final = tables.final_tasks
-    common = [d for d in _depths(final, "maml") if d in _depths(final, "kfc")]
-    name = "gain of KFC over MAML, shallower minus deeper (paired)"
-    if len(common) < 2:
-        return Evidence(Statistic(name, math.nan, 0), "inconclusive", "fewer than two depths with MAML and KFC runs")
-    shallow, deep = common[:2]
-    keys = ["seed", "task"]
+def _kfc_against_maml(depths: list[int]) -> dict[str, Rule]:
+    """The two shallowest depths: KFC − MAML at each (KFC beats MAML), and the difference of those gains."""
 
-    def accuracy(algorithm: str, depth: int, suffix: str) -> pd.DataFrame:
-        rows = where(algorithm=algorithm, run=depth_is(depth))(final)[[*keys, "query_accuracy"]]
-        return rows.rename(columns={"query_accuracy": suffix})
+    def arm(algorithm: str, depth: int):
+        return where(algorithm=algorithm, run=depth_is(depth))
 
-    merged = accuracy("kfc", shallow, "ks").merge(accuracy("maml", shallow, "ms"), on=keys)
-    merged = merged.merge(accuracy("kfc", deep, "kd"), on=keys).merge(accuracy("maml", deep, "md"), on=keys).dropna()
-    return sign_of_mean(
-        f"{name}: {shallow} vs {deep} layers",
-        (merged["ks"] - merged["ms"]) - (merged["kd"] - merged["md"]),
-        cfg,
-        above="KFC loses less accuracy than MAML",
-        below="KFC loses more accuracy than MAML",
-    )
+    if len(depths) < 2:
+        return {}
+    shallow, deep = depths[:2]
+    return {
+        f"KFC beats MAML at {shallow} layers": improves_on("query_accuracy", arm("kfc", shallow), arm("maml", shallow)),
+        f"KFC beats MAML at {deep} layers": improves_on("query_accuracy", arm("kfc", deep), arm("maml", deep)),
+        f"gain larger at {shallow} than at {deep} layers": contrast(
+            "query_accuracy",
+            {
+                f"kfc{shallow}": (arm("kfc", shallow), 1.0),
+                f"maml{shallow}": (arm("maml", shallow), -1.0),
+                f"kfc{deep}": (arm("kfc", deep), -1.0),
+                f"maml{deep}": (arm("maml", deep), 1.0),
+            },
+            varies=("backbone",),
+            name="(KFC − MAML at the shallower depth) − (KFC − MAML at the deeper), per seed",
+        ),
+    }
 
 
 register(
@@ -286,10 +297,12 @@ register(
         section="§5.2, Fig. 3, Table A1",
         claim="Meta-optimizers degrade more slowly as depth shrinks: KFC's gain over MAML is larger for the "
         "shallower CNN (paper, Omniglot: +37.25 points at 1 layer, +30.19 at 2).",
-        rule=f"holds if, for the two shallowest depths with both MAML and KFC runs, the {CONFIDENCE:.0%} CI of "
-        "(KFC − MAML at the shallower depth) − (KFC − MAML at the deeper), paired over the same test tasks and "
-        "seeds, lies above 0; fails if it lies below 0; inconclusive otherwise",
-        test=optimizer_degrades_slower,
+        rule="for the two shallowest depths with both MAML and KFC runs, three parts, each seed's mean over the same "
+        "fixed test tasks, t over seeds: KFC beats MAML at each depth, and (KFC − MAML at the shallower depth) − "
+        "(KFC − MAML at the deeper) is positive; holds if all three are significantly above 0; fails if any is "
+        "significantly below 0; inconclusive otherwise",
+        test=Rule("contrast", {"name": "paired KFC − MAML contrasts, per seed"}, _by_depths(_kfc_against_maml)),
+        published_effect=0.3725 - 0.3019,
     )
 )
 
@@ -301,27 +314,21 @@ def layer_columns(frame: pd.DataFrame, mode: str) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: (item[0] == "fc", item[0])))
 
 
-def last_conv_matters(tables: StudyTables, cfg: AggregateConfig) -> Evidence:
-    """Freezing the first conv layer minus freezing the last one, per task, over the MAML CNNs (≥ 2 layers)."""
+def _first_and_last_frozen(tables: StudyTables) -> pd.DataFrame:
+    """Per fixed task of each MAML CNN with ≥ 2 layers: accuracy with conv1 frozen (+1) and with its
+    last conv frozen (−1), from the layer-wise probe."""
     rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).fillna(0) >= 2)(tables.final_tasks)
-    differences = []
+    frames = []
     for run, group in rows.groupby("run") if not rows.empty else []:
         columns = layer_columns(group.dropna(axis=1, how="all"), "freeze")
         last = f"conv{depth_of(run)}"
         if "conv1" in columns and last in columns:
-            differences.append(group[columns["conv1"]] - group[columns[last]])
-    name = "accuracy freezing conv1 − freezing the last conv (per task)"
-    if not differences:
-        return Evidence(
-            Statistic(name, math.nan, 0), "inconclusive", "no MAML CNN of ≥ 2 layers with the layerwise probe"
-        )
-    return sign_of_mean(
-        name,
-        pd.concat(differences),
-        cfg,
-        above="freezing the last conv layer hurts more",
-        below="freezing the first conv layer hurts more",
-    )
+            rule = column_contrast({columns["conv1"]: 1.0, columns[last]: -1.0}, name="")
+            frames.append(rule.select(StudyTables(NAME, tables.checkpoints, group, tables.train_log)))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(arm=np.where(out["weight"] > 0, "conv1 frozen", "last conv frozen"))
 
 
 register(
@@ -332,10 +339,14 @@ register(
         section="§3.2, Fig. 2",
         claim="The last conv layer is crucial for adaptation: freezing it at meta-test costs more accuracy than "
         "freezing the first conv layer (which costs nothing noticeable).",
-        rule=f"holds if the {CONFIDENCE:.0%} CI of (accuracy with conv1 frozen − accuracy with the last conv frozen), "
-        "per test task of the MAML-trained CNNs with ≥ 2 layers, lies above 0; fails if it lies below 0; "
-        "inconclusive otherwise",
-        test=last_conv_matters,
+        rule="each MAML-trained CNN with ≥ 2 layers gives, per seed, its mean over the fixed test tasks of (accuracy "
+        "with conv1 frozen − accuracy with the last conv frozen); per stratum, t over seeds: holds if it is "
+        "significantly above 0 in every stratum; fails if significantly below 0 in any; inconclusive otherwise",
+        test=Rule(
+            "contrast",
+            {"name": "accuracy with conv1 frozen − with the last conv frozen, per seed"},
+            _first_and_last_frozen,
+        ),
     )
 )
 
@@ -345,15 +356,19 @@ register(
 # --------------------------------------------------------------------------------------------
 
 
-def _accuracy_row(rows: pd.DataFrame, cfg: AggregateConfig) -> dict:
-    ci = mean_ci(rows["query_accuracy"], cfg.confidence)
+def _accuracy_row(rows: pd.DataFrame, cfg: AggregateConfig, column: str = "query_accuracy") -> dict:
+    """Mean and CI over seeds (each seed's mean over the fixed tasks: what the claims read), the field's CI
+    over tasks × seeds beside it, and the spread over tasks."""
+    seeds, tasks = seed_level(rows, column, cfg.confidence), mean_ci(rows[column], cfg.confidence)
     return {
         "runs": rows["run"].nunique(),
-        "tasks": ci.n,
-        "accuracy": ci.mean,
-        "ci_low": ci.low,
-        "ci_high": ci.high,
-        "std_over_tasks": float(rows["query_accuracy"].std(ddof=1)) if ci.n > 1 else np.nan,
+        "tasks": tasks.n,
+        "accuracy": seeds.estimate,
+        "ci_low": seeds.ci_low,
+        "ci_high": seeds.ci_high,
+        "tasks_ci_low": tasks.low,
+        "tasks_ci_high": tasks.high,
+        "std_over_tasks": float(rows[column].std(ddof=1)) if tasks.n > 1 else np.nan,
         "pre_adaptation_accuracy": float(rows["pre_query_accuracy"].mean()),
     }
 
@@ -399,27 +414,28 @@ def cnn_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
 
 
 def layerwise_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Fig. 2's numbers: per CNN run and layer, accuracy adapting only it and freezing only it (CI over tasks),
-    beside the run's accuracy adapting every layer."""
-    final = tables.final_tasks
+    """Fig. 2's numbers: per CNN (dataset, optimizer, depth) and layer, accuracy adapting only it and freezing
+    only it (mean and CI over seeds), beside the accuracy adapting every layer."""
+    final = annotate(tables.final_tasks)
     rows = []
-    cnn = final[final["run"].map(depth_of).notna()] if not final.empty else final
-    for run, group in cnn.groupby("run") if not cnn.empty else []:
+    cnn = final[final["depth"].notna()] if not final.empty else final
+    for (dataset, algorithm, depth), group in cnn.groupby(["dataset", "algorithm", "depth"]) if not cnn.empty else []:
         group = group.dropna(axis=1, how="all")
-        every = mean_ci(group["query_accuracy"], cfg.confidence).mean
+        every = seed_level(group, "query_accuracy", cfg.confidence).estimate
         for mode in ("only", "freeze"):
             for layer, column in layer_columns(group, mode).items():
-                ci = mean_ci(group[column], cfg.confidence)
+                ci = seed_level(group, column, cfg.confidence)
                 rows.append(
                     {
-                        "run": run,
-                        "algorithm": group["algorithm"].iloc[0],
-                        "layers": depth_of(run),
+                        "dataset": dataset,
+                        "algorithm": algorithm,
+                        "layers": int(depth),
+                        "runs": group["run"].nunique(),
                         "layer": layer,
                         "mode": "adapting only" if mode == "only" else "freezing only",
-                        "accuracy": ci.mean,
-                        "ci_low": ci.low,
-                        "ci_high": ci.high,
+                        "accuracy": ci.estimate,
+                        "ci_low": ci.ci_low,
+                        "ci_high": ci.ci_high,
                         "all_layers_accuracy": every,
                     }
                 )
@@ -568,12 +584,13 @@ def fig_depth(tables: StudyTables, path: Path) -> None:
 
 
 def fig_layerwise(tables: StudyTables, path: Path) -> None:
-    """Fig. 2: per MAML-trained CNN, accuracy adapting only / freezing only each layer at meta-test."""
+    """Fig. 2: per trained CNN (dataset, optimizer, depth; mean over seeds), accuracy adapting only / freezing
+    only each layer at meta-test."""
     table = layerwise_table(tables, AggregateConfig())
-    runs = list(table["run"].unique()) if not table.empty else []
-    fig, panels = _panels(runs, "layer-wise adaptation", "layerwise probe on CNN runs")
-    for ax, run in panels:
-        rows = table[table["run"] == run]
+    models = list(dict.fromkeys(zip(table["dataset"], table["algorithm"], table["layers"], strict=True)))
+    fig, panels = _panels(models, "layer-wise adaptation", "layerwise probe on CNN runs")
+    for ax, (dataset, algorithm, layers_) in panels:
+        rows = table[(table["dataset"] == dataset) & (table["algorithm"] == algorithm) & (table["layers"] == layers_)]
         layers = list(dict.fromkeys(rows["layer"]))
         x = np.arange(len(layers))
         for offset, (mode, color) in zip(
@@ -591,7 +608,9 @@ def fig_layerwise(tables: StudyTables, path: Path) -> None:
         ax.set_xticks(x, layers)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("post-adaptation test accuracy")
-        ax.set_title(run)
+        ax.set_title(
+            f"{dataset}: CNN-{layers_} w/ {OPTIMIZER_NAMES.get(algorithm, algorithm)} ({rows['runs'].iloc[0]} seeds)"
+        )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     suptitle(fig, "Layer-wise adaptation at meta-test (seed 003 §3.2, Fig. 2)")
     save(fig, path)
