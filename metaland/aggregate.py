@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from metaland import claims_file, cross_study
-from metaland.claims import STRATUM_KNOBS, claim_record, claims_of, evaluate_study, rows_csv
+from metaland.claims import claim_record, claims_of, evaluate_study, rows_csv
 from metaland.config import Config, Run
 from metaland.io import atomic_dir, text_digest, tree_digest, write_json, write_text
-from metaland.results import build_tables, write_tables
+from metaland.results import STRATUM_KNOBS, build_tables, write_tables
 from metaland.stats import mean_ci, pearson, spearman
 from metaland.studies import STUDIES
 from metaland.tracking import EXPERIMENT_PREFIX

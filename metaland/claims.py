@@ -43,7 +43,7 @@ import pandas as pd
 
 from metaland.config import AggregateConfig
 from metaland.registry import Registry
-from metaland.results import INITIAL, StudyTables
+from metaland.results import INITIAL, StudyTables, stratum_of
 from metaland.stats import (
     SeedInference,
     across_seeds,
@@ -56,8 +56,6 @@ from metaland.stats import (
 
 Verdict = Literal["holds", "fails", "inconclusive"]
 Category = Literal["finding", "check"]
-STRATUM_KNOBS = ("dataset", "backbone", "ways", "shots", "queries", "inner_steps", "inner_lr", "augment")
-"""The identity knobs a seed keeps apart (the dataset key fixes the image size)."""
 MIN_CHECKPOINTS = 4
 """Checkpoints a run needs for a rank correlation over meta-training."""
 POWER = 0.8
@@ -720,15 +718,6 @@ def where(*, longest: bool = False, **columns: object) -> Scope:
 
 def every_run(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
-
-
-def stratum_of(frame: pd.DataFrame, varies: tuple[str, ...] = ()) -> pd.Series:
-    """Each row's stratum: its identity knobs (:data:`STRATUM_KNOBS`) except those the claim compares
-    (``varies``, e.g. ``augment`` for "augmentation lowers sharpness"), as one readable key."""
-    knobs = [k for k in STRATUM_KNOBS if k not in varies and k in frame.columns]
-    if frame.empty:
-        return pd.Series([], dtype=str, index=frame.index)
-    return frame[knobs].astype(str).apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
 
 
 def _base(frame: pd.DataFrame, varies: tuple[str, ...]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from metaland.io import write_bytes
+from metaland.results import STRATUM_KNOBS, stratum_of
 from metaland.stats import mean_ci
 
 ALGORITHM_COLORS = {
@@ -122,6 +123,24 @@ def curve(
         )
 
 
+STRATUM_STYLES = ("-", "--", ":", "-.")
+KNOB_LABELS = {
+    "dataset": "{}",
+    "backbone": "{}",
+    "ways": "{}-way",
+    "shots": "{}-shot",
+    "queries": "{} queries",
+    "inner_steps": "T = {}",
+    "inner_lr": "α = {}",
+    "augment": "aug {}",
+}
+
+
+def varying_knobs(rows: pd.DataFrame) -> list[str]:
+    """The identity knobs (strata) that take more than one value in ``rows``."""
+    return [k for k in STRATUM_KNOBS if k in rows and rows[k].nunique() > 1]
+
+
 def curves_by_algorithm(
     ax,
     rows: pd.DataFrame,
@@ -132,21 +151,28 @@ def curves_by_algorithm(
     key: str = "algorithm",
     names: dict[str, str] | None = None,
 ) -> None:
-    """One mean curve (with CI band over runs) per algorithm (or ``key``: variant), or per
-    algorithm × shots; ``names`` maps a key to its legend name (default: upper case)."""
-    keys = [key, "shots"] if by_shots else [key]
+    """One mean curve (with a CI band over runs, i.e. seeds) per algorithm (or ``key``: variant) and
+    stratum: runs of different settings (dataset, backbone, shots, inner steps, ...) are never averaged
+    into one curve; the legend names the knobs that differ. ``by_shots`` draws 1-shot solid, 5-shot dashed;
+    ``names`` maps a key to its legend name (default: upper case)."""
     shown = names or {}
-    for key, group in rows.groupby(keys, sort=True):
-        algorithm, shots = (key[0], key[1]) if by_shots else (key[0], None)
+    varying = varying_knobs(rows)
+    strata = stratum_of(rows) if not rows.empty else pd.Series(dtype=str)
+    for (name, stratum), group in rows.groupby([key, strata], sort=True) if not rows.empty else []:
         n_runs = group["run"].nunique()
-        setting = f" {shots}-shot" if shots is not None else ""
+        knobs = " ".join(KNOB_LABELS[k].format(group[k].iloc[0]) for k in varying)
+        mine = sorted(set(strata[rows[key] == name]))  # this algorithm's strata: one line style each
+        style = STRATUM_STYLES[mine.index(stratum) % len(STRATUM_STYLES)]
+        if by_shots:
+            style = SHOT_STYLES.get(group["shots"].iloc[0], ":")
+        legend = " ".join(filter(None, [shown.get(name, name.upper()), knobs]))
         curve(
             ax,
             group,
             metric,
-            color=ALGORITHM_COLORS.get(algorithm, "#555555"),
-            name=f"{shown.get(algorithm, algorithm.upper())}{setting} ({n_runs} run{'s' if n_runs > 1 else ''})",
-            linestyle=SHOT_STYLES.get(shots, ":") if by_shots else "-",
+            color=ALGORITHM_COLORS.get(name, "#555555"),
+            name=f"{legend} ({n_runs} run{'s' if n_runs > 1 else ''})",
+            linestyle=style,
         )
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel(label(metric))

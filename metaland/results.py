@@ -28,6 +28,9 @@ from metaland.models import MODELS
 TABLES = ("checkpoints", "final_tasks", "train_log", "grids", "milestone_tasks")
 INITIAL = "initial"
 """The milestone name of step 0, the initialisation."""
+STRATUM_KNOBS = ("dataset", "backbone", "ways", "shots", "queries", "inner_steps", "inner_lr", "augment")
+"""The identity knobs a seed keeps apart (the dataset key fixes the image size): claims never pair,
+and tables and figures never average, across them (docs/claims.md)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,15 @@ def run_metadata(run: Run) -> dict:
         "backbone": MODELS.get(run.model_name).label_of(run.model),
         "augment": run.train.augment,
     }
+
+
+def stratum_of(frame: pd.DataFrame, varies: tuple[str, ...] = ()) -> pd.Series:
+    """Each row's stratum: its identity knobs (:data:`STRATUM_KNOBS`) except those the claim compares
+    (``varies``, e.g. ``augment`` for "augmentation lowers sharpness"), as one readable key."""
+    knobs = [k for k in STRATUM_KNOBS if k not in varies and k in frame.columns]
+    if frame.empty:
+        return pd.Series([], dtype=str, index=frame.index)
+    return frame[knobs].astype(str).apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
 
 
 def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) -> StudyTables:

@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from matplotlib import cm
 
-from metaland.claims import Claim, Rule, all_of, improves_on, register, stratum_of, where
+from metaland.claims import Claim, Rule, all_of, improves_on, register, where
 from metaland.config import AggregateConfig
 from metaland.plots import grid, no_data, save, suptitle
-from metaland.results import StudyTables
+from metaland.results import TABLES, StudyTables, stratum_of
 from metaland.stats import convex_fraction, mean_ci, pearson, seed_level, spearman, surface_roughness
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
@@ -533,13 +533,33 @@ def _empty(path: Path, title: str, what: str) -> None:
     save(fig, path)
 
 
-def fig_accuracy(tables: StudyTables, path: Path) -> None:
-    """Fig. 3 (loss vs accuracy, one point per run) and Table 2 as bars beside the thesis's."""
-    points = run_points(tables)
-    if points.empty:
-        _empty(path, "Fig. 3 / Table 2", "probed runs")
+def of_dataset(tables: StudyTables, dataset: str) -> StudyTables:
+    """The study tables of one dataset's runs."""
+    frames = {
+        name: frame[frame["dataset"] == dataset] if "dataset" in frame else frame
+        for name in TABLES
+        for frame in [getattr(tables, name)]
+    }
+    return StudyTables(tables.study, **frames)
+
+
+def _per_dataset(tables: StudyTables, path: Path, columns: int, draw, *, title: str, what: str) -> None:
+    """One row of ``columns`` panels per dataset (datasets are never pooled): ``draw(axes, tables, dataset)``."""
+    final = tables.final_tasks
+    datasets = sorted(set(final["dataset"])) if not final.empty else []
+    if not datasets:
+        _empty(path, title, what)
         return
-    fig, axes = grid(2, columns=2, width=5.4, height=4.0)
+    fig, axes = grid(columns * len(datasets), columns=columns, width=5.2, height=4.0)
+    for i, dataset in enumerate(datasets):
+        draw(axes[i * columns : (i + 1) * columns], of_dataset(tables, dataset), dataset)
+    suptitle(fig, title)
+    save(fig, path)
+
+
+def _draw_accuracy(axes, tables: StudyTables, dataset: str) -> None:
+    """Fig. 3 (loss vs accuracy, one point per run) and Table 2 as bars beside the thesis's, for one dataset."""
+    points = run_points(tables)
     for row in points.itertuples():
         filled = row.augment != "none"
         color = BACKBONE_COLORS.get(row.backbone, "#555555")
@@ -559,7 +579,7 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
     axes[0].legend(fontsize=7)
     axes[0].set_xlabel("mean meta-test query loss")
     axes[0].set_ylabel("mean meta-test accuracy")
-    axes[0].set_title("(a) Fig. 3: loss vs accuracy, one point per run")
+    axes[0].set_title(f"(a) {dataset}: Fig. 3, loss vs accuracy, one point per run")
 
     table = accuracy_table(tables, AggregateConfig())
     groups = list(dict.fromkeys(zip(table["method"], table["backbone"], strict=True)))
@@ -573,7 +593,7 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
         axes[1].errorbar(
             x,
             ours["accuracy"],
-            yerr=[ours["accuracy"] - ours["ci_low"], ours["ci_high"] - ours["accuracy"]],
+            yerr=[(ours["accuracy"] - ours["ci_low"]).fillna(0), (ours["ci_high"] - ours["accuracy"]).fillna(0)],
             fmt="none",
             color="black",
             capsize=3,
@@ -582,11 +602,22 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
     labels = [f"{backbone}\n{'TL' if method == TL else 'MAML'}" for method, backbone in groups]
     axes[1].set_xticks(range(len(groups)), labels, fontsize=7)
     axes[1].scatter([], [], marker="_", s=160, color="black", label="thesis (MiniImageNet)")
-    axes[1].set_ylabel("meta-test accuracy (95% CI over tasks × seeds)")
-    axes[1].set_title("(b) Table 2: ours (bars) and the thesis's (dashes)")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("meta-test accuracy (mean, 95% CI over seeds)")
+    axes[1].set_title(f"(b) {dataset}: Table 2, ours (bars) and the thesis's (dashes)")
     axes[1].legend(fontsize=7)
-    suptitle(fig, "Accuracy of MAML and transfer learning, by backbone and augmentation (seed 001 Fig. 3, Table 2)")
-    save(fig, path)
+
+
+def fig_accuracy(tables: StudyTables, path: Path) -> None:
+    """Fig. 3 and Table 2, one row per dataset."""
+    _per_dataset(
+        tables,
+        path,
+        2,
+        _draw_accuracy,
+        title="Accuracy of MAML and transfer learning, by backbone and augmentation (seed 001 Fig. 3, Table 2)",
+        what="probed runs",
+    )
 
 
 def _surface_3d(ax, surface, *, title: str, zlim: tuple[float, float] | None = None) -> None:
@@ -746,13 +777,13 @@ def fig_meta_loss_regions(tables: StudyTables, path: Path) -> None:
     save(fig, path)
 
 
-def fig_sharpness(tables: StudyTables, path: Path) -> None:
-    """Fig. 13: sharpness by backbone, {aug, no aug} × {meta-train, meta-test}, ours beside the thesis's."""
+def _draw_sharpness(axes, tables: StudyTables, dataset: str) -> None:
+    """Fig. 13 for one dataset: sharpness by backbone, {aug, no aug} × {meta-train, meta-test}, ours beside
+    the thesis's."""
     table = sharpness_table(tables, AggregateConfig())
     if table.empty:
-        _empty(path, "Fig. 13: sharpness", "sharpness probes")
-        return
-    fig, axes = grid(2, columns=2, width=5.0, height=3.8)
+        no_data(axes[0], f"(a) {dataset}", "sharpness probes")
+        table = pd.DataFrame(columns=["augment", "split", "backbone"])
     order = _backbone_order(table)
     styles = {("none", "train"): ("#1f77b4", "-"), ("chen", "train"): ("#1f77b4", "--")}
     styles |= {("none", "test"): ("#d62728", "-"), ("chen", "test"): ("#d62728", "--")}
@@ -766,7 +797,7 @@ def fig_sharpness(tables: StudyTables, path: Path) -> None:
         axes[0].errorbar(
             x,
             rows["sharpness"],
-            yerr=[rows["sharpness"] - rows["ci_low"], rows["ci_high"] - rows["sharpness"]],
+            yerr=[(rows["sharpness"] - rows["ci_low"]).fillna(0), (rows["ci_high"] - rows["sharpness"]).fillna(0)],
             color=color,
             linestyle=line,
             marker="o",
@@ -776,36 +807,52 @@ def fig_sharpness(tables: StudyTables, path: Path) -> None:
         paper = [PAPER_SHARPNESS[(b, augment, split)][0] for b in BACKBONES]
         axes[1].plot(range(len(BACKBONES)), paper, color=color, linestyle=line, marker="o", label=name)
     axes[0].set_xticks(range(len(order)), order)
-    axes[0].set_ylabel("SAM sharpness (ρ = 0.05), 95% CI")
-    axes[0].set_title("(a) ours")
+    axes[0].set_ylabel("SAM sharpness (ρ = 0.05), 95% CI over seeds")
+    axes[0].set_title(f"(a) ours, {dataset}")
     axes[0].legend(fontsize=7)
     axes[1].set_xticks(range(len(BACKBONES)), BACKBONES)
     axes[1].set_title("(b) thesis, MiniImageNet (Table 7 / 10)")
     axes[1].legend(fontsize=7)
-    suptitle(fig, "Sharpness of MAML's meta-loss by backbone, augmentation and split (seed 001 Fig. 13)")
-    save(fig, path)
+
+
+def fig_sharpness(tables: StudyTables, path: Path) -> None:
+    """Fig. 13, one row per dataset."""
+    _per_dataset(
+        tables,
+        path,
+        2,
+        _draw_sharpness,
+        title="Sharpness of MAML's meta-loss by backbone, augmentation and split (seed 001 Fig. 13)",
+        what="sharpness probes",
+    )
+
+
+def _draw_sharpness_loss_accuracy(axes, tables: StudyTables, dataset: str) -> None:
+    points = run_points(tables)
+    points = points[points["variant"] == MAML] if not points.empty else points
+    for ax, split in zip(axes, ("train", "test"), strict=True):
+        x, y, c = (metric(m, split) for m in ("query_loss", "sam_sharpness", "query_accuracy"))
+        if points.empty or x not in points or y not in points:
+            no_data(ax, f"{dataset}, {SPLIT_NAMES[split]}", "sharpness probes on this split")
+            continue
+        dots = ax.scatter(points[x], points[y], c=points[c], cmap="viridis", s=45, edgecolors="black")
+        ax.figure.colorbar(dots, ax=ax, label=f"{SPLIT_NAMES[split]} accuracy")
+        ax.set_xlabel(f"{SPLIT_NAMES[split]} query loss")
+        ax.set_ylabel(f"{SPLIT_NAMES[split]} sharpness")
+        ax.set_title(f"{dataset}, {SPLIT_NAMES[split]} tasks, one point per run")
 
 
 def fig_sharpness_loss_accuracy(tables: StudyTables, path: Path) -> None:
-    """Fig. 14: per run, loss (x) against sharpness (y) coloured by accuracy, meta-train and meta-test."""
-    points = run_points(tables)
-    points = points[points["variant"] == MAML] if not points.empty else points
-    if points.empty or "sam_sharpness" not in points:
-        _empty(path, "Fig. 14", "sharpness probes")
-        return
-    fig, axes = grid(2, columns=2, width=4.8, height=3.8)
-    for ax, split in zip(axes, ("train", "test"), strict=True):
-        x, y, c = (metric(m, split) for m in ("query_loss", "sam_sharpness", "query_accuracy"))
-        if x not in points or y not in points:
-            no_data(ax, SPLIT_NAMES[split], "probes on this split")
-            continue
-        dots = ax.scatter(points[x], points[y], c=points[c], cmap="viridis", s=45, edgecolors="black")
-        fig.colorbar(dots, ax=ax, label=f"{SPLIT_NAMES[split]} accuracy")
-        ax.set_xlabel(f"{SPLIT_NAMES[split]} query loss")
-        ax.set_ylabel(f"{SPLIT_NAMES[split]} sharpness")
-        ax.set_title(f"{SPLIT_NAMES[split]} tasks, one point per run")
-    suptitle(fig, "Lower loss and lower sharpness go with higher accuracy? (seed 001 Fig. 14)")
-    save(fig, path)
+    """Fig. 14: per run, loss (x) against sharpness (y) coloured by accuracy, meta-train and meta-test, one row
+    per dataset."""
+    _per_dataset(
+        tables,
+        path,
+        2,
+        _draw_sharpness_loss_accuracy,
+        title="Lower loss and lower sharpness go with higher accuracy? (seed 001 Fig. 14)",
+        what="sharpness probes",
+    )
 
 
 STUDIES.register(

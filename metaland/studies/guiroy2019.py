@@ -310,7 +310,7 @@ def fig_finetune_and_norms(tables: StudyTables, path: Path) -> None:
     """Fig. 2.6: finetune trajectory (a) and gradient (b) coherence; trajectory norms, 1-shot (c)
     and 5-shot (d), for every algorithm with T > 1 and finetune."""
     finetune = FINETUNE(tables.checkpoints)
-    norms = pd.concat([MULTI_STEP(tables.checkpoints), finetune, REGULARISED(tables.checkpoints)])
+    norms = pd.concat([MULTI_STEP(tables.checkpoints), finetune])  # the thesis: MAML, FOMAML (T > 1), finetune
     fig, axes = grid(4, columns=2, width=4.6)
     for ax, metric, letter in ((axes[0], "trajectory_coherence", "a"), (axes[1], "gradient_coherence", "b")):
         title = f"({letter}) finetune: {label(metric)}"

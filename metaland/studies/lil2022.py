@@ -37,7 +37,6 @@ from metaland.claims import (
     level,
     register,
     rule_parts,
-    stratum_of,
     trend,
     where,
     within,
@@ -45,7 +44,7 @@ from metaland.claims import (
 from metaland.config import AggregateConfig
 from metaland.meta.lil_pretrain import PRETRAINED
 from metaland.plots import curves_by_algorithm, grid, label, no_data, save, suptitle
-from metaland.results import INITIAL, StudyTables
+from metaland.results import INITIAL, StudyTables, stratum_of
 from metaland.stats import mean_ci, seed_level
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
@@ -539,14 +538,15 @@ def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
 
 
 def linearity_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Per setting × backbone × variant: the linearity measures at the initial and final checkpoints (mean over
-    seeds)."""
+    """Per stratum (setting, backbone, inner steps and lr, ...) × variant: the linearity measures at the initial
+    and final checkpoints (mean over seeds)."""
     rows = []
     checkpoints = tables.checkpoints
     first = checkpoints[checkpoints["step"] == 0]
     for moment, frame in (("initial", first), ("final", final_checkpoints(checkpoints))):
-        for (setting, backbone, name), group in frame.groupby(["setting", "backbone", "variant"], sort=True):
-            row = {"setting": setting, "backbone": backbone, "variant": name, "checkpoint": moment}
+        keys = [stratum_of(frame), "setting", "backbone", "variant"]
+        for (stratum, setting, backbone, name), group in frame.groupby(keys, sort=True) if not frame.empty else []:
+            row = {"setting": setting, "stratum": stratum, "backbone": backbone, "variant": name, "checkpoint": moment}
             row["step"] = int(group["step"].max())
             row |= {metric: group[metric].mean() for metric in (*LINEARITY, "ac_jacobian_deviation")}
             rows.append(row)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metaland.claims import Claim, all_of, improves_on, register, rule_parts, stratum_of, where
+from metaland.claims import Claim, all_of, improves_on, register, rule_parts, where
 from metaland.config import AggregateConfig
-from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, label, no_data, save, suptitle
-from metaland.results import StudyTables
+from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, no_data, save, suptitle
+from metaland.results import StudyTables, stratum_of
 from metaland.stats import mean_ci, seed_level
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
@@ -40,7 +40,6 @@ LEGEND = {name: "Sharp-MAML" + short if name != "maml" else short for name, shor
 POSTER_ACCURACY = {"maml": 0.4713, "sharpmaml-low": 0.4887, "sharpmaml-up": 0.4903, "sharpmaml-both": 0.4960}
 """The poster's table: miniImageNet 5-way 1-shot, Conv-4-64, means only (Matching Nets: 43.56%)."""
 POSTER_SETTING = "poster: miniImageNet 5-way 1-shot, Conv-4-64"
-CONFIDENCE = 0.95
 FLATNESS = ("sam_sharpness", "hessian_top_eigenvalue")
 SURFACE_SUMMARIES = ("meta_loss_centre", "meta_loss_mean_rise")
 LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_top_eigenvalue": "curvature λ_max at θ̃ᵢ"}
@@ -166,18 +165,20 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
 
 
 def flatness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Per variant at the final checkpoints: SAM sharpness and curvature (CI over tasks × seeds), and
-    the 2-D meta-loss surface's centre value and mean rise (mean over seeds)."""
+    """Per stratum and variant at the final checkpoints: SAM sharpness and curvature, and the 2-D meta-loss
+    surface's centre value and mean rise (each: mean and CI over seeds, a seed's value its mean over the
+    fixed tasks)."""
     final, last = tables.final_tasks, final_checkpoints(tables.checkpoints)
     rows = []
-    for name in _present(final):
-        row: dict = {"variant": name}
-        for metric in (m for m in FLATNESS if m in final):
-            ci = mean_ci(final[final["variant"] == name][metric], cfg.confidence)
-            row |= {metric: ci.mean, f"{metric}_ci_low": ci.low, f"{metric}_ci_high": ci.high}
-        for metric in (m for m in SURFACE_SUMMARIES if m in last):
-            row[metric] = last[last["variant"] == name][metric].mean()
-        rows.append(row)
+    for stratum, group in final.groupby(stratum_of(final)) if not final.empty else []:
+        surfaces = last[stratum_of(last) == stratum] if not last.empty else last
+        for name in _present(group):
+            row: dict = {"stratum": stratum, "variant": name}
+            for metric, frame in [*((m, group) for m in FLATNESS), *((m, surfaces) for m in SURFACE_SUMMARIES)]:
+                if metric in frame:
+                    ci = seed_level(frame[frame["variant"] == name], metric, cfg.confidence)
+                    row |= {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -215,83 +216,91 @@ def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
 
 
 def _bars(ax, values: dict[str, tuple[float, float, float]], *, ylabel: str, title: str, fmt: str = "{:.3g}") -> None:
-    """One bar per variant: mean with its CI (low, high)."""
+    """One bar per variant from 0: mean with its CI (low, high) over seeds; the value under each bar's name."""
     for x, (name, (mean, low, high)) in enumerate(values.items()):
         ax.bar(x, mean, width=0.6, color=ALGORITHM_COLORS.get(name, "#555555"), alpha=0.85)
         if not np.isnan(low):
             ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=4)
-        ax.text(x, mean, " " + fmt.format(mean), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(values)), [SHORT[n] for n in values])
+    ax.set_xticks(range(len(values)), [f"{SHORT[n]}\n{fmt.format(v[0])}" for n, v in values.items()])
+    ax.set_ylim(bottom=0)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
 
 
-def _ci_by_variant(frame: pd.DataFrame, metric: str) -> dict[str, tuple[float, float, float]]:
-    out = {}
-    for name in _present(frame):
-        ci = mean_ci(frame[frame["variant"] == name][metric], CONFIDENCE)
-        out[name] = (ci.mean, ci.low, ci.high)
-    return out
+def _by_variant(table: pd.DataFrame, metric: str) -> dict[str, tuple[float, float, float]]:
+    """Variant -> (mean, CI low, CI high) of ``metric`` from a table with one row per variant."""
+    return {
+        r["variant"]: (
+            r[metric],
+            r.get(f"{metric}_ci_low", r.get("ci_low")),
+            r.get(f"{metric}_ci_high", r.get("ci_high")),
+        )
+        for _, r in table.iterrows()
+        if metric in table and not pd.isna(r[metric])
+    }
+
+
+def _strata_of(frame: pd.DataFrame) -> list[str]:
+    return sorted(set(frame["stratum"])) if "stratum" in frame else []
 
 
 def fig_accuracy(tables: StudyTables, path: Path) -> None:
-    """(a) our final meta-test accuracy per variant, (b) the poster's, (c) meta-training curves."""
-    fig, axes = grid(3, columns=3, width=4.2, height=3.4)
-    final = tables.final_tasks
-    if final.empty or not _present(final):
+    """Per stratum: (a) our final meta-test accuracy per variant, (c) meta-training curves; (b) the poster's."""
+    table = accuracy_table(tables, AggregateConfig())
+    strata = _strata_of(table)
+    fig, axes = grid(3 * max(len(strata), 1), columns=3, width=4.2, height=3.4)
+    if not strata:
         no_data(axes[0], "(a) meta-test accuracy, ours", "Sharp-MAML runs")
-    else:
-        setting = ", ".join(sorted(final["setting"].unique()))
-        values = _ci_by_variant(final, "query_accuracy")
+    log = tables.train_log
+    for i, stratum in enumerate(strata):
+        mine = table[table["stratum"] == stratum]
         _bars(
-            axes[0],
-            values,
+            axes[3 * i],
+            {r.variant: (r.accuracy, r.ci_low, r.ci_high) for r in mine.itertuples()},
             ylabel="final meta-test accuracy",
-            title=f"(a) ours: {setting}\nmean, 95% CI over tasks × seeds",
-            fmt="{:.2%}",
+            title=f"(a) ours, {mine['seeds'].max()} seed(s): mean, 95% CI over seeds",
+            fmt="{:.1%}",
         )
-        lows = [mean if np.isnan(low) else low for mean, low, _ in values.values()]
-        highs = [mean if np.isnan(high) else high for mean, _, high in values.values()]
-        axes[0].set_ylim(max(0.0, min(lows) - 0.05), min(1.02, max(highs) + 0.05))
+        axes[3 * i].set_ylim(0, 1)
+        axes[3 * i].set_xlabel(stratum, fontsize=6, wrap=True)
+        rows = log[stratum_of(log) == stratum] if not log.empty else log
+        if rows.empty:
+            no_data(axes[3 * i + 2], "(c) meta-training", "training logs")
+        else:
+            curves_by_algorithm(
+                axes[3 * i + 2], rows, "query_accuracy", title="(c) meta-training: query accuracy at θ̃¹", key="variant",
+                names=LEGEND,
+            )  # fmt: skip
+            axes[3 * i + 2].set_ylabel("meta-train query accuracy (running mean)")
+        if i:
+            axes[3 * i + 1].axis("off")
     poster = {name: (acc, np.nan, np.nan) for name, acc in POSTER_ACCURACY.items()}
     _bars(axes[1], poster, ylabel="accuracy (poster)", title=f"(b) {POSTER_SETTING}\n(means only)", fmt="{:.2%}")
-    axes[1].set_ylim(0.45, 0.505)
-    log = tables.train_log
-    if log.empty:
-        no_data(axes[2], "(c) meta-training", "training logs")
-    else:
-        curves_by_algorithm(
-            axes[2], log, "query_accuracy", title="(c) meta-training: query accuracy at θ̃¹", key="variant", names=LEGEND
-        )
-        axes[2].set_ylabel("meta-train query accuracy (running mean)")
+    axes[1].set_ylim(0, 1)
     suptitle(fig, 'Sharp-MAML vs MAML — accuracy (seed 002, table "Empirical comparison with MAML")')
     save(fig, path)
 
 
 def fig_flatness(tables: StudyTables, path: Path) -> None:
-    """Flatness of each variant's final solutions: SAM sharpness, curvature, surface mean rise."""
-    fig, axes = grid(3, columns=3, width=4.2, height=3.4)
-    final = tables.final_tasks
-    for ax, metric, letter in zip(axes[:2], FLATNESS, "ab", strict=True):
-        if final.empty or metric not in final:
-            no_data(ax, f"({letter}) {label(metric)}", f"{metric} probe")
-            continue
-        _bars(
-            ax,
-            _ci_by_variant(final, metric),
-            ylabel=LABELS[metric],
-            title=f"({letter}) {LABELS[metric]}\nmean, 95% CI over tasks × seeds",
-        )
-    last = final_checkpoints(tables.checkpoints)
-    if last.empty or "meta_loss_mean_rise" not in last:
-        no_data(axes[2], "(c) meta-loss surface", "surface probe")
-    else:
-        _bars(
-            axes[2],
-            _ci_by_variant(last, "meta_loss_mean_rise"),
-            ylabel="mean rise of the 2-D meta-loss surface",
-            title="(c) mean rise of the meta-loss surface\nover the grid (mean, CI over seeds)",
-        )
+    """Per stratum: flatness of each variant's final solutions: SAM sharpness, curvature, surface mean rise."""
+    table = flatness_table(tables, AggregateConfig())
+    strata = _strata_of(table)
+    fig, axes = grid(3 * max(len(strata), 1), columns=3, width=4.2, height=3.4)
+    panels = (
+        ("sam_sharpness", LABELS["sam_sharpness"]),
+        ("hessian_top_eigenvalue", LABELS["hessian_top_eigenvalue"]),
+        ("meta_loss_mean_rise", "mean rise of the 2-D meta-loss surface"),
+    )
+    for i, stratum in enumerate(strata or [""]):
+        mine = table[table["stratum"] == stratum] if strata else table
+        for j, (metric, what) in enumerate(panels):
+            ax, letter = axes[3 * i + j], "abc"[j]
+            values = _by_variant(mine, metric)
+            if not values:
+                no_data(ax, f"({letter}) {what}", f"{metric} probe")
+                continue
+            _bars(ax, values, ylabel=what, title=f"({letter}) {what}\nmean, 95% CI over seeds")
+            ax.set_xlabel(stratum, fontsize=6)
     suptitle(
         fig, 'Does Sharp-MAML find flatter solutions? Lower is flatter (seed 002, "Sharp-MAML improves the landscape")'
     )
@@ -299,7 +308,8 @@ def fig_flatness(tables: StudyTables, path: Path) -> None:
 
 
 def fig_surfaces(tables: StudyTables, path: Path) -> None:
-    """The 2-D meta-loss surface around each variant's final θ (lowest seed), on shared contour levels."""
+    """The 2-D meta-loss surface around each variant's final θ (lowest seed), one row per stratum, on shared
+    contour levels."""
     grids = tables.grids
     if grids.empty:
         fig, axes = grid(1)
@@ -307,10 +317,12 @@ def fig_surfaces(tables: StudyTables, path: Path) -> None:
         save(fig, path)
         return
     grids = grids[(grids["grid"] == "meta_loss") & (grids["step"] == grids.groupby("run")["step"].transform("max"))]
+    grids = grids.assign(stratum=stratum_of(grids))
     shown = []
-    for name in _present(grids):
-        rows = grids[grids["variant"] == name]
-        shown.append((name, rows[rows["seed"] == rows["seed"].min()]))
+    for stratum in sorted(set(grids["stratum"])):
+        for name in _present(grids[grids["stratum"] == stratum]):
+            rows = grids[(grids["variant"] == name) & (grids["stratum"] == stratum)]
+            shown.append((name, rows[rows["seed"] == rows["seed"].min()]))
     fig, axes = grid(len(shown), columns=4, width=4.0, height=3.2)
     low, high = grids["value"].min(), np.quantile(grids["value"], 0.95)
     levels = np.linspace(low, high, 12)
@@ -319,7 +331,7 @@ def fig_surfaces(tables: StudyTables, path: Path) -> None:
         contour = ax.contourf(table.columns, table.index, table.to_numpy(), levels=levels, cmap="viridis", extend="max")
         ax.contour(table.columns, table.index, table.to_numpy(), levels=levels, colors="white", linewidths=0.4)
         ax.plot(0, 0, marker="+", color="red", markersize=9)
-        ax.set_title(f"{SHORT[name]} (seed {int(rows['seed'].iloc[0])})")
+        ax.set_title(f"{SHORT[name]} (seed {int(rows['seed'].iloc[0])}), {rows['dataset'].iloc[0]}", fontsize=8)
         ax.set_xlabel("a (direction δ)")
         ax.set_ylabel("b (direction η)")
         ax.grid(False)
