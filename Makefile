@@ -51,7 +51,7 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000
 doctor: $(STAMP) ## check versions, device, params, datasets, tracking store
 	$(PY) -m metaland doctor
 
-profile: $(STAMP) ## make params.yaml a profile: make profile PROFILE=ci|default|paper
+profile: $(STAMP) ## make params.yaml a profile: make profile PROFILE=ci|default|long|paper
 	$(PY) -m metaland profile $(PROFILE)
 
 lock: ## regenerate requirements.txt from a fresh environment

@@ -63,7 +63,7 @@ def cli(verbose: bool) -> None:
 
     \b
     Start with `make repro` (installs, then `dvc repro`) and `make ui` (MLflow UI).
-    `metaland params` lists every knob; `metaland profile ci|default|paper` switches scale.
+    `metaland params` lists every knob; `metaland profile ci|default|long|paper` switches scale.
     `metaland compare-results A B` says whether two builds (two machines) agree in numbers.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -422,7 +422,7 @@ def ui(port: int, workers: int | None) -> None:
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["ci", "default", "paper"]))
+@click.argument("name", type=click.Choice(["ci", "default", "long", "paper"]))
 @click.option("--force", is_flag=True, help="Overwrite params.yaml even if it has local edits.")
 def profile(name: str, force: bool) -> None:
     """Make params.yaml the NAME profile (profiles/NAME.yaml): ci (minutes, tests), default

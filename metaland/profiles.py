@@ -1,7 +1,8 @@
 """Scale profiles and the knob listing.
 
 ``profiles/<name>.yaml`` are complete params files: ``ci`` (the whole DAG in minutes, used by the
-tests), ``default`` (CPU-sized; what ``params.yaml`` holds in the repository) and ``paper`` (the
+tests), ``default`` (CPU-sized; what ``params.yaml`` holds in the repository), ``long`` (the default's
+runs in three seeds each and 600 probe tasks: what the claims need to decide) and ``paper`` (the
 seeds' published settings, for GPU machines). ``metaland profile <name>`` validates one and makes
 it ``params.yaml``; DVC then reruns exactly the stages whose params changed.
 """

@@ -33,18 +33,34 @@ def error_of(raw: dict) -> str:
     return message
 
 
-@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+@pytest.mark.parametrize("profile", ["ci", "default", "long", "paper"])
 def test_every_profile_resolves(profile):
     config = load_params(REPO / "profiles" / f"{profile}.yaml")
     assert config.profile == profile
     assert config.runs and all(run.key.startswith(f"{run.study}-") for run in config.runs.values())
 
 
+def test_the_long_profile_is_the_default_with_three_seeds_and_600_tasks():
+    """Every run family of the default profile in three seeds, nothing else changed but the task sets."""
+    default, long = (load_params(REPO / "profiles" / f"{p}.yaml") for p in ("default", "long"))
+
+    def family(key: str) -> str:
+        return key.rsplit("-s", 1)[0]
+
+    assert {family(k) for k in long.runs} == {family(k) for k in default.runs}
+    for stem in {family(k) for k in long.runs}:
+        seeds = sorted(r.seed for k, r in long.runs.items() if family(k) == stem)
+        assert seeds == list(range(seeds[0], seeds[0] + 3)), stem
+    for name, study in long.studies.items():
+        assert study.probe.tasks == 600 and study.aggregate.min_seeds == 3
+        assert study.probe.model_copy(update={"tasks": 0}) == default.studies[name].probe.model_copy(update={"tasks": 0})
+
+
 def test_params_yaml_is_the_default_profile():
     assert (REPO / "params.yaml").read_text() == (REPO / "profiles" / "default.yaml").read_text()
 
 
-@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+@pytest.mark.parametrize("profile", ["ci", "default", "long", "paper"])
 def test_profiles_spell_out_every_training_knob(profile):
     """Defaults in code never silently apply: each profile names every train knob of its studies."""
     raw = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
@@ -270,7 +286,7 @@ def test_trajectory_hash_ignores_only_resume_invariant_knobs(raw):
     assert resolve(changed).runs[RUN].trajectory_hash(dataset) != base.trajectory_hash(dataset)
 
 
-@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+@pytest.mark.parametrize("profile", ["ci", "default", "long", "paper"])
 def test_metaopt_run_keys_name_their_model(profile):
     """The metaopt study reads a run's model from its key (metaland.studies.metaopt.model_of)."""
     from metaland.studies.metaopt import depth_of, model_of
