@@ -53,7 +53,9 @@ def test_the_long_profile_is_the_default_with_three_seeds_and_600_tasks():
         assert seeds == list(range(seeds[0], seeds[0] + 3)), stem
     for name, study in long.studies.items():
         assert study.probe.tasks == 600 and study.aggregate.min_seeds == 3
-        assert study.probe.model_copy(update={"tasks": 0}) == default.studies[name].probe.model_copy(update={"tasks": 0})
+        assert study.probe.model_copy(update={"tasks": 0}) == default.studies[name].probe.model_copy(
+            update={"tasks": 0}
+        )
 
 
 def test_params_yaml_is_the_default_profile():
