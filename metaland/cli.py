@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from metaland.container import container
 from metaland.errors import ConfigError, DataError, MetalandError
 
 PARAMS = click.option(
@@ -445,3 +446,6 @@ def doctor(params_path: Path, data_dir: Path) -> None:
     problems = run_checks(params_path, data_dir, click.echo)
     if problems:
         raise MetalandError(f"doctor found {problems} problem(s); each is marked FAIL above with its fix.")
+
+
+cli.add_command(container)  # metaland container build|run|repro|doctor (metaland/container.py)

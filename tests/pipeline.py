@@ -1,5 +1,6 @@
-"""End-to-end helpers: a fresh checkout of the repository on the ci profile, and local MLflow
-processes (``mlflow server``, ``metaland ui``) on 127.0.0.1 for the tests that talk to them.
+"""End-to-end helpers: a fresh checkout of the repository on the ci profile, local MLflow
+processes (``mlflow server``, ``metaland ui``) on 127.0.0.1 for the tests that talk to them, and
+the comparison in numbers of two runs' outputs (tests/test_container.py: container against host).
 
 Shared by tests/test_dag.py, test_dvc_remote.py, test_tracking_server.py and test_ui_browser.py;
 the session fixture that builds the whole ci pipeline once is ``ci_pipeline`` in conftest.py.
@@ -8,6 +9,7 @@ the session fixture that builds the whole ci pipeline once is ``ci_pipeline`` in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,3 +161,91 @@ def screenshot(driver, path: Path) -> Path:
     assert driver.save_screenshot(str(path)) and path.read_bytes()[:8] == PNG and path.stat().st_size > 20_000
     print(f"screenshot: {path}")
     return path
+
+
+# --- results of two runs, compared in numbers ---------------------------------------------------
+
+COMPARED_OUTPUTS = ("probes", "results")
+# claims.json records the MLflow runs of its inputs: ids that each tracking store makes its own.
+VOLATILE_KEYS = frozenset({"mlflow"})
+
+
+def compare_results(expected: Path, actual: Path, rtol: float = 1e-5, atol: float = 1e-6) -> tuple[int, float]:
+    """Assert that two checkouts' pipeline outputs hold the same values: every table (CSV), JSON
+    file and array (safetensors) under probes/ and results/, text equal and numbers within
+    ``rtol``/``atol`` (atol covers a last-digit flip of the 6-decimal rounding of the study tables);
+    figures and the report are not compared, nor the MLflow run ids. Returns (files compared,
+    largest absolute difference). For runs under different interpreter builds (the image's Python
+    against the host's), whose bytes need not agree. It stands in for `python -m metaland
+    compare-results A B`, being added on main: once there, this helper is that command's caller."""
+    largest = 0.0
+    compared = 0
+    for output in COMPARED_OUTPUTS:
+        files = sorted(p.relative_to(expected / output) for p in (expected / output).rglob("*") if p.is_file())
+        theirs = sorted(p.relative_to(actual / output) for p in (actual / output).rglob("*") if p.is_file())
+        assert theirs == files, f"{output}/: files differ: {sorted(set(files) ^ set(theirs))}"
+        for name in files:
+            a, b = expected / output / name, actual / output / name
+            where = f"{output}/{name}"
+            if name.suffix == ".csv":
+                largest = max(largest, _compare_tables(a, b, rtol, atol, where))
+            elif name.suffix == ".json":
+                left, right = json.loads(a.read_text()), json.loads(b.read_text())
+                largest = max(largest, _compare_json(left, right, rtol, atol, where))
+            elif name.suffix == ".safetensors":
+                largest = max(largest, _compare_arrays(a, b, rtol, atol, where))
+            else:
+                raise AssertionError(f"{where}: no way to compare a {name.suffix or 'suffix-less'} file in numbers")
+            compared += 1
+    assert compared, f"no outputs under {', '.join(COMPARED_OUTPUTS)} of {expected}"
+    return compared, largest
+
+
+def _close(a, b, rtol: float, atol: float, where: str) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert a.shape == b.shape, f"{where}: shape {a.shape} != {b.shape}"
+    same_nan = np.isnan(a) == np.isnan(b)
+    assert same_nan.all(), f"{where}: NaN in one run only"
+    ok = np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+    assert ok.all(), f"{where}: {int((~ok).sum())} numbers beyond rtol={rtol}, atol={atol}: {a[~ok][:5]}, {b[~ok][:5]}"
+    finite = ~np.isnan(a)
+    return float(np.abs(a[finite] - b[finite]).max()) if finite.any() else 0.0
+
+
+def _compare_tables(a: Path, b: Path, rtol: float, atol: float, where: str) -> float:
+    import pandas as pd
+
+    left, right = pd.read_csv(a), pd.read_csv(b)
+    assert list(left.columns) == list(right.columns) and len(left) == len(right), f"{where}: layout differs"
+    largest = 0.0
+    for column in left.columns:
+        if pd.api.types.is_numeric_dtype(left[column]) and pd.api.types.is_numeric_dtype(right[column]):
+            largest = max(largest, _close(left[column], right[column], rtol, atol, f"{where}[{column}]"))
+        else:
+            assert left[column].equals(right[column]), f"{where}[{column}]: values differ"
+    return largest
+
+
+def _compare_json(a, b, rtol: float, atol: float, where: str) -> float:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
+        return max(
+            (_compare_json(a[k], b[k], rtol, atol, f"{where}.{k}") for k in a if k not in VOLATILE_KEYS), default=0.0
+        )
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{where}: lengths differ"
+        pairs = enumerate(zip(a, b, strict=True))
+        return max((_compare_json(x, y, rtol, atol, f"{where}[{i}]") for i, (x, y) in pairs), default=0.0)
+    if isinstance(a, float | int) and not isinstance(a, bool):
+        assert isinstance(b, float | int) and not isinstance(b, bool), f"{where}: {a!r} != {b!r}"
+        return _close(a, b, rtol, atol, where)
+    assert a == b, f"{where}: {a!r} != {b!r}"
+    return 0.0
+
+
+def _compare_arrays(a: Path, b: Path, rtol: float, atol: float, where: str) -> float:
+    from safetensors.numpy import load_file
+
+    left, right = load_file(str(a)), load_file(str(b))
+    assert left.keys() == right.keys(), f"{where}: arrays differ"
+    return max((_close(left[k], right[k], rtol, atol, f"{where}:{k}") for k in left), default=0.0)
