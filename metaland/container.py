@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ IMAGE_NAME = "metaland"
 WORKSPACE = "/workspace"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+CHECKOUT_LABEL = "org.metaland.checkout"  # on every container: which checkout it works on
 # The first Docker release whose `docker build` needs the buildx plugin for BuildKit; older
 # clients (Debian's docker.io 20.10) have BuildKit built in behind DOCKER_BUILDKIT=1.
 BUILDX_REQUIRED_FROM = (23,)
@@ -74,14 +76,16 @@ class RunSpec:
             "mounts": mounts,
             "environment": dict(self.environment),
             "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if self.gpus else [],
+            "labels": {CHECKOUT_LABEL: str(self.checkout)},
             "detach": True,
         }
 
 
 def checkout_root(cwd: Path) -> Path:
-    """The git repository around ``cwd`` (the folder mounted on /workspace); ``cwd`` outside git."""
-    result = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True)
-    return Path(result.stdout.strip()) if result.returncode == 0 else cwd.resolve()
+    """The git repository around ``cwd`` (the folder mounted on /workspace), found by its ``.git``
+    (git itself refuses to answer in a checkout of another user); ``cwd`` outside any."""
+    cwd = cwd.resolve()
+    return next((folder for folder in (cwd, *cwd.parents) if (folder / ".git").exists()), cwd)
 
 
 def container_workdir(checkout: Path, cwd: Path) -> str:
@@ -95,9 +99,10 @@ def image_tag(checkout: Path, name: str = IMAGE_NAME) -> str:
     differ from it: the image of a commit holds that commit's code and pins."""
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout, capture_output=True, text=True)
     if head.returncode != 0:
+        said = head.stderr.strip().splitlines()[0] if head.stderr.strip() else f"exit status {head.returncode}"
         raise ContainerError(
-            f"{checkout} is not a git checkout with a commit, so the image has no commit to be tagged "
-            "with. Fix: run from a clone of the repository, or give --tag NAME:TAG."
+            f"git names no commit of {checkout} ({said}), so the image has no commit to be tagged with. "
+            "Fix: run from a clone of the repository that you own, or give --tag NAME:TAG."
         )
     status = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout, capture_output=True, text=True
@@ -265,7 +270,7 @@ def _commit_image(checkout: Path) -> str | None:
 
 def run_container(client, spec: RunSpec, out=None, err=None) -> int:
     """Create and start the container, stream its stdout and stderr to ours, return its exit
-    status; the container is removed afterwards (Ctrl-C stops it first)."""
+    status; the container is removed afterwards (Ctrl-C or SIGTERM stop it first)."""
     import docker
 
     out = out or sys.stdout.buffer
@@ -279,6 +284,7 @@ def run_container(client, spec: RunSpec, out=None, err=None) -> int:
             container.start()
         except docker.errors.APIError as error:
             raise _start_error(spec, error) from error
+        previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             for chunk_out, chunk_err in container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True):
                 for stream, chunk in ((out, chunk_out), (err, chunk_err)):
@@ -286,11 +292,17 @@ def run_container(client, spec: RunSpec, out=None, err=None) -> int:
                         stream.write(chunk)
                         stream.flush()
             return int(container.wait()["StatusCode"])
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             container.stop(timeout=10)
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         container.remove(force=True)
+
+
+def _terminated(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _start_error(spec: RunSpec, error) -> ContainerError:
