@@ -293,6 +293,13 @@ def mlflow_service(docker_engine, rebuilt, clone, tmp_path_factory):
 # --- the container repro ---------------------------------------------------------------------
 
 
+def as_caller(command: str, image: Build, clone: Path, server: Compose, **options):
+    """`metaland container COMMAND` on the clone as its owner, logging to the compose server."""
+    user = f"{CALLER[0]}:{CALLER[1]}"
+    tracking = f"MLFLOW_TRACKING_URI={server.url}"
+    return metaland("container", command, "--image", image.tag, "--user", user, "--env", tracking, cwd=clone, **options)
+
+
 @dataclass
 class ContainerRepro:
     result: subprocess.CompletedProcess
@@ -301,18 +308,8 @@ class ContainerRepro:
 
 @pytest.fixture(scope="module")
 def container_repro(rebuilt, clone, mlflow_service, omniglot_mirror) -> ContainerRepro:
-    result, seconds = metaland(
-        "container",
-        "repro",
-        "--image",
-        rebuilt.tag,
-        "--user",
-        f"{CALLER[0]}:{CALLER[1]}",
-        "--env",
-        f"MLFLOW_TRACKING_URI={mlflow_service.url}",
-        cwd=clone,
-        env={"METALAND_DATA_MIRROR": str(omniglot_mirror)},
-    )
+    mirror = {"METALAND_DATA_MIRROR": str(omniglot_mirror)}
+    result, seconds = as_caller("repro", rebuilt, clone, mlflow_service, env=mirror)
     assert result.returncode == 0, output(result)
     say(f"ci repro in the container: {seconds:.0f} s, {len(stages_run(result.stdout + result.stderr))} stages")
     say(f"ci repro in the container: {result.stdout.strip().splitlines()[-1]}")
@@ -360,18 +357,7 @@ def test_run_streams_both_outputs_as_the_caller_and_returns_the_exit_status(rebu
 
 
 def test_doctor_in_the_image_is_healthy(rebuilt, clone, mlflow_service):
-    result, seconds = metaland(
-        "container",
-        "doctor",
-        "--image",
-        rebuilt.tag,
-        "--user",
-        f"{CALLER[0]}:{CALLER[1]}",
-        "--env",
-        f"MLFLOW_TRACKING_URI={mlflow_service.url}",
-        cwd=clone,
-        timeout=300,
-    )
+    result, seconds = as_caller("doctor", rebuilt, clone, mlflow_service, timeout=300)
     assert result.returncode == 0, output(result)
     lines = result.stdout.splitlines()
     assert not [line for line in lines if line.startswith("[FAIL]")]
