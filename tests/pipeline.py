@@ -215,6 +215,9 @@ def _close(a, b, rtol: float, atol: float, where: str) -> float:
 def _compare_tables(a: Path, b: Path, rtol: float, atol: float, where: str) -> float:
     import pandas as pd
 
+    if not a.read_text().strip():  # a table without rows or columns (some studies on the ci profile)
+        assert not b.read_text().strip(), f"{where}: empty in one run only"
+        return 0.0
     left, right = pd.read_csv(a), pd.read_csv(b)
     assert list(left.columns) == list(right.columns) and len(left) == len(right), f"{where}: layout differs"
     largest = 0.0

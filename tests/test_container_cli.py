@@ -202,10 +202,11 @@ def test_results_compare_in_numbers_within_tolerance_and_ignore_run_ids(tmp_path
         (root / "probes" / "run" / "checkpoints.csv").write_text(f"step,name,accuracy\n0,a,{accuracy}\n10,b,nan\n")
         claims = {"claims": [{"verdict": verdict, "p": accuracy / 10, "mlflow": {"probe_runs": {"run": run_id}}}]}
         (root / "results" / "claims.json").write_text(json.dumps(claims))
+        (root / "results" / "grids.csv").write_text("\n")  # a table without rows or columns
         return root
 
     host = outputs(tmp_path / "host", 0.5, "holds", "a1")
-    assert compare_results(host, outputs(tmp_path / "same", 0.5 + 1e-7, "holds", "b2")) == (2, pytest.approx(1e-7))
+    assert compare_results(host, outputs(tmp_path / "same", 0.5 + 1e-7, "holds", "b2")) == (3, pytest.approx(1e-7))
     with pytest.raises(AssertionError, match=r"checkpoints.csv\[accuracy\]: 1 numbers beyond"):
         compare_results(host, outputs(tmp_path / "far", 0.5 + 1e-3, "holds", "a1"))
     with pytest.raises(AssertionError, match=r"claims.json.claims\[0\].verdict: 'holds' != 'fails'"):
