@@ -1,6 +1,8 @@
-# metaland — CUDA image for GPU machines (README.md, "Container").
+# metaland — CUDA image for GPU machines (README.md, "Container"). Needs BuildKit (Docker >= 23,
+# or DOCKER_BUILDKIT=1 with Docker 20.10); `metaland container build` runs the build for you.
 #
 #   docker build -t metaland .
+#   docker build --secret id=pipcert,src=/etc/ssl/certs/ca-certificates.crt -t metaland .  # TLS-inspecting proxy
 #   docker run --rm --gpus all --ipc=host -v "$PWD":/workspace metaland                  # dvc repro
 #   docker run --rm --gpus all --ipc=host -v "$PWD":/workspace metaland metaland doctor  # any command
 #   docker compose up -d mlflow && docker compose run --rm pipeline                      # with a tracking server
@@ -11,7 +13,11 @@
 # ship a second copy of that stack, and pytorch/pytorch ships its own torch, so the image would no
 # longer install the exact pins the tests run with. The host needs only an NVIDIA driver for CUDA
 # 13 (>= 580) and the NVIDIA container toolkit; without a GPU the same image runs on the CPU.
-FROM python:3.11.7-slim-bookworm
+# BASE_IMAGE: another image of the same Python on Debian bookworm, for a site that reaches no image
+# registry (docker/local-base.sh builds one from Debian's packages). No `# syntax=` line: BuildKit
+# would pull a frontend image from a registry; the built-in frontend has all this file uses.
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
 
 # Determinism (DESIGN.md): cuBLAS workspace for deterministic GEMMs, a fixed hash seed. No usage
 # reports from DVC or MLflow (GPU machines often have no way out, and runs need none).
@@ -49,17 +55,24 @@ RUN python -m venv /opt/venv \
     && git config --system --add safe.directory /workspace
 
 # Every Python dependency comes from requirements.txt, the pins the test suite installs (`make
-# install`): one layer that survives code changes.
+# install`): one layer that survives code changes. Behind a TLS-inspecting proxy, pip trusts the
+# CA bundle given as the BuildKit secret `pipcert` (see the top of this file): it is mounted for
+# the pip steps only and stored in no layer; without it pip uses its own CA certificates.
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt
+RUN --mount=type=secret,id=pipcert,required=false \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
 
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/metaland-entrypoint
 
 # A copy of the code, so `metaland doctor` works without a mount; the editable install makes a
-# checkout mounted over /workspace the code that runs (--no-deps: nothing beyond the pins).
+# checkout mounted over /workspace the code that runs (--no-deps: nothing beyond the pins; pip
+# still fetches the build backend, setuptools, hence the secret again).
 WORKDIR /workspace
 COPY --chown=metaland:metaland . /workspace
-RUN pip install --no-cache-dir --no-deps -e /workspace \
+RUN --mount=type=secret,id=pipcert,required=false \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+    && pip install --no-cache-dir --no-deps -e /workspace \
     && chown -R metaland:metaland /workspace
 
 USER 1000:1000

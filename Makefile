@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser repro test bench lint ui doctor profile lock clean
+.PHONY: install browser repro test test-container bench lint ui doctor profile lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -36,6 +36,12 @@ repro: $(STAMP) ## rebuild every result: dvc repro (set METALAND_DATA_MIRROR wit
 
 test: $(STAMP) ## run the test suite (includes the whole DAG on the ci profile)
 	$(PY) -m pytest -n 2 --dist loadgroup
+
+# The image built and run for real (tests/test_container.py, about 15 min): needs a Docker engine,
+# or root, as whom docker/engine.sh installs Debian's docker.io and starts one for the run. Apart
+# from `make test`, which skips it, so the two never share the 2 cores.
+test-container: $(STAMP) ## build the Docker image and run the ci pipeline in it (Docker engine or root)
+	METALAND_CONTAINER_TESTS=1 $(PY) -m pytest -m container -s tests/test_container.py
 
 bench: $(STAMP) ## time metaland against higher, PyHessian-style and per-point loops (docs/performance.md)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from metaland.container import container
 from metaland.errors import ConfigError, DataError, MetalandError
 
 PARAMS = click.option(
@@ -457,7 +458,13 @@ def doctor(params_path: Path, data_dir: Path) -> None:
 @click.argument("b", type=click.Path(exists=True, path_type=Path))
 @click.option("--rtol", default=1e-5, show_default=True, type=click.FloatRange(min=0), help="Relative tolerance.")
 @click.option("--atol", default=1e-8, show_default=True, type=click.FloatRange(min=0), help="Absolute tolerance.")
-def compare_results(a: Path, b: Path, rtol: float, atol: float) -> None:
+@click.option(
+    "--ignore-key",
+    "ignore_keys",
+    multiple=True,
+    help="A JSON key not to compare, e.g. mlflow (run ids differ in every build's tracking store). Repeatable.",
+)
+def compare_results(a: Path, b: Path, rtol: float, atol: float, ignore_keys: tuple[str, ...]) -> None:
     """Do two builds agree in numbers? Compare folders A and B (e.g. two checkouts' results/,
     or probes/) file by file, or two files.
 
@@ -470,13 +477,13 @@ def compare_results(a: Path, b: Path, rtol: float, atol: float) -> None:
 
     \b
     Exit status: 0 when every file agrees, 1 when any differs or exists on one side only.
-    Example:  metaland compare-results results/ ../colleague/results/ --rtol 1e-3
+    Example:  metaland compare-results results/ ../colleague/results/ --rtol 1e-3 --ignore-key mlflow
     """
     from metaland.compare import Tolerance, compare_trees, format_comparison
 
     if a.is_file() != b.is_file():
         raise click.BadParameter("give two folders or two files, not one of each", param_hint="A B")
-    tolerance = Tolerance(rtol=rtol, atol=atol)
+    tolerance = Tolerance(rtol=rtol, atol=atol, ignore_keys=frozenset(ignore_keys))
     results = compare_trees(a, b, tolerance)
     click.echo(format_comparison(results, tolerance))
     if not all(r.agrees for r in results):
@@ -509,3 +516,6 @@ def claim(claim_id: str | None, results_dir: Path, list_only: bool) -> None:
     click.echo("\n".join(lines))
     if not matches:
         sys.exit(1)
+
+
+cli.add_command(container)  # metaland container build|run|repro|doctor (metaland/container.py)

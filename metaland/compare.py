@@ -29,8 +29,12 @@ SHOWN_MISMATCHES = 5
 
 @dataclass(frozen=True)
 class Tolerance:
+    """Numbers agree within ``atol + rtol·|b|``; JSON keys in ``ignore_keys`` (e.g. ``mlflow``: run ids are
+    provenance of one tracking store, different in every build) are not compared."""
+
     rtol: float = 1e-5
     atol: float = 1e-8
+    ignore_keys: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -102,7 +106,7 @@ def _compare_json(diff: _Diff, where: str, a, b) -> None:
     if _is_number(a) and _is_number(b):
         diff.numbers(where, np.array([a]), np.array([b]), [""])
     elif isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(a.keys() | b.keys()):
+        for key in sorted((a.keys() | b.keys()) - diff.tolerance.ignore_keys):
             if key not in a or key not in b:
                 diff.structural(f"{where}.{key}", f"only in {'A' if key in a else 'B'}")
             else:
@@ -221,8 +225,10 @@ def format_comparison(results: list[FileComparison], tolerance: Tolerance) -> st
     counts = {s: sum(r.status == s for r in results) for s in ("equal", "close", "differs", "only-a", "only-b")}
     ignored = sum(r.status == "ignored" for r in results)
     verdict = "AGREE" if all(r.agrees for r in results) else "DIFFER"
+    ignored_keys = f" (JSON keys ignored: {', '.join(sorted(tolerance.ignore_keys))})" if tolerance.ignore_keys else ""
     lines.append(
-        f"{verdict} within rtol={tolerance.rtol:g}, atol={tolerance.atol:g}: {counts['equal']} files byte-equal, "
+        f"{verdict} within rtol={tolerance.rtol:g}, atol={tolerance.atol:g}{ignored_keys}: {counts['equal']} files "
+        "byte-equal, "
         f"{counts['close']} equal within tolerance, {counts['differs']} differ, {counts['only-a']} only in A, "
         f"{counts['only-b']} only in B; {ignored} rendered files (figures, report pages) not compared"
     )

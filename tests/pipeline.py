@@ -1,5 +1,6 @@
-"""End-to-end helpers: a fresh checkout of the repository on the ci profile, and local MLflow
-processes (``mlflow server``, ``metaland ui``) on 127.0.0.1 for the tests that talk to them.
+"""End-to-end helpers: a fresh checkout of the repository on the ci profile, local MLflow
+processes (``mlflow server``, ``metaland ui``) on 127.0.0.1 for the tests that talk to them, and
+the comparison in numbers of two runs' outputs (tests/test_container.py: container against host).
 
 Shared by tests/test_dag.py, test_dvc_remote.py, test_tracking_server.py and test_ui_browser.py;
 the session fixture that builds the whole ci pipeline once is ``ci_pipeline`` in conftest.py.
@@ -158,3 +159,26 @@ def screenshot(driver, path: Path) -> Path:
     assert driver.save_screenshot(str(path)) and path.read_bytes()[:8] == PNG and path.stat().st_size > 20_000
     print(f"screenshot: {path}")
     return path
+
+
+# --- results of two runs, compared in numbers ---------------------------------------------------
+
+COMPARED_OUTPUTS = ("probes", "results")
+VOLATILE_KEYS = frozenset({"mlflow"})
+"""JSON keys two builds never share: MLflow run ids belong to each build's tracking store."""
+
+
+def compare_results(expected: Path, actual: Path, rtol: float = 1e-5, atol: float = 1e-6) -> tuple[int, float]:
+    """Assert that two checkouts' pipeline outputs (probes/ and results/) agree in numbers with
+    :mod:`metaland.compare` (what `metaland compare-results --ignore-key mlflow` runs): the same files, text
+    equal, numbers within ``rtol``/``atol`` (atol covers a last-digit flip of the 6-decimal rounding of the
+    study tables); figures and the report are not compared, nor the MLflow run ids. Returns (files
+    compared, largest absolute difference)."""
+    from metaland.compare import Tolerance, compare_trees, format_comparison
+
+    tolerance = Tolerance(rtol=rtol, atol=atol, ignore_keys=VOLATILE_KEYS)
+    results = [r for output in COMPARED_OUTPUTS for r in compare_trees(expected / output, actual / output, tolerance)]
+    assert all(r.agrees for r in results), format_comparison(results, tolerance)
+    compared = [r for r in results if r.status in ("equal", "close")]
+    assert compared, f"no outputs under {', '.join(COMPARED_OUTPUTS)} of {expected}"
+    return len(compared), max(r.max_abs for r in compared)

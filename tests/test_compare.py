@@ -145,3 +145,16 @@ def test_real_results_agree_with_a_rounding_perturbed_copy_and_not_with_a_flippe
     assert [r.path for r in differing] == ["claims.json"]
     assert any(m.endswith(f"'{claim['verdict']}'") and ".verdict" in m for m in differing[0].mismatches)
     assert np.isfinite(differing[0].max_abs)
+
+
+def test_ignored_json_keys_are_not_compared(tmp_path, capsys):
+    """MLflow run ids are each build's own: `--ignore-key mlflow` leaves them out, and only them."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"mlflow": {"run": "1a"}, "p": 0.5}))
+    b.write_text(json.dumps({"mlflow": {"run": "2b"}, "p": 0.5}))
+    assert statuses(compare_trees(a, b)) == {"a.json": "differs"}
+    assert statuses(compare_trees(a, b, Tolerance(ignore_keys=frozenset({"mlflow"})))) == {"a.json": "close"}
+    code, out, _ = run_cli(capsys, "compare-results", str(a), str(b), "--ignore-key", "mlflow")
+    assert code == 0 and "(JSON keys ignored: mlflow)" in out
+    b.write_text(json.dumps({"mlflow": {"run": "2b"}, "p": 0.6}))
+    assert run_cli(capsys, "compare-results", str(a), str(b), "--ignore-key", "mlflow")[0] == 1

@@ -1,5 +1,6 @@
 """The CUDA image, checked without a Docker engine: hadolint, the parsed Dockerfile's invariants,
-the entrypoint's behaviour (it is a plain shell script) and the compose file's services."""
+the entrypoint's behaviour (it is a plain shell script) and the compose file's services. The image
+built and run for real is tests/test_container.py."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def image_env() -> dict[str, str]:
     return env
 
 
+PIP_CERT_SECRET = (
+    "--mount=type=secret,id=pipcert,required=false "
+    "if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi "
+)
+
+
 def requirement_pins() -> dict[str, str]:
     pins = {}
     for line in (REPO / "requirements.txt").read_text().splitlines():
@@ -64,24 +71,42 @@ def test_hadolint_passes():
 
 
 def test_base_image_is_pinned_by_version():
-    """Slim Python of the interpreter the pins were locked with; CUDA comes from torch's wheels."""
-    (base,) = arguments("FROM")
-    match = re.fullmatch(r"python:(\d+)\.(\d+)\.\d+-slim-\w+", base)
+    """Slim Python of the interpreter the pins were locked with, a build argument a site without
+    registry access replaces (docker/local-base.sh); CUDA comes from torch's wheels. No `# syntax=`
+    line: BuildKit would pull its frontend from a registry."""
+    (arg,) = (args for args in arguments("ARG") if args.startswith("BASE_IMAGE="))
+    base = arg.split("=", 1)[1]
+    assert instructions()[0] == ("ARG", arg) and arguments("FROM") == ["${BASE_IMAGE}"]
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.\d+-slim-(\w+)", base)
     assert match, base
     assert (int(match[1]), int(match[2])) == sys.version_info[:2], "requirements.txt is locked for this Python"
+    assert match[3] == "bookworm", "docker/local-base.sh builds the same Debian"
+    assert "syntax=" not in (REPO / "Dockerfile").read_text().split("\n", 1)[0]
     pins = requirement_pins()
     assert "nvidia-cuda-runtime" in pins and pins["torch"] == "2.14.1", "one CUDA stack: torch's pinned wheels"
+
+
+def test_local_base_builds_the_same_python_on_the_same_debian():
+    """docker/local-base.sh: Debian bookworm's python3.11 (what BASE_IMAGE's tag names), tagged by
+    the recipe's own content, so a changed recipe never reuses an old image."""
+    script = (REPO / "docker" / "local-base.sh").read_text()
+    assert "debootstrap --variant=minbase bookworm" in script and "python3.11 python3.11-venv" in script
+    assert 'recipe="$(sha256sum "$0"' in script and "${recipe}" in script.split("tag=", 1)[1].split("\n", 1)[0]
+    assert os.access(REPO / "docker" / "local-base.sh", os.X_OK)
 
 
 def test_every_python_dependency_comes_from_the_pinned_requirements():
     ops = instructions()
     copies = {args.split()[-1]: args.split()[-2] for op, args in ops if op == "COPY"}
-    installs = [args for op, args in ops if op == "RUN" and re.search(r"\bpip3? install\b", args)]
+    installs = [" ".join(args.split()) for op, args in ops if op == "RUN" and re.search(r"\bpip3? install\b", args)]
     assert len(installs) == 2, installs
     requirements, project = installs
-    assert re.fullmatch(r"pip install --no-cache-dir -r /tmp/requirements.txt", requirements)
+    for install in installs:
+        # The pip certificate: an optional BuildKit secret, exported only when given, never a layer.
+        assert install.startswith(PIP_CERT_SECRET), install
+    assert requirements.endswith("&& pip install --no-cache-dir -r /tmp/requirements.txt")
     assert copies["/tmp/requirements.txt"] == "requirements.txt", "the file the tests install (`make install`)"
-    assert re.match(r"pip install --no-cache-dir --no-deps -e /workspace\b", project), "the project adds no deps"
+    assert re.search(r"&& pip install --no-cache-dir --no-deps -e /workspace\b", project), "the project adds no deps"
     assert not any(re.search(r"\b(conda|mamba|uv|pipx|easy_install)\b", args) for op, args in ops if op == "RUN")
     dependency_layer = next(i for i, (op, args) in enumerate(ops) if op == "RUN" and "-r /tmp/req" in args)
     code_layer = next(i for i, (op, args) in enumerate(ops) if op == "COPY" and args.split()[-2] == ".")
