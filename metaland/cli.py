@@ -423,14 +423,26 @@ def ui(port: int, workers: int | None) -> None:
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["ci", "default", "long", "paper"]))
+@click.argument("name", type=click.Choice(["ci", "default", "long", "paper"]), required=False)
 @click.option("--force", is_flag=True, help="Overwrite params.yaml even if it has local edits.")
-def profile(name: str, force: bool) -> None:
+@click.option(
+    "--write-long", is_flag=True, help="Regenerate profiles/long.yaml from profiles/default.yaml (after editing it)."
+)
+def profile(name: str | None, force: bool, write_long: bool) -> None:
     """Make params.yaml the NAME profile (profiles/NAME.yaml): ci (minutes, tests), default
-    (CPU-sized), paper (the seeds' published settings, for GPU machines)."""
-    from metaland.profiles import use_profile
+    (CPU-sized), long (the default's runs in three seeds and 600 probe tasks: what the claims need to
+    decide), paper (the seeds' published settings, for GPU machines)."""
+    from metaland.io import write_text
+    from metaland.profiles import long_profile, use_profile
 
-    click.echo(use_profile(name, Path("profiles"), Path("params.yaml"), force=force))
+    if write_long:
+        profiles = Path("profiles")
+        write_text(profiles / "long.yaml", long_profile((profiles / "default.yaml").read_text(encoding="utf-8")))
+        click.echo("profiles/long.yaml regenerated from profiles/default.yaml")
+    elif name is None:
+        raise click.UsageError("name a profile (ci, default, long, paper), or give --write-long")
+    if name is not None:
+        click.echo(use_profile(name, Path("profiles"), Path("params.yaml"), force=force))
 
 
 @cli.command(name="params")

@@ -9,6 +9,7 @@ it ``params.yaml``; DVC then reruns exactly the stages whose params changed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,45 @@ def use_profile(name: str, profiles_dir: Path, params_path: Path, *, force: bool
             )
     write_text(params_path, text)
     return f"{params_path} is now the {name!r} profile; `dvc repro` reruns what it changes."
+
+
+LONG_SEEDS = 3
+LONG_TASKS = 600
+LONG_HEADER = """# Profile `long`: the default profile's runs with 3 training seeds each (the unit of replication of every
+# claim, docs/claims.md: a stratum needs aggregate.min_seeds = 3 before a claim can hold or fail), and the
+# fixed probe task sets of 600 tasks (the field's convention for accuracy; the costly probes keep their
+# own task counts). Everything else is the default profile's. Same data, same models, same iterations.
+# Generated from profiles/default.yaml by `python -m metaland profile --write-long`: edit the default.
+# Every knob is listed; `python -m metaland params` explains each one. Switch scale with
+# `python -m metaland profile <ci|default|long|paper>`."""
+_RUN_LINE = re.compile(r"^  ([a-z0-9][a-z0-9._\-]*)-s(\d+): (\{.*\})$")
+
+
+def long_profile(default_text: str) -> str:
+    """The ``long`` profile's text from the ``default`` profile's: every run family (a run key without its
+    ``-s<seed>``) in :data:`LONG_SEEDS` consecutive seeds from its lowest, and every study's probe task set
+    of :data:`LONG_TASKS` tasks; the default's other lines unchanged."""
+    lines = default_text.splitlines()
+    body = lines[next(i for i, line in enumerate(lines) if not line.startswith("#")) :]
+    out, families, in_runs = LONG_HEADER.splitlines(), set(), False
+    for line in body:
+        match = _RUN_LINE.match(line) if in_runs else None
+        if line == "profile: default":
+            out.append("profile: long")
+        elif re.fullmatch(r"      tasks: \d+", line):
+            out.append(f"      tasks: {LONG_TASKS}")
+        elif match:
+            stem, seed, entry = match.group(1), int(match.group(2)), match.group(3)
+            if stem not in families:  # the family's other seeds in the default are covered by this one
+                families.add(stem)
+                out += [
+                    f"  {stem}-s{s}: " + re.sub(r"seed: \d+", f"seed: {s}", entry, count=1)
+                    for s in range(seed, seed + LONG_SEEDS)
+                ]
+        else:
+            in_runs = in_runs or line.startswith("runs:")
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def knob_table() -> str:
