@@ -49,13 +49,17 @@ def use_profile(name: str, profiles_dir: Path, params_path: Path, *, force: bool
 
 LONG_SEEDS = 3
 LONG_TASKS = 600
-LONG_HEADER = """# Profile `long`: the default profile's runs with 3 training seeds each (the unit of replication of every
-# claim, docs/claims.md: a stratum needs aggregate.min_seeds = 3 before a claim can hold or fail), and the
-# fixed probe task sets of 600 tasks (the field's convention for accuracy; the costly probes keep their
-# own task counts). Everything else is the default profile's. Same data, same models, same iterations.
-# Generated from profiles/default.yaml by `python -m metaland profile --write-long`: edit the default.
-# Every knob is listed; `python -m metaland params` explains each one. Switch scale with
-# `python -m metaland profile <ci|default|long|paper>`."""
+LONG_HEADER = "\n".join(
+    [
+        "# Profile `long`: the default profile's runs with 3 training seeds each (the unit of replication of every",
+        "# claim, docs/claims.md: a stratum needs aggregate.min_seeds = 3 before a claim can hold or fail), and the",
+        "# fixed probe task sets of 600 tasks (the field's convention for accuracy; the costly probes keep their",
+        "# own task counts). Everything else is the default profile's. Same data, same models, same iterations.",
+        "# Generated from profiles/default.yaml by `python -m metaland profile --write-long`: edit the default.",
+        "# Every knob is listed; `python -m metaland params` explains each one. Switch scale with",
+        "# `python -m metaland profile <ci|default|long|paper>`.",
+    ]
+)
 _RUN_LINE = re.compile(r"^  ([a-z0-9][a-z0-9._\-]*)-s(\d+): (\{.*\})$")
 
 
