@@ -91,6 +91,22 @@ def seed_level(frame, metric: str, confidence: float) -> SeedInference:
     return across_seeds(frame.groupby("seed")[metric].mean().to_numpy(), confidence=confidence)
 
 
+def seed_summary(frame, column: str, confidence: float, name: str) -> dict:
+    """Table cells of ``column``: ``name`` and ``ci_low`` / ``ci_high`` over seeds (each seed's mean over the
+    fixed tasks: what the claims read) with their number ``seeds``, and the field's CI over tasks × seeds
+    beside them (``tasks``, ``tasks_ci_low`` / ``tasks_ci_high``)."""
+    seeds, tasks = seed_level(frame, column, confidence), mean_ci(frame[column], confidence)
+    return {
+        "seeds": seeds.n,
+        name: seeds.estimate,
+        "ci_low": seeds.ci_low,
+        "ci_high": seeds.ci_high,
+        "tasks": tasks.n,
+        "tasks_ci_low": tasks.low,
+        "tasks_ci_high": tasks.high,
+    }
+
+
 def equivalence_p(values, low: float, high: float) -> float:
     """TOST p-value that the mean of per-seed ``values`` lies inside (low, high): the larger of the two
     one-sided t-tests (Schuirmann 1987; statsmodels ``ttost_mean``). NaN when n < 2."""

@@ -12,18 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from metaland.cli import main
 from metaland.compare import Tolerance, compare_trees
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.test_cli import run_cli
 
 
 def write_build(root: Path, accuracy: float, verdict: str = "holds", loss: float = 0.5) -> Path:

@@ -35,7 +35,7 @@ from metaland.claims import Claim, Rule, all_of, improves_on, register, where
 from metaland.config import AggregateConfig
 from metaland.plots import grid, no_data, save, suptitle
 from metaland.results import TABLES, StudyTables, stratum_of
-from metaland.stats import convex_fraction, mean_ci, pearson, seed_level, spearman, surface_roughness
+from metaland.stats import convex_fraction, pearson, seed_summary, spearman, surface_roughness
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "ding2023"
@@ -194,10 +194,6 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     for (dataset, variant, backbone, augment), group in final.groupby(
         ["dataset", "variant", "backbone", "augment"], sort=True
     ):
-        seeds, tasks = (
-            seed_level(group, "query_accuracy", cfg.confidence),
-            mean_ci(group["query_accuracy"], cfg.confidence),
-        )
         paper = PAPER_ACCURACY.get((variant, backbone, augment), (math.nan, math.nan))
         rows.append(
             {
@@ -206,12 +202,7 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                 "backbone": backbone,
                 "augment": augment,
                 "runs": group["run"].nunique(),
-                "tasks": tasks.n,
-                "accuracy": seeds.estimate,
-                "ci_low": seeds.ci_low,
-                "ci_high": seeds.ci_high,
-                "tasks_ci_low": tasks.low,
-                "tasks_ci_high": tasks.high,
+                **seed_summary(group, "query_accuracy", cfg.confidence, "accuracy"),
                 "query_loss": group["query_loss"].mean(),
                 "paper_miniimagenet": paper[0] / 100,
                 "paper_cub": paper[1] / 100,
@@ -233,7 +224,6 @@ def sharpness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
             column = metric("sam_sharpness", split)
             if column not in group:
                 continue
-            seeds, tasks = seed_level(group, column, cfg.confidence), mean_ci(group[column], cfg.confidence)
             paper = PAPER_SHARPNESS.get((backbone, augment, split), (math.nan, math.nan))
             rows.append(
                 {
@@ -242,12 +232,7 @@ def sharpness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                     "augment": augment,
                     "split": split,
                     "runs": group["run"].nunique(),
-                    "tasks": tasks.n,
-                    "sharpness": seeds.estimate,
-                    "ci_low": seeds.ci_low,
-                    "ci_high": seeds.ci_high,
-                    "tasks_ci_low": tasks.low,
-                    "tasks_ci_high": tasks.high,
+                    **seed_summary(group, column, cfg.confidence, "sharpness"),
                     "paper_miniimagenet": paper[0],
                     "paper_cub": paper[1],
                 }

@@ -45,7 +45,7 @@ from metaland.config import AggregateConfig
 from metaland.meta.lil_pretrain import PRETRAINED
 from metaland.plots import curves_by_algorithm, grid, label, no_data, save, suptitle
 from metaland.results import INITIAL, StudyTables, stratum_of
-from metaland.stats import mean_ci, seed_level
+from metaland.stats import mean_ci, seed_level, seed_summary
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "lil2022"
@@ -398,10 +398,6 @@ def _accuracy_rows(
     ):
         for name in _present(in_stratum, names):
             mine = in_stratum[in_stratum["variant"] == name]
-            seeds, tasks = (
-                seed_level(mine, "query_accuracy", cfg.confidence),
-                mean_ci(mine["query_accuracy"], cfg.confidence),
-            )
             base = _baseline_of(name)
             gain = gains.get(name, {}).get(stratum)
             mean, std = paper(dataset, name, shots)
@@ -413,11 +409,7 @@ def _accuracy_rows(
                     "variant": name,
                     "baseline": base or "",
                     "runs": mine["run"].nunique(),
-                    "accuracy": seeds.estimate,
-                    "ci_low": seeds.ci_low,
-                    "ci_high": seeds.ci_high,
-                    "tasks_ci_low": tasks.low,
-                    "tasks_ci_high": tasks.high,
+                    **seed_summary(mine, "query_accuracy", cfg.confidence, "accuracy"),
                     "gain_over_baseline": gain.inference.estimate if gain else np.nan,
                     "gain_ci_low": gain.inference.ci_low if gain else np.nan,
                     "gain_ci_high": gain.inference.ci_high if gain else np.nan,

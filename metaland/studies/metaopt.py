@@ -41,7 +41,7 @@ from metaland.claims import (
 from metaland.config import AggregateConfig
 from metaland.plots import curve, grid, no_data, save, suptitle
 from metaland.results import StudyTables
-from metaland.stats import mean_ci, seed_level
+from metaland.stats import seed_level, seed_summary
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "metaopt"
@@ -359,16 +359,10 @@ register(
 def _accuracy_row(rows: pd.DataFrame, cfg: AggregateConfig, column: str = "query_accuracy") -> dict:
     """Mean and CI over seeds (each seed's mean over the fixed tasks: what the claims read), the field's CI
     over tasks × seeds beside it, and the spread over tasks."""
-    seeds, tasks = seed_level(rows, column, cfg.confidence), mean_ci(rows[column], cfg.confidence)
     return {
         "runs": rows["run"].nunique(),
-        "tasks": tasks.n,
-        "accuracy": seeds.estimate,
-        "ci_low": seeds.ci_low,
-        "ci_high": seeds.ci_high,
-        "tasks_ci_low": tasks.low,
-        "tasks_ci_high": tasks.high,
-        "std_over_tasks": float(rows[column].std(ddof=1)) if tasks.n > 1 else np.nan,
+        **seed_summary(rows, column, cfg.confidence, "accuracy"),
+        "std_over_tasks": float(rows[column].std(ddof=1)) if len(rows) > 1 else np.nan,
         "pre_adaptation_accuracy": float(rows["pre_query_accuracy"].mean()),
     }
 

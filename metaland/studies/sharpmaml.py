@@ -26,7 +26,7 @@ from metaland.claims import Claim, all_of, improves_on, register, rule_parts, wh
 from metaland.config import AggregateConfig
 from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, no_data, save, suptitle
 from metaland.results import StudyTables, stratum_of
-from metaland.stats import mean_ci, seed_level
+from metaland.stats import seed_level, seed_summary
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "sharpmaml"
@@ -139,21 +139,12 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     for stratum, group in final.groupby(stratum_of(final)) if not final.empty else []:
         for name in _present(group):
             mine = group[group["variant"] == name]
-            seeds, tasks = (
-                seed_level(mine, "query_accuracy", cfg.confidence),
-                mean_ci(mine["query_accuracy"], cfg.confidence),
-            )
             gain = gains.get(name, {}).get(stratum)
             rows.append(
                 {
                     "stratum": stratum,
                     "variant": name,
-                    "seeds": seeds.n,
-                    "accuracy": seeds.estimate,
-                    "ci_low": seeds.ci_low,
-                    "ci_high": seeds.ci_high,
-                    "tasks_ci_low": tasks.low,
-                    "tasks_ci_high": tasks.high,
+                    **seed_summary(mine, "query_accuracy", cfg.confidence, "accuracy"),
                     "gain_over_maml": 0.0 if name == BASELINE else (gain.inference.estimate if gain else np.nan),
                     "gain_ci_low": gain.inference.ci_low if gain else np.nan,
                     "gain_ci_high": gain.inference.ci_high if gain else np.nan,
