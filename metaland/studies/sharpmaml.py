@@ -41,9 +41,9 @@ POSTER_ACCURACY = {"maml": 0.4713, "sharpmaml-low": 0.4887, "sharpmaml-up": 0.49
 """The poster's table: miniImageNet 5-way 1-shot, Conv-4-64, means only (Matching Nets: 43.56%)."""
 POSTER_SETTING = "poster: miniImageNet 5-way 1-shot, Conv-4-64"
 CONFIDENCE = 0.95
-FLATNESS = ("sam_sharpness", "hessian_top_eigenvalue")
+FLATNESS = ("sam_sharpness", "hessian_spectral_norm")
 SURFACE_SUMMARIES = ("meta_loss_centre", "meta_loss_mean_rise")
-LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_top_eigenvalue": "curvature λ_max at θ̃ᵢ"}
+LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_spectral_norm": "curvature ‖H‖σ at θ̃ᵢ"}
 
 
 def _variant(name: str):
@@ -89,7 +89,7 @@ register(
     )
 )
 
-for _metric, _what in (("sam_sharpness", "SAM sharpness of the meta-loss"), ("hessian_top_eigenvalue", "curvature")):
+for _metric, _what in (("sam_sharpness", "SAM sharpness of the meta-loss"), ("hessian_spectral_norm", "curvature")):
     register(
         Claim(
             id=f"{NAME}-flatter-{'sharpness' if _metric == 'sam_sharpness' else 'curvature'}",
