@@ -22,7 +22,8 @@ Lanczos amplify that component before the first check (for a Gaussian start its 
 1/√d, and it grows like a Chebyshev polynomial of degree k). When the Krylov basis reaches
 ``krylov_dim`` vectors without certification, Lanczos restarts thickly (Wu and Simon 2000): it
 keeps the Ritz vectors nearest each end of the spectrum (a quarter of the basis at each) and the
-next Lanczos vector, and goes on, so memory stays bounded and nothing learnt is lost. The residual
+next Lanczos vector, and goes on, so memory stays bounded while what it learnt about both ends is
+kept (the residual certificate holds across restarts: HQ = QT + βqeᵀ still). The residual
 of each reported end is recorded beside its eigenvalue, with the number of products and whether the
 task was certified within ``max_iters``.
 
