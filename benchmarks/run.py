@@ -279,22 +279,12 @@ def row_hessian(device, rounds: int, *, filters: int, tasks: int, target: float)
     batch = omniglot_like_tasks(tasks, 28, 15, device)
     adapted = adapt_tasks(loss, params, batch.support_x, batch.support_y, steps=5, lr=0.4, chunk=tasks)
     start = lanczos_starts(params, tasks, seed=0)
-    defaults = CurvatureOptions()
+    settings = CurvatureOptions().model_dump(include={"max_iters", "min_iters", "krylov_dim"})  # the probe's
     products = {}
 
     def ours(tol: float) -> torch.Tensor:
-        ends = tasks_extreme_eigenvalues(
-            loss,
-            adapted,
-            batch.support_x,
-            batch.support_y,
-            start=start,
-            chunk=tasks,
-            max_iters=defaults.max_iters,
-            tol=tol,
-            min_iters=defaults.min_iters,
-            krylov_dim=defaults.krylov_dim,
-        )
+        x, y = batch.support_x, batch.support_y
+        ends = tasks_extreme_eigenvalues(loss, adapted, x, y, start=start, chunk=tasks, tol=tol, **settings)
         products["metaland"] = int(ends.iterations.sum())
         return ends.spectral_norm.cpu()
 
