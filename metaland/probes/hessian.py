@@ -139,6 +139,24 @@ def _ritz_ends(projected: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tenso
     return theta, vectors, residual
 
 
+def _project_out(w: torch.Tensor, rows: torch.Tensor, *, repeat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [A, d] minus its projection on the orthonormal ``rows`` [A, k, d] (classical Gram-Schmidt),
+    and the coefficients [A, k] (float64). With ``repeat``, a second pass follows when the first
+    cancelled more than 1 − 1/√2 of any task's w (the DGKS criterion: "twice is enough")."""
+    coefficients = torch.zeros(w.shape[0], rows.shape[1], dtype=torch.float64, device=w.device)
+    for _ in range(2 if repeat else 1):
+        before = w.norm(dim=1)
+        c = (rows @ w.unsqueeze(2)).squeeze(2)
+        w = torch.baddbmm(w.unsqueeze(1), c.unsqueeze(1), rows, alpha=-1).squeeze(1)
+        coefficients += c
+        if (w.norm(dim=1) >= before * _DGKS).all():
+            break
+    return w, coefficients
+
+
+_DGKS = 2**-0.5
+
+
 def hessian_extreme_eigenvalues(
     loss: LossFn,
     params: ParamDict,
@@ -162,12 +180,15 @@ def hessian_extreme_eigenvalues(
     unless the check passes there). A stopped task leaves the batch: later products are computed for
     the remaining tasks only, and each task's values depend on nothing but its own inputs, whichever
     tasks share its batch (all tasks of a batch keep the same basis size, so they restart together).
+    Krylov vectors are kept in the parameters' dtype, the precision of the products themselves
+    (reorthogonalisation reads the whole basis twice per product: in float64 it took longer than
+    the products); the projected matrix and its eigenpairs are float64.
     """
     n_tasks = x.shape[0]
     dtype = next(iter(params.values())).dtype
     template = {name: value[0] for name, value in start.items()}  # one task's shapes
     q = flatten_batched(start).to(torch.float64)
-    q = q / q.norm(dim=1, keepdim=True)
+    q = (q / q.norm(dim=1, keepdim=True)).to(dtype)
     dimension = q.shape[1]
     capacity = min(krylov_dim, dimension)
     keep = max(1, capacity // 4)  # Ritz vectors kept at each end on a restart
@@ -178,21 +199,18 @@ def hessian_extreme_eigenvalues(
     active = torch.arange(n_tasks)
     basis = q.new_empty(n_tasks, min(8, capacity), dimension)  # Krylov vectors, grown on demand
     basis[:, 0] = q
-    projected = q.new_zeros(n_tasks, capacity, capacity)  # T = QᵀHQ
+    projected = q.new_zeros(n_tasks, capacity, capacity, dtype=torch.float64)  # T = QᵀHQ
     size = 1  # basis vectors; the last one is multiplied next
     for it in range(1, max_iters + 1):
         j = size - 1
-        vector = unflatten_batched(basis[:, j].to(dtype), template)
-        w = flatten_batched(_tasks_hvp(loss, params, x, y, vector)).to(torch.float64).unsqueeze(2)
-        krylov = basis[:, :size]  # [A, size, d]
-        h = krylov @ w
-        w = torch.baddbmm(w, krylov.transpose(1, 2), h, alpha=-1)
-        again = krylov @ w  # reorthogonalise twice ("twice is enough")
-        w = torch.baddbmm(w, krylov.transpose(1, 2), again, alpha=-1).squeeze(2)
-        h = (h + again).squeeze(2)
+        w = flatten_batched(_tasks_hvp(loss, params, x, y, unflatten_batched(basis[:, j], template)))
+        lo = max(j - 1, 0)  # the three-term recurrence's vectors first, then the whole basis
+        w, h_recent = _project_out(w, basis[:, lo:size], repeat=False)
+        w, h = _project_out(w, basis[:, :size], repeat=True)
+        h[:, lo:size] += h_recent
         projected[:, :size, j] = h
         projected[:, j, :size] = h
-        beta = w.norm(dim=1)
+        beta = w.norm(dim=1, dtype=torch.float64)
         theta, ritz, residual = _ritz_ends(projected[:, :size, :size], beta)
         norm = torch.maximum(theta[:, 0].abs(), theta[:, -1].abs())
         certified = (residual <= tol * norm[:, None]).all(dim=1).cpu()
@@ -205,10 +223,10 @@ def hessian_extreme_eigenvalues(
         converged[active[done]] = ((certified & (it >= min_iters)) | invariant)[done]
         if done.all():
             break
-        q = w / beta.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        q = w / beta.to(dtype).clamp_min(torch.finfo(dtype).tiny)[:, None]
         if size == capacity:  # thick restart: Ritz vectors of both ends, then the next Lanczos vector
             ends = torch.cat([torch.arange(keep), torch.arange(size - keep, size)]).to(q.device)
-            basis[:, : 2 * keep] = ritz[:, :, ends].transpose(1, 2) @ basis[:, :size]
+            basis[:, : 2 * keep] = ritz[:, :, ends].transpose(1, 2).to(dtype) @ basis[:, :size]
             projected.zero_()
             projected[:, : 2 * keep, : 2 * keep] = torch.diag_embed(theta[:, ends])
             size = 2 * keep
