@@ -425,7 +425,7 @@ GUIROY_PROBES = {
     "adaptation": {},
     "trajectory_coherence": {},
     "gradient_coherence": {},
-    "curvature": {"tasks": 60, "max_iters": 20, "tol": 1e-3},
+    "curvature": {"tasks": 60, "max_iters": 100, "tol": 1e-3, "min_iters": 10, "krylov_dim": 40},
 }
 
 
