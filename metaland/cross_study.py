@@ -32,7 +32,7 @@ from metaland.stats import spearman
 
 ACCURACY = "query_accuracy"
 LANDSCAPE_METRICS = {
-    "hessian_top_eigenvalue": "curvature: top Hessian eigenvalue (seed 000 §2.4.1)",
+    "hessian_spectral_norm": "curvature: spectral norm of the support-loss Hessian (seed 000 §2.4.1)",
     "sam_sharpness": "sharpness: SAM (seed 001 eqs. 16-17)",
     "trajectory_coherence": "coherence of adaptation trajectories (seed 000 §2.4.2)",
     "gradient_coherence": "meta-test gradient coherence (seed 000 §2.4.3)",

@@ -44,7 +44,7 @@ LABELS = {
     "query_loss": "meta-test target loss",
     "support_loss": "support loss at θ̃ᵢ",
     "pre_query_accuracy": "target accuracy at θˢ (before adaptation)",
-    "hessian_top_eigenvalue": "curvature E[‖H(Dᵢ; θ̃ᵢ)‖σ]",
+    "hessian_spectral_norm": "curvature E[‖H(Dᵢ; θ̃ᵢ)‖σ]",
     "trajectory_coherence": "trajectory coherence E[θ⃗ᵢᵀθ⃗ⱼ]",
     "gradient_coherence": "gradient coherence E[gᵢᵀgⱼ]",
     "trajectory_norm": "trajectory norm E[‖θ̃ᵢ − θˢ‖₂]",

@@ -101,3 +101,29 @@ def ci_pipeline(tmp_path_factory, omniglot_mirror) -> tuple[Path, dict, str]:
     work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror)
     log = sh(["dvc", "repro"], work, env)
     return work, env, log
+
+
+@pytest.fixture(scope="session")
+def trained_conv4(tiny_dataset, tmp_path_factory):
+    """A real checkpoint: a tiny Conv4 (4 blocks of 4 filters, BatchNorm) meta-trained by second-order
+    MAML for 12 iterations on the synthetic dataset, read back from its final checkpoint (float32),
+    with 4 fixed tasks of the test split. Returns (forward, θ, tasks, inner steps, inner lr)."""
+    import dataclasses
+
+    from metaland.checkpoints import load_params
+    from metaland.data.layout import load_split
+    from metaland.data.tasks import materialise, sample_dataset_tasks
+    from metaland.meta.train import train
+    from metaland.models import build_for_run, make_forward
+    from metaland.models.convnet import ConvNetParams
+    from tests.helpers import DATASET_PARAMS, make_run
+
+    run = dataclasses.replace(make_run(inner_lr=0.4), model=ConvNetParams(blocks=4, filters=4))
+    result = train(run, DATASET_PARAMS, tiny_dataset, tmp_path_factory.mktemp("conv4"), device=torch.device("cpu"))
+    split = load_split(tiny_dataset, "test")
+    module = build_for_run(run, split.images)
+    params = load_params(result.checkpoints[-1], list(dict(module.named_parameters())))
+    tasks = sample_dataset_tasks(
+        run.dataset, split, ways=run.ways, shots=2, queries=2, n_tasks=4, generator=torch.Generator().manual_seed(0)
+    )
+    return make_forward(module), params, materialise(split, tasks), run.train.inner_steps, run.train.inner_lr

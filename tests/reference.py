@@ -1,11 +1,12 @@
-"""Brute-force references for the math tests (seed 000 §1-§2), shared by ``test_math_inner`` and
-``test_math_probes``.
+"""Brute-force references for the math tests (seed 000 §1-§2), shared by the ``test_math_*``
+modules and ``benchmarks/verify_curvature.py``.
 
 These are written by hand, without metaland's functional code (``metaland.meta``,
 ``metaland.probes``), and are used to check it: a hand-written forward pass of the one-block
 ConvNet (conv → batch-statistics BatchNorm → ReLU → linear), a hand-written cross-entropy, plain
-``torch.autograd.grad`` inner loops, and explicit Hessian matrices with ``eigvalsh``. Only the
-model's construction and initial parameters (and ``flatten``) come from metaland.
+``torch.autograd.grad`` inner loops, explicit Hessian matrices, and ARPACK
+(``scipy.sparse.linalg.eigsh``) on double-backward Hessian-vector products. Only the model's
+construction and initial parameters (and ``flatten``) come from metaland.
 """
 
 from __future__ import annotations
@@ -125,19 +126,55 @@ def explicit_hessian(p: dict, x, y) -> torch.Tensor:
     return torch.autograd.functional.hessian(lambda v: reference_loss(unflatten_like(v, p), x.double(), y), flatten(p))
 
 
-def dominant_eigenvalue(matrix: torch.Tensor) -> float:
-    """The signed eigenvalue of largest magnitude (what power iteration converges to)."""
-    eigenvalues = torch.linalg.eigvalsh(matrix)
-    return eigenvalues[eigenvalues.abs().argmax()].item()
+# ----------------------------------------------------------------------------------------------
+# ARPACK on Hessian-vector products: the oracle for the Lanczos probes (and benchmarks/)
+# ----------------------------------------------------------------------------------------------
 
 
-def adapted_dominant_eigenvalues(
-    params: dict, batch: TaskBatch, n_tasks: int, *, steps: int = STEPS, lr: float = LR
-) -> torch.Tensor:
-    """[n_tasks] float64: per task i, the dominant eigenvalue of the explicit support-loss Hessian
-    ∇²_θ L(f(D_i; θ̃_i)) at the task's adapted parameters θ̃_i (eqs. 2.1, 2.3-2.4)."""
-    values = []
-    for i in range(n_tasks):
-        x, y = batch.support_x[i], batch.support_y[i]
-        values.append(dominant_eigenvalue(explicit_hessian(reference_adapt(params, x, y, steps=steps, lr=lr), x, y)))
-    return torch.tensor(values, dtype=torch.float64)
+def autograd_hessian_operator(loss_fn, params: dict, *args):
+    """∇²_θ loss_fn(θ, *args) at ``params`` as a scipy ``LinearOperator`` over the flattened
+    parameters, in float64. Products are double-backward Hessian-vector products
+    (``torch.autograd.grad`` of the gradient, Pearlmutter's reverse-over-reverse), independent of
+    metaland's forward-over-reverse ``jvp(grad)``."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator
+
+    theta = {k: v.detach().to(torch.float64).requires_grad_(True) for k, v in params.items()}
+    args = tuple(a.to(torch.float64) if torch.is_floating_point(a) else a for a in args)
+    grads = torch.autograd.grad(loss_fn(theta, *args), list(theta.values()), create_graph=True)
+    flat_grad = torch.cat([g.reshape(-1) for g in grads])
+    d = flat_grad.numel()
+
+    def matvec(v):
+        vector = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(-1), device=flat_grad.device)
+        hv = torch.autograd.grad(flat_grad, list(theta.values()), grad_outputs=vector, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]).cpu().numpy()
+
+    return LinearOperator((d, d), matvec=matvec, dtype=np.float64)
+
+
+def eigsh_extremes(operator, *, seed: int = 0, tol: float = 1e-12) -> tuple[float, float]:
+    """(λ_max, λ_min) of a symmetric ``LinearOperator`` by ARPACK (``scipy.sparse.linalg.eigsh``,
+    implicitly restarted Lanczos), each end found on its own from a seeded random start vector.
+    Dense ``eigvalsh`` below 3 dimensions, where ARPACK cannot run."""
+    import numpy as np
+    from scipy.sparse.linalg import eigsh
+
+    d = operator.shape[0]
+    if d < 3:
+        values = np.linalg.eigvalsh(operator @ np.eye(d))
+        return float(values[-1]), float(values[0])
+    v0 = np.random.default_rng(seed).standard_normal(d)
+    ends = [eigsh(operator, k=1, which=which, v0=v0, tol=tol, return_eigenvectors=False)[0] for which in ("LA", "SA")]
+    return float(ends[0]), float(ends[1])
+
+
+def in_float64(params: dict, batch: TaskBatch) -> tuple[dict, TaskBatch]:
+    """Parameters and tasks cast to float64 (labels unchanged), for tight comparisons."""
+    sx, sy, qx, qy = batch.tensors()
+    return {k: v.double() for k, v in params.items()}, TaskBatch(sx.double(), sy, qx.double(), qy)
+
+
+def hessian_quadratic_form(operator, vector: torch.Tensor) -> float:
+    """vᵀ H v through the oracle's ``LinearOperator``."""
+    return float(vector.double() @ torch.from_numpy(operator @ vector.double().numpy()))

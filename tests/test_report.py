@@ -248,7 +248,7 @@ def test_cross_study_correlations_equal_scipys(report):
     assert set(table["scope"]) == {"all", *(s for s, metrics in measured.items() if metrics)}
     for scope, metrics in [("all", set().union(*measured.values())), *measured.items()]:
         assert set(table.loc[table["scope"] == scope, "metric"]) == metrics
-    assert {"hessian_top_eigenvalue", "sam_sharpness", "pc", "gradient_coherence"} <= set().union(*measured.values())
+    assert {"hessian_spectral_norm", "sam_sharpness", "pc", "gradient_coherence"} <= set().union(*measured.values())
     for row in table.itertuples():
         frame = points if row.scope == "all" else frames[row.scope]
         frame = frame[frame["study"].isin([s for s, metrics in measured.items() if row.metric in metrics])]

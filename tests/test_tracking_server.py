@@ -83,7 +83,7 @@ def test_the_stages_log_to_the_server_only(served):
     history = client.get_metric_history(train.info.run_id, "train/query_loss")
     assert [m.step for m in history] == [5, 10, 15, 20, 25, 30, 35, 40]
     probe = runs[f"probe@{RUN}"]
-    assert [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_top_eigenvalue")] == [
+    assert [m.step for m in client.get_metric_history(probe.info.run_id, "probe/hessian_spectral_norm")] == [
         0,
         10,
         20,

@@ -103,7 +103,7 @@ def test_the_runs_and_their_charts_are_shown(browser, ui, tmp_path):
     screenshot(browser, tmp_path / "runs-table.png")
     browser.get(f"{url}/#/experiments/{study.experiment_id}/runs?compareRunsMode=CHART")
     wait_for(browser, lambda d: len(d.find_elements("css selector", ".js-plotly-plot")) >= 3, "metric charts")
-    wait_for(browser, lambda d: visible(d, "probe/hessian_top_eigenvalue"), "the curvature chart")
+    wait_for(browser, lambda d: visible(d, "probe/hessian_spectral_norm"), "the curvature chart")
     screenshot(browser, tmp_path / "runs-and-charts.png")
 
 

@@ -23,6 +23,7 @@ never reused.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from metaland.checkpoints import Checkpoint, load_params
 from metaland.config import Run, StudyConfig, probe_name, probe_split
 from metaland.data.layout import SplitData, load_split
-from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
+from metaland.data.tasks import TaskBatch, TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import (
     atomic_dir,
@@ -44,7 +45,7 @@ from metaland.io import (
 )
 from metaland.meta import ALGORITHMS
 from metaland.meta.inner import adapted_names
-from metaland.models import build_for_run, head_names, initial_params, make_forward
+from metaland.models import Forward, build_for_run, head_names, initial_params, make_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
@@ -73,6 +74,61 @@ def task_set_file(split: str, study: StudyConfig) -> str:
 DEFAULT_CACHE_DIR = Path(".metaland") / "probe-cache"
 
 
+@dataclass
+class RunProbes:
+    """What probing any checkpoint of one run needs, built once per run: the fixed task sets of every
+    split its probes measure, the model and its parameter layout."""
+
+    run: Run
+    study: StudyConfig
+    task_sets: dict[str, TaskSet]
+    batches: dict[str, TaskBatch]
+    train_split: SplitData
+    forward: Forward
+    head: tuple[str, str]
+    adapted: frozenset[str] | None
+    order: list[str]
+    module: torch.nn.Module
+
+    @classmethod
+    def build(cls, run: Run, study: StudyConfig, dataset_dir: Path, device: torch.device) -> RunProbes:
+        splits = {name: load_split(dataset_dir, name) for name in study.probe_splits(run)}
+        task_sets = {name: probe_task_set(run, study, split, name) for name, split in splits.items()}
+        batches = {name: materialise(splits[name], tasks).to(device) for name, tasks in task_sets.items()}
+        train_split = splits.get("train") or load_split(dataset_dir, "train")
+        algorithm = ALGORITHMS.get(run.algorithm)
+        module = build_for_run(run, train_split.images, device, classes=algorithm.output_classes(run, train_split))
+        head = head_names(module)
+        adapted = adapted_names(list(dict(module.named_parameters())), head, run.train.inner_params)
+        order = list(algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options))
+        return cls(run, study, task_sets, batches, train_split, make_forward(module), head, adapted, order, module)
+
+    def contexts(self, checkpoint: Checkpoint, step: int, device: torch.device) -> dict[str, ProbeContext]:
+        """A probe context per split, at the checkpoint's θ as meta-tested."""
+        run, study = self.run, self.study
+        algorithm = ALGORITHMS.get(run.algorithm)
+        trained = load_params(checkpoint, self.order, device)
+        params = algorithm.at_meta_test(trained, self.head, run, step)
+        return {
+            name: ProbeContext(
+                self.forward,
+                params,
+                batch,
+                run.train.inner_steps if study.probe.inner_steps is None else study.probe.inner_steps,
+                run.train.inner_lr,
+                study.probe.chunk,
+                study.probe.seed,
+                self.head,
+                self.adapted,
+                algorithm.inner_update(run.algorithm_options),
+                algorithm.meta_test_adaptation(run.algorithm_options, self.module, self.head, run.seed),
+                trained,
+                self.train_split,
+            )
+            for name, batch in self.batches.items()
+        }
+
+
 def probe_run(
     run: Run,
     study: StudyConfig,
@@ -85,18 +141,9 @@ def probe_run(
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> list[dict]:
     """Probe every checkpoint in ``checkpoint_dir``'s manifest; write the tables; return the rows."""
-    splits = {name: load_split(dataset_dir, name) for name in study.probe_splits(run)}
-    task_sets = {name: probe_task_set(run, study, split, name) for name, split in splits.items()}
-    batches = {name: materialise(splits[name], tasks).to(device) for name, tasks in task_sets.items()}
+    setup = RunProbes.build(run, study, dataset_dir, device)
+    task_sets = setup.task_sets
     tasks = task_sets[study.probe.split]
-    train_split = splits.get("train") or load_split(dataset_dir, "train")
-    algorithm = ALGORITHMS.get(run.algorithm)
-    module = build_for_run(run, train_split.images, device, classes=algorithm.output_classes(run, train_split))
-    forward = make_forward(module)
-    head = head_names(module)
-    model_names = list(dict(module.named_parameters()))
-    adapted = adapted_names(model_names, head, run.train.inner_params)
-    order = list(algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options))
     probes = study.probes_for(run)
     manifest = read_manifest(checkpoint_dir)
 
@@ -121,26 +168,7 @@ def probe_run(
         if cached.is_file():
             result = read_json(cached)
         else:
-            trained = load_params(checkpoint, order, device)
-            params = algorithm.at_meta_test(trained, head, run, step)
-            contexts = {
-                name: ProbeContext(
-                    forward,
-                    params,
-                    batch,
-                    run.train.inner_steps if study.probe.inner_steps is None else study.probe.inner_steps,
-                    run.train.inner_lr,
-                    study.probe.chunk,
-                    study.probe.seed,
-                    head,
-                    adapted,
-                    algorithm.inner_update(run.algorithm_options),
-                    algorithm.meta_test_adaptation(run.algorithm_options, module, head, run.seed),
-                    trained,
-                    train_split,
-                )
-                for name, batch in batches.items()
-            }
+            contexts = setup.contexts(checkpoint, step, device)
             result = _probe_checkpoint(contexts, probes, study.probe.split)
             write_json(cached, {"step": step, **result})
         checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **result["summary"]})

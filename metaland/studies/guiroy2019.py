@@ -132,7 +132,7 @@ _claim(
     "interior checkpoint where the other seeds' mean curve peaks (so a seed's own noise does not pick it); holds if, "
     f"{ACROSS_SEEDS}, both the rise (peak − first) and the fall (peak − last) are significantly positive in every "
     "MAML/FOMAML stratum with T > 1; fails if either is significantly negative in any.",
-    peak_then_fall("hessian_top_eigenvalue", scope=MULTI_STEP),
+    peak_then_fall("hessian_spectral_norm", scope=MULTI_STEP),
 )
 _claim(
     "curvature-falls-after-accuracy-peaks",
@@ -143,7 +143,7 @@ _claim(
     f"{ACROSS_SEEDS}, accuracy degrades significantly from the peak to the last checkpoint and curvature falls "
     "significantly over the same checkpoints; fails if accuracy degrades while curvature rises significantly; "
     "inconclusive otherwise (also when accuracy does not degrade: no overfitting to look at).",
-    falls_after_peak_of("hessian_top_eigenvalue", "query_accuracy", scope=OVERFIT),
+    falls_after_peak_of("hessian_spectral_norm", "query_accuracy", scope=OVERFIT),
 )
 _claim(
     "trajectory-coherence-tracks-accuracy",
@@ -225,17 +225,17 @@ def fig_curvature(tables: StudyTables, path: Path) -> None:
     panels = _by_dataset_ways(MULTI_STEP(tables.checkpoints))
     fig, axes = grid(max(len(panels), 1), columns=2, width=4.6)
     for i, (title, rows) in enumerate(panels):
-        curves_by_algorithm(axes[i], rows, "hessian_top_eigenvalue", title=f"({'abcd'[i % 4]}) {title}", by_shots=True)
+        curves_by_algorithm(axes[i], rows, "hessian_spectral_norm", title=f"({'abcd'[i % 4]}) {title}", by_shots=True)
     if not panels:
         no_data(axes[0], "(a)", "MAML/FOMAML runs")
-    suptitle(fig, "Fig. 2.2 — flatness of meta-test solutions: top Hessian eigenvalue of the support loss at θ̃ᵢ")
+    suptitle(fig, "Fig. 2.2 — flatness of meta-test solutions: spectral norm ‖H‖σ of the support-loss Hessian at θ̃ᵢ")
     save(fig, path)
 
 
 def _characterization(rows: pd.DataFrame, path: Path, title: str, what: str) -> None:
     """Target accuracy (a), support loss (b) and curvature (c) of meta-test solutions; a dotted
     line marks the checkpoint of peak accuracy (mean over runs)."""
-    metrics = ("query_accuracy", "support_loss", "hessian_top_eigenvalue")
+    metrics = ("query_accuracy", "support_loss", "hessian_spectral_norm")
     fig, axes = grid(3, columns=3)
     for ax, metric, letter in zip(axes, metrics, "abc", strict=True):
         if rows.empty:

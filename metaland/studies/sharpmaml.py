@@ -40,9 +40,9 @@ LEGEND = {name: "Sharp-MAML" + short if name != "maml" else short for name, shor
 POSTER_ACCURACY = {"maml": 0.4713, "sharpmaml-low": 0.4887, "sharpmaml-up": 0.4903, "sharpmaml-both": 0.4960}
 """The poster's table: miniImageNet 5-way 1-shot, Conv-4-64, means only (Matching Nets: 43.56%)."""
 POSTER_SETTING = "poster: miniImageNet 5-way 1-shot, Conv-4-64"
-FLATNESS = ("sam_sharpness", "hessian_top_eigenvalue")
+FLATNESS = ("sam_sharpness", "hessian_spectral_norm")
 SURFACE_SUMMARIES = ("meta_loss_centre", "meta_loss_mean_rise")
-LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_top_eigenvalue": "curvature λ_max at θ̃ᵢ"}
+LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_spectral_norm": "curvature ‖H‖σ at θ̃ᵢ"}
 
 
 def _variant(name: str):
@@ -93,7 +93,7 @@ register(
     )
 )
 
-for _metric, _what in (("sam_sharpness", "SAM sharpness of the meta-loss"), ("hessian_top_eigenvalue", "curvature")):
+for _metric, _what in (("sam_sharpness", "SAM sharpness of the meta-loss"), ("hessian_spectral_norm", "curvature")):
     register(
         Claim(
             id=f"{NAME}-flatter-{'sharpness' if _metric == 'sam_sharpness' else 'curvature'}",
@@ -279,7 +279,7 @@ def fig_flatness(tables: StudyTables, path: Path) -> None:
     fig, axes = grid(3 * max(len(strata), 1), columns=3, width=4.2, height=3.4)
     panels = (
         ("sam_sharpness", LABELS["sam_sharpness"]),
-        ("hessian_top_eigenvalue", LABELS["hessian_top_eigenvalue"]),
+        ("hessian_spectral_norm", LABELS["hessian_spectral_norm"]),
         ("meta_loss_mean_rise", "mean rise of the 2-D meta-loss surface"),
     )
     for i, stratum in enumerate(strata or [""]):
