@@ -77,17 +77,18 @@ def tree_digests(folder: Path) -> dict[str, str]:
 
 def test_killed_training_resumes_to_the_same_bytes(workspace):
     work, env = workspace
-    straight = metaland(work, env, "train", RUN, "--runs-dir", "runs-straight")
+    straight = metaland(work, env, "train", RUN, "--runs-dir", "runs-straight", "--resume-dir", "resume-straight")
     finish(straight)
 
-    ckpt = work / "runs" / RUN / "ckpt"
+    ckpt = work / ".metaland" / "train" / RUN / "ckpt"  # the resume area: runs/<run> appears only complete
     training = metaland(work, env, "train", RUN, "--runs-dir", "runs")
     kill_when(training, lambda: (ckpt / "step-00000010.json").is_file())  # the second checkpoint
     assert not (ckpt / "step-00000300.json").exists(), "the kill came after the end of training"
+    assert not (work / "runs" / RUN).exists(), "nothing published before training ends"
     finish(metaland(work, env, "train", RUN, "--runs-dir", "runs"))
 
     assert tree_digests(work / "runs" / RUN) == tree_digests(work / "runs-straight" / RUN)
-    assert [c.step for c in list_checkpoints(ckpt)] == list(range(0, 301, 10))
+    assert [c.step for c in list_checkpoints(work / "runs" / RUN / "ckpt")] == list(range(0, 301, 10))
 
 
 def test_killed_probe_sweep_reuses_finished_checkpoints(workspace):
@@ -143,7 +144,7 @@ def test_kills_while_checkpoints_are_written_never_leave_a_torn_file(tmp_path):
             assert load_groups(checkpoint)["params"]["w"].shape == (512, 512)
         for tensors in directory.glob("step-*.safetensors"):  # with or without its sidecar
             assert load_file(tensors)["params/w"].shape == (512, 512)
-        assert latest_valid(directory, "h").step == checkpoints[-1].step
+        assert latest_valid(directory, {"params_hash": "h"}).step == checkpoints[-1].step
         remove_stale_temporaries(directory)
         leftovers = [p.name for p in directory.iterdir() if not p.name.startswith("step-")]
         assert not leftovers, leftovers

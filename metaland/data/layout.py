@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from metaland.data.registry import SPLITS
 from metaland.errors import DataError
-from metaland.io import atomic_path, read_json, write_json
+from metaland.io import read_json, write_json, write_safetensors
 
 CLASSES_FILE = "classes.json"
 MANIFEST_FILE = "manifest.json"
@@ -59,8 +59,7 @@ def split_file(data_dir: Path, split: str) -> Path:
 def write_split(out_dir: Path, split: str, data: SplitData) -> None:
     """Write ``<out_dir>/<split>.safetensors`` atomically (class names go to ``classes.json``)."""
     tensors = {"images": data.images.contiguous(), "offsets": data.offsets.contiguous()}
-    with atomic_path(split_file(out_dir, split)) as tmp:
-        save_file(tensors, tmp)
+    write_safetensors(split_file(out_dir, split), tensors, f"the {split} split of {Path(out_dir).name}")
 
 
 def write_layout(out_dir: Path, splits: Mapping[str, SplitData], manifest: Mapping[str, Any]) -> None:
@@ -103,12 +102,19 @@ def load_split(data_dir: Path, split: str) -> SplitData:
     try:
         tensors = load_file(path)
         names = read_json(data_dir / CLASSES_FILE)[split]
-        return SplitData(tensors["images"], tensors["offsets"], tuple(names))
+        data = SplitData(tensors["images"], tensors["offsets"], tuple(names))
+        manifest = data_dir / MANIFEST_FILE
+        shape = read_json(manifest).get("image_shape") if manifest.is_file() else None
+        if shape is not None and list(data.images.shape[1:]) != list(shape):
+            raise ValueError(
+                f"its images are {list(data.images.shape[1:])}, but {manifest} gives every split {list(shape)}"
+            )
+        return data
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
             f"Dataset file {path} (or {data_dir / CLASSES_FILE}) is corrupt "
             f"({type(err).__name__}: {err}). Fix: delete {data_dir} and {_refetch(data_dir)}."
-        ) from err
+        ) from None
 
 
 def _layout_problem(data: SplitData) -> str | None:

@@ -14,10 +14,11 @@ row per observation::
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
 So each checkpoint's results are also kept, as soon as they exist, in a cache folder outside the
 DVC outputs (``.metaland/probe-cache/<run>/`` by default), under a key that hashes everything they
-depend on: the checkpoint's sha256, the task set, the probe options, the run's inner loop, the
-device type and the source code of the package. A sweep that is killed and restarted recomputes
-only the checkpoints it had not finished; a changed input changes the key, so stale results are
-never reused.
+depend on: the checkpoint's sha256, the digest of the dataset's manifest (which holds its split
+files' digests: the same task indices on another split are other images), the run's params hash,
+the task set, the probe options, the run's inner loop, the device type and the source code of the
+package. A sweep that is killed and restarted recomputes only the checkpoints it had not finished;
+a changed input changes the key, so stale results are never reused.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from tqdm import tqdm
 
 from metaland.checkpoints import Checkpoint, load_params
 from metaland.config import Run, StudyConfig, probe_name, probe_split
-from metaland.data.layout import SplitData, load_split
+from metaland.data.layout import MANIFEST_FILE, SplitData, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import (
     atomic_dir,
+    file_digest,
     read_json,
     remove_stale_temporaries,
     source_digest,
@@ -81,10 +83,15 @@ def probe_run(
     out_dir: Path,
     *,
     device: torch.device,
+    params_hash: str,
     tracker=None,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> list[dict]:
-    """Probe every checkpoint in ``checkpoint_dir``'s manifest; write the tables; return the rows."""
+    """Probe every checkpoint in ``checkpoint_dir``'s manifest, which must list checkpoints trained
+    for ``params_hash`` (the run's params as read now) on this dataset; write the tables; return
+    the rows."""
+    data_sha256 = file_digest(Path(dataset_dir) / MANIFEST_FILE)
+    manifest = read_manifest(checkpoint_dir, run_key=run.key, params_hash=params_hash, data_sha256=data_sha256)
     splits = {name: load_split(dataset_dir, name) for name in study.probe_splits(run)}
     task_sets = {name: probe_task_set(run, study, split, name) for name, split in splits.items()}
     batches = {name: materialise(splits[name], tasks).to(device) for name, tasks in task_sets.items()}
@@ -96,11 +103,12 @@ def probe_run(
     head = head_names(module)
     model_names = list(dict(module.named_parameters()))
     adapted = adapted_names(model_names, head, run.train.inner_params)
-    order = list(algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options))
+    reference = algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options)
     probes = study.probes_for(run)
-    manifest = read_manifest(checkpoint_dir)
 
     inputs = {
+        "data": data_sha256,
+        "params_hash": params_hash,
         "tasks": stable_hash({name: task_set.to_json() for name, task_set in task_sets.items()}),
         "probe": study.probe.model_dump(mode="json"),
         "probe_set": run.probe_set,
@@ -121,7 +129,7 @@ def probe_run(
         if cached.is_file():
             result = read_json(cached)
         else:
-            trained = load_params(checkpoint, order, device)
+            trained = load_params(checkpoint, reference, device)
             params = algorithm.at_meta_test(trained, head, run, step)
             contexts = {
                 name: ProbeContext(
