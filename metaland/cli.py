@@ -163,12 +163,19 @@ def stage_main(command: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_READ_AS: dict[Path, tuple[int, int]] = {}
+"""Size and modification time of each params file when a stage command read it (:func:`_still_reads`)."""
+
+
 def _config(params_path: Path):
     """The validated params of a stage command, after checking that its tracking store answers."""
     from metaland.config import load_params
     from metaland.tracking import check_reachable
 
+    stat = params_path.stat() if params_path.is_file() else None
     config = load_params(params_path)
+    if stat is not None:
+        _READ_AS[params_path] = (stat.st_size, stat.st_mtime_ns)
     check_reachable()
     return config
 
@@ -189,12 +196,16 @@ def _still_reads(params_path: Path, config, stage: str, pick: Callable[[Any], An
 
     DVC records a stage's params in dvc.lock when the stage ends; a params.yaml edited (or a profile
     switched) while it ran would record values its outputs were not computed with, and the next
-    `dvc repro` would skip it. Failing instead makes DVC rerun it with the new values."""
+    `dvc repro` would skip it. Failing instead makes DVC rerun it with the new values. The file is
+    read again only if its size or modification time differs from the first read's."""
     from metaland.config import load_params
 
     try:
+        stat = params_path.stat()
+        if (stat.st_size, stat.st_mtime_ns) == _READ_AS.setdefault(params_path, (stat.st_size, stat.st_mtime_ns)):
+            return
         unchanged = pick(load_params(params_path)) == pick(config)
-    except (MetalandError, KeyError):
+    except (MetalandError, KeyError, OSError):
         unchanged = False
     if not unchanged:
         raise ConfigError(
@@ -333,7 +344,7 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resum
                 started=tracking,
             )
 
-        def still_reads() -> None:
+        def still_valid() -> None:
             _still_reads(params_path, config, f"train@{run.key}", lambda c: (c.runs[run.key], c.datasets[run.dataset]))
 
         result = train_run(
@@ -344,7 +355,7 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resum
             device=device,
             open_tracker=open_tracker,
             work_dir=resume_dir / run.key,
-            before_publishing=still_reads,
+            still_valid=still_valid,
         )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     click.echo(f"trained {run.key}: {len(result.checkpoints)} checkpoints in {runs_dir / run.key}{resumed}")
@@ -534,7 +545,7 @@ def ui(port: int, workers: int | None) -> None:
 
     To share one store between machines or parallel `dvc exp run --queue` jobs, run a tracking
     server instead (`docker compose up -d mlflow`, README.md "Tracking server")."""
-    from metaland.tracking import ensure_store, tracking_uri
+    from metaland.tracking import ensure_store, mlflow_store_uri, tracking_uri
 
     ensure_store()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
@@ -542,7 +553,7 @@ def ui(port: int, workers: int | None) -> None:
     # MLflow's server-side job runner serves GenAI judges and scorers, which metaland never uses;
     # it would start five more processes beside the pipeline. Set the variable to override.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    args = [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
+    args = [mlflow, "ui", "--backend-store-uri", mlflow_store_uri(), "--host", "127.0.0.1", "--port", str(port)]
     os.execv(mlflow, args + (["--workers", str(workers)] if workers else []))
 
 

@@ -6,7 +6,8 @@ Exit statuses (the one table; README.md and docs/reliability.md show it):
 
 ====  ==================================================================================
 0     success
-1     an unexpected error: a bug in metaland (the only case that prints a traceback)
+1     an unexpected error: a bug in metaland (the only case that prints a traceback); for
+      ``metaland compare-results``: the two builds differ (as ``diff`` says it)
 2     usage or params: a bad command line or params.yaml (:class:`ConfigError`)
 3     data: a dataset is missing, corrupt, fails its checksum or is unsafe (:class:`DataError`)
 4     divergence: training produced a non-finite loss or gradient (:class:`DivergenceError`)
@@ -35,7 +36,8 @@ EXIT_SIGNAL_BASE = 128
 
 EXIT_STATUSES = {
     EXIT_OK: "success",
-    EXIT_BUG: "unexpected error (a bug: the only case with a traceback; please report it)",
+    EXIT_BUG: "unexpected error (a bug: the only case with a traceback; please report it); compare-results: "
+    "the builds differ",
     EXIT_USAGE: "usage or params (command line, params.yaml)",
     EXIT_DATA: "data (missing, corrupt, checksum, unsafe archive)",
     EXIT_DIVERGENCE: "divergence (non-finite loss or gradient)",

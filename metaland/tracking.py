@@ -91,13 +91,26 @@ def sqlite_uri(path: Path) -> str:
     return "sqlite:///" + urllib.parse.quote(str(Path(path).absolute()), safe="/")
 
 
+def mlflow_store_uri() -> str:
+    """:func:`tracking_uri` as handed to MLflow: a SQLite database under the working folder is named
+    by its relative path. MLflow creates the folder of a SQLite URI's path without decoding it, so
+    an encoded ``?`` or ``%`` in the checkout's path would otherwise leave a stray folder beside it."""
+    uri = tracking_uri()
+    path = sqlite_path(uri)
+    if path is None or not path.is_relative_to(Path.cwd()):
+        return uri
+    query = uri.partition("?")[2]
+    return "sqlite:///" + urllib.parse.quote(path.relative_to(Path.cwd()).as_posix()) + (f"?{query}" if query else "")
+
+
 def mlflow_client():
     # MLflow is imported lazily: it is slow to import and only stages need it.
-    for name in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("alembic", "mlflow.store.db.utils"):  # their INFO lines, not a quieter level set by the caller
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri())
+    return MlflowClient(mlflow_store_uri())
 
 
 REACHABILITY_TIMEOUT_S = 5.0
@@ -109,11 +122,23 @@ after MLflow's default of 7 retries of 120 s."""
 
 def check_reachable(uri: str | None = None) -> None:
     """Raise :class:`TrackingError` unless an HTTP(S) tracking server answers a real API call (a
-    one-experiment search) within :data:`REACHABILITY_TIMEOUT_S`; local stores need no check.
+    one-experiment search) within :data:`REACHABILITY_TIMEOUT_S`, or a SQLite store's file and
+    folder can be written by this user.
 
     ``/health`` alone is not enough: a server whose database is down answers it and then fails
     every call."""
     uri = uri or tracking_uri()
+    path = sqlite_path(uri)
+    if path is not None:
+        unwritable = [p for p in (path, path.parent) if p.exists() and not os.access(p, os.W_OK)]
+        if unwritable:
+            raise TrackingError(
+                f"The tracking database {path} (MLFLOW_TRACKING_URI) cannot be written by this user (uid "
+                f"{os.getuid()}): {unwritable[0]} is read-only; nothing was run or written. Fix: make the file and "
+                "its folder writable (`chmod u+w`), or point MLFLOW_TRACKING_URI at a writable place or a tracking "
+                "server."
+            )
+        return
     if not uri.startswith(("http://", "https://")):
         return
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -175,21 +200,14 @@ def describe_store() -> str:
     uri = tracking_uri()
     check_reachable(uri)
     path = sqlite_path(uri)
-    if path is not None:
-        if not path.is_file():
-            if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
-                raise TrackingError(
-                    f"The tracking database {path} (MLFLOW_TRACKING_URI) does not exist and its folder "
-                    f"{path.parent} is missing or not writable. Fix: create the folder or make it writable, or "
-                    "point MLFLOW_TRACKING_URI at a writable place or a tracking server."
-                )
-            return f"{uri}: not created yet (the first stage creates it)"
-        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+    if path is not None and not path.is_file():
+        if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
             raise TrackingError(
-                f"The tracking database {path} (MLFLOW_TRACKING_URI) or its folder is not writable by this user "
-                f"(uid {os.getuid()}), so every stage would fail to log its run. Fix: make both writable, or point "
-                "MLFLOW_TRACKING_URI at a writable place or a tracking server."
+                f"The tracking database {path} (MLFLOW_TRACKING_URI) does not exist and its folder "
+                f"{path.parent} is missing or not writable. Fix: create the folder or make it writable, or "
+                "point MLFLOW_TRACKING_URI at a writable place or a tracking server."
             )
+        return f"{uri}: not created yet (the first stage creates it)"
     try:
         count = len(mlflow_client().search_experiments(max_results=1000))
     except Exception as err:

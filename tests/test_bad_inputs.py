@@ -176,7 +176,7 @@ CASES = [
         ["studies.guiroy2019.extract", "every rule is off"],
     ),
     # issue 28, row 12: params files a YAML reader chokes on, or silently misreads
-    case("a Latin-1 byte", text_edit(lambda t: t.encode() + "# caf\xe9\n".encode("latin-1")), (), ["not UTF-8", "0xe9"]),
+    case("a Latin-1 byte", text_edit(lambda t: t.encode() + "# caf\xe9\n".encode("latin-1")), (), ["UTF-8", "0xe9"]),
     case("a 5000-digit integer", text_edit(replace_once("seed: 0", "seed: " + "9" * 5000)), (), ["5000 digits"]),
     case("20000 nested brackets", text_edit(lambda t: (t + NESTED).encode()), (), ["nests", "more than 32 deep"]),
     case(
@@ -209,7 +209,7 @@ CASES = [
         (),
         ["line break or another control character"],
     ),
-    case("shots: yes", text_edit(replace_once("    shots: 1\n", "    shots: yes\n")), (), [f"runs.{RUN}.shots = 'yes'"]),
+    case("shots: yes", text_edit(replace_once("    shots: 1\n", "    shots: yes\n")), (), [f"{RUN}.shots = 'yes'"]),
     case("an alias bomb in a wrongly typed value", alias_bomb_in_a_wrong_type, (), ["alias"]),
     # issue 28, rows 6 and 10: a tracking server that answers /health but not its API, or another protocol
     case("tracking API answers 503", serving_once(UNAVAILABLE, True), (), ["HTTP 503", "server's log"], EXIT_TRACKING),

@@ -9,6 +9,7 @@ byte-deterministic: the same splits and manifest give identical files.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 from metaland.data.registry import SPLITS
 from metaland.errors import DataError
-from metaland.io import read_json, write_json, write_safetensors
+from metaland.io import file_digest, read_json, write_json, write_safetensors
 
 CLASSES_FILE = "classes.json"
 MANIFEST_FILE = "manifest.json"
@@ -115,6 +116,18 @@ def load_split(data_dir: Path, split: str) -> SplitData:
             f"Dataset file {path} (or {data_dir / CLASSES_FILE}) is corrupt "
             f"({type(err).__name__}: {err}). Fix: delete {data_dir} and {_refetch(data_dir)}."
         ) from None
+
+
+def dataset_digest(data_dir: Path) -> str:
+    """sha256 identifying a fetched dataset's content: its manifest, which lists the sha256 of every
+    file of the layout (written by fetch); for a layout written otherwise, the files themselves."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / MANIFEST_FILE
+    digest = hashlib.sha256(manifest.read_bytes())
+    if "files" not in read_json(manifest):
+        for path in sorted(p for p in data_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+            digest.update(f"\0{path.name}\0{file_digest(path)}".encode())
+    return digest.hexdigest()
 
 
 def _layout_problem(data: SplitData) -> str | None:

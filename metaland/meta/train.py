@@ -17,7 +17,7 @@ copy). ``runs/<run>`` is then an ordinary DVC output: DVC removes it before reru
 can restore it from its run-cache (switching profiles back and forth retrains nothing), while a
 killed or extended training resumes from the resume area. A checkpoint is resumed from only if its
 sidecar records this run's identity: the params hash (run and dataset params), the digest of the
-dataset's manifest (which holds the digests of its split files) and the digest of the training
+dataset (:func:`metaland.data.layout.dataset_digest`) and the digest of the training
 code (:data:`TRAINING_CODE`, the train stage's code dependencies in dvc.yaml); others are removed.
 The log is cut back to the checkpoint training resumes from, so it never holds steps past it.
 
@@ -56,10 +56,10 @@ from metaland.checkpoints import (
 )
 from metaland.config import Run
 from metaland.data.augment import augment_batch
-from metaland.data.layout import SplitData, load_split
+from metaland.data.layout import SplitData, dataset_digest, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.errors import DivergenceError
-from metaland.io import atomic_dir, file_digest, package_digest, remove_stale_temporaries, write_csv
+from metaland.io import atomic_dir, package_digest, remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
@@ -91,10 +91,10 @@ class TrainResult:
 
 def run_identity(run: Run, dataset_params: Params, dataset_dir: Path) -> dict[str, str]:
     """What a checkpoint must record to be resumed from: the params hash of the run and its dataset
-    params, the digest of the dataset's manifest, and the digest of the training code."""
+    params, the digest of the dataset's content, and the digest of the training code."""
     return {
         "params_hash": run.trajectory_hash(dataset_params),
-        "data_sha256": file_digest(Path(dataset_dir) / "manifest.json"),
+        "data_sha256": dataset_digest(dataset_dir),
         "code_sha256": package_digest(TRAINING_CODE),
     }
 
@@ -121,15 +121,15 @@ def train(
     device: torch.device,
     open_tracker: Callable[[bool], contextlib.AbstractContextManager] | None = None,
     work_dir: Path | None = None,
-    before_publishing: Callable[[], None] | None = None,
+    still_valid: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Meta-train ``run`` into ``out_dir``, resuming from its newest valid checkpoint.
 
     ``open_tracker(resumed)`` opens the MLflow run to log into (none: no tracking). With
     ``work_dir`` (the resume area), training happens there and ``out_dir`` receives the finished
-    run, complete or not at all; without, it happens in ``out_dir`` itself. ``before_publishing()``
-    runs when training has ended, before ``out_dir`` is written and the MLflow run closed: a check
-    that raises fails the stage without publishing.
+    run, complete or not at all; without, it happens in ``out_dir`` itself. ``still_valid()`` runs
+    after every checkpoint and before ``out_dir`` is written: a check that raises (params.yaml was
+    edited meanwhile) stops training there, keeps the checkpoints and publishes nothing.
     """
     published = Path(out_dir)
     out_dir = Path(work_dir) if work_dir is not None else published
@@ -192,6 +192,8 @@ def train(
             tracker.log_metrics(val, step=step)
             tracker.log_artifact(ckpt.path, "checkpoints")
             tracker.log_artifact(ckpt.sidecar_path, "checkpoints")
+        if still_valid is not None:
+            still_valid()
         return ckpt
 
     _prune(ckpt_dir, identity, cfg.iterations)
@@ -253,8 +255,8 @@ def train(
                 checkpoint(done, params, adam, state, log_rows, tracker)
             progress.update(1)
         progress.close()
-        if before_publishing is not None:
-            before_publishing()
+        if still_valid is not None:
+            still_valid()
         if published != out_dir:
             _publish(out_dir, published)
     return TrainResult(list_checkpoints(published / "ckpt"), None if resume is None else resume.step)

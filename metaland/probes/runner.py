@@ -14,8 +14,8 @@ row per observation::
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
 So each checkpoint's results are also kept, as soon as they exist, in a cache folder outside the
 DVC outputs (``.metaland/probe-cache/<run>/`` by default), under a key that hashes everything they
-depend on: the checkpoint's sha256, the digest of the dataset's manifest (which holds its split
-files' digests: the same task indices on another split are other images), the run's params hash,
+depend on: the checkpoint's sha256, the digest of the dataset (``dataset_digest``: the same task
+indices on another split are other images), the run's params hash,
 the task set, the probe options, the run's inner loop, the device type and the source code of the
 package. A sweep that is killed and restarted recomputes only the checkpoints it had not finished;
 a changed input changes the key, so stale results are never reused.
@@ -31,12 +31,11 @@ from tqdm import tqdm
 
 from metaland.checkpoints import Checkpoint, load_params
 from metaland.config import Run, StudyConfig, probe_name, probe_split
-from metaland.data.layout import MANIFEST_FILE, SplitData, load_split
+from metaland.data.layout import SplitData, dataset_digest, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import (
     atomic_dir,
-    file_digest,
     read_json,
     remove_stale_temporaries,
     source_digest,
@@ -90,7 +89,7 @@ def probe_run(
     """Probe every checkpoint in ``checkpoint_dir``'s manifest, which must list checkpoints trained
     for ``params_hash`` (the run's params as read now) on this dataset; write the tables; return
     the rows."""
-    data_sha256 = file_digest(Path(dataset_dir) / MANIFEST_FILE)
+    data_sha256 = dataset_digest(dataset_dir)
     manifest = read_manifest(checkpoint_dir, run_key=run.key, params_hash=params_hash, data_sha256=data_sha256)
     splits = {name: load_split(dataset_dir, name) for name in study.probe_splits(run)}
     task_sets = {name: probe_task_set(run, study, split, name) for name, split in splits.items()}
