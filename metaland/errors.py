@@ -44,7 +44,7 @@ EXIT_STATUSES = {
     EXIT_TRACKING: "tracking (MLflow store unreachable or refusing a call)",
     EXIT_CHECKPOINT: "stale or corrupt inputs (checkpoints of other params, corrupt or missing files)",
     EXIT_SYSTEM: "system (disk full, permission denied, read-only, name too long)",
-    EXIT_SIGNAL_BASE: "128 + N: killed by signal N (130 Ctrl-C, 129 SIGHUP, 143 SIGTERM)",
+    EXIT_SIGNAL_BASE: "stopped by signal N (130 Ctrl-C, 129 SIGHUP, 143 SIGTERM); its MLflow run is KILLED",
 }
 """Exit status -> the kind of failure it reports (``metaland --help`` and the docs print it)."""
 

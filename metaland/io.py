@@ -113,7 +113,7 @@ def remove_stale_siblings(path: Path | str) -> list[Path]:
             stale.append(candidate)
         elif candidate.name.endswith(".tmp"):
             writer = _WRITER_PID.search(candidate.name)
-            if writer is None or not _alive(int(writer.group(1))):
+            if writer is None or not process_alive(int(writer.group(1))):
                 stale.append(candidate)
     for candidate in stale:
         if candidate.is_dir() and not candidate.is_symlink():
@@ -123,7 +123,8 @@ def remove_stale_siblings(path: Path | str) -> list[Path]:
     return sorted(stale)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine, under any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -91,6 +91,13 @@ def sqlite_uri(path: Path) -> str:
     return "sqlite:///" + urllib.parse.quote(str(Path(path).absolute()), safe="/")
 
 
+REACHABILITY_TIMEOUT_S = 5.0
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
+"""Per-request timeout (seconds) and retries of every MLflow call to a tracking server, unless the
+environment sets them: a server that stops answering fails the stage in about two minutes, not
+after MLflow's default of 7 retries of 120 s."""
+
+
 def mlflow_store_uri() -> str:
     """:func:`tracking_uri` as handed to MLflow: a SQLite database under the working folder is named
     by its relative path. MLflow creates the folder of a SQLite URI's path without decoding it, so
@@ -105,19 +112,14 @@ def mlflow_store_uri() -> str:
 
 def mlflow_client():
     # MLflow is imported lazily: it is slow to import and only stages need it.
+    for variable, value in HTTP_DEFAULTS.items():  # MLflow reads them at each call
+        os.environ.setdefault(variable, value)
     for name in ("alembic", "mlflow.store.db.utils"):  # their INFO lines, not a quieter level set by the caller
         logger = logging.getLogger(name)
         logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
     from mlflow import MlflowClient
 
     return MlflowClient(mlflow_store_uri())
-
-
-REACHABILITY_TIMEOUT_S = 5.0
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
-"""Per-request timeout (seconds) and retries of every MLflow call to a tracking server, unless the
-environment sets them: a server that stops answering fails the stage in about two minutes, not
-after MLflow's default of 7 retries of 120 s."""
 
 
 def check_reachable(uri: str | None = None) -> None:
@@ -213,16 +215,17 @@ def describe_store() -> str:
     except Exception as err:
         raise TrackingError(
             f"The tracking store {uri} (MLFLOW_TRACKING_URI) answers but cannot be read ({type(err).__name__}: "
-            f"{_first_line(err)}). Fix: for a server, check its credentials (MLFLOW_TRACKING_USERNAME / "
+            f"{gist(err)}). Fix: for a server, check its credentials (MLFLOW_TRACKING_USERNAME / "
             "MLFLOW_TRACKING_PASSWORD) and version; for a file, its permissions, or move it aside to start a fresh "
             "store."
         ) from None
     return f"{uri}: answers, {count} experiment(s)"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:500] if text else type(err).__name__
+def gist(err: BaseException) -> str:
+    """The first non-empty line of an error's message (MLflow's and SQLAlchemy's run to many lines)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(err).__name__
 
 
 def ensure_store() -> None:

@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from metaland.errors import Interrupted
+from metaland.io import process_alive
 from metaland.tracking import (
     ARTIFACTS_DIR,
     EXPERIMENT_PREFIX,
     ensure_store,
+    gist,
     mlflow_client,
     provenance_tags,
     sqlite_path,
@@ -68,12 +70,8 @@ def _experiment_id(client, name: str) -> str:
 def process_started(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks after boot, Linux), "alive" where that is not
     known, or None if no such process exists: a pid reused by a newer process gives another value."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return None
-    except PermissionError:
-        pass  # it exists, under another user
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -221,7 +219,7 @@ def serve(commands: TextIO, replies: TextIO) -> None:
                 carry_out(client, run, op, command)
             except Exception as err:  # reported to the stage, which fails with it
                 failed = True
-                reply(error=f"{op}: {type(err).__name__}: {_first_line(err)}")
+                reply(error=f"{op}: {type(err).__name__}: {gist(err)}")
                 continue
             if op == "open":
                 reply(opened=run["run_id"])
@@ -233,14 +231,8 @@ def serve(commands: TextIO, replies: TextIO) -> None:
             client.set_terminated(run["run_id"], final)
         except Exception as err:
             final = "FAILED"
-            reply(error=f"close: {type(err).__name__}: {_first_line(err)}")
+            reply(error=f"close: {type(err).__name__}: {gist(err)}")
     reply(closed=final)
-
-
-def _first_line(err: BaseException) -> str:
-    """The gist of an MLflow or SQLAlchemy error (their messages run to many lines)."""
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0][:500] if lines else type(err).__name__
 
 
 def _on_termination(signum: int, frame) -> None:
@@ -270,7 +262,7 @@ def main() -> None:
         serve(sys.stdin, replies)
     except BaseException as err:  # never a traceback: the stage reports the failure
         with contextlib.suppress(Exception):
-            replies.write(json.dumps({"error": f"sidecar: {type(err).__name__}: {_first_line(err)}"}) + "\n")
+            replies.write(json.dumps({"error": f"sidecar: {type(err).__name__}: {gist(err)}"}) + "\n")
             replies.flush()
         sys.stderr.flush()
         os._exit(1)

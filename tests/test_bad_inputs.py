@@ -211,6 +211,12 @@ CASES = [
     ),
     case("shots: yes", text_edit(replace_once("    shots: 1\n", "    shots: yes\n")), (), [f"{RUN}.shots = 'yes'"]),
     case("an alias bomb in a wrongly typed value", alias_bomb_in_a_wrong_type, (), ["alias"]),
+    case(
+        "a unicode run key",
+        edit(lambda r: r["runs"].update({"guiroy2019-ünïcode": r["runs"].pop(RUN)})),
+        ("train", "guiroy2019-ünïcode"),
+        ["guiroy2019-ünïcode", "DVC stage names cannot carry"],
+    ),
     # issue 28, rows 6 and 10: a tracking server that answers /health but not its API, or another protocol
     case("tracking API answers 503", serving_once(UNAVAILABLE, True), (), ["HTTP 503", "server's log"], EXIT_TRACKING),
     case("tracking API hangs", serving_once(None, True), (), ["did not answer within 5 s"], EXIT_TRACKING),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from metaland.checkpoints import (
     verify,
 )
 from metaland.errors import CheckpointError
+from metaland.io import file_digest
 
 
 def params(value: float) -> dict[str, torch.Tensor]:
@@ -69,3 +72,14 @@ def test_missing_tensor_file_and_wrong_model(tmp_path):
     ckpt.path.unlink()
     with pytest.raises(CheckpointError, match="is missing although its sidecar exists"):
         verify(ckpt)
+
+
+def test_a_huge_safetensors_header_is_refused_not_allocated(tmp_path):
+    """A tensor file whose header claims 2^40 bytes (its sidecar's sha256 matching): refused with the
+    file named, before anything that size is read or allocated."""
+    ckpt = save_checkpoint(tmp_path, 1, {"params": params(1.0)}, params_hash="h", metrics={})
+    ckpt.path.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    sidecar = {**ckpt.sidecar, "sha256": file_digest(ckpt.path)}
+    ckpt.sidecar_path.write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match=r"step-00000001\.safetensors is not a readable safetensors file.*Fix:"):
+        load_groups(list_checkpoints(tmp_path)[0])

@@ -184,11 +184,25 @@ def short(raw: dict) -> None:
     guiroy_train(raw).update(iterations=10, checkpoint_every=5, log_every=5)
 
 
-def first_checkpoint_written(sub: Path):
-    """True once the run's step-10 checkpoint exists (in the resume area, or in runs/ where a
+def training_past_its_first_checkpoints(sub: Path, env: dict) -> subprocess.Popen:
+    """`metaland train RUN` in ``sub``, in its own process group (as a terminal or a batch system
+    starts it), returned once its step-10 checkpoint exists (in the resume area, or in runs/ where a
     stage trained in place)."""
+    training = subprocess.Popen(
+        [sys.executable, "-m", "metaland", "train", RUN, "--params", "params.yaml"],
+        cwd=sub,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     places = (sub / ".metaland" / "train" / RUN / "ckpt", sub / "runs" / RUN / "ckpt")
-    return lambda: any((place / "step-00000010.json").is_file() for place in places)
+    deadline = time.monotonic() + 300
+    while not any((place / "step-00000010.json").is_file() for place in places):
+        assert training.poll() is None, f"training ended first: {training.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint in 300 s"
+        time.sleep(0.01)
+    return training
 
 
 def store(sub: Path):
@@ -248,12 +262,7 @@ def test_row02_params_edited_while_training_fail_the_stage(workspace):
     published."""
     _, env = workspace
     sub = subworkspace(workspace, "row02")
-    training = metaland(sub, env, "train", RUN)
-    kill_point = first_checkpoint_written(sub)
-    deadline = time.monotonic() + 120
-    while not kill_point():
-        assert training.poll() is None and time.monotonic() < deadline, "training ended before the edit"
-        time.sleep(0.01)
+    training = training_past_its_first_checkpoints(sub, env)
     raw = yaml.safe_load((sub / "params.yaml").read_text())
     guiroy_train(raw)["inner_lr"] = 0.3
     (sub / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -330,19 +339,7 @@ def test_row05_a_terminated_stage_ends_its_run_killed(workspace, signum):
     128 + N with one line, and the MLflow run is KILLED, not RUNNING forever."""
     _, env = workspace
     sub = subworkspace(workspace, f"row05-{signum}")
-    training = subprocess.Popen(
-        [sys.executable, "-m", "metaland", "train", RUN, "--params", "params.yaml"],
-        cwd=sub,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    kill_point = first_checkpoint_written(sub)
-    deadline = time.monotonic() + 120
-    while not kill_point():
-        assert training.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    training = training_past_its_first_checkpoints(sub, env)
     os.killpg(training.pid, signum)
     _, err = training.communicate(timeout=120)
     assert training.returncode == 128 + signum and err.count("\n") == 1, err[-3000:]
@@ -356,20 +353,9 @@ def test_row05_a_stage_killed_with_its_sidecar_is_reaped_by_the_next_stage(works
     machine finds it RUNNING with its process gone, and marks it KILLED."""
     _, env = workspace
     sub = subworkspace(workspace, "row05-kill")
-    training = subprocess.Popen(
-        [sys.executable, "-m", "metaland", "train", RUN, "--params", "params.yaml"],
-        cwd=sub,
-        env=env,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    kill_point = first_checkpoint_written(sub)
-    deadline = time.monotonic() + 120
-    while not kill_point():
-        assert training.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    training = training_past_its_first_checkpoints(sub, env)
     os.killpg(training.pid, signal.SIGKILL)
-    training.wait(timeout=60)
+    training.communicate(timeout=60)
     (killed,) = stage_runs(sub, "train")
     assert killed.info.status == "RUNNING"
     finish(metaland(sub, env, "fetch", "synthetic-binary"))
@@ -390,9 +376,10 @@ def test_row07_a_relative_sqlite_uri_is_the_file_in_the_working_folder(fresh_sto
     assert describe_store().startswith(f"sqlite:///{fresh_store / 'mlflow.db'}: answers")
 
 
-@pytest.mark.parametrize("folder", ["a?q", "b%41", "c #x"])
+@pytest.mark.parametrize("folder", ["a?q", "b%41", "c #x", "d ünï cödé"])
 def test_row08_a_checkout_path_with_uri_characters_keeps_its_store_inside(fresh_store, monkeypatch, folder):
-    """Row 8. `?`, `%41`, `#` or a space in the checkout's path: the store is created inside it."""
+    """Row 8. `?`, `%41`, `#`, spaces or non-ASCII letters in the checkout's path: the store is created
+    inside it."""
     checkout = fresh_store / folder
     checkout.mkdir()
     monkeypatch.chdir(checkout)
