@@ -33,8 +33,8 @@ def use_profile(name: str, profiles_dir: Path, params_path: Path, *, force: bool
     text = read_params_text(source)
     resolve(load_yaml(text, str(source)), source=str(source))
     if params_path.is_file() and not force:
-        current = params_path.read_text(encoding="utf-8")
-        known = {p.read_text(encoding="utf-8") for p in Path(profiles_dir).glob("*.yaml")}
+        current = params_path.read_bytes()  # compared as bytes: a file that is not UTF-8 is an edit too
+        known = {p.read_bytes() for p in Path(profiles_dir).glob("*.yaml")}
         if current not in known:
             raise ConfigError(
                 f"{params_path} has edits that match no profile; switching would lose them. Fix: save them "

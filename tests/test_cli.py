@@ -151,6 +151,9 @@ def test_profile_switch_and_protection(capsys, tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + "# my edit\n")
     code, _, err = run_cli(capsys, "profile", "default")
     assert_user_error(code, err, "has edits that match no profile", "--force")
+    (tmp_path / "params.yaml").write_bytes((tmp_path / "params.yaml").read_bytes() + b"# caf\xe9\n")  # Latin-1
+    code, _, err = run_cli(capsys, "profile", "default")
+    assert_user_error(code, err, "has edits that match no profile", "--force")
     assert run_cli(capsys, "profile", "default", "--force")[0] == 0
 
 
