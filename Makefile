@@ -66,5 +66,5 @@ lock: ## regenerate requirements.txt from a fresh environment
 	{ head -2 requirements.txt; .lock-venv/bin/pip freeze | grep -v '^-e \|^metaland'; } > requirements.txt.new
 	mv requirements.txt.new requirements.txt && rm -rf .lock-venv
 
-clean: ## remove pipeline outputs, the probe cache and the tracking store (keeps .venv and the DVC cache)
+clean: ## remove pipeline outputs, the resume area, the probe cache and the tracking store (keeps .venv, DVC cache)
 	rm -rf data runs checkpoints probes results figures report .metaland mlflow.db mlflow.db.lock mlartifacts

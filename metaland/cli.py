@@ -2,21 +2,36 @@
 
 The DVC stages (``stages/*.py``) call these commands, so ``dvc repro`` and a hand-run command do
 exactly the same thing. Every command reads ``params.yaml`` through ``metaland.config`` and stops
-with a one-paragraph message and exit status 2 on any user error, leaving no half-written output.
+with a one-paragraph message and the exit status of its kind (``metaland.errors``) on any error a
+user or the machine can cause, leaving no half-written output. SIGTERM and SIGHUP stop a command
+as Ctrl-C does: its MLflow run ends KILLED and it exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from metaland.container import container
-from metaland.errors import ConfigError, DataError, MetalandError
+from metaland.errors import (
+    EXIT_SIGNAL_BASE,
+    EXIT_STATUSES,
+    ConfigError,
+    DataError,
+    Interrupted,
+    MetalandError,
+    system_error,
+)
 
 PARAMS = click.option(
     "--params",
@@ -48,7 +63,15 @@ FIGURES_DIR = _dir("figures", "figures", "Figures of every study (plot output)."
 REPORT_DIR = _dir("report", "report", "The report: index.html and its Markdown twin index.md (plot output).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+EXIT_STATUS_HELP = "\n".join(
+    f"  {'128+N' if code == EXIT_SIGNAL_BASE else code:<6}{what}" for code, what in EXIT_STATUSES.items()
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="\b\nExit statuses:\n" + EXIT_STATUS_HELP,
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """metaland: rebuild the loss-landscape studies of gradient-based meta-learning.
@@ -72,26 +95,57 @@ def cli(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one paragraph on stderr and exit status 2."""
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _termination_raises() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread while the block runs (so the
+    stage's ``finally`` blocks run and its MLflow run ends KILLED); the previous handlers return after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _interrupt) for signum in TERMINATION_SIGNALS}
     try:
-        cli.main(args=argv, prog_name="metaland", standalone_mode=False)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: an error a user or the machine can cause becomes one paragraph on stderr and the
+    exit status of its kind (``metaland.errors``); a termination signal exits with 128 + its number."""
+    try:
+        with _termination_raises():
+            cli.main(args=argv, prog_name="metaland", standalone_mode=False)
     except MetalandError as err:
-        click.echo(f"metaland: error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except PermissionError as err:
-        click.echo(
-            f"metaland: error: cannot write {err.filename}: permission denied. Fix: make its folder writable, "
-            "or point the command at another folder (see --help for the *-dir options).",
-            err=True,
-        )
-        sys.exit(MetalandError.exit_code)
+        _fail(str(err), err.exit_code)
+    except OSError as err:
+        mapped = system_error(err, "this command")
+        if mapped is None:
+            raise
+        _fail(str(mapped), mapped.exit_code)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
+    except (click.Abort, KeyboardInterrupt, Interrupted) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        _fail(
+            f"stopped by {name}. Its MLflow run is marked KILLED and finished work is kept: rerun the same command "
+            "to continue (a training resumes from its newest checkpoint).",
+            EXIT_SIGNAL_BASE + signum,
+        )
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"metaland: error: {message}", err=True)
+    sys.exit(status)
 
 
 def stage_main(command: str) -> None:
@@ -110,14 +164,56 @@ def stage_main(command: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_READ_AS: dict[Path, tuple[int, int]] = {}
+"""Size and modification time of each params file when a stage command read it (:func:`_still_reads`)."""
+
+
 def _config(params_path: Path):
     """The validated params of a stage command, after checking that its tracking store answers."""
     from metaland.config import load_params
     from metaland.tracking import check_reachable
 
+    stat = params_path.stat() if params_path.is_file() else None
     config = load_params(params_path)
+    if stat is not None:
+        _READ_AS[params_path] = (stat.st_size, stat.st_mtime_ns)
     check_reachable()
     return config
+
+
+@contextlib.contextmanager
+def _stage(params_path: Path) -> Iterator[tuple[Any, Any]]:
+    """(tracking, config) of a stage command: its tracking sidecar, started first so that MLflow loads
+    there while this process loads PyTorch, and its validated params. The sidecar ends with the
+    block, however it ends (a stage called in-process that fails early leaves no process behind)."""
+    from metaland.tracking import StageRun
+
+    with StageRun() as tracking:
+        yield tracking, _config(params_path)
+
+
+def _still_reads(params_path: Path, config, stage: str, pick: Callable[[Any], Any]) -> None:
+    """Fail unless ``params_path`` still gives what ``stage`` read at its start (``pick(config)``).
+
+    DVC records a stage's params in dvc.lock when the stage ends; a params.yaml edited (or a profile
+    switched) while it ran would record values its outputs were not computed with, and the next
+    `dvc repro` would skip it. Failing instead makes DVC rerun it with the new values. The file is
+    read again only if its size or modification time differs from the first read's."""
+    from metaland.config import load_params
+
+    try:
+        stat = params_path.stat()
+        if (stat.st_size, stat.st_mtime_ns) == _READ_AS.setdefault(params_path, (stat.st_size, stat.st_mtime_ns)):
+            return
+        unchanged = pick(load_params(params_path)) == pick(config)
+    except (MetalandError, KeyError, OSError):
+        unchanged = False
+    if not unchanged:
+        raise ConfigError(
+            f"{params_path} changed while {stage} ran, in what it reads (or it no longer validates), so its "
+            f"outputs were computed for the old values and DVC would record them under the new ones. Fix: run "
+            f"`dvc repro` again (it reruns {stage} with the new values)."
+        )
 
 
 def _run(config, key: str):
@@ -141,7 +237,10 @@ def _provenance(config, params_path: Path) -> dict:
     return {"profile": config.profile, "params_sha256": file_digest(params_path)}
 
 
-def _dataset_dir(data_dir: Path, dataset: str) -> Path:
+def _dataset_dir(data_dir: Path, dataset: str, config) -> Path:
+    """``data/<dataset>``, checked to be fetched for the dataset params ``config`` gives."""
+    from metaland.io import read_json
+
     path = data_dir / dataset
     if not (path / "manifest.json").is_file():
         raise DataError(
@@ -149,7 +248,24 @@ def _dataset_dir(data_dir: Path, dataset: str) -> Path:
             f"`dvc repro fetch@{dataset}` (or `python -m metaland fetch {dataset}`); without internet, set "
             "METALAND_DATA_MIRROR to a folder holding its archives."
         )
+    fetched = read_json(path / "manifest.json").get("params")
+    wanted = config.datasets[dataset].model_dump(mode="json")
+    if fetched != wanted:
+        raise DataError(
+            f"{path} was fetched for other params of dataset {dataset!r} than {config.source} gives now "
+            f"({_first_difference(fetched, wanted)}). Fix: run `dvc repro fetch@{dataset}` (or `python -m metaland "
+            f"fetch {dataset}`) to rebuild it, then this stage."
+        )
     return path
+
+
+def _first_difference(old: Any, new: Any, key: str = "") -> str:
+    """``key: old -> new`` for the first value that differs between two nested params mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                return _first_difference(old.get(name), new.get(name), f"{key}.{name}".strip("."))
+    return f"{key or 'params'}: {old!r} -> {new!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,24 +289,24 @@ def fetch(dataset: str, params_path: Path, data_dir: Path, mirror: Path | None) 
     The public addresses and checksums are in the dataset registry (metaland/data/); the result
     is data/DATASET/ with one safetensors file per split, classes.json and manifest.json.
     """
-    from metaland.tracking import StageRun, stage_run
+    from metaland.tracking import stage_run
 
-    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
-    config = _config(params_path)
-    from metaland.data import DATASETS, fetch_dataset
+    with _stage(params_path) as (tracking, config):
+        from metaland.data import DATASETS, fetch_dataset
 
-    if dataset not in config.datasets:
-        raise ConfigError(
-            f"{config.source}: dataset {dataset!r} is not declared under datasets. Fix: add "
-            f"datasets.{dataset} or fetch one of: {', '.join(sorted(config.datasets))}."
-        )
-    spec = DATASETS.get(dataset)
-    params = config.datasets[dataset]
-    with stage_run(
-        "fetch", experiment="data", run_key=dataset, params=params.model_dump(), started=tracking
-    ) as tracker:
-        out = fetch_dataset(spec, params, data_dir, mirror=mirror)
-        tracker.log_artifact(out / "manifest.json")
+        if dataset not in config.datasets:
+            raise ConfigError(
+                f"{config.source}: dataset {dataset!r} is not declared under datasets. Fix: add "
+                f"datasets.{dataset} or fetch one of: {', '.join(sorted(config.datasets))}."
+            )
+        spec = DATASETS.get(dataset)
+        params = config.datasets[dataset]
+        with stage_run(
+            "fetch", experiment="data", run_key=dataset, params=params.model_dump(), started=tracking
+        ) as tracker:
+            out = fetch_dataset(spec, params, data_dir, mirror=mirror)
+            tracker.log_artifact(out / "manifest.json")
+            _still_reads(params_path, config, f"fetch@{dataset}", lambda c: c.datasets[dataset])
     click.echo(f"fetched {dataset} -> {out}")
 
 
@@ -199,43 +315,49 @@ def fetch(dataset: str, params_path: Path, data_dir: Path, mirror: Path | None) 
 @PARAMS
 @DATA_DIR
 @RUNS_DIR
-def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path) -> None:
+@_dir("resume", ".metaland/train", "Where training happens and resumes (not a DVC output); runs/RUN gets the result.")
+def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resume_dir: Path) -> None:
     """Meta-train RUN (a key under `runs` in params.yaml) into runs/RUN/.
 
     Checkpoints (safetensors + JSON sidecar) are written at step 0, every train.checkpoint_every
-    iterations and at the end. Rerunning resumes from the newest valid checkpoint with the same
-    params hash, continuing bit for bit; checkpoints written for other params are removed.
+    iterations and at the end, into the resume area RESUME_DIR/RUN; the finished run is then
+    published to runs/RUN as a whole. Rerunning resumes from the newest valid checkpoint of the same
+    params, data and code, continuing bit for bit; checkpoints of anything else are removed.
     """
-    from metaland.tracking import StageRun, stage_run
+    from metaland.tracking import stage_run
 
-    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
-    config = _config(params_path)
-    from metaland.meta.train import train as train_run
+    with _stage(params_path) as (tracking, config):
+        from metaland.meta.train import train as train_run
 
-    run = _run(config, run_key)
-    device = _device(config)
-    dataset_params = config.datasets[run.dataset]
-    params_hash = run.trajectory_hash(dataset_params)
+        run = _run(config, run_key)
+        device = _device(config)
+        dataset_params = config.datasets[run.dataset]
+        params_hash = run.trajectory_hash(dataset_params)
 
-    def open_tracker(resumed: bool):
-        return stage_run(
-            "train",
-            experiment=run.study,
-            run_key=run.key,
-            params=run.to_dict(),
-            params_hash=params_hash,
-            resume=resumed,
-            started=tracking,
+        def open_tracker(resumed: bool):
+            return stage_run(
+                "train",
+                experiment=run.study,
+                run_key=run.key,
+                params=run.to_dict(),
+                params_hash=params_hash,
+                resume=resumed,
+                started=tracking,
+            )
+
+        def still_valid() -> None:
+            _still_reads(params_path, config, f"train@{run.key}", lambda c: (c.runs[run.key], c.datasets[run.dataset]))
+
+        result = train_run(
+            run,
+            dataset_params,
+            _dataset_dir(data_dir, run.dataset, config),
+            runs_dir / run.key,
+            device=device,
+            open_tracker=open_tracker,
+            work_dir=resume_dir / run.key,
+            still_valid=still_valid,
         )
-
-    result = train_run(
-        run,
-        dataset_params,
-        _dataset_dir(data_dir, run.dataset),
-        runs_dir / run.key,
-        device=device,
-        open_tracker=open_tracker,
-    )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     click.echo(f"trained {run.key}: {len(result.checkpoints)} checkpoints in {runs_dir / run.key}{resumed}")
 
@@ -248,29 +370,36 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path) -> No
 def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Path) -> None:
     """Select RUN's checkpoints to probe (studies.<study>.extract), verify, publish to checkpoints/RUN/.
 
-    Each selected checkpoint is also logged to MLflow as a model (safetensors weights + sidecar).
+    The checkpoints must have been trained for the params params.yaml gives now. Each selected
+    checkpoint is also logged to MLflow as a model (safetensors weights + sidecar).
     """
-    from metaland.tracking import StageRun, stage_run
+    from metaland.tracking import stage_run
 
-    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
-    config = _config(params_path)
-    from metaland.extract import extract as extract_run
+    with _stage(params_path) as (tracking, config):
+        from metaland.extract import extract as extract_run
 
-    run = _run(config, run_key)
-    rule = config.studies[run.study].extract
-    out_dir = checkpoints_dir / run.key
-    with stage_run(
-        "extract", experiment=run.study, run_key=run.key, params=rule.model_dump(), started=tracking
-    ) as tracker:
-        manifest = extract_run(run, rule, runs_dir / run.key, out_dir)
-        for entry in manifest["checkpoints"]:
-            tracker.log_model(
-                f"{run.key}-step{entry['step']:08d}",
-                [out_dir / Path(entry["file"]).with_suffix(suffix).name for suffix in (".safetensors", ".json")],
-                params={"step": entry["step"], "reasons": ",".join(entry["reasons"])},
-                tags={"metaland.run_key": run.key},
+        run = _run(config, run_key)
+        rule = config.studies[run.study].extract
+        params_hash = run.trajectory_hash(config.datasets[run.dataset])
+        out_dir = checkpoints_dir / run.key
+        with stage_run(
+            "extract", experiment=run.study, run_key=run.key, params=rule.model_dump(), started=tracking
+        ) as tracker:
+            manifest = extract_run(run, rule, runs_dir / run.key, out_dir, params_hash=params_hash)
+            for entry in manifest["checkpoints"]:
+                tracker.log_model(
+                    f"{run.key}-step{entry['step']:08d}",
+                    [out_dir / Path(entry["file"]).with_suffix(suffix).name for suffix in (".safetensors", ".json")],
+                    params={"step": entry["step"], "reasons": ",".join(entry["reasons"])},
+                    tags={"metaland.run_key": run.key},
+                )
+            tracker.log_artifact(out_dir / "manifest.json")
+            _still_reads(
+                params_path,
+                config,
+                f"extract@{run.key}",
+                lambda c: (c.runs[run.key], c.datasets[run.dataset], c.studies[run.study].extract),
             )
-        tracker.log_artifact(out_dir / "manifest.json")
     click.echo(f"extracted {len(manifest['checkpoints'])} checkpoints of {run.key} -> {out_dir}")
 
 
@@ -291,31 +420,42 @@ def probe(
     checkpoint's summary is logged to MLflow with step = meta-iteration. Each checkpoint's results
     are kept in the cache folder as soon as they exist, so a killed sweep restarts where it stopped.
     """
-    from metaland.tracking import StageRun, stage_run
+    from metaland.tracking import stage_run
 
-    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
-    config = _config(params_path)
-    from metaland.probes.runner import probe_run
+    with _stage(params_path) as (tracking, config):
+        from metaland.probes.runner import probe_run
 
-    run = _run(config, run_key)
-    study = config.studies[run.study]
-    device = _device(config)
-    dataset_dir = _dataset_dir(data_dir, run.dataset)
-    with stage_run(
-        "probe", experiment=run.study, run_key=run.key, params=study.probe.model_dump(), started=tracking
-    ) as tracker:
-        rows = probe_run(
-            run,
-            study,
-            dataset_dir,
-            checkpoints_dir / run.key,
-            probes_dir / run.key,
-            device=device,
-            tracker=tracker,
-            cache_dir=cache_dir,
-        )
-        tracker.tag_outputs(probes_dir / run.key)
+        run = _run(config, run_key)
+        study = config.studies[run.study]
+        device = _device(config)
+        dataset_dir = _dataset_dir(data_dir, run.dataset, config)
+        with stage_run(
+            "probe", experiment=run.study, run_key=run.key, params=study.probe.model_dump(), started=tracking
+        ) as tracker:
+            rows = probe_run(
+                run,
+                study,
+                dataset_dir,
+                checkpoints_dir / run.key,
+                probes_dir / run.key,
+                device=device,
+                params_hash=run.trajectory_hash(config.datasets[run.dataset]),
+                tracker=tracker,
+                cache_dir=cache_dir,
+            )
+            tracker.tag_outputs(probes_dir / run.key)
+            _still_reads(
+                params_path,
+                config,
+                f"probe@{run.key}",
+                lambda c: (c.runs[run.key], c.datasets[run.dataset], c.studies[run.study].probe),
+            )
     click.echo(f"probed {len(rows)} checkpoints of {run.key} -> {probes_dir / run.key}")
+
+
+def _whole_pipeline(config) -> tuple:
+    """What aggregate and plot read of the params: every run and study."""
+    return config.runs, config.studies
 
 
 @cli.command()
@@ -326,26 +466,26 @@ def probe(
 def aggregate(params_path: Path, runs_dir: Path, probes_dir: Path, results_dir: Path) -> None:
     """Join probe tables per study; write statistics, results/metrics.json, results/claims.json and
     results/cross_study.csv. Each claim records the MLflow runs of the probe stages that wrote its inputs."""
-    from metaland.tracking import StageRun, producer_run_id, stage_run
+    from metaland.tracking import producer_run_id, stage_run
 
-    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
-    config = _config(params_path)
-    from metaland.aggregate import aggregate as aggregate_all
+    with _stage(params_path) as (tracking, config):
+        from metaland.aggregate import aggregate as aggregate_all
 
-    provenance = _provenance(config, params_path)
-    with stage_run("aggregate", experiment="results", params=provenance, started=tracking) as tracker:
-        record = aggregate_all(
-            config,
-            probes_dir,
-            runs_dir,
-            results_dir,
-            probe_run_id=lambda run, digest: producer_run_id(run.study, "probe", run.key, digest),
-        )
-        tracker.log_metrics({f"claims/{k}": v for k, v in record["counts"].items()}, step=0)
-        tracker.log_metrics({f"checks/{k}": v for k, v in record["checks"].items()}, step=0)
-        tracker.log_artifact(results_dir / "claims.json")
-        tracker.log_artifact(results_dir / "cross_study.csv")
-        tracker.tag_outputs(results_dir)
+        provenance = _provenance(config, params_path)
+        with stage_run("aggregate", experiment="results", params=provenance, started=tracking) as tracker:
+            record = aggregate_all(
+                config,
+                probes_dir,
+                runs_dir,
+                results_dir,
+                probe_run_id=lambda run, digest: producer_run_id(run.study, "probe", run.key, digest),
+            )
+            tracker.log_metrics({f"claims/{k}": v for k, v in record["counts"].items()}, step=0)
+            tracker.log_metrics({f"checks/{k}": v for k, v in record["checks"].items()}, step=0)
+            tracker.log_artifact(results_dir / "claims.json")
+            tracker.log_artifact(results_dir / "cross_study.csv")
+            tracker.tag_outputs(results_dir)
+            _still_reads(params_path, config, "aggregate", _whole_pipeline)
     counts, checks = record["counts"], record["checks"]
     click.echo(
         f"findings: {counts['holds']} hold, {counts['fails']} fail, {counts['inconclusive']} inconclusive; "
@@ -364,23 +504,23 @@ def plot(params_path: Path, results_dir: Path, figures_dir: Path, report_dir: Pa
     The report is logged to this run and to the aggregate run that wrote results/ (when the tracking
     store holds it), beside the claims.json it renders."""
     from metaland.io import tree_digest
-    from metaland.tracking import StageRun, producer_run_id, stage_run
+    from metaland.tracking import producer_run_id, stage_run
 
-    tracking = StageRun()  # MLflow loads in the sidecar while this process loads PyTorch
-    config = _config(params_path)
-    from metaland.report import plot_all, write_report
+    with _stage(params_path) as (tracking, config):
+        from metaland.report import plot_all, write_report
 
-    provenance = _provenance(config, params_path)
-    with stage_run("plot", experiment="results", params=provenance, started=tracking) as tracker:
-        figures = plot_all(config, results_dir, figures_dir)
-        pages = write_report(config, params_path, results_dir, figures_dir, report_dir)
-        for path in figures:
-            tracker.log_artifact(path, f"figures/{path.parent.name}")
-        aggregate_run = producer_run_id("results", "aggregate", None, tree_digest(results_dir))
-        for page in pages:
-            tracker.log_artifact(page, "report")
-            if aggregate_run is not None:
-                tracker.log_artifact(page, "report", run_id=aggregate_run)
+        provenance = _provenance(config, params_path)
+        with stage_run("plot", experiment="results", params=provenance, started=tracking) as tracker:
+            figures = plot_all(config, results_dir, figures_dir)
+            pages = write_report(config, params_path, results_dir, figures_dir, report_dir)
+            for path in figures:
+                tracker.log_artifact(path, f"figures/{path.parent.name}")
+            aggregate_run = producer_run_id("results", "aggregate", None, tree_digest(results_dir))
+            for page in pages:
+                tracker.log_artifact(page, "report")
+                if aggregate_run is not None:
+                    tracker.log_artifact(page, "report", run_id=aggregate_run)
+            _still_reads(params_path, config, "plot", _whole_pipeline)
     click.echo(f"{len(figures)} figures -> {figures_dir}; report -> {', '.join(map(str, pages))}")
 
 
@@ -410,7 +550,7 @@ def ui(port: int, workers: int | None) -> None:
 
     To share one store between machines or parallel `dvc exp run --queue` jobs, run a tracking
     server instead (`docker compose up -d mlflow`, README.md "Tracking server")."""
-    from metaland.tracking import ensure_store, tracking_uri
+    from metaland.tracking import ensure_store, mlflow_store_uri, tracking_uri
 
     ensure_store()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
@@ -418,7 +558,7 @@ def ui(port: int, workers: int | None) -> None:
     # MLflow's server-side job runner serves GenAI judges and scorers, which metaland never uses;
     # it would start five more processes beside the pipeline. Set the variable to override.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    args = [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
+    args = [mlflow, "ui", "--backend-store-uri", mlflow_store_uri(), "--host", "127.0.0.1", "--port", str(port)]
     os.execv(mlflow, args + (["--workers", str(workers)] if workers else []))
 
 

@@ -29,16 +29,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from metaland.errors import ConfigError
 from metaland.io import stable_hash
+from metaland.params_file import load_yaml, read_params_text
 from metaland.schema import Params
 
-RUN_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+RUN_KEY = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MAX_RUN_KEY = 100
+"""Longest run key: it names folders, temporary files beside them (``.<run>.<pid>-<random>.tmp``)
+and MLflow runs, within the 255 bytes a file name may have."""
+MAX_SEED = 2**63 - 1
 IDENTITY_KEYS = ("study", "algorithm", "dataset", "ways", "shots", "seed")
 # Knobs that do not change the training trajectory: a run may be extended or shortened and still
 # resume from its checkpoints (they are left out of the checkpoint params hash).
@@ -70,8 +74,9 @@ class TrainConfig(Params):
         description="β: learning rate of the meta-update, no schedule (§2.7.3: 0.001; seed 003 A.1.1 uses SGD "
         "steps up to 3.9).",
     )
-    adam_betas: tuple[float, float] = Field(
-        (0.9, 0.999), description="Adam β1, β2 of the meta-update (seed 000 silent: PyTorch/TensorFlow defaults)."
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999),
+        description="Adam β1, β2 of the meta-update, each in [0, 1) (seed 000 silent: PyTorch/TensorFlow defaults).",
     )
     adam_eps: float = Field(1e-8, gt=0, description="Adam ε of the meta-update (seed 000 silent: PyTorch default).")
     meta_optimizer: Literal["adam", "sgd"] = Field(
@@ -120,6 +125,15 @@ class ExtractConfig(Params):
     best: bool = Field(True, description="Also keep the checkpoint with the best validation accuracy.")
     final: bool = Field(True, description="Also keep the final checkpoint.")
 
+    @model_validator(mode="after")
+    def _selects_something(self) -> ExtractConfig:
+        if not (self.every or self.log_spaced or self.best or self.final):
+            raise ValueError(
+                "every rule is off (every = 0, log_spaced = 0, best and final false), so no checkpoint "
+                "would be probed; turn on at least one, e.g. final: true"
+            )
+        return self
+
 
 class ProbeConfig(Params):
     """Landscape probes on fixed, seeded evaluation task sets (seed 000 §2.4)."""
@@ -131,7 +145,10 @@ class ProbeConfig(Params):
         100, ge=2, description="Fixed tasks per checkpoint (§2.5.2: 500 for coherence; §2.5.1: 60 for curvature)."
     )
     seed: int = Field(
-        0, ge=0, description="Seed of the study's evaluation task set (same tasks for every run and checkpoint)."
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the study's evaluation task set (same tasks for every run and checkpoint).",
     )
     chunk: int = Field(
         25,
@@ -197,7 +214,7 @@ class RunBlock(Params):
     queries: int = Field(
         15, ge=1, le=1000, description="Target (query) samples per class; seed 000 silent, cbfinn/maml: 15."
     )
-    seed: int = Field(ge=0, description="Run seed: init, task sampling.")
+    seed: int = Field(ge=0, le=MAX_SEED, description="Run seed: init, task sampling.")
     probe_set: str = Field(
         DEFAULT_PROBE_SET,
         min_length=1,
@@ -334,11 +351,7 @@ def load_params(path: Path | str = "params.yaml") -> Config:
             f"{path} does not exist. Fix: run from the repository root, or create it from a profile "
             "with `python -m metaland profile default`."
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML ({err}). Fix: correct the syntax at the position shown.") from None
-    return resolve(raw, source=str(path))
+    return resolve(load_yaml(read_params_text(path), str(path)), source=str(path))
 
 
 def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
@@ -407,10 +420,15 @@ def _resolve_run(key: str, entry: Any, top: TopLevel, datasets: dict[str, Params
     from metaland.models import MODELS
 
     where = f"runs.{key}"
-    if not RUN_KEY.match(key):
+    if not RUN_KEY.fullmatch(key):
         raise ConfigError(
-            f"{source}: run key {key!r} has characters DVC stage names cannot carry. Fix: use lower-case "
+            f"{source}: run key {_shown(key)} has characters DVC stage names cannot carry. Fix: use lower-case "
             "letters, digits, '.', '_' and '-', starting with a letter or digit."
+        )
+    if len(key) > MAX_RUN_KEY:
+        raise ConfigError(
+            f"{source}: run key {_shown(key)} is {len(key)} characters long; it names folders and files, so at most "
+            f"{MAX_RUN_KEY} are allowed. Fix: shorten it."
         )
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{source}: {where} must be a mapping with keys {', '.join(IDENTITY_KEYS)}.")
@@ -580,11 +598,20 @@ def _explain(err: ValidationError, model, data, source, prefix, overrides, defau
             parts.append(f"{key} is required but missing. Fix: add it (`python -m metaland params` lists every knob)")
         else:
             parts.append(
-                f"{key} = {e.get('input')!r} is invalid: {e['msg']}. Fix: give a value that satisfies this "
+                f"{key} = {_shown(e.get('input'))} is invalid: {e['msg']}. Fix: give a value that satisfies this "
                 "(`python -m metaland params` lists every knob with its type, range and default)"
             )
     more = f" (and {err.error_count() - 3} more problems)" if err.error_count() > 3 else ""
     return f"{source}: " + "; ".join(parts) + f"{more}."
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a wrongly typed value may be an expanded alias of
+    megabytes)."""
+    if isinstance(value, Mapping | list) and len(value) > limit:
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _known_keys(model: type[Params], loc: tuple) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from metaland.checkpoints import Checkpoint, list_checkpoints, load_groups, save_checkpoint, verify
+from metaland.checkpoints import Checkpoint, check_like, list_checkpoints, load_groups, save_checkpoint, verify
 from metaland.config import ExtractConfig, Run
 from metaland.errors import CheckpointError
 from metaland.io import atomic_dir, read_json, write_json
@@ -58,8 +58,15 @@ def log_spaced(steps: list[int], count: int) -> list[int]:
     return sorted({min(positive, key=lambda s, t=t: abs(math.log(s) - math.log(t))) for t in targets})
 
 
-def extract(run: Run, rule: ExtractConfig, train_dir: Path, out_dir: Path) -> dict:
-    """Write ``out_dir`` (manifest + θ of each selected checkpoint); return the manifest."""
+IDENTITY_FIELDS = ("params_hash", "data_sha256", "code_sha256")
+"""Sidecar fields of a training checkpoint that say what it was trained for (metaland.meta.train)."""
+
+
+def extract(run: Run, rule: ExtractConfig, train_dir: Path, out_dir: Path, *, params_hash: str) -> dict:
+    """Write ``out_dir`` (manifest + θ of each selected checkpoint); return the manifest.
+
+    ``params_hash`` is the hash of the run's params as the caller reads them now: checkpoints
+    trained for other params (a params.yaml edited while they trained) are refused."""
     checkpoints = list_checkpoints(Path(train_dir) / "ckpt")
     if not checkpoints or checkpoints[-1].step != run.train.iterations:
         last = checkpoints[-1].step if checkpoints else "none"
@@ -67,20 +74,30 @@ def extract(run: Run, rule: ExtractConfig, train_dir: Path, out_dir: Path) -> di
             f"run {run.key} has not finished training: its last checkpoint is at step {last}, and "
             f"train.iterations is {run.train.iterations}. Fix: run `dvc repro train@{run.key}` (it resumes)."
         )
-    hashes = {c.sidecar["params_hash"] for c in checkpoints}
-    if len(hashes) != 1:
+    identities = {tuple(c.sidecar.get(field) for field in IDENTITY_FIELDS) for c in checkpoints}
+    if len(identities) != 1:
         raise CheckpointError(
-            f"{train_dir} mixes checkpoints of different params ({', '.join(sorted(hashes))}). "
-            f"Fix: rerun `dvc repro train@{run.key}`, which removes the stale ones."
+            f"{train_dir} mixes checkpoints of different params, data or code. "
+            f"Fix: rerun `dvc repro --force train@{run.key}`, which removes the stale ones."
         )
+    if checkpoints[-1].sidecar["params_hash"] != params_hash:
+        raise CheckpointError(
+            f"the checkpoints in {train_dir} were trained for other params of run {run.key} than params.yaml "
+            f"gives now (params hash {checkpoints[-1].sidecar['params_hash']}, now {params_hash}): params.yaml "
+            f"was edited, or the profile switched, while they trained. Fix: `dvc repro --force train@{run.key}`, "
+            "then `dvc repro`."
+        )
+    selected = select(checkpoints, rule, ALGORITHMS.get(run.algorithm).milestones(run.algorithm_options))
     by_step = {c.step: c for c in checkpoints}
     entries = []
+    signature = None
     with atomic_dir(out_dir) as tmp:
-        milestones = ALGORITHMS.get(run.algorithm).milestones(run.algorithm_options)
-        for step, reasons in select(checkpoints, rule, milestones).items():
+        for step, reasons in selected.items():
             source = by_step[step]
             verify(source)
             params = load_groups(source)["params"]
+            signature = signature or (source, params)
+            check_like(source, "params", params, signature[1])
             written = save_checkpoint(
                 tmp,
                 step,
@@ -98,15 +115,30 @@ def extract(run: Run, rule: ExtractConfig, train_dir: Path, out_dir: Path) -> di
                     "metrics": source.sidecar["metrics"],
                 }
             )
-        manifest = {"run": run.key, "params_hash": hashes.pop(), "checkpoints": entries}
+        manifest = {
+            "run": run.key,
+            **dict(zip(IDENTITY_FIELDS, identities.pop(), strict=True)),
+            "checkpoints": entries,
+        }
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
 
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path, *, run_key: str, params_hash: str, data_sha256: str) -> dict:
+    """The manifest of ``checkpoints/<run>``, checked to hold checkpoints of this run trained for
+    these params (``params_hash``) and this dataset (``data_sha256``, its manifest's digest)."""
     path = Path(directory) / "manifest.json"
+    fix = f"run `dvc repro extract@{run_key}` (`dvc repro --force train@{run_key}` first if training is stale)"
     if not path.is_file():
+        raise CheckpointError(f"{path} is missing. Fix: {fix}.")
+    manifest = read_json(path)
+    recorded = (manifest.get("run"), manifest.get("params_hash"), manifest.get("data_sha256"))
+    if recorded != (run_key, params_hash, data_sha256):
         raise CheckpointError(
-            f"{path} is missing. Fix: run the extract stage (`dvc repro extract@{Path(directory).name}`)."
+            f"{path} lists checkpoints of run {recorded[0]} trained for params hash {recorded[1]} on data "
+            f"{str(recorded[2])[:12]}, but run {run_key} now has params hash {params_hash} and data "
+            f"{data_sha256[:12]}: they were trained for other params or data. Fix: {fix}."
         )
-    return read_json(path)
+    if not manifest.get("checkpoints"):
+        raise CheckpointError(f"{path} lists no checkpoint, so there is nothing to probe. Fix: {fix}.")
+    return manifest

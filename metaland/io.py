@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,12 +63,16 @@ def remove_stale_temporaries(folder: Path | str) -> list[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
+
+    The temporary folder is ``.<name>.<pid>-<random>.tmp``: the temporaries a killed writer left
+    beside ``path`` are removed first (:func:`remove_stale_siblings`). ``path`` must not be a
+    symbolic link, which the rename would replace (:func:`refuse_symlink`)."""
     path = Path(path)
+    refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())
-    try:
+    remove_stale_siblings(path)
+    with scratch_dir(path) as tmp:
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -76,8 +82,90 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def scratch_dir(near: Path | str, purpose: str = "") -> Iterator[Path]:
+    """A temporary folder ``.<name>.[<purpose>.]<pid>-<random>.tmp`` beside ``near``, removed on exit
+    (unless renamed away); the pid in its name lets a later writer tell it was left by a dead one."""
+    near = Path(near)
+    label = f".{near.name}.{purpose + '.' if purpose else ''}{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=label, suffix=".tmp", dir=near.parent))
+    tmp.chmod(0o777 & ~_umask())
+    try:
+        yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_WRITER_PID = re.compile(r"\.(\d+)-[^./]*\.tmp$")
+
+
+def remove_stale_siblings(path: Path | str) -> list[Path]:
+    """Delete what killed writers of ``path`` left beside it: temporary folders and files
+    ``.<name>.….tmp`` whose writer process (the pid in the name; none in older names) is gone, and
+    ``.<name>.old``; return them. Outputs are written by one stage at a time (DVC's lock), so a live
+    writer's temporaries are all that is kept."""
+    path = Path(path)
+    stale = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if candidate.name == f".{path.name}.old":
+            stale.append(candidate)
+        elif candidate.name.endswith(".tmp"):
+            writer = _WRITER_PID.search(candidate.name)
+            if writer is None or not process_alive(int(writer.group(1))):
+                stale.append(candidate)
+    for candidate in stale:
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+    return sorted(stale)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine, under any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def refuse_symlink(path: Path) -> None:
+    """Raise :class:`metaland.errors.SystemError_` if output ``path`` is a symbolic link: replacing it
+    by rename would drop the link (and leave the folder it points to stale)."""
+    if path.is_symlink():
+        from metaland.errors import SystemError_
+
+        raise SystemError_(
+            f"the output {path} is a symbolic link (to {os.readlink(path)}); metaland writes an output as a new "
+            "folder renamed into place, which would replace the link. Nothing was changed. Fix: remove the link "
+            f"(`rm {path}`) and rerun; to keep outputs on another disk, put DVC's cache there (`dvc cache dir`)."
+        )
+
+
+def write_safetensors(path: Path | str, tensors: Mapping[str, Any], what: str) -> None:
+    """Write ``tensors`` to a safetensors file atomically. safetensors' writer is Rust and reports the
+    OS's errors as text ("... No space left on device (os error 28)"): those become the user-facing
+    :class:`metaland.errors.SystemError_` of the OS error, naming ``what`` was written."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    from metaland.errors import system_error
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(dict(tensors), str(tmp))
+        except SafetensorError as err:
+            found = re.search(r"os error (\d+)", str(err))
+            code = int(found.group(1)) if found else 0
+            mapped = system_error(OSError(code, os.strerror(code), str(path)), f"writing {what}") if code else None
+            if mapped is None:
+                raise
+            raise mapped from None
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:
@@ -140,9 +228,24 @@ def tree_digest(root: Path | str, pattern: str = "*") -> str:
     return digest.hexdigest()
 
 
+PACKAGE = Path(__file__).resolve().parent
+
+
 def source_digest() -> str:
     """sha256 over the package's Python sources (paths and contents): changes with any code change."""
-    return tree_digest(Path(__file__).resolve().parent, "*.py")
+    return tree_digest(PACKAGE, "*.py")
+
+
+def package_digest(paths: Sequence[str]) -> str:
+    """sha256 over the Python sources of some of the package's files and folders (``meta``,
+    ``checkpoints.py``, ...), by relative path and content."""
+    digest = hashlib.sha256()
+    for relative in sorted(paths):
+        path = PACKAGE / relative
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

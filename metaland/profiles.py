@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from metaland.config import (
     AggregateConfig,
     ExtractConfig,
@@ -26,6 +24,7 @@ from metaland.config import (
 )
 from metaland.errors import ConfigError
 from metaland.io import write_text
+from metaland.params_file import load_yaml, read_params_text
 from metaland.schema import Params
 
 
@@ -33,11 +32,11 @@ def use_profile(name: str, profiles_dir: Path, params_path: Path, *, force: bool
     source = Path(profiles_dir) / f"{name}.yaml"
     if not source.is_file():
         raise ConfigError(f"profile {name!r} not found at {source}. Fix: run from the repository root.")
-    text = source.read_text(encoding="utf-8")
-    resolve(yaml.safe_load(text), source=str(source))
+    text = read_params_text(source)
+    resolve(load_yaml(text, str(source)), source=str(source))
     if params_path.is_file() and not force:
-        current = params_path.read_text(encoding="utf-8")
-        known = {p.read_text(encoding="utf-8") for p in Path(profiles_dir).glob("*.yaml")}
+        current = params_path.read_bytes()  # compared as bytes: a file that is not UTF-8 is an edit too
+        known = {p.read_bytes() for p in Path(profiles_dir).glob("*.yaml")}
         if current not in known:
             raise ConfigError(
                 f"{params_path} has edits that match no profile; switching would lose them. Fix: save them "

@@ -17,21 +17,33 @@ The store may be a tracking server (``MLFLOW_TRACKING_URI=http://host:5000``): t
 SQLite does not like concurrent schema creation: :func:`ensure_store` creates the database once,
 under a file lock, before any stage fans out.
 
-A remote tracking server that cannot be reached fails the stage at its start, before any output
-is written (:func:`check_reachable`, a few seconds), rather than after hours of training or in
-MLflow's retry loop: nothing is lost, and the message says how to fix it.
+A remote tracking server that cannot be reached, or whose API does not answer a real call, fails
+the stage at its start, before any output is written (:func:`check_reachable`, a few seconds),
+rather than after hours of training or in MLflow's retry loop: nothing is lost, and the message
+says how to fix it. Every later call has a timeout and a few retries (:data:`HTTP_DEFAULTS`).
+
+A SQLite store is a file: its URI may be relative (``sqlite:///mlflow.db``, as MLflow's docs write
+it) and its path may hold any character (``?``, ``%``, spaces); :func:`tracking_uri` makes it an
+absolute, percent-encoded URI. Its artifacts live in ``mlartifacts/`` beside the file, and a store
+that was moved or copied with its checkout is re-pointed there when a stage opens it
+(:func:`relocate_artifacts`), so a copy never writes into the checkout it came from.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import json
 import logging
 import os
 import select
+import sqlite3
+import ssl
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -39,7 +51,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from metaland.errors import TrackingError
+from metaland.errors import Interrupted, TrackingError
 from metaland.io import stable_hash, tree_digest
 
 EXPERIMENT_PREFIX = "metaland"
@@ -48,38 +60,138 @@ OUTPUTS_TAG = "metaland.outputs_sha256"
 MAX_PARAM_LENGTH = 6000
 
 
+ARTIFACTS_DIR = "mlartifacts"
+"""Artifacts of a SQLite store live in this folder beside its database file."""
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the working folder; a SQLite URI is made
+    absolute and percent-encoded (:func:`sqlite_uri`)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(Path.cwd() / "mlflow.db")
+    path = sqlite_path(uri)
+    if path is None:
+        return uri
+    query = uri.partition("?")[2]
+    return sqlite_uri(path) + (f"?{query}" if query else "")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, absolute (a relative one is relative to the working
+    folder, as SQLite opens it), decoded as SQLAlchemy decodes it; None for other stores (and for
+    ``sqlite://``, an in-memory database)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = urllib.parse.unquote(uri.removeprefix("sqlite:///").partition("?")[0])
+    return Path.cwd() / database if database else None
+
+
+def sqlite_uri(path: Path) -> str:
+    """The ``sqlite:///`` URI of a database file at any path: ``?``, ``%``, ``#`` and spaces are
+    percent-encoded, so SQLAlchemy opens exactly this file."""
+    return "sqlite:///" + urllib.parse.quote(str(Path(path).absolute()), safe="/")
+
+
+REACHABILITY_TIMEOUT_S = 5.0
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
+"""Per-request timeout (seconds) and retries of every MLflow call to a tracking server, unless the
+environment sets them: a server that stops answering fails the stage in about two minutes, not
+after MLflow's default of 7 retries of 120 s."""
+
+
+def mlflow_store_uri() -> str:
+    """:func:`tracking_uri` as handed to MLflow: a SQLite database under the working folder is named
+    by its relative path. MLflow creates the folder of a SQLite URI's path without decoding it, so
+    an encoded ``?`` or ``%`` in the checkout's path would otherwise leave a stray folder beside it."""
+    uri = tracking_uri()
+    path = sqlite_path(uri)
+    if path is None or not path.is_relative_to(Path.cwd()):
+        return uri
+    query = uri.partition("?")[2]
+    return "sqlite:///" + urllib.parse.quote(path.relative_to(Path.cwd()).as_posix()) + (f"?{query}" if query else "")
 
 
 def mlflow_client():
     # MLflow is imported lazily: it is slow to import and only stages need it.
-    for name in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for variable, value in HTTP_DEFAULTS.items():  # MLflow reads them at each call
+        os.environ.setdefault(variable, value)
+    for name in ("alembic", "mlflow.store.db.utils"):  # their INFO lines, not a quieter level set by the caller
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri())
-
-
-REACHABILITY_TIMEOUT_S = 5.0
+    return MlflowClient(mlflow_store_uri())
 
 
 def check_reachable(uri: str | None = None) -> None:
-    """Raise :class:`TrackingError` unless an HTTP(S) tracking server answers its health check
-    (local stores, such as the default SQLite file, need no check)."""
+    """Raise :class:`TrackingError` unless an HTTP(S) tracking server answers a real API call (a
+    one-experiment search) within :data:`REACHABILITY_TIMEOUT_S`, or a SQLite store's file and
+    folder can be written by this user.
+
+    ``/health`` alone is not enough: a server whose database is down answers it and then fails
+    every call."""
     uri = uri or tracking_uri()
+    path = sqlite_path(uri)
+    if path is not None:
+        unwritable = [p for p in (path, path.parent) if p.exists() and not os.access(p, os.W_OK)]
+        if unwritable:
+            raise TrackingError(
+                f"The tracking database {path} (MLFLOW_TRACKING_URI) cannot be written by this user (uid "
+                f"{os.getuid()}): {unwritable[0]} is read-only; nothing was run or written. Fix: make the file and "
+                "its folder writable (`chmod u+w`), or point MLFLOW_TRACKING_URI at a writable place or a tracking "
+                "server."
+            )
+        return
     if not uri.startswith(("http://", "https://")):
         return
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    fix = (
+        "start the server (`docker compose up mlflow`, or `make ui` for the local store), or unset "
+        "MLFLOW_TRACKING_URI to track into the local mlflow.db"
+    )
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S):
-            return
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingError(
-            f"The MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached ({reason}); nothing was "
-            "run or written. Fix: start the server (`docker compose up mlflow`, or `make ui` for the local "
-            "store), or unset MLFLOW_TRACKING_URI to track into the local mlflow.db."
-        ) from None
+        request = urllib.request.Request(url, headers=_auth_headers())
+        with urllib.request.urlopen(request, timeout=REACHABILITY_TIMEOUT_S, context=_tls_context()) as response:
+            answer = json.loads(response.read(1 << 20) or b"{}")
+        if not isinstance(answer, dict):
+            raise ValueError("the answer is not a JSON object")
+        return
+    except urllib.error.HTTPError as err:
+        reason = f"its API answered HTTP {err.code} {err.reason}"
+        if err.code in (401, 403):
+            fix = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        elif err.code == 404:
+            fix = "point MLFLOW_TRACKING_URI at an MLflow tracking server (not its UI proxy or another service)"
+        else:
+            fix = "look at the server's log (its database or artifact store may be down), restart it, " + fix
+    except TimeoutError:
+        reason = f"its API did not answer within {REACHABILITY_TIMEOUT_S:.0f} s"
+    except urllib.error.URLError as err:
+        reason = str(err.reason)
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        reason = f"it does not speak MLflow's HTTP API: {type(err).__name__}: {err}"
+        fix = "check the host and port of MLFLOW_TRACKING_URI (another service answers there), or " + fix
+    raise TrackingError(
+        f"The MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached ({reason}); nothing was run or "
+        f"written. Fix: {fix}."
+    )
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's own client would send (``MLFLOW_TRACKING_TOKEN`` or user + password)."""
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
+def _tls_context() -> ssl.SSLContext | None:
+    """TLS settings as MLflow reads them (``MLFLOW_TRACKING_INSECURE_TLS``, ``..._SERVER_CERT_PATH``)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=cafile) if cafile else None
 
 
 def describe_store() -> str:
@@ -89,34 +201,99 @@ def describe_store() -> str:
     reported, not created, and only its folder's writability is checked."""
     uri = tracking_uri()
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
-                raise TrackingError(
-                    f"The tracking database {path} (MLFLOW_TRACKING_URI) does not exist and its folder "
-                    f"{path.parent} is missing or not writable. Fix: create the folder or make it writable, or "
-                    "point MLFLOW_TRACKING_URI at a writable place or a tracking server."
-                )
-            return f"{uri}: not created yet (the first stage creates it)"
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+            raise TrackingError(
+                f"The tracking database {path} (MLFLOW_TRACKING_URI) does not exist and its folder "
+                f"{path.parent} is missing or not writable. Fix: create the folder or make it writable, or "
+                "point MLFLOW_TRACKING_URI at a writable place or a tracking server."
+            )
+        return f"{uri}: not created yet (the first stage creates it)"
     try:
         count = len(mlflow_client().search_experiments(max_results=1000))
     except Exception as err:
         raise TrackingError(
             f"The tracking store {uri} (MLFLOW_TRACKING_URI) answers but cannot be read ({type(err).__name__}: "
-            f"{err}). Fix: for a server, check its credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) "
-            "and version; for a file, its permissions, or move it aside to start a fresh store."
+            f"{gist(err)}). Fix: for a server, check its credentials (MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD) and version; for a file, its permissions, or move it aside to start a fresh "
+            "store."
         ) from None
     return f"{uri}: answers, {count} experiment(s)"
 
 
+def gist(err: BaseException) -> str:
+    """The first non-empty line of an error's message (MLflow's and SQLAlchemy's run to many lines)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(err).__name__
+
+
 def ensure_store() -> None:
-    """Create (or migrate) the tracking database once, serialised by a lock file."""
-    uri = tracking_uri()
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else None
-    lock = FileLock(str(lock_path)) if lock_path else contextlib.nullcontext()
-    with lock:
+    """Open the tracking store once, serialised by a lock file: a new SQLite database is created and
+    migrated under a temporary name and renamed into place only when complete (a full disk or a
+    kill never leaves a half-migrated store); an existing one is migrated if older, and re-pointed
+    at the artifacts beside it if it was moved (:func:`relocate_artifacts`)."""
+    path = sqlite_path(tracking_uri())
+    if path is None:
         mlflow_client().search_experiments(max_results=1)
+        return
+    with FileLock(str(path.with_name(path.name + ".lock"))):
+        if not path.exists():
+            _create_database(path)
+        relocate_artifacts(path)
+        mlflow_client().search_experiments(max_results=1)
+
+
+def _create_database(path: Path) -> None:
+    """Create MLflow's tables in ``.<name>.<pid>.tmp`` beside ``path``, then rename it onto ``path``."""
+    from mlflow.store.db.utils import _initialize_tables
+    from sqlalchemy import create_engine
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a creation that was killed
+        stale.unlink(missing_ok=True)
+    engine = create_engine(sqlite_uri(tmp))
+    try:
+        _initialize_tables(engine)
+        engine.dispose()
+        os.replace(tmp, path)
+    finally:
+        engine.dispose()
+        for leftover in path.parent.glob(f"{tmp.name}*"):
+            leftover.unlink(missing_ok=True)
+
+
+def relocate_artifacts(database: Path) -> list[str]:
+    """Re-point the artifact locations of a SQLite store that was moved or copied with its checkout.
+
+    MLflow records absolute ``file://`` locations. metaland puts an experiment's artifacts in
+    ``<store folder>/mlartifacts/<experiment>``; where an experiment records that layout under
+    another folder, every location under that folder (experiments, runs, logged models) is moved to
+    this store's folder. Return the old folders (empty when nothing moved)."""
+    here = database.parent.absolute().as_uri()
+    tables = {"experiments": "artifact_location", "runs": "artifact_uri", "logged_models": "artifact_location"}
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as connection, connection:
+        present = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in present:
+            return []
+        old_roots = set()
+        for name, location in connection.execute(
+            "SELECT name, artifact_location FROM experiments WHERE name LIKE ?", (f"{EXPERIMENT_PREFIX}/%",)
+        ):
+            suffix = f"/{ARTIFACTS_DIR}/{name.replace('/', '-')}"
+            if location and location.endswith(suffix) and location[: -len(suffix)] != here:
+                old_roots.add(location[: -len(suffix)])
+        for old in sorted(old_roots):
+            for table, column in tables.items():
+                if table in present:
+                    connection.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                        (here + "/", len(old) + 2, len(old) + 1, old + "/"),
+                    )
+            logging.getLogger(__name__).warning(
+                "the tracking store %s was moved from %s: its artifact locations now point beside it", database, old
+            )
+    return sorted(old_roots)
 
 
 def git_state() -> dict[str, str]:
@@ -181,14 +358,22 @@ class StageRun:
 
     Calls return at once and are carried out in order; a store error is raised as
     :class:`TrackingError` by the next call, or when the run closes, so the stage fails with it.
+
+    Use it as a context manager: a stage that fails before :func:`stage_run` opens its run still
+    ends its sidecar (the process would otherwise wait for commands as long as the caller lives).
     """
 
     def __init__(self):
         """Start the sidecar, which imports MLflow while the caller goes on; :func:`stage_run` opens
         the run. A stage starts it before importing PyTorch, so that the two imports overlap."""
         replies, replies_end = os.pipe()
+        environment = {**HTTP_DEFAULTS, **os.environ}
         self._sidecar = subprocess.Popen(
-            [sys.executable, "-m", "metaland.tracking_sidecar"], stdin=subprocess.PIPE, stdout=replies_end, text=True
+            [sys.executable, "-m", "metaland.tracking_sidecar"],
+            stdin=subprocess.PIPE,
+            stdout=replies_end,
+            text=True,
+            env=environment,
         )
         os.close(replies_end)
         # Unbuffered, so that select() sees every reply that has arrived (replies are a few short lines).
@@ -196,9 +381,19 @@ class StageRun:
         self._run_id: str | None = None
         self._error: str | None = None
         self._closed = False
+        self._opened = False
+        self._closed_by_caller = False
+
+    def __enter__(self) -> StageRun:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if not self._closed_by_caller:
+            self.close(_status_of(error))
 
     def open(self, **command: Any) -> None:
-        self._send("open", **command)
+        self._opened = True
+        self._send("open", pid=os.getpid(), **command)
 
     @property
     def run_id(self) -> str:
@@ -233,6 +428,15 @@ class StageRun:
 
     def close(self, status: str) -> str | None:
         """End the run with ``status`` once every call is carried out; return the store error, if any."""
+        if self._closed_by_caller:
+            return self._error
+        self._closed_by_caller = True
+        if not self._opened:  # nothing sent, nothing to log: the sidecar need not finish importing MLflow
+            self._sidecar.kill()
+            self._sidecar.wait()
+            self._sidecar.stdin.close()
+            self._replies.close()
+            return None
         self._send("close", status=status, check=False)
         self._sidecar.stdin.close()
         while not self._closed and self._receive() is not None:
@@ -275,6 +479,14 @@ class StageRun:
             raise TrackingError(_failure_message(self._error))
 
 
+def _status_of(error: BaseException | None) -> str:
+    """The final status of a run whose stage ended with ``error``: KILLED when a signal (or Ctrl-C)
+    stopped it, FAILED on an error, FINISHED without one."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(error, Interrupted | KeyboardInterrupt) else "FAILED"
+
+
 def _failure_message(error: str) -> str:
     return (
         f"Logging this stage to the MLflow store {tracking_uri()} failed ({error}), so the stage fails rather "
@@ -300,7 +512,8 @@ def stage_run(
     resume: bool = False,
     started: StageRun | None = None,
 ) -> Iterator[StageRun]:
-    """Open an MLflow run for a stage execution; mark it FINISHED or FAILED on exit.
+    """Open an MLflow run for a stage execution; mark it FINISHED, FAILED (an error) or KILLED (a
+    signal, Ctrl-C) on exit.
 
     With ``resume`` (a training restarted from a checkpoint) the newest earlier run of the same
     stage, run key and params hash is continued, so its metrics form one curve in the UI. The run
@@ -320,8 +533,8 @@ def stage_run(
     )
     try:
         yield run
-    except BaseException:
-        error = run.close("FAILED")
+    except BaseException as err:
+        error = run.close(_status_of(err))
         if error is not None:
             logging.getLogger(__name__).warning(_failure_message(error))
         raise

@@ -10,31 +10,50 @@ Protocol: one JSON command per line on standard input, carried out in order —
 final status. Replies, one JSON object per line on standard output: ``{"opened": run_id}``,
 ``{"error": message}`` as soon as a command fails (later commands are then skipped), and
 ``{"closed": status}`` last. End of input without ``close`` means the stage died: the run is
-marked FAILED. Ctrl-C reaches the whole process group; the sidecar ignores it and lets the stage,
-which sees it too, close the run as FAILED.
+marked FAILED.
+
+Signals: Ctrl-C, SIGTERM and SIGHUP reach the whole process group (a closed terminal, ``docker
+stop``, ``scancel``). The stage closes its run as KILLED; the sidecar waits for that close up to
+:data:`SIGNAL_GRACE_S` seconds, then (a signal meant for the sidecar alone, or a stage stuck in a
+kernel) marks the run KILLED itself. A SIGKILL to both leaves the run RUNNING: every stage's
+sidecar therefore starts by reaping the RUNNING runs of this host whose stage process is gone
+(:func:`reap_dead_runs`), which it finds by the host, process id and process start time each run is
+tagged with. Nothing of MLflow's is printed: a failure is one reply line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from metaland.errors import Interrupted
+from metaland.io import process_alive
 from metaland.tracking import (
+    ARTIFACTS_DIR,
     EXPERIMENT_PREFIX,
     ensure_store,
+    gist,
     mlflow_client,
     provenance_tags,
+    sqlite_path,
     tag_query,
     tracking_uri,
 )
+
+SIGNAL_GRACE_S = 10
+"""Seconds the sidecar waits, after a termination signal, for its stage to close the run."""
+HOST_TAG, PID_TAG, STARTED_TAG = "metaland.host", "metaland.pid", "metaland.pid_started"
+"""Tags that identify the stage process of a run, so that a later stage can tell it is gone."""
 
 
 def _experiment_id(client, name: str) -> str:
@@ -42,10 +61,47 @@ def _experiment_id(client, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name.replace("/", "-")).as_uri()
+    database = sqlite_path(tracking_uri())
+    if database is not None:
+        location = (database.parent / ARTIFACTS_DIR / name.replace("/", "-")).as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, Linux), "alive" where that is not
+    known, or None if no such process exists: a pid reused by a newer process gives another value."""
+    if not process_alive(pid):
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "alive"
+    return stat.rpartition(")")[2].split()[19]  # field 22, after the command name (which may hold spaces)
+
+
+def process_tags(pid: int) -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), STARTED_TAG: process_started(pid) or ""}
+
+
+def reap_dead_runs(client) -> list[str]:
+    """Mark KILLED the RUNNING metaland runs of this host whose stage process is gone (a SIGKILL to
+    the stage and its sidecar, a machine that lost power); return their ids. Runs of other hosts are
+    left alone: whether their process lives cannot be known from here."""
+    experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}/%'")
+    if not experiments:
+        return []
+    query = f"attributes.status = 'RUNNING' and {tag_query({HOST_TAG: socket.gethostname()})}"
+    reaped = []
+    for run in client.search_runs([e.experiment_id for e in experiments], filter_string=query, max_results=1000):
+        tags = run.data.tags
+        pid = int(tags.get(PID_TAG) or 0)
+        started = process_started(pid) if pid > 0 else None
+        if started is not None and started in (tags.get(STARTED_TAG), "alive"):
+            continue
+        client.set_tag(run.info.run_id, "metaland.ended_by", f"reaped: its stage process {pid} was gone")
+        client.set_terminated(run.info.run_id, "KILLED")
+        reaped.append(run.info.run_id)
+    return reaped
 
 
 def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:
@@ -57,15 +113,23 @@ def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, par
 
 
 def open_run(
-    client, stage: str, experiment: str, run_key: str | None, params: Mapping[str, str], params_hash: str, resume: bool
+    client,
+    stage: str,
+    experiment: str,
+    run_key: str | None,
+    params: Mapping[str, str],
+    params_hash: str,
+    resume: bool,
+    pid: int,
 ) -> tuple[str, str]:
     """Create the stage's run (or, with ``resume``, continue the newest one of the same stage, run
-    key and params hash); return (run id, experiment id)."""
+    key and params hash), tagged with the stage's process ``pid``; return (run id, experiment id)."""
     from mlflow.entities import Param
 
+    reap_dead_runs(client)
     experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
     run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
-    tags = provenance_tags(stage, run_key, params_hash)
+    tags = {**provenance_tags(stage, run_key, params_hash), **process_tags(pid)}
     if run_id is None:
         run_name = f"{stage}@{run_key}" if run_key else stage
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -139,38 +203,69 @@ def serve(commands: TextIO, replies: TextIO) -> None:
     run: dict[str, str] = {}
     client = None  # the store is opened with the run: a stage that fails before leaves no database
     status, failed = "FAILED", False
-    for line in commands:
-        command = json.loads(line)
-        op = command.pop("op")
-        if op == "close":
-            status = command["status"]
-            break
-        if failed:
-            continue
-        try:
-            if client is None:
-                ensure_store()  # creates the database under its lock before this process's client opens it
-                client = mlflow_client()
-            carry_out(client, run, op, command)
-        except Exception as err:  # reported to the stage, which fails with it
-            failed = True
-            reply(error=f"{op}: {type(err).__name__}: {err}")
-            continue
-        if op == "open":
-            reply(opened=run["run_id"])
+    try:
+        for line in commands:
+            command = json.loads(line)
+            op = command.pop("op")
+            if op == "close":
+                status = command["status"]
+                break
+            if failed:
+                continue
+            try:
+                if client is None:
+                    ensure_store()  # creates the database under its lock before this process's client opens it
+                    client = mlflow_client()
+                carry_out(client, run, op, command)
+            except Exception as err:  # reported to the stage, which fails with it
+                failed = True
+                reply(error=f"{op}: {type(err).__name__}: {gist(err)}")
+                continue
+            if op == "open":
+                reply(opened=run["run_id"])
+    except Interrupted:
+        status = "KILLED"  # the stage did not close its run within the grace period after a signal
+    final = "FAILED" if failed and status != "KILLED" else status
     if "run_id" in run:
-        client.set_terminated(run["run_id"], "FAILED" if failed else status)
-    reply(closed="FAILED" if failed else status)
+        try:
+            client.set_terminated(run["run_id"], final)
+        except Exception as err:
+            final = "FAILED"
+            reply(error=f"close: {type(err).__name__}: {gist(err)}")
+    reply(closed=final)
+
+
+def _on_termination(signum: int, frame) -> None:
+    """A termination signal: give the stage :data:`SIGNAL_GRACE_S` seconds to close the run."""
+    if signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+        signal.setitimer(signal.ITIMER_REAL, SIGNAL_GRACE_S)
+
+
+def _grace_over(signum: int, frame) -> None:
+    raise Interrupted(signum)
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_termination)
+    signal.signal(signal.SIGALRM, _grace_over)
+    logging.basicConfig(level=logging.WARNING, format="metaland tracking: %(message)s")
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the slow part, while the stage loads PyTorch)
+
+    for noisy in ("mlflow", "alembic", "sqlalchemy", "urllib3"):  # their failures are replies, one line each
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
     # Replies get the real standard output; anything a library prints goes to standard error.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin, replies)
+    try:
+        serve(sys.stdin, replies)
+    except BaseException as err:  # never a traceback: the stage reports the failure
+        with contextlib.suppress(Exception):
+            replies.write(json.dumps({"error": f"sidecar: {type(err).__name__}: {gist(err)}"}) + "\n")
+            replies.flush()
+        sys.stderr.flush()
+        os._exit(1)
     # Everything is committed and replied: skip the interpreter's teardown of MLflow's modules,
     # which takes most of a second that the stage would spend waiting for this process to end.
     sys.stderr.flush()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from metaland.checkpoints import (
     verify,
 )
 from metaland.errors import CheckpointError
+from metaland.io import file_digest
 
 
 def params(value: float) -> dict[str, torch.Tensor]:
@@ -33,7 +36,7 @@ def test_round_trip(tmp_path):
     groups = load_groups(ckpt)
     assert torch.equal(groups["params"]["w"], params(1.0)["w"])
     assert torch.equal(groups["adam_m"]["b"], params(0.5)["b"])
-    assert list(load_params(ckpt, ["b", "w"])) == ["b", "w"]
+    assert list(load_params(ckpt, {"b": params(0.0)["b"], "w": params(0.0)["w"]})) == ["b", "w"]
     assert list_checkpoints(tmp_path)[0].sidecar["metrics"] == {"val/query_accuracy": 0.7}
 
 
@@ -46,7 +49,7 @@ def test_corrupt_file_is_detected_and_skipped(tmp_path):
         verify(newest)
     assert str(newest.path) in str(info.value) and "Fix: delete both files and rerun" in str(info.value)
     assert not is_valid(newest)
-    assert latest_valid(tmp_path, "h").step == 1
+    assert latest_valid(tmp_path, {"params_hash": "h"}).step == 1
 
 
 def test_tensor_file_without_sidecar_is_not_a_checkpoint(tmp_path):
@@ -58,14 +61,25 @@ def test_tensor_file_without_sidecar_is_not_a_checkpoint(tmp_path):
 
 def test_checkpoints_of_other_params_are_not_resumed(tmp_path):
     save_checkpoint(tmp_path, 1, {"params": params(1)}, params_hash="old", metrics={})
-    assert latest_valid(tmp_path, "new") is None
-    assert latest_valid(tmp_path, "old").step == 1
+    assert latest_valid(tmp_path, {"params_hash": "new"}) is None
+    assert latest_valid(tmp_path, {"params_hash": "old"}).step == 1
 
 
 def test_missing_tensor_file_and_wrong_model(tmp_path):
-    ckpt = save_checkpoint(tmp_path, 1, {"params": params(1)}, params_hash="h", metrics={})
-    with pytest.raises(CheckpointError, match="lacks parameters conv"):
-        load_params(ckpt, ["w", "conv"])
+    ckpt = save_checkpoint(tmp_path, 1, {"params": params(1.0)}, params_hash="h", metrics={})
+    with pytest.raises(CheckpointError, match=r"does not fit the model of this run \(params: conv is missing\)"):
+        load_params(ckpt, {"w": params(0.0)["w"], "b": params(0.0)["b"], "conv": torch.zeros(1)})
     ckpt.path.unlink()
     with pytest.raises(CheckpointError, match="is missing although its sidecar exists"):
         verify(ckpt)
+
+
+def test_a_huge_safetensors_header_is_refused_not_allocated(tmp_path):
+    """A tensor file whose header claims 2^40 bytes (its sidecar's sha256 matching): refused with the
+    file named, before anything that size is read or allocated."""
+    ckpt = save_checkpoint(tmp_path, 1, {"params": params(1.0)}, params_hash="h", metrics={})
+    ckpt.path.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    sidecar = {**ckpt.sidecar, "sha256": file_digest(ckpt.path)}
+    ckpt.sidecar_path.write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match=r"step-00000001\.safetensors is not a readable safetensors file.*Fix:"):
+        load_groups(list_checkpoints(tmp_path)[0])

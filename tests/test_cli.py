@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from metaland.cli import main
+from metaland.errors import EXIT_CHECKPOINT, EXIT_DATA, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
@@ -28,8 +30,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def assert_user_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
+def assert_user_error(code: int, err: str, *needles: str, status: int = EXIT_USAGE) -> None:
+    """One paragraph on stderr with a fix, and the exit status of the failure's kind (metaland.errors)."""
+    assert code == status, f"exit status {code}, expected {status}: {err}"
     assert err.startswith("metaland: error: ") and err.count("\n") == 1, "one paragraph on stderr"
     assert "Fix" in err
     for needle in needles:
@@ -59,6 +62,7 @@ def test_missing_dataset(capsys, ci_params, tmp_path):
         "dataset 'omniglot-small' has not been fetched",
         "dvc repro fetch@omniglot-small",
         "METALAND_DATA_MIRROR",
+        status=EXIT_DATA,
     )
 
 
@@ -76,7 +80,7 @@ def test_mirror_without_the_archives(capsys, ci_params, tmp_path):
         "--mirror",
         str(empty),
     )
-    assert_user_error(code, err, str(empty), "images_background_small1.zip")
+    assert_user_error(code, err, str(empty), "images_background_small1.zip", status=EXIT_DATA)
     assert not (tmp_path / "data" / "omniglot-small").exists(), "nothing half-written"
 
 
@@ -90,9 +94,20 @@ def test_unknown_dataset(capsys, ci_params):
     assert_user_error(code, err, "dataset 'imagenet' is not declared under datasets")
 
 
+def fetched_as(tiny_dataset: Path, data: Path, params_path: Path, dataset: str = "omniglot-small") -> Path:
+    """``data/<dataset>``: the tiny dataset, its manifest saying it was fetched for the params file's params."""
+    from metaland.config import load_params
+
+    shutil.copytree(tiny_dataset, data / dataset)
+    manifest = json.loads((data / dataset / "manifest.json").read_text())
+    manifest["params"] = load_params(params_path).datasets[dataset].model_dump(mode="json")
+    (data / dataset / "manifest.json").write_text(json.dumps(manifest))
+    return data / dataset
+
+
 def test_missing_checkpoints_for_probe(capsys, ci_params, tiny_dataset, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(tiny_dataset, data / "omniglot-small")
+    fetched_as(tiny_dataset, data, ci_params)
     code, _, err = run_cli(
         capsys,
         "probe",
@@ -104,7 +119,7 @@ def test_missing_checkpoints_for_probe(capsys, ci_params, tiny_dataset, tmp_path
         "--checkpoints-dir",
         str(tmp_path / "ckpts"),
     )
-    assert_user_error(code, err, "manifest.json is missing", f"dvc repro extract@{RUN}")
+    assert_user_error(code, err, "manifest.json is missing", f"dvc repro extract@{RUN}", status=EXIT_CHECKPOINT)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +149,9 @@ def test_profile_switch_and_protection(capsys, tmp_path, monkeypatch):
     code, _out, _ = run_cli(capsys, "profile", "ci")
     assert code == 0 and (tmp_path / "params.yaml").read_text() == (REPO / "profiles" / "ci.yaml").read_text()
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + "# my edit\n")
+    code, _, err = run_cli(capsys, "profile", "default")
+    assert_user_error(code, err, "has edits that match no profile", "--force")
+    (tmp_path / "params.yaml").write_bytes((tmp_path / "params.yaml").read_bytes() + b"# caf\xe9\n")  # Latin-1
     code, _, err = run_cli(capsys, "profile", "default")
     assert_user_error(code, err, "has edits that match no profile", "--force")
     assert run_cli(capsys, "profile", "default", "--force")[0] == 0

@@ -44,7 +44,8 @@ def test_log_spaced_steps():
 def test_extract_publishes_verified_params_only(tiny_dataset, tmp_path):
     run = make_run()
     train(run, DATASET_PARAMS, tiny_dataset, tmp_path / "run", device=torch.device("cpu"))
-    manifest = extract(run, ExtractConfig(every=2, best=True, final=True), tmp_path / "run", tmp_path / "out")
+    rule = ExtractConfig(every=2, best=True, final=True)
+    manifest = extract(run, rule, tmp_path / "run", tmp_path / "out", params_hash=run.trajectory_hash(DATASET_PARAMS))
     steps = [entry["step"] for entry in manifest["checkpoints"]]
     assert 0 in steps and 8 in steps and 12 in steps
     published = list_checkpoints(tmp_path / "out")
@@ -60,5 +61,5 @@ def test_extract_publishes_verified_params_only(tiny_dataset, tmp_path):
 def test_extract_refuses_unfinished_training(tiny_dataset, tmp_path):
     train(make_run(iterations=8), DATASET_PARAMS, tiny_dataset, tmp_path / "run", device=torch.device("cpu"))
     with pytest.raises(CheckpointError, match="has not finished training: its last checkpoint is at step 8"):
-        extract(make_run(), ExtractConfig(), tmp_path / "run", tmp_path / "out")
+        extract(make_run(), ExtractConfig(), tmp_path / "run", tmp_path / "out", params_hash="unused")
     assert not (tmp_path / "out").exists(), "nothing half-written"

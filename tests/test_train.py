@@ -168,3 +168,34 @@ def test_learned_update_is_meta_learned_and_checkpointed(tiny_dataset, tmp_path)
     )
     assert all(torch.equal(first[k], torch.eye(len(first[k]))) for k in factors)
     assert any(not torch.equal(first[k], last[k]) for k in factors)
+
+
+def test_the_training_code_a_checkpoint_records_is_the_train_stages_code_dependencies():
+    """A checkpoint records the digest of TRAINING_CODE; DVC reruns train when its code deps change.
+    They must be the same files, or a resumed training could mix code versions unseen."""
+    import yaml
+
+    from metaland.meta.train import TRAINING_CODE
+
+    stage = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]["train"]
+    deps = {dep.removeprefix("metaland/") for dep in stage["do"]["deps"] if dep.startswith("metaland/")}
+    assert deps == set(TRAINING_CODE)
+
+
+def test_checkpoints_of_other_code_or_data_are_not_resumed(tiny_dataset, tmp_path, monkeypatch):
+    """The run's identity holds the digests of its data and training code: another dataset content
+    or a changed training module starts the run over instead of resuming it."""
+    import shutil
+
+    import metaland.meta.train as training
+    from metaland.data.layout import load_split, write_split
+
+    train(make_run(iterations=8), DATASET_PARAMS, tiny_dataset, tmp_path / "run", device=CPU)
+    assert train(make_run(), DATASET_PARAMS, tiny_dataset, tmp_path / "run", device=CPU).resumed_from == 8
+    other = tmp_path / "other-data"
+    shutil.copytree(tiny_dataset, other)
+    train_split = load_split(other, "train")
+    write_split(other, "train", dataclasses.replace(train_split, images=255 - train_split.images))
+    assert train(make_run(), DATASET_PARAMS, other, tmp_path / "run", device=CPU).resumed_from is None
+    monkeypatch.setattr(training, "package_digest", lambda paths: "another version of the code")
+    assert train(make_run(), DATASET_PARAMS, other, tmp_path / "run", device=CPU).resumed_from is None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from metaland.errors import DataError
+from metaland.errors import DataError, system_error
 from metaland.io import atomic_dir
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -51,10 +51,14 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             for member in members:
                 _write(member, tmp, archive)
         except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as err:
+            machine = isinstance(err, OSError) and system_error(err, f"extracting {archive} into {dest.parent}")
+            if machine:  # a full disk is not the archive's fault: it must not be deleted
+                raise machine from None
             raise DataError(
-                f"Archive {archive} could not be extracted ({type(err).__name__}: {err}). Fix: "
-                f"delete it so that it is fetched again, or replace it with the published file."
-            ) from err
+                f"Archive {archive} could not be extracted ({type(err).__name__}: {err}). Fix: replace it with the "
+                "published file (a copy in the download cache is fetched again once deleted; a mirror's copy is "
+                "never deleted by metaland)."
+            ) from None
     return dest
 
 

@@ -7,14 +7,13 @@ so an interrupted or failed fetch never leaves a partial dataset where ``load_sp
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 
 from metaland.data.archive import extract_archive
 from metaland.data.layout import MANIFEST_FILE
 from metaland.data.registry import ArchiveSource, DatasetSpec
 from metaland.data.sources import cache_dir_from_env, obtain
-from metaland.io import atomic_dir, read_json, write_json
+from metaland.io import atomic_dir, file_digest, read_json, scratch_dir, write_json
 from metaland.schema import Params
 
 
@@ -40,18 +39,19 @@ def fetch_dataset(
     archives = {s.filename: obtain(s, mirror=mirror, cache_dir=cache_dir) for s in sources}
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(prefix=f".{spec.name}.extract.", dir=data_root) as work,
-        atomic_dir(data_root / spec.name) as out,
-    ):
-        extracted = {name: extract_archive(path, Path(work) / name) for name, path in archives.items()}
+    with atomic_dir(data_root / spec.name) as out, scratch_dir(data_root / spec.name, "extract") as work:
+        extracted = {name: extract_archive(path, work / name) for name, path in archives.items()}
         spec.build(params, extracted, out)
-        _add_provenance(out / MANIFEST_FILE, spec, params, sources)
+        _add_provenance(out, spec, params, sources)
     return data_root / spec.name
 
 
-def _add_provenance(manifest_path: Path, spec: DatasetSpec, params: Params, sources: tuple[ArchiveSource, ...]) -> None:
-    """Complete the builder's manifest with what only the fetch step knows."""
+def _add_provenance(out: Path, spec: DatasetSpec, params: Params, sources: tuple[ArchiveSource, ...]) -> None:
+    """Complete the builder's manifest with what only the fetch step knows, and the sha256 of every
+    file of the layout: the manifest's own digest then identifies the data (checkpoints and probe
+    results record it)."""
+    manifest_path = out / MANIFEST_FILE
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
     write_json(
         manifest_path,
         {
@@ -59,5 +59,6 @@ def _add_provenance(manifest_path: Path, spec: DatasetSpec, params: Params, sour
             "dataset": spec.name,
             "params": params.model_dump(mode="json"),
             "sources": [dataclasses.asdict(source) for source in sources],
+            "files": {p.name: file_digest(p) for p in files},
         },
     )

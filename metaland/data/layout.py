@@ -9,6 +9,7 @@ byte-deterministic: the same splits and manifest give identical files.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from metaland.data.registry import SPLITS
 from metaland.errors import DataError
-from metaland.io import atomic_path, read_json, write_json
+from metaland.io import file_digest, read_json, write_json, write_safetensors
 
 CLASSES_FILE = "classes.json"
 MANIFEST_FILE = "manifest.json"
@@ -59,8 +60,7 @@ def split_file(data_dir: Path, split: str) -> Path:
 def write_split(out_dir: Path, split: str, data: SplitData) -> None:
     """Write ``<out_dir>/<split>.safetensors`` atomically (class names go to ``classes.json``)."""
     tensors = {"images": data.images.contiguous(), "offsets": data.offsets.contiguous()}
-    with atomic_path(split_file(out_dir, split)) as tmp:
-        save_file(tensors, tmp)
+    write_safetensors(split_file(out_dir, split), tensors, f"the {split} split of {Path(out_dir).name}")
 
 
 def write_layout(out_dir: Path, splits: Mapping[str, SplitData], manifest: Mapping[str, Any]) -> None:
@@ -103,12 +103,31 @@ def load_split(data_dir: Path, split: str) -> SplitData:
     try:
         tensors = load_file(path)
         names = read_json(data_dir / CLASSES_FILE)[split]
-        return SplitData(tensors["images"], tensors["offsets"], tuple(names))
+        data = SplitData(tensors["images"], tensors["offsets"], tuple(names))
+        manifest = data_dir / MANIFEST_FILE
+        shape = read_json(manifest).get("image_shape") if manifest.is_file() else None
+        if shape is not None and list(data.images.shape[1:]) != list(shape):
+            raise ValueError(
+                f"its images are {list(data.images.shape[1:])}, but {manifest} gives every split {list(shape)}"
+            )
+        return data
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
             f"Dataset file {path} (or {data_dir / CLASSES_FILE}) is corrupt "
             f"({type(err).__name__}: {err}). Fix: delete {data_dir} and {_refetch(data_dir)}."
-        ) from err
+        ) from None
+
+
+def dataset_digest(data_dir: Path) -> str:
+    """sha256 identifying a fetched dataset's content: its manifest, which lists the sha256 of every
+    file of the layout (written by fetch); for a layout written otherwise, the files themselves."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / MANIFEST_FILE
+    digest = hashlib.sha256(manifest.read_bytes())
+    if "files" not in read_json(manifest):
+        for path in sorted(p for p in data_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+            digest.update(f"\0{path.name}\0{file_digest(path)}".encode())
+    return digest.hexdigest()
 
 
 def _layout_problem(data: SplitData) -> str | None:

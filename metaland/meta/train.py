@@ -4,12 +4,22 @@ Iteration ``s`` draws its batch (a meta-batch of tasks; images for the finetune 
 generator seeded by (run seed, purpose, s) only, augments it when ``train.augment`` asks (seed 001
 §3.3; validation and probes never augment), and the Adam state is saved with θ, so a run
 restarted from its newest valid checkpoint continues bit for bit as if it had never stopped.
-Layout of the run folder (a DVC ``persist`` output)::
+Layout of the run folder::
 
     runs/<run>/ckpt/step-00000500.safetensors + .json   θ, Adam state (and the algorithm's own training
                                                         state, if it keeps one); sidecar with val metrics
     runs/<run>/train_log.csv                            per log step: the algorithm's training metrics
     runs/<run>/val_tasks.json                           the fixed validation task set
+
+The train stage trains in a *resume area* (``.metaland/train/<run>/``, same layout, outside the DVC
+outputs) and publishes it to ``runs/<run>`` as a whole when training ends (hard links: no second
+copy). ``runs/<run>`` is then an ordinary DVC output: DVC removes it before rerunning the stage and
+can restore it from its run-cache (switching profiles back and forth retrains nothing), while a
+killed or extended training resumes from the resume area. A checkpoint is resumed from only if its
+sidecar records this run's identity: the params hash (run and dataset params), the digest of the
+dataset (:func:`metaland.data.layout.dataset_digest`) and the digest of the training
+code (:data:`TRAINING_CODE`, the train stage's code dependencies in dvc.yaml); others are removed.
+The log is cut back to the checkpoint training resumes from, so it never holds steps past it.
 
 A restarted run continues the MLflow run of the same run key and params hash, so its metrics
 form one curve in the UI.
@@ -24,6 +34,8 @@ import contextlib
 import csv
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -35,17 +47,19 @@ from tqdm import tqdm
 
 from metaland.checkpoints import (
     Checkpoint,
+    check_like,
     latest_valid,
     list_checkpoints,
     load_groups,
     save_checkpoint,
+    written_for,
 )
 from metaland.config import Run
 from metaland.data.augment import augment_batch
-from metaland.data.layout import SplitData, load_split
+from metaland.data.layout import SplitData, dataset_digest, load_split
 from metaland.data.tasks import TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.errors import DivergenceError
-from metaland.io import remove_stale_temporaries, write_csv
+from metaland.io import atomic_dir, package_digest, remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
 from metaland.meta.evaluate import evaluate_tasks
@@ -57,10 +71,32 @@ from metaland.seeding import generator
 log = logging.getLogger(__name__)
 
 
+TRAINING_CODE = (
+    "checkpoints.py",
+    "data/augment.py",
+    "data/synthetic.py",
+    "data/tasks.py",
+    "meta",
+    "models",
+)
+"""The package sources a training depends on: the train stage's code dependencies in dvc.yaml
+(tested to agree), so DVC reruns train exactly when the code a checkpoint records changes."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     checkpoints: list[Checkpoint]
     resumed_from: int | None
+
+
+def run_identity(run: Run, dataset_params: Params, dataset_dir: Path) -> dict[str, str]:
+    """What a checkpoint must record to be resumed from: the params hash of the run and its dataset
+    params, the digest of the dataset's content, and the digest of the training code."""
+    return {
+        "params_hash": run.trajectory_hash(dataset_params),
+        "data_sha256": dataset_digest(dataset_dir),
+        "code_sha256": package_digest(TRAINING_CODE),
+    }
 
 
 def val_task_set(run: Run, split: SplitData) -> TaskSet:
@@ -84,11 +120,19 @@ def train(
     *,
     device: torch.device,
     open_tracker: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+    work_dir: Path | None = None,
+    still_valid: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Meta-train ``run`` into ``out_dir``, resuming from its newest valid checkpoint.
 
-    ``open_tracker(resumed)`` opens the MLflow run to log into (none: no tracking).
+    ``open_tracker(resumed)`` opens the MLflow run to log into (none: no tracking). With
+    ``work_dir`` (the resume area), training happens there and ``out_dir`` receives the finished
+    run, complete or not at all; without, it happens in ``out_dir`` itself. ``still_valid()`` runs
+    after every checkpoint and before ``out_dir`` is written: a check that raises (params.yaml was
+    edited meanwhile) stops training there, keeps the checkpoints and publishes nothing.
     """
+    published = Path(out_dir)
+    out_dir = Path(work_dir) if work_dir is not None else published
     train_split = load_split(dataset_dir, "train")
     val_split = load_split(dataset_dir, "val")
     algorithm = ALGORITHMS.get(run.algorithm)
@@ -108,7 +152,7 @@ def train(
     )
     milestones = algorithm.milestones(run.algorithm_options)
     initial = algorithm.meta_parameters(initial_params(module), inner_params, run.algorithm_options)
-    params_hash = run.trajectory_hash(dataset_params)
+    identity = run_identity(run, dataset_params, dataset_dir)
     ckpt_dir = Path(out_dir) / "ckpt"
 
     meta_test = algorithm.meta_test_adaptation(run.algorithm_options, module, head, run.seed)
@@ -140,18 +184,20 @@ def train(
             step,
             # an empty algorithm_state group writes no tensor: stateless runs write the same file as ever
             {"params": params, "adam_m": adam.exp_avg, "adam_v": adam.exp_avg_sq, "algorithm_state": state},
-            params_hash=params_hash,
+            params_hash=identity["params_hash"],
             metrics=val,
-            extra={"run": run.key, "adam_step": adam.step},
+            extra={"run": run.key, "adam_step": adam.step, **identity},
         )
         if tracker is not None:
             tracker.log_metrics(val, step=step)
             tracker.log_artifact(ckpt.path, "checkpoints")
             tracker.log_artifact(ckpt.sidecar_path, "checkpoints")
+        if still_valid is not None:
+            still_valid()
         return ckpt
 
-    _prune(ckpt_dir, params_hash, cfg.iterations)
-    resume = latest_valid(ckpt_dir, params_hash)
+    _prune(ckpt_dir, identity, cfg.iterations)
+    resume = latest_valid(ckpt_dir, identity)
     tracking = open_tracker(resume is not None) if open_tracker else contextlib.nullcontext()
     with tracking as tracker:
         if resume is None:
@@ -163,11 +209,15 @@ def train(
             start = 0
         else:
             groups = load_groups(resume, device)
+            for group in ("params", "adam_m", "adam_v"):
+                check_like(resume, group, groups.get(group, {}), initial)
             params = {name: groups["params"][name] for name in initial}
             adam = AdamState(int(resume.sidecar["adam_step"]), groups["adam_m"], groups["adam_v"])
-            saved_state = groups.get("algorithm_state", {})
-            state = {name: saved_state[name] for name in algorithm.state_at_start(params, run.algorithm_options)}
+            expected_state = algorithm.state_at_start(params, run.algorithm_options)
+            check_like(resume, "algorithm_state", groups.get("algorithm_state", {}), expected_state)
+            state = {name: groups["algorithm_state"][name] for name in expected_state}
             log_rows = [row for row in _read_log(Path(out_dir) / "train_log.csv") if row["step"] <= resume.step]
+            write_csv(Path(out_dir) / "train_log.csv", log_rows, list(log_rows[0]) if log_rows else ["step"])
             start = resume.step
             log.info("resuming %s from step %d", run.key, start)
 
@@ -205,7 +255,27 @@ def train(
                 checkpoint(done, params, adam, state, log_rows, tracker)
             progress.update(1)
         progress.close()
-    return TrainResult(list_checkpoints(ckpt_dir), None if resume is None else resume.step)
+        if still_valid is not None:
+            still_valid()
+        if published != out_dir:
+            _publish(out_dir, published)
+    return TrainResult(list_checkpoints(published / "ckpt"), None if resume is None else resume.step)
+
+
+def _publish(work_dir: Path, out_dir: Path) -> None:
+    """Make ``out_dir`` a copy of the finished run in ``work_dir``, atomically; files are hard-linked
+    where the file system allows (outputs are only ever replaced, never written in place)."""
+    with atomic_dir(out_dir) as tmp:
+        for source in sorted(work_dir.rglob("*")):
+            target = tmp / source.relative_to(work_dir)
+            if source.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
 
 
 def _check_finite(run: Run, step: int, metrics: dict[str, float], grads: ParamDict) -> None:
@@ -219,13 +289,14 @@ def _check_finite(run: Run, step: int, metrics: dict[str, float], grads: ParamDi
     )
 
 
-def _prune(ckpt_dir: Path, params_hash: str, iterations: int) -> None:
-    """Remove checkpoints of other params, those past the last iteration of this run, tensor files
-    without a sidecar and temporary files, all of which a killed or changed run leaves behind."""
+def _prune(ckpt_dir: Path, identity: dict[str, str], iterations: int) -> None:
+    """Remove checkpoints of another identity (params, data, code), those past the last iteration
+    of this run, tensor files without a sidecar and temporary files, all of which a killed or
+    changed run leaves behind."""
     for folder in (ckpt_dir, ckpt_dir.parent):
         remove_stale_temporaries(folder)
     for ckpt in list_checkpoints(ckpt_dir):
-        stale = ckpt.sidecar.get("params_hash") != params_hash or ckpt.step > iterations
+        stale = not written_for(ckpt, identity) or ckpt.step > iterations
         if stale:
             log.info("removing stale checkpoint %s", ckpt.path.name)
             ckpt.sidecar_path.unlink(missing_ok=True)

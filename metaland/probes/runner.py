@@ -14,10 +14,11 @@ row per observation::
 A probe sweep over many checkpoints can take hours, and the tables are written only when it ends.
 So each checkpoint's results are also kept, as soon as they exist, in a cache folder outside the
 DVC outputs (``.metaland/probe-cache/<run>/`` by default), under a key that hashes everything they
-depend on: the checkpoint's sha256, the task set, the probe options, the run's inner loop, the
-device type and the source code of the package. A sweep that is killed and restarted recomputes
-only the checkpoints it had not finished; a changed input changes the key, so stale results are
-never reused.
+depend on: the checkpoint's sha256, the digest of the dataset (``dataset_digest``: the same task
+indices on another split are other images), the run's params hash,
+the task set, the probe options, the run's inner loop, the device type and the source code of the
+package. A sweep that is killed and restarted recomputes only the checkpoints it had not finished;
+a changed input changes the key, so stale results are never reused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from metaland.checkpoints import Checkpoint, load_params
 from metaland.config import Run, StudyConfig, probe_name, probe_split
-from metaland.data.layout import SplitData, load_split
+from metaland.data.layout import SplitData, dataset_digest, load_split
 from metaland.data.tasks import TaskBatch, TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
 from metaland.io import (
@@ -45,7 +46,7 @@ from metaland.io import (
 )
 from metaland.meta import ALGORITHMS
 from metaland.meta.inner import adapted_names
-from metaland.models import Forward, build_for_run, head_names, initial_params, make_forward
+from metaland.models import Forward, ParamDict, build_for_run, head_names, initial_params, make_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
@@ -87,7 +88,7 @@ class RunProbes:
     forward: Forward
     head: tuple[str, str]
     adapted: frozenset[str] | None
-    order: list[str]
+    reference: ParamDict
     module: torch.nn.Module
 
     @classmethod
@@ -100,14 +101,14 @@ class RunProbes:
         module = build_for_run(run, train_split.images, device, classes=algorithm.output_classes(run, train_split))
         head = head_names(module)
         adapted = adapted_names(list(dict(module.named_parameters())), head, run.train.inner_params)
-        order = list(algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options))
-        return cls(run, study, task_sets, batches, train_split, make_forward(module), head, adapted, order, module)
+        reference = algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options)
+        return cls(run, study, task_sets, batches, train_split, make_forward(module), head, adapted, reference, module)
 
     def contexts(self, checkpoint: Checkpoint, step: int, device: torch.device) -> dict[str, ProbeContext]:
         """A probe context per split, at the checkpoint's θ as meta-tested."""
         run, study = self.run, self.study
         algorithm = ALGORITHMS.get(run.algorithm)
-        trained = load_params(checkpoint, self.order, device)
+        trained = load_params(checkpoint, self.reference, device)
         params = algorithm.at_meta_test(trained, self.head, run, step)
         return {
             name: ProbeContext(
@@ -137,17 +138,23 @@ def probe_run(
     out_dir: Path,
     *,
     device: torch.device,
+    params_hash: str,
     tracker=None,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> list[dict]:
-    """Probe every checkpoint in ``checkpoint_dir``'s manifest; write the tables; return the rows."""
+    """Probe every checkpoint in ``checkpoint_dir``'s manifest, which must list checkpoints trained
+    for ``params_hash`` (the run's params as read now) on this dataset; write the tables; return
+    the rows."""
+    data_sha256 = dataset_digest(dataset_dir)
+    manifest = read_manifest(checkpoint_dir, run_key=run.key, params_hash=params_hash, data_sha256=data_sha256)
     setup = RunProbes.build(run, study, dataset_dir, device)
     task_sets = setup.task_sets
     tasks = task_sets[study.probe.split]
     probes = study.probes_for(run)
-    manifest = read_manifest(checkpoint_dir)
 
     inputs = {
+        "data": data_sha256,
+        "params_hash": params_hash,
         "tasks": stable_hash({name: task_set.to_json() for name, task_set in task_sets.items()}),
         "probe": study.probe.model_dump(mode="json"),
         "probe_set": run.probe_set,
