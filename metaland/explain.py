@@ -47,7 +47,7 @@ def _load(results_dir: Path, claim_id: str) -> tuple[dict, list[dict], pd.DataFr
         )
     rows = pd.read_csv(rows_path, keep_default_na=True)
     for column in ("rule", "component"):
-        rows[column] = rows[column].fillna("").astype(str) if column in rows else ""
+        rows[column] = rows[column].astype(object).fillna("").astype(str) if column in rows else ""
     return record, claims, rows
 
 

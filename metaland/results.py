@@ -98,6 +98,8 @@ def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) 
 def write_tables(tables: StudyTables, out_dir: Path) -> None:
     for name in TABLES:
         frame: pd.DataFrame = getattr(tables, name)
+        if frame.columns.empty:  # a table no run has rows for (grids without surface probes) still parses
+            frame = pd.DataFrame(columns=["run"])
         write_text(Path(out_dir) / f"{name}.csv", frame.to_csv(index=False, lineterminator="\n"))
 
 
@@ -108,7 +110,8 @@ def load_tables(results_dir: Path, study: str) -> StudyTables:
         path = folder / f"{name}.csv"
         if not path.is_file():
             raise MetalandError(f"{path} is missing. Fix: run the aggregate stage (`dvc repro aggregate`).")
-        frames[name] = pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
+        frame = pd.read_csv(path)
+        frames[name] = frame if len(frame) else pd.DataFrame()
     return StudyTables(study, **frames)
 
 

@@ -352,3 +352,30 @@ def test_every_registered_claim_has_a_known_family_and_serialises():
 def test_undefined_values_make_a_claim_inconclusive(value):
     frame = tasks({(s, "maml"): np.full(5, value) for s in range(4)})
     assert one(level("m", 0.5), final(frame)).verdict == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        ([1, 2, 3, 4, 5, 6, 7], [1, 1, 2, 2, 2, 1, 1]),  # ρ = 0 exactly, with tied ranks: p is 1
+        # ρ = 0 with ties, which floating point gives as ±1e-17 and scipy's relative tie tolerance split (p 0.95)
+        ([-0.46, -1.36, 0.05, -0.26, -0.63, -0.25, -0.59], [2, 2, 1, 1, 0, 1, 0]),
+        ([-1.77, 1.93, -3.08, -1.14, -1.06, 0.58], [0, 2, 2, 0, 0, 0]),
+        ([0.3, 0.1, 0.2, 0.5, 0.4], [2.0, 1.0, 1.0, 3.0, 3.0]),
+        ([1.0, 2.0, 3.0], [0.5, 0.7, 0.6]),
+    ],
+)
+def test_exact_spearman_p_enumerates_every_ordering(x, y):
+    """The exact p of ρ equals an explicit loop over all n! pairings of the ranks (ties counted as ties,
+    not split by rounding), and ρ equals scipy's."""
+    import itertools
+
+    from metaland.stats import spearman
+
+    c = spearman(x, y, exact=True)
+    rx, ry = sps.rankdata(x), sps.rankdata(y)
+    rho = sps.spearmanr(x, y).statistic
+    null = np.array([sps.pearsonr(rx, np.array(order)).statistic for order in itertools.permutations(ry)])
+    exact = min(1.0, 2 * min(np.mean(null <= rho + 1e-12), np.mean(null >= rho - 1e-12)))
+    assert c.r == pytest.approx(rho, abs=1e-12)
+    assert c.p == pytest.approx(exact, abs=1e-12)
