@@ -23,10 +23,12 @@ def fetch_dataset(
     params: Params,
     data_root: Path,
     *,
+    name: str | None = None,
     mirror: Path | None = None,
     cache_dir: Path | None = None,
 ) -> Path:
-    """Build ``<data_root>/<spec.name>`` from ``spec.sources(params)`` and return its path.
+    """Build ``<data_root>/<name>`` (default ``spec.name``; a variant entry such as ``cub-224`` names its
+    own folder) from ``spec.sources(params)`` and return its path.
 
     ``mirror`` is a folder holding the archive files (no network is used then; pass
     ``mirror_from_env()`` to honour ``METALAND_DATA_MIRROR``). Downloads go to ``cache_dir``,
@@ -35,28 +37,36 @@ def fetch_dataset(
     """
     if not isinstance(params, spec.config_model):
         raise TypeError(f"{spec.name} takes {spec.config_model.__name__}, got {type(params)}")
+    name = name or spec.name
     cache_dir = cache_dir_from_env() if cache_dir is None else Path(cache_dir)
     sources = spec.sources(params)
     archives = {s.filename: obtain(s, mirror=mirror, cache_dir=cache_dir) for s in sources}
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(prefix=f".{spec.name}.extract.", dir=data_root) as work,
-        atomic_dir(data_root / spec.name) as out,
+        tempfile.TemporaryDirectory(prefix=f".{name}.extract.", dir=data_root) as work,
+        atomic_dir(data_root / name) as out,
     ):
-        extracted = {name: extract_archive(path, Path(work) / name) for name, path in archives.items()}
+        extracted = {file: extract_archive(path, Path(work) / file) for file, path in archives.items()}
         spec.build(params, extracted, out)
-        _add_provenance(out / MANIFEST_FILE, spec, params, sources)
-    return data_root / spec.name
+        _add_provenance(out / MANIFEST_FILE, spec, name, params, sources)
+    return data_root / name
 
 
-def _add_provenance(manifest_path: Path, spec: DatasetSpec, params: Params, sources: tuple[ArchiveSource, ...]) -> None:
-    """Complete the builder's manifest with what only the fetch step knows."""
+def _add_provenance(
+    manifest_path: Path, spec: DatasetSpec, name: str, params: Params, sources: tuple[ArchiveSource, ...]
+) -> None:
+    """Complete the builder's manifest with what only the fetch step knows; refuse a layout without the
+    splits the dataset declares (what config validation trusted)."""
+    manifest = read_json(manifest_path)
+    if list(manifest["counts"]) != list(spec.splits):
+        raise ValueError(f"{spec.name} declares the splits {spec.splits}, its builder wrote {list(manifest['counts'])}")
     write_json(
         manifest_path,
         {
-            **read_json(manifest_path),
-            "dataset": spec.name,
+            **manifest,
+            "dataset": name,
+            **({"registered_dataset": spec.name} if name != spec.name else {}),
             "params": params.model_dump(mode="json"),
             "sources": [dataclasses.asdict(source) for source in sources],
         },
