@@ -14,7 +14,7 @@ from metaland.data import synthetic as _synthetic  # noqa: F401  (registers synt
 from metaland.data import tieredimagenet as _tieredimagenet  # noqa: F401  (registers tieredImageNet, seed 004)
 from metaland.data.fetch import fetch_dataset
 from metaland.data.layout import SplitData, load_split
-from metaland.data.registry import DATASETS, SPLITS, ArchiveSource, DatasetSpec, spec_of
+from metaland.data.registry import DATASETS, SPLITS, ArchiveSource, DatasetSpec, registered_name, spec_of
 from metaland.data.sources import mirror_from_env
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "fetch_dataset",
     "load_split",
     "mirror_from_env",
+    "registered_name",
     "spec_of",
 ]

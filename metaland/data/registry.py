@@ -96,3 +96,14 @@ def spec_of(name: str, *, key: str = "") -> DatasetSpec:
     if bases:
         return DATASETS.get(max(bases, key=len))
     return DATASETS.get(name, key=key)  # unknown: the registry's message, with the known names
+
+
+def registered_name(name: str) -> str | None:
+    """The registered dataset a ``datasets`` entry (or a study table's ``dataset`` value) stands for, or
+    ``None`` for a name that is neither registered nor a variant of a registered dataset."""
+    from metaland.errors import ConfigError
+
+    try:
+        return spec_of(name).name
+    except ConfigError:
+        return None
