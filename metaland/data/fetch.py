@@ -59,7 +59,7 @@ def _add_provenance(
     """Complete the builder's manifest with what only the fetch step knows; refuse a layout without the
     splits the dataset declares (what config validation trusted)."""
     manifest = read_json(manifest_path)
-    if list(manifest["counts"]) != list(spec.splits):
+    if sorted(manifest["counts"]) != sorted(spec.splits):
         raise ValueError(f"{spec.name} declares the splits {spec.splits}, its builder wrote {list(manifest['counts'])}")
     write_json(
         manifest_path,

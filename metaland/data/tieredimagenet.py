@@ -54,10 +54,12 @@ FIX_SOURCE = (
 
 @dataclass(frozen=True)
 class Expected:
-    """The classes of each split (``(wnid, category wnid)`` in list order) and the fewest images of a class."""
+    """The classes of each split (``(wnid, category wnid)`` in list order), the fewest images of a class, and the
+    md5 of the ImageNet archive they come from."""
 
     classes: Mapping[str, tuple[tuple[str, str], ...]]
     per_class: int
+    archive_md5: str = ARCHIVE_MD5
 
     def wnids(self) -> dict[str, str]:
         """Every class's split."""
@@ -122,8 +124,10 @@ def class_images(root: Path, expected: Expected, size: int) -> Iterator[tuple[st
 
 def archive_images(archive: Path, expected: Expected, size: int) -> Iterator[tuple[str, str, torch.Tensor]]:
     """The same from ``ILSVRC2012_img_train.tar``, streamed: one ``<wnid>.tar`` per class, nothing unpacked."""
-    if file_digest(archive, "md5") != ARCHIVE_MD5:
-        raise DataError(f"{archive} is not the published {ARCHIVE} (md5 differs from {ARCHIVE_MD5}). {FIX_SOURCE}")
+    if file_digest(archive, "md5") != expected.archive_md5:
+        raise DataError(
+            f"{archive} is not the published {ARCHIVE} (md5 differs from {expected.archive_md5}). {FIX_SOURCE}"
+        )
     wanted = expected.wnids()
     try:
         with tarfile.open(archive, mode="r|") as outer:
