@@ -61,7 +61,7 @@ def verify_run(run, study, root: Path, column: str) -> pd.DataFrame:
         step = entry["step"]
         mine = recorded[(recorded["step"] == step) & recorded[column].notna()].sort_values("task")
         context = setup.contexts(Checkpoint(path, read_json(path.with_suffix(".json"))), step, device)
-        truth = oracle_ends(context[study.probe.split], len(mine))
+        truth = oracle_ends(context[(run.dataset, study.probe.split)], len(mine))
         for (_, row), (top, bottom) in zip(mine.iterrows(), truth.tolist(), strict=True):
             rows.append(
                 {

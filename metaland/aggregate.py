@@ -147,7 +147,7 @@ def aggregate(
             ):
                 write_text(folder / f"{stem}.csv", frame.to_csv(index=False, lineterminator="\n"))
             for table in STUDIES.get(name).tables:
-                frame = table.build(tables, study.aggregate)
+                frame = table.frame(tables, study.aggregate)
                 write_text(folder / f"{table.name}.csv", frame.to_csv(index=False, lineterminator="\n"))
             metrics[name] = run_metrics(final)
             mlflow = _mlflow_runs(name, runs, probes_dir, probe_run_id)

@@ -292,19 +292,19 @@ def fetch(dataset: str, params_path: Path, data_dir: Path, mirror: Path | None) 
     from metaland.tracking import stage_run
 
     with _stage(params_path) as (tracking, config):
-        from metaland.data import DATASETS, fetch_dataset
+        from metaland.data import fetch_dataset, spec_of
 
         if dataset not in config.datasets:
             raise ConfigError(
                 f"{config.source}: dataset {dataset!r} is not declared under datasets. Fix: add "
                 f"datasets.{dataset} or fetch one of: {', '.join(sorted(config.datasets))}."
             )
-        spec = DATASETS.get(dataset)
+        spec = spec_of(dataset)
         params = config.datasets[dataset]
         with stage_run(
             "fetch", experiment="data", run_key=dataset, params=params.model_dump(), started=tracking
         ) as tracker:
-            out = fetch_dataset(spec, params, data_dir, mirror=mirror)
+            out = fetch_dataset(spec, params, data_dir, name=dataset, mirror=mirror)
             tracker.log_artifact(out / "manifest.json")
             _still_reads(params_path, config, f"fetch@{dataset}", lambda c: c.datasets[dataset])
     click.echo(f"fetched {dataset} -> {out}")

@@ -167,7 +167,9 @@ class ProbeConfig(Params):
         description="Probe name -> options, each validated by the probe registry: the probe set of every run that "
         "names no other. A key `<probe>/<split>` (train | val | test) runs the probe on the same number of fixed "
         "tasks of that split instead (seed 001 measures meta-train and meta-test tasks); its outputs carry the "
-        "suffix `/<split>`.",
+        "suffix `/<split>`. A key `<probe>@<dataset>` (or `<probe>@<dataset>/<split>`) runs it on the fixed tasks of "
+        "another declared dataset (cross-domain evaluation, seed 004 Tables 1, 3-5: train on one dataset, meta-test "
+        "on another's test split; Lake's one-shot runs, omniglot-lake-runs); its outputs carry `@<dataset>`.",
     )
     probe_sets: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
@@ -305,20 +307,51 @@ class StudyConfig:
         """The probe set that probes ``run`` (validated when the params were loaded)."""
         return self.probes if run.probe_set == DEFAULT_PROBE_SET else self.probe_sets[run.probe_set]
 
+    def probe_targets(self, run: Run) -> list[tuple[str, str]]:
+        """The (dataset, split) pairs whose fixed tasks ``run``'s probes measure: its own dataset's probe.split
+        first, then those of `/<split>` and `@<dataset>` keys, in key order."""
+        extra = (probe_target(key, run.dataset, self.probe.split) for key in self.probes_for(run))
+        return list(dict.fromkeys([(run.dataset, self.probe.split), *extra]))
+
     def probe_splits(self, run: Run) -> list[str]:
-        """The splits whose fixed tasks ``run``'s probes measure: probe.split first, then `/<split>` keys'."""
-        extra = (probe_split(key, self.probe.split) for key in self.probes_for(run))
-        return list(dict.fromkeys([self.probe.split, *extra]))
+        """The splits of ``run``'s own dataset whose fixed tasks its probes measure: probe.split first."""
+        return [split for dataset, split in self.probe_targets(run) if dataset == run.dataset]
+
+
+_PROBE_KEY = re.compile(r"^(?P<probe>[^@/]+)(?:@(?P<dataset>[^@/]+))?(?:/(?P<split>[^@/]+))?$")
+
+
+def _key_parts(key: str) -> dict[str, str | None]:
+    match = _PROBE_KEY.match(key)
+    if match is None:
+        raise ConfigError(
+            f"probe key {key!r} is malformed. Fix: write <probe>, <probe>/<split>, <probe>@<dataset> or "
+            "<probe>@<dataset>/<split>."
+        )
+    return match.groupdict()
+
+
+def probe_target(key: str, dataset: str, default_split: str) -> tuple[str, str]:
+    """The (dataset, split) a probe key measures for a run on ``dataset``: `@<dataset>` and `/<split>` name them,
+    else the run's dataset and ``default_split``."""
+    parts = _key_parts(key)
+    return parts["dataset"] or dataset, parts["split"] or default_split
 
 
 def probe_split(key: str, default: str) -> str:
     """The split a probe key measures: `<probe>/<split>` names it, a plain `<probe>` uses ``default``."""
-    return key.partition("/")[2] or default
+    return _key_parts(key)["split"] or default
 
 
 def probe_name(key: str) -> str:
-    """The registered probe a key runs (`surface/train` -> surface)."""
-    return key.partition("/")[0]
+    """The registered probe a key runs (`surface/train` -> surface, `adaptation@cars` -> adaptation)."""
+    return _key_parts(key)["probe"]
+
+
+def probe_suffix(key: str) -> str:
+    """What a key's outputs carry after the probe's own names: `@<dataset>` and `/<split>` as the key gives them."""
+    parts = _key_parts(key)
+    return (f"@{parts['dataset']}" if parts["dataset"] else "") + (f"/{parts['split']}" if parts["split"] else "")
 
 
 @dataclass(frozen=True)
@@ -357,7 +390,7 @@ def load_params(path: Path | str = "params.yaml") -> Config:
 def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
     """Validate a params mapping (as loaded from YAML) into a :class:`Config`."""
     # Registries are populated on import; imported here so that config stays importable alone.
-    from metaland.data import DATASETS
+    from metaland.data import spec_of
     from metaland.studies import STUDIES
 
     if not isinstance(raw, Mapping):
@@ -367,7 +400,7 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
     top = _validate(TopLevel, raw, source, prefix="")
 
     datasets = {
-        name: _validate(DATASETS.get(name, key=f"datasets.{name}").config_model, block, source, f"datasets.{name}")
+        name: _validate(spec_of(name, key=f"datasets.{name}").config_model, block, source, f"datasets.{name}")
         for name, block in top.datasets.items()
     }
 
@@ -389,7 +422,7 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
     runs = {}
     for key, entry in top.runs.items():
         runs[key] = _resolve_run(key, entry, top, datasets, source)
-        _check_run(runs[key], datasets[runs[key].dataset], studies[runs[key].study], source)
+        _check_run(runs[key], datasets, studies[runs[key].study], source)
     return Config(source, top.profile, top.device, datasets, studies, runs)
 
 
@@ -401,7 +434,10 @@ def _probe_set(entries: Mapping[str, Any], probe: ProbeConfig, source: str, wher
     validated = {}
     for probe_key, options in entries.items():
         key = f"{where}.{probe_key}"
-        split = probe_split(probe_key, probe.split)
+        try:
+            split = probe_split(probe_key, probe.split)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {key}: {err}") from None
         if split not in SPLITS:
             raise ConfigError(
                 f"{source}: {key}: {split!r} is not a split. Fix: write <probe>/<split> with one of "
@@ -491,28 +527,49 @@ def _resolve_run(key: str, entry: Any, top: TopLevel, datasets: dict[str, Params
     )
 
 
-def _check_run(run: Run, dataset_params: Params, study: StudyConfig, source: str) -> None:
+def _check_run(run: Run, datasets: dict[str, Params], study: StudyConfig, source: str) -> None:
     """Cross-field checks that need dataset facts."""
-    from metaland.data import DATASETS
+    from metaland.data import spec_of
 
     where = f"runs.{run.key}"
-    spec = DATASETS.get(run.dataset)
-    sizes = spec.split_sizes(dataset_params)
+    spec = spec_of(run.dataset)
+    dataset_params = datasets[run.dataset]
     if run.probe_set != DEFAULT_PROBE_SET and run.probe_set not in study.probe_sets:
         known = ", ".join([DEFAULT_PROBE_SET, *study.probe_sets])
         raise ConfigError(
             f"{source}: {where}.probe_set = {run.probe_set!r} is not a probe set of study {run.study}. "
             f"Fix: use one of: {known}, or add it under studies.{run.study}.probe.probe_sets."
         )
-    needed = {"train": "meta-training", "val": "validation at checkpoints"}
-    needed |= {split: "probing" for split in study.probe_splits(run)}
-    for split, use in needed.items():
+    if not {"train", "val"} <= set(spec.splits):
+        raise ConfigError(
+            f"{source}: {where}.dataset = {run.dataset!r} holds only the {', '.join(spec.splits)} split "
+            f"({spec.description}) and cannot be trained on. Fix: train on another dataset and probe this one "
+            f"with a key `<probe>@{run.dataset}` in the run's probe set."
+        )
+    needed = [(run.dataset, "train", "meta-training"), (run.dataset, "val", "validation at checkpoints")]
+    needed += [(dataset, split, "probing") for dataset, split in study.probe_targets(run)]
+    for dataset, split, use in needed:
+        target = _probe_target_spec(run, dataset, datasets, source) if dataset != run.dataset else spec
+        sizes = target.split_sizes(datasets[dataset])
+        if split not in sizes:
+            raise ConfigError(
+                f"{source}: {where}: its probes measure the {split} split of {dataset!r}, which has only "
+                f"{', '.join(sizes)}. Fix: name one of those splits in the probe key (<probe>@{dataset}/<split>)."
+            )
         if run.ways > sizes[split]:
             raise ConfigError(
                 f"{source}: {where}.ways = {run.ways} is impossible: the {split} split of dataset "
-                f"{run.dataset!r} has {sizes[split]} classes, and {use} draws {run.ways}-way tasks from it. "
-                f"Fix: lower ways to at most {sizes[split]}, or enlarge the split in datasets.{run.dataset}.split."
+                f"{dataset!r} has {sizes[split]} classes, and {use} draws {run.ways}-way tasks from it. "
+                f"Fix: lower ways to at most {sizes[split]}, or enlarge the split in datasets.{dataset}.split."
             )
+        if dataset != run.dataset:
+            queries = target.fixed_queries or run.queries
+            if run.shots + queries > target.min_instances(datasets[dataset]):
+                raise ConfigError(
+                    f"{source}: {where}: its probes on {dataset!r} need shots + queries = {run.shots} + {queries} "
+                    f"samples per class, and that dataset's classes have {target.min_instances(datasets[dataset])}. "
+                    f"Fix: lower queries, or drop the key `<probe>@{dataset}` from the run's probe set."
+                )
     per_class = spec.min_instances(dataset_params)
     if run.shots + run.queries > per_class:
         raise ConfigError(
@@ -541,6 +598,32 @@ def _check_run(run: Run, dataset_params: Params, study: StudyConfig, source: str
             f"train.iterations = {run.train.iterations}, so only the initial and final checkpoints would exist. "
             "Fix: lower checkpoint_every."
         )
+
+
+def _probe_target_spec(run: Run, dataset: str, datasets: dict[str, Params], source: str):
+    """The spec of a dataset another run's probes measure (cross-domain), after checking that the run's model can
+    read its inputs and that the dataset accepts the run (Lake's runs refuse a model trained on their alphabets)."""
+    from metaland.data import spec_of
+
+    where = f"runs.{run.key}"
+    if dataset not in datasets:
+        raise ConfigError(
+            f"{source}: {where}: a probe key of its probe set measures `@{dataset}`, which is not declared under "
+            f"datasets, so nothing fetches it. Fix: add datasets.{dataset}, or use one of: "
+            f"{', '.join(sorted(datasets))}."
+        )
+    own, target = spec_of(run.dataset), spec_of(dataset)
+    own_shape, target_shape = own.shape_of(datasets[run.dataset]), target.shape_of(datasets[dataset])
+    if own_shape != target_shape:
+        raise ConfigError(
+            f"{source}: {where}: its model reads inputs of shape {list(own_shape)} ({run.dataset}), but the probes "
+            f"`@{dataset}` would feed it {list(target_shape)}. Fix: give datasets.{dataset} the same image size "
+            f"(a variant entry such as {dataset}-{own_shape[-1]} if other runs need the present one)."
+        )
+    refusal = target.probe_check(own, datasets[run.dataset]) if target.probe_check else None
+    if refusal:
+        raise ConfigError(f"{source}: {where}: its probes `@{dataset}` cannot score this run: {refusal}.")
+    return target
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,10 +117,28 @@ def test_paper_profile_has_the_lil_setting():
             assert (options.pretrain_iterations, options.momentum, options.pretrain_weight) == (15000, 0.999, 0.1)
             assert options.first_order and options.phase_weight == options.amplitude_weight == 0
     table2 = ("maml", "maml+lil", "fomaml", "fomaml+lil-pretrain", "anil", "anil+lil-phase", "boil", "boil+lil-phase")
-    expected = {("Conv4", d, v, k) for d in ("miniimagenet", "cub") for v in table2 for k in (1, 5)}
-    expected |= {("Conv4", "miniimagenet", v, k) for v in ("maml+lil-phase", "maml+lil-amplitude") for k in (1, 5)}
+    four = ("miniimagenet", "tieredimagenet", "cars", "cub")
+    expected = {("Conv4", d, v, k) for d in four for v in table2 for k in (1, 5)}
+    ablation = ("maml+lil-phase", "maml+lil-amplitude")
+    expected |= {("Conv4", d, v, k) for d in ("miniimagenet", "cars") for v in ablation for k in (1, 5)}
     expected |= {("ResNet12", "miniimagenet", v, k) for v in ("maml", "maml+lil") for k in (1, 5)}
     assert variants == {key: [0, 1, 2] for key in expected}
+
+
+def test_paper_profile_meta_tests_each_lil_run_where_its_tables_do():
+    """Seed 004 Tables 1, 3, 4, 5: every run is meta-tested on its own test split and on those of the datasets its
+    tables pair it with (meta-train → meta-test), on the cross-domain keys of its probe set."""
+    config = load_params(REPO / "profiles" / "paper.yaml")
+    study = config.studies["lil2022"]
+    pairs = {
+        "miniimagenet": {"tieredimagenet", "cars", "cub"},  # Tables 1, 3, 4, 5
+        "tieredimagenet": {"miniimagenet"},  # Table 3
+        "cars": {"miniimagenet", "tieredimagenet", "cub"},  # Tables 1, 3, 5
+        "cub": {"cars"},  # Table 3
+    }
+    for run in config.runs_of("lil2022"):
+        targets = {dataset for dataset, split in study.probe_targets(run) if split == "test"}
+        assert targets == {run.dataset} | pairs[run.dataset], run.key
 
 
 def test_paper_profile_has_the_thesis_settings():
@@ -309,7 +327,8 @@ def test_metaopt_run_keys_name_their_model(profile):
 def test_paper_profile_has_the_metaopt_settings():
     """Seed 003 A.1.1 / A.1.2: synthetic 1 step, SGD, meta-batch 1, 30k iterations and the table's lrs;
     Omniglot linear 5-way 1-shot, 2 steps, Adam, meta-batch 32, 60k iterations; CNNs 10-way 5-shot, 4 steps,
-    64 filters, depths 1-4."""
+    64 filters, depths 1-4; CIFAR-FS 10-way 3-shot, 2 steps, 32 filters, depths 1-4; miniImageNet 10-way 1-shot,
+    5 steps, Finn et al.'s net (SCNN with every optimizer, the 4-layer net with MAML)."""
     config = load_params(REPO / "profiles" / "paper.yaml")
     lrs = {}
     for run in config.runs_of("metaopt"):
@@ -318,8 +337,18 @@ def test_paper_profile_has_the_metaopt_settings():
             assert (t.inner_steps, t.meta_batch, t.meta_optimizer, t.iterations) == (1, 1, "sgd", 30_000)
         elif run.model_name == "linear":
             assert (run.ways, run.shots, t.inner_steps, t.meta_batch, t.iterations) == (5, 1, 2, 32, 60_000)
-        else:
-            assert (run.ways, run.shots, t.inner_steps, run.model.filters) == (10, 5, 4, 64)
+        elif run.dataset == "omniglot":
+            assert (run.ways, run.shots, t.inner_steps, run.model.filters, run.model.head) == (10, 5, 4, 64, "mean")
+        elif run.dataset == "cifar-fs":  # A.1.2: 32 hidden units, no max-pooling, the spatial mean
+            assert (run.ways, run.shots, t.inner_steps, run.model.filters, run.model.head) == (10, 3, 2, 32, "mean")
+        else:  # miniImageNet: Finn et al.'s net, the 800-input head
+            assert (run.dataset, run.ways, run.shots, t.inner_steps, t.meta_lr) == ("miniimagenet", 10, 1, 5, 0.0005)
+            assert (run.model.filters, run.model.downsample, run.model.head, run.model.grid) == (
+                32,
+                "maxpool",
+                "flatten",
+                5,
+            )
         lrs[run.key.rsplit("-", 1)[0]] = (t.meta_lr, t.inner_lr)
     assert lrs["metaopt-maml-lr-synthetic-binary-2w50s"] == (0.01, 0.5)
     assert lrs["metaopt-maml-linnet-synthetic-binary-2w50s"] == (1.9, 1.9)
@@ -327,8 +356,17 @@ def test_paper_profile_has_the_metaopt_settings():
     assert lrs["metaopt-kfc-lr-synthetic-binary-2w50s"] == (3.9, 3.9)
     assert lrs["metaopt-kfc-lr-omniglot-5w1s"] == (0.001, 0.01)
     assert lrs["metaopt-maml-cnn2-omniglot-10w5s"] == (0.003, 0.8)
-    assert sorted(d for k in lrs if (d := k.split("-")[2]).startswith("cnn")) == sorted(
-        ["cnn1", "cnn2", "cnn3", "cnn4"] * 2 + ["cnn2"] * 2
+    assert lrs["metaopt-maml-cnn2-cifar-fs-10w3s"] == (0.003, 0.7)
+    assert lrs["metaopt-kfc-cnn4-cifar-fs-10w3s"] == (0.003, 0.5)
+    assert lrs["metaopt-metacurvature-cnn2-miniimagenet-10w1s"] == (0.0005, 0.09)
+    assert lrs["metaopt-kfc-cnn2-miniimagenet-10w1s"] == (0.0005, 0.005)
+    for dataset in ("omniglot", "cifar-fs"):  # Table A1 (MAML and KFC at 1-4 layers) and Table 2 (SCNN)
+        depths = sorted(k.split("-")[2] for k in lrs if k.split("-")[2].startswith("cnn") and f"-{dataset}-" in k)
+        assert depths == sorted(["cnn1", "cnn2", "cnn3", "cnn4"] * 2 + ["cnn2"] * 2), dataset
+    mini = sorted(k.split("-", 2)[1:] for k in lrs if "-miniimagenet-" in k)
+    assert mini == sorted(
+        [[a, "cnn2-miniimagenet-10w1s"] for a in ("maml", "metasgd", "metacurvature", "kfc")]
+        + [["maml", "cnn4-miniimagenet-10w1s"]]
     )
 
 

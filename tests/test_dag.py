@@ -188,7 +188,8 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     runs = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["runs"]
     assert sorted(s for s in stages if s.startswith("train@")) == sorted(f"train@{r}" for r in runs)
     datasets = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())["datasets"]
-    assert {"fetch@omniglot", "fetch@miniimagenet", "fetch@cub", "fetch@synthetic-binary", "aggregate", "plot"} <= set(
+    assert {f"fetch@{d}" for d in datasets} | {"aggregate", "plot"} <= set(stages)
+    assert {"fetch@tieredimagenet", "fetch@cars", "fetch@cifar-fs", "fetch@miniimagenet-224", "fetch@cub-224"} <= set(
         stages
     )
     assert len(stages) == 3 * len(runs) + len(datasets) + 2
@@ -196,6 +197,10 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     assert counts == {
         *((a, "omniglot") for a in ("maml", "fomaml", "regmaml", "metasgd", "metacurvature", "klin", "kfc")),
         *((a, "miniimagenet") for a in ("maml", "fomaml", "finetune", "sharpmaml", "lil", "lil-pretrain", "transfer")),
+        *((a, "miniimagenet") for a in ("metasgd", "metacurvature", "kfc")),  # seed 003 Table 2's row
         *((a, "cub") for a in ("fomaml", "transfer", "lil", "lil-pretrain")),
+        *((a, d) for a in ("fomaml", "transfer") for d in ("miniimagenet-224", "cub-224")),  # seed 001's ResNets
+        *((a, d) for a in ("lil", "lil-pretrain") for d in ("tieredimagenet", "cars")),  # seed 004 Tables 1-5
+        *((a, "cifar-fs") for a in ("maml", "metasgd", "metacurvature", "kfc")),  # seed 003 Table A1, Table 2
         *((a, "synthetic-binary") for a in ("maml", "klin", "kfc")),
     }

@@ -26,13 +26,23 @@ from metaland.data import (
     SplitData,
     fetch_dataset,
     load_split,
+    omniglot,
 )
 from metaland.data.layout import write_split
-from metaland.data.omniglot import OmniglotParams, SplitFractions, assign_splits, split_counts
+from metaland.data.omniglot import (
+    Family,
+    OmniglotParams,
+    SplitFractions,
+    assign_alphabets,
+    assign_splits,
+    make_spec,
+    split_counts,
+)
 from metaland.errors import ConfigError, DataError
 
 SMALL = DATASETS.get("omniglot-small")
 FULL = DATASETS.get("omniglot")
+SMALL_FAMILY, FULL_FAMILY = omniglot.SMALL, omniglot.FULL
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
@@ -189,8 +199,12 @@ def write_omniglot_zip(path: Path, alphabets: dict[str, int], drawings: int = 20
     return expected
 
 
-def generated_spec(mirror: Path) -> DatasetSpec:
-    """The registered ``omniglot`` spec, with the checksums of the generated archives."""
+GENERATED_FAMILY = Family("omniglot", {**GENERATED["images_background.zip"]}, {**GENERATED["images_evaluation.zip"]})
+"""The generated archives' alphabets, declared as the registered dataset declares the published ones."""
+
+
+def generated_spec(mirror: Path, family: Family = GENERATED_FAMILY) -> DatasetSpec:
+    """The ``omniglot`` dataset of ``family``, with the registered sources and the generated archives' checksums."""
 
     def source(original: ArchiveSource) -> ArchiveSource:
         data = (mirror / original.filename).read_bytes()
@@ -200,8 +214,7 @@ def generated_spec(mirror: Path) -> DatasetSpec:
             md5=hashlib.md5(data).hexdigest(),
         )
 
-    generated = tuple(source(s) for s in FULL.sources(OmniglotParams()))
-    return dataclasses.replace(FULL, sources=lambda _params: generated)
+    return make_spec(family, FULL.description, tuple(source(s) for s in FULL.sources(OmniglotParams())))
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +278,62 @@ def test_character_with_too_few_drawings_is_refused_atomically(tmp_path):
     write_omniglot_zip(mirror / "images_background.zip", {"Alpha": 3}, drawings=19)
     write_omniglot_zip(mirror / "images_evaluation.zip", {"Beta": 3})
     data_root = tmp_path / "data"
+    family = Family("omniglot", {"Alpha": 3}, {"Beta": 3})
     with pytest.raises(DataError, match=r"Alpha/character01.*fewer than 20 drawings.*Fix:"):
-        fetch_dataset(generated_spec(mirror), OmniglotParams(), data_root, mirror=mirror)
+        fetch_dataset(generated_spec(mirror, family), OmniglotParams(), data_root, mirror=mirror)
     assert list(data_root.iterdir()) == []
+
+
+def test_archives_of_other_alphabets_than_declared_are_refused(generated, tmp_path):
+    mirror, _ = generated
+    for family in (FULL_FAMILY, Family("omniglot", {"Alpha_(a)": 3, "Beta": 3}, GENERATED["images_evaluation.zip"])):
+        with pytest.raises(DataError, match=r"do not hold the published alphabets: .*\(\d+ found, \d+ published\)"):
+            fetch_dataset(generated_spec(mirror, family), OmniglotParams(), tmp_path / "data", mirror=mirror)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+# --- alphabet-disjoint splits -----------------------------------------------------------------
+
+
+def test_small_alphabet_split_holds_whole_alphabets_out_and_unrotated(omniglot_mirror, tmp_path):
+    """split_by alphabets on the real archives: train, val and test share no alphabet; the sizes config
+    validation declared are the data's; val and test without rotated copies."""
+    params = OmniglotParams(split_by="alphabets", rotations={"train": True, "val": False, "test": False})
+    out = fetch_dataset(SMALL, params, tmp_path, name="omniglot-small-alphabets", mirror=omniglot_mirror)
+    assert out == tmp_path / "omniglot-small-alphabets"
+    splits = {s: load_split(out, s) for s in SPLITS}
+    alphabets = {s: {n.split("/")[0] for n in d.class_names} for s, d in splits.items()}
+    assert not (alphabets["train"] & alphabets["val"] or alphabets["train"] & alphabets["test"])
+    assert alphabets["val"] | alphabets["test"] | alphabets["train"] == set(SMALL_FAMILY.background)
+    assert {s: d.num_classes for s, d in splits.items()} == SMALL.split_sizes(params)
+    assert all("/rot" in n for n in splits["train"].class_names)
+    assert not any("/rot" in n for n in splits["test"].class_names + splits["val"].class_names)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"] == "omniglot-small-alphabets" and manifest["registered_dataset"] == "omniglot-small"
+    assert manifest["split_by"] == "alphabets"
+    assert {s: set(a) for s, a in manifest["alphabets_by_split"].items()} == alphabets
+    assert manifest["alphabets_by_split"] == assign_alphabets(SMALL_FAMILY, params)
+
+
+def test_lake_split_tests_on_the_evaluation_alphabets(generated, tmp_path):
+    mirror, _ = generated
+    params = OmniglotParams(split_by="lake", rotations=False, split=SplitFractions(train=0.4, val=0.5, test=0.1))
+    out = fetch_dataset(generated_spec(mirror), params, tmp_path, mirror=mirror)
+    alphabets = {s: {n.split("/")[0] for n in load_split(out, s).class_names} for s in SPLITS}
+    assert alphabets["test"] == set(GENERATED["images_evaluation.zip"])
+    assert alphabets["train"] | alphabets["val"] == set(GENERATED["images_background.zip"])
+    assert len(alphabets["val"]) == 1 and not alphabets["train"] & alphabets["val"]
+    declared = make_spec(GENERATED_FAMILY, "", ()).split_sizes(params)
+    assert declared == {s: load_split(out, s).num_classes for s in SPLITS}
+    with pytest.raises(ConfigError, match=r"split_by = lake holds Lake et al\.'s evaluation alphabets out.*Fix:"):
+        SMALL.split_sizes(params)
+
+
+def test_the_published_alphabet_tables_add_up_to_the_archives():
+    assert (len(FULL_FAMILY.background), sum(FULL_FAMILY.background.values())) == (30, 964)
+    assert (len(FULL_FAMILY.evaluation), sum(FULL_FAMILY.evaluation.values())) == (20, 659)
+    assert (len(SMALL_FAMILY.alphabets), SMALL_FAMILY.characters) == (8, 242)
+    assert FULL.split_sizes(OmniglotParams(split_by="lake", rotations=False))["test"] == 659
 
 
 # --- the normalised layout -----------------------------------------------------------------

@@ -51,11 +51,30 @@ def test_optimizer_sizes_match_the_paper():
     assert _count(_learned("metasgd", omniglot), omniglot) == 5 * 784
 
 
-def test_model_sizes_match_the_paper():
-    """Omniglot 10-way CNNs with 64 filters: 112,586 (4 layers), 38,474 (SCNN) parameters (A.1.2)."""
-    for blocks, expected in ((4, 112_586), (2, 38_474)):
-        module = build_model("cnn", CNNParams(blocks=blocks, filters=64), channels=1, image_size=28, ways=10, seed=0)
-        assert sum(p.numel() for p in module.parameters()) == expected
+@pytest.mark.parametrize(
+    ("options", "channels", "size", "expected"),
+    [
+        # Omniglot 10-way, 64 filters, spatial mean: 112,586 (4 layers), 38,474 (SCNN) (A.1.2)
+        ({"blocks": 4, "filters": 64}, 1, 28, 112_586),
+        ({"blocks": 2, "filters": 64}, 1, 28, 38_474),
+        # CIFAR-FS 10-way, 32 filters, spatial mean: 29,226 and 10,602
+        ({"blocks": 4, "filters": 32}, 3, 32, 29_226),
+        ({"blocks": 2, "filters": 32}, 3, 32, 10_602),
+        # miniImageNet 10-way, Finn et al.'s net: 32 filters, max-pool, an 800-input head: 36,906 and 18,282
+        ({"blocks": 4, "filters": 32, "downsample": "maxpool", "head": "flatten", "grid": 5}, 3, 84, 36_906),
+        ({"blocks": 2, "filters": 32, "downsample": "maxpool", "head": "flatten", "grid": 5}, 3, 84, 18_282),
+    ],
+)
+def test_model_sizes_match_the_paper(options, channels, size, expected):
+    """Every CNN parameter count seed 003 states (A.1.2) comes out of the model it describes, exactly."""
+    module = build_model("cnn", CNNParams(**options), channels=channels, image_size=size, ways=10, seed=0)
+    assert sum(p.numel() for p in module.parameters()) == expected
+    assert module(torch.zeros(2, channels, size, size, dtype=torch.float32)).shape == (2, 10)
+    if options.get("head") == "flatten":
+        assert module.fc.in_features == 800
+
+
+def test_the_linear_model_is_a_bare_weight():
     lr = build_model("linear", LinearParams(output="sigmoid"), channels=1, image_size=10, ways=2, seed=0)
     assert {k: tuple(v.shape) for k, v in lr.named_parameters()} == {"fc.weight": (1, 100)}
 

@@ -13,6 +13,8 @@ from metaland.plots import curves_by_algorithm
 from metaland.results import TABLES, StudyTables, load_tables, stratum_of
 
 SETTINGS = [("", "", 0.0), ("-d2", "d2", 0.05), ("-b2", "B2", -0.05), ("-d2b2", "d2 B2", 0.1)]
+SECOND = "second-"
+"""The second dataset of the copies: ``second-<dataset>``."""
 SETTING_FREE = {("sharpmaml", "cost")}
 """Tables of numbers no setting changes: gradient evaluations per meta-iteration count the algorithm's steps."""
 
@@ -48,8 +50,8 @@ def in_four_settings(tables: StudyTables) -> StudyTables:
         copies = []
         for suffix, change, shift in SETTINGS:
             copy = frame.assign(run=frame["run"] + suffix)
-            if "d2" in change:
-                copy = copy.assign(dataset=copy["dataset"] + "-2", setting=copy["setting"] + " (2)")
+            if "d2" in change:  # a prefix: "<dataset>-2" would name a variant of the same dataset (spec_of)
+                copy = copy.assign(dataset=SECOND + copy["dataset"], setting=copy["setting"] + " (2)")
             if "B2" in change:
                 copy = copy.assign(backbone=copy["backbone"] + "-2")
             for column in ("query_accuracy", "value"):
@@ -94,7 +96,7 @@ def test_no_claim_table_or_figure_mixes_datasets_or_backbones(ci_pipeline, tmp_p
                 shown = set(frame["dataset"])
             assert shown, (study, table.name)
             for dataset in shown:  # every dataset's copy has rows of its own: nothing pooled the two
-                twin = dataset.removesuffix("-2") if dataset.endswith("-2") else dataset + "-2"
+                twin = dataset.removeprefix(SECOND) if dataset.startswith(SECOND) else SECOND + dataset
                 assert twin in shown, (study, table.name, shown)
         for figure in spec.figures:
             figure.draw(tables, tmp_path / f"{study}-{figure.name}.png")

@@ -10,13 +10,20 @@ import pytest
 from metaland.claims import claims_of, evaluate_study
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
+from metaland.studies import NOT_RUN, STUDIES
 from metaland.studies.lil2022 import (
     LIL_OF,
     PAPER_ACCURACY,
     PAPER_INIT_ACCURACY,
+    PAPER_TABLE1,
     PAPER_TABLE2,
+    PAPER_TABLE2_CELLS,
+    PAPER_TABLE3,
+    PAPER_TABLE4,
+    PAPER_TABLE5,
     ablation_table,
     accuracy_table,
+    cross_domain_table,
     init_table,
     linearity_table,
     resnet12_table,
@@ -239,3 +246,92 @@ def test_paper_table_2_matches_the_seeds_own_tally():
         ("cub", "anil", 1),
         ("cub", "boil", 5),
     }
+
+
+def with_cross_domain(frame: pd.DataFrame, target: str, shift: dict[str, float], missing: tuple[str, ...] = ()):
+    """``frame`` with the accuracy on ``target``'s test tasks (`adaptation@<target>`): the in-domain accuracy moved
+    by ``shift[variant]`` and 0.2 lower; NaN for the variants in ``missing`` (their runs lack the key)."""
+    column = f"query_accuracy@{target}"
+    values = frame["query_accuracy"] - 0.2 + frame["variant"].map(shift).fillna(0.0)
+    return frame.assign(**{column: values.where(~frame["variant"].isin(missing))})
+
+
+def test_cross_domain_tables_pair_on_the_target_tasks_beside_tables_3_and_5():
+    """mini → Cars: Table 3's and Table 5's cells; the gain of + LIL paired on the target's tasks; the runs' own
+    test split stays Table 2's; a variant without the cross-domain key has no row."""
+    frame = final_tasks({}, dataset="miniimagenet")
+    frame = with_cross_domain(frame, "cars", {"maml+lil": 0.03}, missing=("fomaml", "fomaml+lil-pretrain"))
+    tables = StudyTables("lil2022", pd.DataFrame(), frame, pd.DataFrame())
+    cross = cross_domain_table(tables, CFG).set_index(["setting", "variant"])
+    one = cross.loc[("miniimagenet 5-way 1-shot", "maml+lil")]
+    assert (one["target"], one["paper_dataset"], one["paper_source"], one["paper_target"]) == (
+        "cars",
+        "miniImageNet → Cars",
+        "miniimagenet",
+        "cars",
+    )
+    mine = frame[(frame["variant"] == "maml+lil") & (frame["shots"] == 1)]
+    assert one["accuracy"] == pytest.approx(mine.groupby("seed")["query_accuracy@cars"].mean().mean())
+    assert one["gain_over_baseline"] == pytest.approx(0.03, abs=0.005)
+    assert (one["paper_accuracy"], one["paper_std"]) == pytest.approx((0.3454, 0.0031))
+    assert one["paper_gain_over_baseline"] == pytest.approx((34.54 - 34.41) / 100)
+    assert "fomaml" not in cross.index.get_level_values("variant")
+    assert set(accuracy_table(tables, CFG)["target"]) == {"miniimagenet"}, "Table 2 reads the own test split"
+    ablation = ablation_table(tables, CFG).set_index(["target", "setting", "variant"])
+    assert ablation.loc[("cars", "miniimagenet 5-way 5-shot", "maml+lil-phase"), "paper_accuracy"] == pytest.approx(
+        0.4809
+    )  # Table 5, mini → Cars; Table 3 has no + PC row
+    assert ablation.loc[("miniimagenet", "miniimagenet 5-way 1-shot", "maml"), "paper_accuracy"] == pytest.approx(
+        0.4788
+    )
+    omniglot = with_cross_domain(final_tasks({}, dataset="omniglot"), "omniglot-alphabets", {})
+    other = cross_domain_table(StudyTables("lil2022", pd.DataFrame(), omniglot, pd.DataFrame()), CFG)
+    assert other["paper_accuracy"].isna().all() and other["paper_dataset"].isna().all(), "no stand-in across domains"
+
+
+def test_resnet12_and_init_tables_read_every_meta_test_dataset():
+    runs = final_tasks({}, dataset="miniimagenet", backbone="ResNet12", variants=("maml", "maml+lil"))
+    resnet = with_cross_domain(runs, "tieredimagenet", {})
+    table = resnet12_table(StudyTables("lil2022", pd.DataFrame(), resnet, pd.DataFrame()), CFG)
+    tiered = table.set_index(["target", "setting", "variant"]).loc[
+        ("tieredimagenet", "miniimagenet 5-way 5-shot", "maml+lil")
+    ]
+    assert (tiered["paper_dataset"], tiered["paper_accuracy"]) == ("miniImageNet → tieredImageNet", 0.7513)
+    milestones = milestone_tasks(0.04).assign(dataset="cars")
+    milestones = milestones.assign(
+        **{"query_accuracy@cub": milestones["query_accuracy"] - 0.01, "pre_query_accuracy@cub": 0.2}
+    )
+    init = init_table(StudyTables("lil2022", *[pd.DataFrame()] * 3, milestone_tasks=milestones), CFG)
+    cub = init.set_index(["target", "init"]).loc[("cub", "lil")]
+    assert cub["paper_dataset"] == "Cars → CUB" and cub["paper_accuracy"] == pytest.approx(0.2586)
+    assert cub["gain_over_random"] == pytest.approx(0.04, abs=0.002)
+    assert cub["paper_gain_over_random"] == pytest.approx((25.86 - 21.62) / 100)
+    own = init.set_index(["target", "init"]).loc[("cars", "lil")]
+    assert own["paper_dataset"] == "Cars" and own["paper_accuracy"] == pytest.approx(0.2584)
+
+
+def test_written_tables_show_every_published_cell_run_or_not():
+    """What aggregate writes (``Table.frame``): our rows (status run), then each published cell no row of ours
+    measured, its numbers beside empty columns of ours (status "not run at this scale")."""
+    frame = with_cross_domain(final_tasks({}, dataset="miniimagenet"), "cars", {})
+    tables = StudyTables("lil2022", pd.DataFrame(), frame, pd.DataFrame())
+    written = {t.name: t.frame(tables, CFG) for t in STUDIES.get("lil2022").tables if t.name != "linearity"}
+    cells = {"accuracy": PAPER_TABLE2_CELLS, "cross_domain": PAPER_TABLE3, "resnet12": PAPER_TABLE4}
+    cells |= {"ablation": PAPER_TABLE5, "init": PAPER_TABLE1}
+    for name, published in cells.items():
+        table, key = written[name], "init" if name == "init" else "variant"
+        keys = {(s, t, row, shots) for (s, t), column in published.items() for row, shots in column}
+        columns = ["paper_source", "paper_target", key, "shots"]
+        ran = {tuple(r) for r in table.loc[table["status"] == "run", columns].to_numpy()} & keys
+        not_run = [tuple(r) for r in table.loc[table["status"] == NOT_RUN, columns].to_numpy()]
+        assert sorted(ran) + sorted(not_run) and set(not_run) == keys - ran and len(not_run) == len(set(not_run)), name
+        assert table.loc[table["status"] == NOT_RUN, "accuracy"].isna().all(), name
+    cross = written["cross_domain"]
+    ran = cross[cross["status"] == "run"]
+    assert set(zip(ran["paper_source"], ran["paper_target"], strict=True)) == {("miniimagenet", "cars")}
+    mini_to_cars = cross[(cross["paper_source"] == "miniimagenet") & (cross["paper_target"] == "cars")]
+    assert set(mini_to_cars["status"]) == {"run", NOT_RUN}  # ours has no BOIL runs
+    assert set(mini_to_cars.loc[mini_to_cars["status"] == NOT_RUN, "variant"]) == {"boil", "boil+lil-phase"}
+    tiered = cross[cross["paper_target"] == "tieredimagenet"]
+    assert (tiered["status"] == NOT_RUN).all() and len(tiered) == 2 * 16
+    assert written["init"]["status"].eq(NOT_RUN).all() and len(written["init"]) == 6 * 4

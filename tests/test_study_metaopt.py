@@ -123,3 +123,33 @@ def test_linear_table_puts_the_papers_numbers_beside_ours():
     row = linear_table(tables, CFG).iloc[0]
     assert (row["method"], row["paper_accuracy"], row["tasks"]) == ("LinNet", 0.92, TASKS * SEEDS)
     assert abs(row["accuracy"] - 0.8) < 0.01
+
+
+def test_cnn_table_puts_each_datasets_published_cell_beside_ours_and_shows_the_rest():
+    """Tables 2 / A1: a CIFAR-FS run beside the CIFAR-FS column (a variant entry counts as its dataset), an
+    Omniglot-subset run beside Omniglot's; the written table lists every other published cell as not run."""
+    from metaland.studies import NOT_RUN, STUDIES
+    from metaland.studies.metaopt import PAPER_CNN_BY_DATASET, cnn_table
+
+    omniglot = final_tasks({key("maml", "cnn2"): 0.6}).final_tasks
+    cifar = omniglot.assign(
+        dataset="cifar-fs-64",
+        setting="cifar-fs-64 10-way 3-shot",
+        run=omniglot["run"].str.replace("omniglot-small", "cifar-fs-64"),
+    )
+    tables = StudyTables("metaopt", pd.DataFrame(), pd.concat([omniglot, cifar], ignore_index=True), pd.DataFrame())
+    table = cnn_table(tables, CFG).set_index("dataset")
+    assert (table.loc["cifar-fs-64", "paper_dataset"], table.loc["cifar-fs-64", "paper_accuracy"]) == (
+        "cifar-fs",
+        0.3844,
+    )
+    assert (table.loc["omniglot-small", "paper_dataset"], table.loc["omniglot-small", "paper_accuracy"]) == (
+        "omniglot",
+        0.6094,
+    )
+    (spec,) = [t for t in STUDIES.get("metaopt").tables if t.name == "cnn"]
+    written = spec.frame(tables, CFG)
+    not_run = written[written["status"] == NOT_RUN]
+    assert len(not_run) == sum(len(cells) for cells in PAPER_CNN_BY_DATASET.values()) - 2
+    assert set(not_run["paper_dataset"]) == {"omniglot", "cifar-fs", "miniimagenet"}
+    assert not_run["accuracy"].isna().all() and (written["status"] == "run").sum() == 2

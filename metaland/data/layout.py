@@ -64,20 +64,22 @@ def write_split(out_dir: Path, split: str, data: SplitData) -> None:
 
 
 def write_layout(out_dir: Path, splits: Mapping[str, SplitData], manifest: Mapping[str, Any]) -> None:
-    """Write the three split files, ``classes.json`` and ``manifest.json`` into ``out_dir``.
+    """Write the split files, ``classes.json`` and ``manifest.json`` into ``out_dir``.
 
-    The manifest is ``manifest`` plus what the splits themselves say: ``counts`` (classes and images
-    per split) and ``image_shape`` (``[C, H, W]``, shared by all splits).
+    ``splits`` holds all three splits, or (a dataset of fixed evaluation episodes, ``DatasetSpec.splits``)
+    some of them. The manifest is ``manifest`` plus what the splits themselves say: ``counts`` (classes and
+    images per split) and ``image_shape`` (``[C, H, W]``, shared by all splits).
     """
-    if set(splits) != set(SPLITS):
-        raise ValueError(f"a layout needs exactly the splits {SPLITS}, got {sorted(splits)}")
+    if not splits or not set(splits) <= set(SPLITS):
+        raise ValueError(f"a layout needs some of the splits {SPLITS}, got {sorted(splits)}")
+    names = [s for s in SPLITS if s in splits]
     shapes = {tuple(data.images.shape[1:]) for data in splits.values()}
     if len(shapes) != 1:
         raise ValueError(f"all splits must share one image shape, got {sorted(shapes)}")
-    for split in SPLITS:
+    for split in names:
         write_split(out_dir, split, splits[split])
-    write_json(Path(out_dir) / CLASSES_FILE, {s: list(splits[s].class_names) for s in SPLITS})
-    counts = {s: {"classes": splits[s].num_classes, "images": len(splits[s].images)} for s in SPLITS}
+    write_json(Path(out_dir) / CLASSES_FILE, {s: list(splits[s].class_names) for s in names})
+    counts = {s: {"classes": splits[s].num_classes, "images": len(splits[s].images)} for s in names}
     write_json(
         Path(out_dir) / MANIFEST_FILE,
         {**manifest, "counts": counts, "image_shape": list(shapes.pop())},

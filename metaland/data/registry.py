@@ -64,6 +64,46 @@ class DatasetSpec:
     build: Callable[[Params, Mapping[str, Path], Path], None]
     channels: int = 1
     sample_tasks: Callable | None = None  # a task sampler like metaland.data.tasks.sample_tasks; None = that
+    input_shape: Callable[[Params], tuple[int, ...]] | None = None  # None: (channels, image_size, image_size)
+    splits: tuple[str, ...] = SPLITS
+    fixed_queries: int | None = None
+    probe_check: Callable[[DatasetSpec, Params], str | None] | None = None
+
+    def shape_of(self, params: Params) -> tuple[int, ...]:
+        """The shape of one model input of the dataset built with ``params``."""
+        if self.input_shape is not None:
+            return self.input_shape(params)
+        size = params.image_size  # type: ignore[attr-defined]  (every image dataset has the knob)
+        return (self.channels, size, size)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+VARIANT_SEPARATOR = "-"
+
+
+def spec_of(name: str, *, key: str = "") -> DatasetSpec:
+    """The registered dataset a ``datasets`` entry stands for: the entry's own name, or, for an entry
+    ``<dataset>-<variant>`` (``cub-224``, ``omniglot-small-alphabets``), the longest registered name it
+    extends. A variant is one more fetch of the same dataset with its own params (a second image size, a
+    second class split), so that runs in two settings of one dataset can live in one params file; it is
+    its own dataset everywhere else (``data/<entry>``, the ``dataset`` column, the strata of the claims).
+    ``key`` names the parameter that asked, for the message of an unknown name."""
+    names = DATASETS.names()
+    if name in names:
+        return DATASETS.get(name)
+    bases = [base for base in names if name.startswith(base + VARIANT_SEPARATOR) and len(name) > len(base) + 1]
+    if bases:
+        return DATASETS.get(max(bases, key=len))
+    return DATASETS.get(name, key=key)  # unknown: the registry's message, with the known names
+
+
+def registered_name(name: str) -> str | None:
+    """The registered dataset a ``datasets`` entry (or a study table's ``dataset`` value) stands for, or
+    ``None`` for a name that is neither registered nor a variant of a registered dataset."""
+    from metaland.errors import ConfigError
+
+    try:
+        return spec_of(name).name
+    except ConfigError:
+        return None

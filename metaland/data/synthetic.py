@@ -126,5 +126,6 @@ DATASETS.register(
         build=build,
         channels=1,
         sample_tasks=sample_boundary_tasks,
+        input_shape=lambda params: (1, math.isqrt(params.dims), math.isqrt(params.dims)),
     ),
 )

@@ -97,12 +97,16 @@ def draw_instances(split: SplitData, c: int, count: int, generator: torch.Genera
 def sample_dataset_tasks(
     dataset: str, split: SplitData, *, ways: int, shots: int, queries: int, n_tasks: int, generator: torch.Generator
 ) -> TaskSet:
-    """Tasks of ``dataset``: its registered sampler (a generated dataset whose tasks are not random
-    class subsets, seed 003 §A.1.1), else :func:`sample_tasks` (every other dataset, and layouts
-    written outside the registry)."""
-    from metaland.data.registry import DATASETS
+    """Tasks of ``dataset`` (a ``datasets`` entry, variants included): its registered sampler (a generated
+    dataset whose tasks are not random class subsets, seed 003 §A.1.1; Lake's fixed one-shot runs), else
+    :func:`sample_tasks` (every other dataset, and layouts written outside the registry)."""
+    from metaland.data.registry import spec_of
+    from metaland.errors import ConfigError
 
-    spec = dict(DATASETS.items()).get(dataset)
+    try:
+        spec = spec_of(dataset)
+    except ConfigError:  # a layout written outside the registry
+        spec = None
     sampler = (spec.sample_tasks if spec else None) or sample_tasks
     return sampler(split, ways=ways, shots=shots, queries=queries, n_tasks=n_tasks, generator=generator)
 

@@ -18,7 +18,8 @@ depend on: the checkpoint's sha256, the digest of the dataset (``dataset_digest`
 indices on another split are other images), the run's params hash,
 the task set, the probe options, the run's inner loop, the device type and the source code of the
 package. A sweep that is killed and restarted recomputes only the checkpoints it had not finished;
-a changed input changes the key, so stale results are never reused.
+a changed input changes the key, so stale results are never reused. Another dataset a cross-domain
+key measures is read from beside the run's own (``<data>/<dataset>``), and its digest is part of the key.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from metaland.checkpoints import Checkpoint, load_params
-from metaland.config import Run, StudyConfig, probe_name, probe_split
+from metaland.config import Run, StudyConfig, probe_name, probe_suffix, probe_target
 from metaland.data.layout import SplitData, dataset_digest, load_split
 from metaland.data.tasks import TaskBatch, TaskSet, materialise, sample_dataset_tasks, save_task_set
 from metaland.extract import read_manifest
@@ -51,25 +52,31 @@ from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
 
-def probe_task_set(run: Run, study: StudyConfig, split: SplitData, split_name: str | None = None) -> TaskSet:
-    """The study's fixed evaluation tasks on a split (default probe.split) for this run's setting
-    (independent of the run seed)."""
+def probe_task_set(
+    run: Run, study: StudyConfig, split: SplitData, split_name: str | None = None, dataset: str | None = None
+) -> TaskSet:
+    """The study's fixed evaluation tasks on a split (default probe.split) of a dataset (default the run's) for
+    this run's setting (independent of the run seed): a cross-domain probe meets the tasks that the target
+    dataset's own runs of the setting are probed on."""
     probe = study.probe
     split_name = split_name or probe.split
+    dataset = dataset or run.dataset
     return sample_dataset_tasks(
-        run.dataset,
+        dataset,
         split,
         ways=run.ways,
         shots=run.shots,
         queries=run.queries,
         n_tasks=probe.tasks,
-        generator=generator(probe.seed, "probe-tasks", run.dataset, split_name, run.ways, run.shots, run.queries),
+        generator=generator(probe.seed, "probe-tasks", dataset, split_name, run.ways, run.shots, run.queries),
     )
 
 
-def task_set_file(split: str, study: StudyConfig) -> str:
-    """tasks.json for probe.split, tasks-<split>.json for the other splits probes measure."""
-    return "tasks.json" if split == study.probe.split else f"tasks-{split}.json"
+def task_set_file(split: str, study: StudyConfig, dataset: str | None = None) -> str:
+    """tasks.json for probe.split, tasks-<split>.json for the other splits probes measure; tasks@<dataset>.json
+    (-<split> for another split) for another dataset's."""
+    name = f"tasks@{dataset}" if dataset else "tasks"
+    return f"{name}.json" if split == study.probe.split else f"{name}-{split}.json"
 
 
 DEFAULT_CACHE_DIR = Path(".metaland") / "probe-cache"
@@ -78,12 +85,13 @@ DEFAULT_CACHE_DIR = Path(".metaland") / "probe-cache"
 @dataclass
 class RunProbes:
     """What probing any checkpoint of one run needs, built once per run: the fixed task sets of every
-    split its probes measure, the model and its parameter layout."""
+    (dataset, split) its probes measure, where those datasets are, the model and its parameter layout."""
 
     run: Run
     study: StudyConfig
-    task_sets: dict[str, TaskSet]
-    batches: dict[str, TaskBatch]
+    dataset_dirs: dict[str, Path]
+    task_sets: dict[tuple[str, str], TaskSet]
+    batches: dict[tuple[str, str], TaskBatch]
     train_split: SplitData
     forward: Forward
     head: tuple[str, str]
@@ -93,25 +101,33 @@ class RunProbes:
 
     @classmethod
     def build(cls, run: Run, study: StudyConfig, dataset_dir: Path, device: torch.device) -> RunProbes:
-        splits = {name: load_split(dataset_dir, name) for name in study.probe_splits(run)}
-        task_sets = {name: probe_task_set(run, study, split, name) for name, split in splits.items()}
-        batches = {name: materialise(splits[name], tasks).to(device) for name, tasks in task_sets.items()}
-        train_split = splits.get("train") or load_split(dataset_dir, "train")
+        targets = study.probe_targets(run)
+        dirs = {dataset: Path(dataset_dir).parent / dataset for dataset, _ in targets if dataset != run.dataset}
+        dirs[run.dataset] = Path(dataset_dir)
+        splits = {(dataset, name): load_split(dirs[dataset], name) for dataset, name in targets}
+        task_sets = {
+            (dataset, name): probe_task_set(run, study, split, name, dataset)
+            for (dataset, name), split in splits.items()
+        }
+        batches = {target: materialise(splits[target], tasks).to(device) for target, tasks in task_sets.items()}
+        train_split = splits.get((run.dataset, "train")) or load_split(dataset_dir, "train")
         algorithm = ALGORITHMS.get(run.algorithm)
         module = build_for_run(run, train_split.images, device, classes=algorithm.output_classes(run, train_split))
         head = head_names(module)
         adapted = adapted_names(list(dict(module.named_parameters())), head, run.train.inner_params)
         reference = algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options)
-        return cls(run, study, task_sets, batches, train_split, make_forward(module), head, adapted, reference, module)
+        return cls(
+            run, study, dirs, task_sets, batches, train_split, make_forward(module), head, adapted, reference, module
+        )
 
-    def contexts(self, checkpoint: Checkpoint, step: int, device: torch.device) -> dict[str, ProbeContext]:
-        """A probe context per split, at the checkpoint's θ as meta-tested."""
+    def contexts(self, checkpoint: Checkpoint, step: int, device: torch.device) -> dict[tuple[str, str], ProbeContext]:
+        """A probe context per (dataset, split), at the checkpoint's θ as meta-tested."""
         run, study = self.run, self.study
         algorithm = ALGORITHMS.get(run.algorithm)
         trained = load_params(checkpoint, self.reference, device)
         params = algorithm.at_meta_test(trained, self.head, run, step)
         return {
-            name: ProbeContext(
+            target: ProbeContext(
                 self.forward,
                 params,
                 batch,
@@ -126,7 +142,7 @@ class RunProbes:
                 trained,
                 self.train_split,
             )
-            for name, batch in self.batches.items()
+            for target, batch in self.batches.items()
         }
 
 
@@ -149,13 +165,16 @@ def probe_run(
     manifest = read_manifest(checkpoint_dir, run_key=run.key, params_hash=params_hash, data_sha256=data_sha256)
     setup = RunProbes.build(run, study, dataset_dir, device)
     task_sets = setup.task_sets
-    tasks = task_sets[study.probe.split]
+    tasks = task_sets[(run.dataset, study.probe.split)]
     probes = study.probes_for(run)
 
     inputs = {
         "data": data_sha256,
         "params_hash": params_hash,
-        "tasks": stable_hash({name: task_set.to_json() for name, task_set in task_sets.items()}),
+        "tasks": stable_hash({"@".join(target): task_set.to_json() for target, task_set in task_sets.items()}),
+        "other_datasets": {
+            name: dataset_digest(path) for name, path in sorted(setup.dataset_dirs.items()) if name != run.dataset
+        },
         "probe": study.probe.model_dump(mode="json"),
         "probe_set": run.probe_set,
         "run": {k: v for k, v in run.to_dict().items() if k not in ("key", "train")},
@@ -176,7 +195,7 @@ def probe_run(
             result = read_json(cached)
         else:
             contexts = setup.contexts(checkpoint, step, device)
-            result = _probe_checkpoint(contexts, probes, study.probe.split)
+            result = _probe_checkpoint(contexts, probes, run.dataset, study.probe.split)
             write_json(cached, {"step": step, **result})
         checkpoint_rows.append({"run": run.key, "step": step, "n_tasks": len(tasks), **result["summary"]})
         for t in range(len(tasks)):
@@ -212,23 +231,25 @@ def probe_run(
         write_csv(tmp / "tasks.csv", task_rows, task_columns)
         if grid_rows:
             write_csv(tmp / "grids.csv", grid_rows, list(grid_rows[0]))
-        for name, task_set in task_sets.items():
-            meta = {"split": name, "dataset": run.dataset, "seed": study.probe.seed}
-            save_task_set(tmp / task_set_file(name, study), task_set, meta)
+        for (dataset, name), task_set in task_sets.items():
+            meta = {"split": name, "dataset": dataset, "seed": study.probe.seed}
+            other = dataset if dataset != run.dataset else None
+            save_task_set(tmp / task_set_file(name, study, other), task_set, meta)
     return checkpoint_rows
 
 
-def _probe_checkpoint(contexts: dict[str, ProbeContext], probes: dict, default_split: str) -> dict:
-    """Every probe of the run's probe set on one checkpoint, each on the fixed tasks of its split, as
+def _probe_checkpoint(
+    contexts: dict[tuple[str, str], ProbeContext], probes: dict, dataset: str, default_split: str
+) -> dict:
+    """Every probe of the run's probe set on one checkpoint, each on the fixed tasks of its dataset and split, as
     JSON-ready lists: {"summary": {...}, "per_task": {name: [values]}, "grids": {name: {"x", "y", "values"}}}.
-    Outputs of a `<probe>/<split>` key carry the suffix `/<split>`."""
+    Outputs of a `<probe>/<split>` key carry the suffix `/<split>`, those of `<probe>@<dataset>` `@<dataset>`."""
     summary: dict[str, float] = {}
     per_task: dict[str, list[float]] = {}
     grids: dict[str, dict] = {}
     for key, options in probes.items():
-        split = probe_split(key, default_split)
-        suffix = "" if "/" not in key else f"/{split}"
-        output = PROBES.get(probe_name(key)).run(contexts[split], options)
+        suffix = probe_suffix(key)
+        output = PROBES.get(probe_name(key)).run(contexts[probe_target(key, dataset, default_split)], options)
         summary.update({k + suffix: v for k, v in output.summary.items()})
         per_task.update({k + suffix: v.tolist() for k, v in output.per_task.items()})
         grids.update(

@@ -33,6 +33,7 @@ from matplotlib import cm
 
 from metaland.claims import Claim, Rule, all_of, improves_on, register, where
 from metaland.config import AggregateConfig
+from metaland.data.registry import registered_name
 from metaland.plots import grid, no_data, save, suptitle
 from metaland.results import TABLES, StudyTables, stratum_of
 from metaland.stats import convex_fraction, pearson, seed_summary, spearman, surface_roughness
@@ -136,16 +137,24 @@ def _backbone_order(frame: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def thesis_dataset(dataset: str) -> str:
+    """The thesis's dataset a run's dataset is: a variant entry at another image size (``miniimagenet-224``, the
+    ResNets' 224 px, §3.2) is its dataset, as in the thesis's Tables 3-4, which pool every backbone of a dataset."""
+    return registered_name(dataset) or dataset
+
+
 def run_points(tables: StudyTables) -> pd.DataFrame:
     """One row per run at its probed (best-on-validation) checkpoint: mean accuracy, loss and
-    sharpness over the fixed tasks of each split (Tables 3-4 and Fig. 14 correlate these)."""
+    sharpness over the fixed tasks of each split (Tables 3-4 and Fig. 14 correlate these); ``pooled`` is the
+    thesis's dataset the correlations pool over (every backbone, whatever its image size)."""
     final = tables.final_tasks
     if final.empty:
         return pd.DataFrame()
     wanted = [metric(m, s) for m in ("query_accuracy", "query_loss", "sam_sharpness") for s in SPLIT_SUFFIX]
     present = [c for c in wanted if c in final]
     keys = ["run", "variant", "dataset", "backbone", "augment", "seed"]
-    return final.groupby(keys, sort=True)[present].mean().reset_index()
+    points = final.groupby(keys, sort=True)[present].mean().reset_index()
+    return points.assign(pooled=points["dataset"].map(thesis_dataset))
 
 
 def final_grids(tables: StudyTables) -> pd.DataFrame:
@@ -241,15 +250,16 @@ def sharpness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
 
 
 def correlation_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Tables 3-4: Pearson r across MAML runs of one dataset (one point per run) between mean sharpness / loss
-    and mean accuracy, on meta-train and meta-test tasks; all runs (Table 3) and augmented runs (Table 4); the
-    p-value is scipy's exact permutation p (two-sided; the t approximation is wrong at a handful of runs)."""
+    """Tables 3-4: Pearson r across MAML runs of one dataset (one point per run; every backbone, the ResNets at
+    their 224 px too, as the thesis pools them) between mean sharpness / loss and mean accuracy, on meta-train and
+    meta-test tasks; all runs (Table 3) and augmented runs (Table 4); the p-value is scipy's exact permutation p
+    (two-sided; the t approximation is wrong at a handful of runs)."""
     points = run_points(tables)
     rows = []
     if points.empty:
         return pd.DataFrame()
     maml = points[points["variant"] == MAML]
-    for dataset, of_dataset in maml.groupby("dataset", sort=True):
+    for dataset, of_dataset in maml.groupby("pooled", sort=True):
         for runs, subset in (("all", of_dataset), ("aug", of_dataset[of_dataset["augment"] != "none"])):
             for x, x_split, accuracy_split in CORRELATION_ROWS:
                 x_column, y_column = metric(x, x_split), metric("query_accuracy", accuracy_split)
@@ -465,8 +475,9 @@ _claim(
 
 
 def _across_runs(x: str, sign: int) -> Rule:
-    """Pearson r across MAML runs (backbone × augmentation × seed pooled, as Tables 3-4 do; never across
-    datasets) between ``x`` on meta-train tasks and meta-test accuracy."""
+    """Pearson r across MAML runs (backbone × augmentation × seed pooled, as Tables 3-4 do, the ResNets' 224-px
+    variant of a dataset with its 84-px runs; never across datasets) between ``x`` on meta-train tasks and meta-test
+    accuracy."""
     x_column, y_column = metric(x, "train"), metric("query_accuracy", "test")
 
     def select(tables: StudyTables) -> pd.DataFrame:
@@ -476,7 +487,7 @@ def _across_runs(x: str, sign: int) -> Rule:
             return pd.DataFrame()
         return pd.DataFrame(
             {
-                "stratum": "dataset=" + points["dataset"].astype(str),
+                "stratum": "dataset=" + points["pooled"].astype(str),
                 "seed": points["seed"],
                 "run": points["run"],
                 "x": points[x_column],

@@ -39,6 +39,7 @@ from metaland.claims import (
     within,
 )
 from metaland.config import AggregateConfig
+from metaland.data.registry import registered_name
 from metaland.plots import curve, grid, no_data, save, suptitle
 from metaland.results import StudyTables
 from metaland.stats import seed_level, seed_summary
@@ -78,9 +79,40 @@ PAPER_CNN = {
     ("kfc", 4): 0.9849,
 }
 """Seed 003 Table 2 (SCNN = 2 layers) and Table A1, Omniglot 10-way 5-shot, 4 steps, 64 filters."""
+PAPER_CNN_BY_DATASET = {
+    "omniglot": PAPER_CNN,
+    "cifar-fs": {
+        ("maml", 1): 0.2486,
+        ("kfc", 1): 0.4202,
+        ("maml", 2): 0.3844,
+        ("metasgd", 2): 0.4596,
+        ("metacurvature", 2): 0.5289,
+        ("kfc", 2): 0.5294,
+        ("maml", 3): 0.5091,
+        ("kfc", 3): 0.5307,
+        ("maml", 4): 0.5503,
+        ("kfc", 4): 0.5597,
+    },
+    "miniimagenet": {
+        ("maml", 2): 0.1855,
+        ("metasgd", 2): 0.2659,
+        ("metacurvature", 2): 0.2974,
+        ("kfc", 2): 0.2740,
+    },
+}
+"""Seed 003 Tables 2 and A1 per dataset: Omniglot 10-way 5-shot, 4 steps, 64 filters; CIFAR-FS 10-way 3-shot, 2 steps,
+32 filters (A1's CIFAR-FS columns, Table 2's row); miniImageNet 10-way 1-shot, 5 steps, Finn et al.'s 32-filter net
+(Table 2's row; its 4-layer net has no published accuracy)."""
 PAPER_UPPER_BOUND = 0.9509
 """Seed 003 Table 2: SCNN trained on each Omniglot test task to convergence (not reproduced here)."""
-PAPER_CNN_SETTING = "paper: Omniglot 10-way 5-shot, 4 steps, 64 filters (Tables 2, A1)"
+PAPER_UPPER_BOUNDS = {"omniglot": PAPER_UPPER_BOUND, "cifar-fs": 0.6394, "miniimagenet": 0.5845}
+"""Seed 003 Table 2's upper bound per dataset (not reproduced here)."""
+PAPER_CNN_SETTINGS = {
+    "omniglot": "paper: Omniglot 10-way 5-shot, 4 steps, 64 filters (Tables 2, A1)",
+    "cifar-fs": "paper: CIFAR-FS 10-way 3-shot, 2 steps, 32 filters (Tables 2, A1)",
+    "miniimagenet": "paper: miniImageNet 10-way 1-shot, 5 steps, 32 filters (Table 2)",
+}
+PAPER_CNN_SETTING = PAPER_CNN_SETTINGS["omniglot"]
 CHANCE_BAND = 0.05
 """How close to chance "≈ chance" is: within 5 accuracy points (fixed before the data)."""
 REACH_BAND = 0.05
@@ -104,7 +136,10 @@ def depth_of(run: str) -> int | None:
 
 
 def family(dataset: str) -> str:
-    return "synthetic" if dataset == SYNTHETIC else "omniglot"
+    """The paper's dataset a run's dataset is: synthetic, omniglot (the full set or its subset), cifar-fs or
+    miniimagenet (a variant such as ``cifar-fs-64`` counts as its dataset); others are their own."""
+    name = registered_name(dataset) or dataset
+    return {SYNTHETIC: "synthetic", "omniglot-small": "omniglot"}.get(name, name)
 
 
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -388,12 +423,17 @@ def linear_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CNN_MATCH = ("paper_dataset", "optimizer", "layers")
+
+
 def cnn_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Tables 2 and A1: final accuracy of the CNNs per optimizer and depth, the paper's (Omniglot) beside it."""
+    """Tables 2 and A1: final accuracy of the CNNs per dataset, optimizer and depth, the paper's cell of the dataset
+    (Omniglot, CIFAR-FS, miniImageNet; ``paper_dataset``) beside it."""
     final = annotate(tables.final_tasks)
     rows = []
     cnn = final[final["depth"].notna()] if not final.empty else final
     for (dataset, algorithm, depth), group in cnn.groupby(["dataset", "algorithm", "depth"]) if not cnn.empty else []:
+        paper = PAPER_CNN_BY_DATASET.get(family(dataset))
         rows.append(
             {
                 "dataset": dataset,
@@ -401,10 +441,27 @@ def cnn_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                 "layers": int(depth),
                 "optimizer": OPTIMIZER_NAMES.get(algorithm, algorithm),
                 **_accuracy_row(group, cfg),
-                "paper_accuracy": PAPER_CNN.get((algorithm, int(depth)), np.nan),
+                "paper_dataset": family(dataset) if paper else None,
+                "paper_accuracy": paper.get((algorithm, int(depth)), np.nan) if paper else np.nan,
             }
         )
     return pd.DataFrame(rows)
+
+
+def published_cnn() -> pd.DataFrame:
+    """Every published CNN cell (Tables 2, A1), for the table's "not run at this scale" rows."""
+    return pd.DataFrame(
+        [
+            {
+                "paper_dataset": name,
+                "optimizer": OPTIMIZER_NAMES[algorithm],
+                "layers": depth,
+                "paper_accuracy": accuracy,
+            }
+            for name, cells in PAPER_CNN_BY_DATASET.items()
+            for (algorithm, depth), accuracy in sorted(cells.items(), key=lambda cell: (cell[0][1], cell[0][0]))
+        ]
+    )
 
 
 def layerwise_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
@@ -521,58 +578,70 @@ def fig_cnn_training(tables: StudyTables, path: Path) -> None:
     _training_panels(tables, path, cnn=True, title="CNNs: test accuracy during meta-training (seed 003 Fig. A.2)")
 
 
+def _paper_families(table: pd.DataFrame, wanted: tuple[str, ...]) -> list[str]:
+    """The paper's datasets (of ``wanted``) that the CNN runs of ``table`` belong to, in the paper's order."""
+    present = set(table["dataset"].map(family)) if not table.empty else set()
+    return [name for name in wanted if name in present]
+
+
 def fig_cnn(tables: StudyTables, path: Path) -> None:
-    """Table 2: accuracy of the 2-layer CNN per optimizer, ours beside the paper's."""
+    """Table 2: accuracy of the 2-layer CNN per optimizer, ours beside the paper's, one panel per dataset."""
     table = cnn_table(tables, AggregateConfig())
     rows = table[table["layers"] == 2].reset_index(drop=True) if not table.empty else table
-    fig, axes = grid(1, width=5.5, height=3.8)
-    if rows.empty:
-        no_data(axes[0], "SCNN", "2-layer CNN runs")
-    else:
+    names = _paper_families(rows, tuple(PAPER_CNN_BY_DATASET)) or [""]
+    fig, axes = grid(len(names), columns=min(len(names), 3), width=5.5, height=3.8)
+    for ax, name in zip(axes, names, strict=False):
+        mine = rows[rows["dataset"].map(family) == name].reset_index(drop=True) if name else rows[:0]
+        if mine.empty:
+            no_data(ax, "SCNN", "2-layer CNN runs")
+            continue
         _bars(
-            axes[0],
-            rows,
-            [f"SCNN w/ {o}" for o in rows["optimizer"]],
-            title=f"ours: {', '.join(rows['setting'].unique())}\n{PAPER_CNN_SETTING}",
+            ax,
+            mine,
+            [f"SCNN w/ {o}" for o in mine["optimizer"]],
+            title=f"ours: {', '.join(mine['setting'].unique())}\n{PAPER_CNN_SETTINGS[name]}",
             paper_label="paper (Table 2)",
         )
-        axes[0].axhline(PAPER_UPPER_BOUND, color="grey", linestyle="--", linewidth=1, label="paper upper bound")
+        ax.axhline(PAPER_UPPER_BOUNDS[name], color="grey", linestyle="--", linewidth=1, label="paper upper bound")
     suptitle(fig, "Meta-optimizers adapting a small CNN (seed 003 Table 2)")
     save(fig, path)
 
 
 def fig_depth(tables: StudyTables, path: Path) -> None:
-    """Fig. 3 / Table A1: accuracy against the number of conv layers, MAML and KFC, ours and the paper's."""
+    """Fig. 3 / Table A1: accuracy against the number of conv layers, MAML and KFC, ours and the paper's, one panel
+    per dataset (Omniglot, CIFAR-FS)."""
     table = cnn_table(tables, AggregateConfig())
-    fig, axes = grid(1, width=5.5, height=3.8)
-    ax = axes[0]
-    for algorithm in ("maml", "kfc"):
-        name = OPTIMIZER_NAMES[algorithm]
-        paper = sorted((d, v) for (a, d), v in PAPER_CNN.items() if a == algorithm)
-        ax.plot(
-            *zip(*paper, strict=True),
-            color=COLORS[algorithm],
-            linestyle="--",
-            marker="D",
-            label=f"CNN w/ {name} (paper)",
-        )
-        rows = table[table["optimizer"] == name].sort_values("layers") if not table.empty else table
-        if not rows.empty:
-            ax.errorbar(
-                rows["layers"],
-                rows["accuracy"],
-                yerr=[rows["accuracy"] - rows["ci_low"], rows["ci_high"] - rows["accuracy"]],
+    names = ("omniglot", "cifar-fs")
+    fig, axes = grid(len(names), columns=2, width=5.5, height=3.8)
+    for ax, name in zip(axes, names, strict=True):
+        mine = table[table["dataset"].map(family) == name] if not table.empty else table
+        for algorithm in ("maml", "kfc"):
+            optimizer = OPTIMIZER_NAMES[algorithm]
+            paper = sorted((d, v) for (a, d), v in PAPER_CNN_BY_DATASET[name].items() if a == algorithm)
+            ax.plot(
+                *zip(*paper, strict=True),
                 color=COLORS[algorithm],
-                marker="o",
-                capsize=3,
-                label=f"CNN w/ {name} (ours)",
+                linestyle="--",
+                marker="D",
+                label=f"CNN w/ {optimizer} (paper)",
             )
-    ax.set_xlabel("conv layers")
-    ax.set_xticks([1, 2, 3, 4])
-    ax.set_ylabel("post-adaptation test accuracy")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(PAPER_CNN_SETTING)
-    ax.legend()
+            rows = mine[mine["optimizer"] == optimizer].sort_values("layers") if not mine.empty else mine
+            if not rows.empty:
+                ax.errorbar(
+                    rows["layers"],
+                    rows["accuracy"],
+                    yerr=[rows["accuracy"] - rows["ci_low"], rows["ci_high"] - rows["accuracy"]],
+                    color=COLORS[algorithm],
+                    marker="o",
+                    capsize=3,
+                    label=f"CNN w/ {optimizer} (ours: {', '.join(rows['dataset'].unique())})",
+                )
+        ax.set_xlabel("conv layers")
+        ax.set_xticks([1, 2, 3, 4])
+        ax.set_ylabel("post-adaptation test accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(PAPER_CNN_SETTINGS[name] + ("" if not mine.empty else "\n(no runs of ours)"))
+        ax.legend(fontsize=7)
     suptitle(fig, "Effect of depth (seed 003 Fig. 3, Table A1)")
     save(fig, path)
 
@@ -632,7 +701,14 @@ STUDIES.register(
             Table(
                 "linear", "Table 1: linear models (LR, LinNet, LR w/ KLin, LR w/ KFC), the paper's beside", linear_table
             ),
-            Table("cnn", "Tables 2 / A1: CNNs per optimizer and depth, the paper's (Omniglot) beside", cnn_table),
+            Table(
+                "cnn",
+                "Tables 2 / A1: CNNs per dataset, optimizer and depth, the paper's (Omniglot, CIFAR-FS, miniImageNet) "
+                "beside; every published cell, run or not at this scale",
+                cnn_table,
+                published_cnn,
+                CNN_MATCH,
+            ),
             Table("layerwise", "Fig. 2: layer-wise adaptation at meta-test", layerwise_table),
         ),
     ),
