@@ -310,11 +310,17 @@ def git_state() -> dict[str, str]:
     return {"commit": commit or "unknown", "dirty": "unknown" if status is None else str(bool(status)).lower()}
 
 
+def mlflow_key(name: str) -> str:
+    """A param or metric name as MLflow accepts it: a cross-domain probe key's ``@`` (``adaptation@cars``,
+    ``query_accuracy@cars``), which MLflow refuses, becomes ``:`` (``query_accuracy:cars``)."""
+    return name.replace("@", ":")
+
+
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested params as MLflow's flat string params (``train.inner_lr`` -> ``0.1``)."""
     flat: dict[str, str] = {}
     for key, value in params.items():
-        name = f"{prefix}{key}"
+        name = mlflow_key(f"{prefix}{key}")
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{name}."))
         else:
@@ -404,7 +410,9 @@ class StageRun:
         return self._run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._send("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step, timestamp=_now_ms())
+        self._send(
+            "metrics", metrics={mlflow_key(k): float(v) for k, v in metrics.items()}, step=step, timestamp=_now_ms()
+        )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None, *, run_id: str | None = None) -> None:
         """Copy a file into this run's artifacts (or into run ``run_id``'s)."""

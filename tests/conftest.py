@@ -122,7 +122,7 @@ def trained_conv4(tiny_dataset, tmp_path_factory):
     result = train(run, DATASET_PARAMS, tiny_dataset, tmp_path_factory.mktemp("conv4"), device=torch.device("cpu"))
     split = load_split(tiny_dataset, "test")
     module = build_for_run(run, split.images)
-    params = load_params(result.checkpoints[-1], list(dict(module.named_parameters())))
+    params = load_params(result.checkpoints[-1], dict(module.named_parameters()))
     tasks = sample_dataset_tasks(
         run.dataset, split, ways=run.ways, shots=2, queries=2, n_tasks=4, generator=torch.Generator().manual_seed(0)
     )

@@ -40,6 +40,11 @@ CPU = torch.device("cpu")
 OTHER = "tiny-b"
 
 
+def params_hash_of(run) -> str:
+    """The params hash the checkpoints of ``run`` were trained for."""
+    return run.trajectory_hash(DATASET_PARAMS)
+
+
 def other_dataset(root: Path, seed: int) -> Path:
     """A second tiny dataset beside the first (same 1 × 8 × 8 images, other classes)."""
     splits = {s: synthetic_split(6, 20, 8, seed + i, f"{s}-b") for i, s in enumerate(("train", "val", "test"))}
@@ -53,7 +58,13 @@ def trained(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("cross")
     run = make_run()
     train(run, DATASET_PARAMS, tiny_dataset, root / "run", device=CPU)
-    extract(run, ExtractConfig(every=0, best=False, final=True), root / "run", root / "ckpt")
+    extract(
+        run,
+        ExtractConfig(every=0, best=False, final=True),
+        root / "run",
+        root / "ckpt",
+        params_hash=params_hash_of(run),
+    )
     shutil.copytree(tiny_dataset, root / "data" / "tiny")
     other_dataset(root / "data", seed=11)
     return run, root
@@ -82,7 +93,7 @@ def test_a_cross_domain_key_meets_the_other_datasets_tasks_and_scores_the_checkp
     run, root = trained
     config = study(("adaptation", f"adaptation@{OTHER}"))
     rows = probe_run(run, config, root / "data" / "tiny", root / "ckpt", tmp_path / "out", device=CPU,
-                     cache_dir=tmp_path / "cache")  # fmt: skip
+                     params_hash=params_hash_of(run), cache_dir=tmp_path / "cache")  # fmt: skip
     (row,) = rows
     assert {"query_accuracy", f"query_accuracy@{OTHER}", f"pre_query_accuracy@{OTHER}"} <= set(row)
     tasks = load_task_set(tmp_path / "out" / f"tasks@{OTHER}.json")
@@ -96,7 +107,7 @@ def test_a_cross_domain_key_meets_the_other_datasets_tasks_and_scores_the_checkp
     module = build_for_run(run, other.images, CPU)
     (entry,) = (root / "ckpt").glob("step-*.safetensors")
     checkpoint = Checkpoint(entry, yaml.safe_load(entry.with_suffix(".json").read_text()))
-    params = load_params(checkpoint, list(dict(module.named_parameters())), CPU)
+    params = load_params(checkpoint, dict(module.named_parameters()), CPU)
     metrics, _ = evaluate_tasks(make_forward(module), params, materialise(other, expected), steps=2, lr=0.1, chunk=3)
     assert row[f"query_accuracy@{OTHER}"] == pytest.approx(float(metrics["query_accuracy"].mean()), abs=1e-6)
     per_task = pd.read_csv(tmp_path / "out" / "tasks.csv")
@@ -112,7 +123,7 @@ def test_a_changed_target_dataset_is_probed_again_not_read_from_the_cache(traine
 
     def probe(out: str) -> float:
         (row,) = probe_run(run, config, data / "tiny", root / "ckpt", tmp_path / out, device=CPU,
-                           cache_dir=tmp_path / "cache")  # fmt: skip
+                           params_hash=params_hash_of(run), cache_dir=tmp_path / "cache")  # fmt: skip
         return row[f"query_accuracy@{OTHER}"]
 
     first = probe("a")

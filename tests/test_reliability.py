@@ -187,7 +187,8 @@ def short(raw: dict) -> None:
 def training_past_its_first_checkpoints(sub: Path, env: dict) -> subprocess.Popen:
     """`metaland train RUN` in ``sub``, in its own process group (as a terminal or a batch system
     starts it), returned once its step-10 checkpoint exists (in the resume area, or in runs/ where a
-    stage trained in place)."""
+    stage trained in place) and its MLflow run is open (the sidecar loads MLflow while training runs,
+    so on a loaded machine the checkpoints can come first)."""
     training = subprocess.Popen(
         [sys.executable, "-m", "metaland", "train", RUN, "--params", "params.yaml"],
         cwd=sub,
@@ -202,6 +203,10 @@ def training_past_its_first_checkpoints(sub: Path, env: dict) -> subprocess.Pope
         assert training.poll() is None, f"training ended first: {training.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, "no checkpoint in 300 s"
         time.sleep(0.01)
+    while not (sub / "mlflow.db").is_file() or not stage_runs(sub, "train"):
+        assert training.poll() is None, f"training ended first: {training.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no MLflow run in 300 s"
+        time.sleep(0.1)
     return training
 
 

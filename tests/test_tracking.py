@@ -33,6 +33,15 @@ def test_a_stage_run_is_tagged_and_finished(store):
     assert [(m.step, m.value) for m in store.get_metric_history(run.run_id, "probe/acc")] == [(10, 0.5)]
 
 
+def test_cross_domain_keys_are_logged_under_names_mlflow_accepts(store):
+    """MLflow refuses ``@`` in names: a cross-domain probe key and its metrics are logged with ``:``."""
+    with stage_run("probe", experiment="s", run_key="x", params={"probes": {"adaptation@cars": {}}}) as run:
+        run.log_metrics({"probe/query_accuracy@cars": 0.25}, step=3)
+    logged = store.get_run(run.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.params == {"probes.adaptation:cars": "{}"}
+    assert [m.value for m in store.get_metric_history(run.run_id, "probe/query_accuracy:cars")] == [0.25]
+
+
 def test_a_failing_stage_marks_its_run_failed(store):
     with pytest.raises(RuntimeError), stage_run("train", experiment="s", run_key="k") as run:
         raise RuntimeError("boom")
