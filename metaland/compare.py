@@ -138,8 +138,15 @@ def _compare_csv(diff: _Diff, a: Path, b: Path) -> None:
             labels = [f"[row {i + 2}, {column}]" for i in range(len(x))]  # row numbers as in an editor
             diff.numbers("", x.to_numpy(dtype=np.float64), y.to_numpy(dtype=np.float64), labels)
         else:
-            for i, (u, v) in enumerate(zip(x.astype(str), y.astype(str), strict=True)):
+            for i, (u, v) in enumerate(zip(_texts(x), _texts(y), strict=True)):
                 diff.values(f"[row {i + 2}, {column}]", u, v)
+
+
+def _texts(column) -> list[str]:
+    """A non-numeric column's cells as text, a missing cell as "" (pandas' string dtype keeps it NaN)."""
+    import pandas as pd
+
+    return ["" if pd.isna(value) else str(value) for value in column]
 
 
 def _compare_safetensors(diff: _Diff, a: Path, b: Path) -> None:

@@ -83,6 +83,17 @@ def test_nan_equals_nan_but_not_a_number(tmp_path):
     assert table.status == "differs" and table.mismatches == ["[row 2, loss]: 0.5 vs nan"]
 
 
+def test_a_missing_text_cell_equals_a_missing_one_but_not_text(tmp_path):
+    """An empty cell of a text column (pandas reads it as missing) agrees with an empty cell, not with text."""
+    a, b, c = (tmp_path / name for name in "abc")
+    for folder, cells, acc in ((a, ["x", ""], "0.5"), (b, ["x", ""], "0.50"), (c, ["x", "y"], "0.5")):
+        folder.mkdir()  # b: other bytes, the same numbers
+        (folder / "t.csv").write_text("setting,acc\n" + "".join(f"{cell},{acc}\n" for cell in cells))
+    assert statuses(compare_trees(a, b)) == {"t.csv": "close"}
+    (differs,) = compare_trees(a, c)
+    assert differs.status == "differs" and differs.mismatches == ["[row 3, setting]: '' vs 'y'"]
+
+
 def test_command_exit_status_and_report(tmp_path, capsys):
     a, close, far = (write_build(tmp_path / n, acc) for n, acc in [("a", 0.75), ("b", 0.75 + 1e-9), ("c", 0.8)])
     code, out, _ = run_cli(capsys, "compare-results", str(a), str(close))

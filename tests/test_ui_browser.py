@@ -74,6 +74,22 @@ def visible(driver, text: str) -> list:
     return [e for e in driver.find_elements("xpath", f"//*[normalize-space(text())='{text}']") if e.is_displayed()]
 
 
+SCROLL_SCRIPT = """
+for (const el of [document.scrollingElement, ...document.querySelectorAll('*')]) {
+  if (el && el.scrollHeight > el.clientHeight + 1) { el.scrollTop += Math.max(200, el.clientHeight / 2); }
+}
+"""
+
+
+def scrolled_to(driver, text: str) -> list:
+    """``text`` visible, scrolling every scrollable area a half page further each time it is not: the UI
+    draws only the charts in view, and a study logs more than one screen of them."""
+    found = visible(driver, text)
+    if not found:
+        driver.execute_script(SCROLL_SCRIPT)
+    return found
+
+
 def experiment(client: MlflowClient, name: str = "metaland/guiroy2019"):
     found = client.get_experiment_by_name(name)
     assert found is not None, f"no experiment {name} in the ci store"
@@ -103,7 +119,7 @@ def test_the_runs_and_their_charts_are_shown(browser, ui, tmp_path):
     screenshot(browser, tmp_path / "runs-table.png")
     browser.get(f"{url}/#/experiments/{study.experiment_id}/runs?compareRunsMode=CHART")
     wait_for(browser, lambda d: len(d.find_elements("css selector", ".js-plotly-plot")) >= 3, "metric charts")
-    wait_for(browser, lambda d: visible(d, "probe/hessian_spectral_norm"), "the curvature chart")
+    wait_for(browser, lambda d: scrolled_to(d, "probe/hessian_spectral_norm"), "the curvature chart")
     screenshot(browser, tmp_path / "runs-and-charts.png")
 
 
