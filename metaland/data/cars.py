@@ -32,7 +32,7 @@ import scipy.io
 import torch
 from pydantic import Field
 
-from metaland.data.cub import split_of
+from metaland.data.cub import Expected, split_of
 from metaland.data.images import decode, rgb_pixels, square
 from metaland.data.layout import SplitData, write_layout
 from metaland.data.registry import DATASETS, SPLITS, ArchiveSource, DatasetSpec
@@ -49,20 +49,6 @@ FIX_ARCHIVE = (
     "devkit/cars_train_annos.mat), from a copy you trust: set datasets.cars.train_url / devkit_url (+ sha256), or "
     "put the files in METALAND_DATA_MIRROR."
 )
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the annotations must hold: classes, and the fewest images of a class."""
-
-    classes: int
-    per_class: int
-
-    def split_sizes(self) -> dict[str, int]:
-        counts = dict.fromkeys(SPLITS, 0)
-        for index in range(self.classes):
-            counts[split_of(index)] += 1
-        return counts
 
 
 STANFORD_CARS = Expected(classes=196, per_class=20)

@@ -52,7 +52,8 @@ FIX_ARCHIVE = (
 
 @dataclass(frozen=True)
 class Expected:
-    """What the archive must hold: class folders in all, and the fewest images of a class."""
+    """What a dataset split by :func:`split_of` must hold: classes in all, and the fewest images of a class
+    (CUB's archive here; Stanford Cars's annotations in ``cars``)."""
 
     classes: int
     per_class: int
