@@ -113,6 +113,9 @@ def main(root: Path, studies: tuple[str, ...], run_keys: tuple[str, ...], column
                 continue
             if run_keys and run.key not in run_keys:
                 continue
+            if not (root / "probes" / run.key / "tasks.csv").is_file():
+                click.echo(f"{run.key}: skipped, not probed in this build (`dvc repro probe@{run.key}`)")
+                continue
             frame = verify_run(run, study, root, column)
             frames.append(frame)
             click.echo(f"{run.key}: " + ", ".join(f"{k} {v:.3g}" for k, v in summarise(frame).items()))
