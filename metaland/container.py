@@ -280,13 +280,17 @@ def run_container(client, spec: RunSpec, out=None, err=None) -> int:
     except docker.errors.ImageNotFound as error:
         raise ContainerError(f"no image {spec.image} on this engine. Fix: `metaland container build`.") from error
     try:
+        # Attached before it starts, as `docker run` does: attaching to a container that has
+        # already exited (a short command) can leave the stream open forever.
+        output = container.attach(stdout=True, stderr=True, stream=True, demux=True)
         try:
             container.start()
         except docker.errors.APIError as error:
+            output.close()
             raise _start_error(spec, error) from error
         previous = signal.signal(signal.SIGTERM, _terminated)
         try:
-            for chunk_out, chunk_err in container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True):
+            for chunk_out, chunk_err in output:
                 for stream, chunk in ((out, chunk_out), (err, chunk_err)):
                     if chunk:
                         stream.write(chunk)
