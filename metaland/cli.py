@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from metaland import __version__
 from metaland.container import container
 from metaland.errors import (
     EXIT_SIGNAL_BASE,
@@ -73,6 +74,7 @@ EXIT_STATUS_HELP = "\n".join(
     epilog="\b\nExit statuses:\n" + EXIT_STATUS_HELP,
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.version_option(__version__, "-V", "--version", prog_name="metaland", message="%(prog)s %(version)s")
 def cli(verbose: bool) -> None:
     """metaland: rebuild the loss-landscape studies of gradient-based meta-learning.
 

@@ -13,11 +13,18 @@ import pytest
 import torch
 import yaml
 
+import metaland
 from metaland.cli import main
 from metaland.errors import EXIT_CHECKPOINT, EXIT_DATA, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
+
+
+@pytest.fixture(autouse=True)
+def _scratch_tracking_store(monkeypatch, tmp_path):
+    """Runs the CLI starts (also failing ones) go to a store of the test, never to the checkout's mlflow.db."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'scratch-mlflow.db'}")
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -44,6 +51,11 @@ def ci_params(tmp_path) -> Path:
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "profiles" / "ci.yaml", path)
     return path
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert (code, out) == (0, f"metaland {metaland.__version__}\n")
 
 
 def test_bad_param_value(capsys, ci_params):
