@@ -80,6 +80,7 @@ def cli(verbose: bool) -> None:
 
     \b
     The pipeline (each command is one DVC stage; `dvc repro` runs them all):
+      check-params    validate the whole params file, first          -> .metaland/params-checked
       fetch DATASET   download, verify and normalise a dataset       -> data/<dataset>/
       train RUN       meta-train one run, resumable                  -> runs/<run>/
       extract RUN     select and verify the checkpoints to probe     -> checkpoints/<run>/
@@ -273,6 +274,38 @@ def _first_difference(old: Any, new: Any, key: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 # Stage commands
 # --------------------------------------------------------------------------------------------
+
+
+PARAMS_CHECKED = Path(".metaland/params-checked")
+"""The output of the `check-params` stage, on which every other stage depends."""
+
+
+@cli.command(name="check-params")
+@PARAMS
+@click.option(
+    "--marker",
+    default=PARAMS_CHECKED,
+    show_default=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Written once the file is valid: the same bytes for every valid file.",
+)
+def check_params(params_path: Path, marker: Path) -> None:
+    """Validate every block of the params file, whatever changed since the last build.
+
+    DVC reruns a stage only when a key that stage tracks changes, so a misspelt block (`run:` for
+    `runs:`) would otherwise never be read. The `check-params` stage tracks the whole file and runs
+    first on any edit; its output (the marker) never changes, so a valid edit reruns only the stages
+    whose own keys changed, and an invalid one stops `dvc repro` before any stage runs.
+    """
+    from metaland.config import load_params
+    from metaland.io import write_text
+
+    config = load_params(params_path)
+    write_text(marker, "params valid\n")
+    click.echo(
+        f"{params_path}: valid (profile {config.profile!r}: {len(config.datasets)} datasets, "
+        f"{len(config.studies)} studies, {len(config.runs)} runs)"
+    )
 
 
 @cli.command()

@@ -39,6 +39,10 @@ def sh(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
     return result.stdout + result.stderr
 
 
+CHECK_PARAMS = "check-params"
+"""The stage that validates the whole params file before any other runs; it logs no MLflow run."""
+
+
 def stages_run(log: str) -> list[str]:
     """The DVC stages a `dvc repro` log says it ran."""
     return re.findall(r"Running stage '([^']+)'", log)

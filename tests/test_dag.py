@@ -12,13 +12,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.pipeline import sh, stages_run
+from tests.pipeline import CHECK_PARAMS, sh, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
@@ -65,6 +66,7 @@ def test_repro_builds_every_output(pipeline):
     work, _, log = pipeline
     assert sorted(stages_run(log)) == sorted(
         [
+            CHECK_PARAMS,
             *(f"fetch@{d}" for d in CI_DATASETS),
             *(f"{s}@{r}" for s in ("train", "extract", "probe") for r in RUNS),
             "aggregate",
@@ -147,15 +149,32 @@ def test_second_repro_does_nothing(pipeline):
     assert stages_run(log) == [] and "Data and pipelines are up to date." in log
 
 
+def test_a_misspelt_block_stops_repro_before_any_stage_and_says_how_to_fix_it(pipeline):
+    """DVC reruns only stages whose tracked keys changed: without the check-params stage, which
+    tracks the whole file, an unknown block (`run:` for `runs:`) would be "up to date", exit 0."""
+    work, env, _ = pipeline
+    valid = (work / "params.yaml").read_text()
+    try:
+        (work / "params.yaml").write_text(valid + "run:\n  seeds: 5\n")
+        result = subprocess.run(["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        log = result.stdout + result.stderr
+        assert result.returncode != 0 and stages_run(log) == [CHECK_PARAMS], log
+        assert "metaland: error: params.yaml: run is not a known parameter. Did you mean 'runs'?" in log
+    finally:
+        (work / "params.yaml").write_text(valid)
+    log = sh(["dvc", "repro"], work, env)
+    assert stages_run(log) == [] and f"Stage '{CHECK_PARAMS}' is cached" in log, log
+
+
 def test_changing_a_probe_knob_reruns_only_what_depends_on_it(pipeline):
     work, env, _ = pipeline
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["studies"]["guiroy2019"]["probe"]["probes"]["curvature"]["max_iters"] = 12
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(sh(["dvc", "status", "--json"], work, env).splitlines()[-1])
-    assert sorted(status) == sorted([*(f"probe@{r}" for r in GUIROY_RUNS), "aggregate"])
+    assert sorted(status) == sorted([CHECK_PARAMS, *(f"probe@{r}" for r in GUIROY_RUNS), "aggregate"])
     log = sh(["dvc", "repro"], work, env)
-    assert sorted(stages_run(log)) == sorted([*(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"])
+    assert sorted(stages_run(log)) == sorted([CHECK_PARAMS, *(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"])
 
 
 def test_forced_rerun_from_scratch_gives_the_same_bytes(pipeline):
@@ -192,7 +211,7 @@ def test_paper_profile_dry_run_lists_every_run_of_the_seeds(tmp_path):
     assert {"fetch@tieredimagenet", "fetch@cars", "fetch@cifar-fs", "fetch@miniimagenet-224", "fetch@cub-224"} <= set(
         stages
     )
-    assert len(stages) == 3 * len(runs) + len(datasets) + 2
+    assert stages[0] == CHECK_PARAMS and len(stages) == 1 + 3 * len(runs) + len(datasets) + 2
     counts = {(r["algorithm"], r["dataset"]) for r in runs.values()}
     assert counts == {
         *((a, "omniglot") for a in ("maml", "fomaml", "regmaml", "metasgd", "metacurvature", "klin", "kfc")),

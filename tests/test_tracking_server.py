@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.pipeline import REPO, ci_checkout, free_port, serving, sh, stages_run
+from tests.pipeline import CHECK_PARAMS, REPO, ci_checkout, free_port, serving, sh, stages_run
 
 RUN = "guiroy2019-maml-omniglot-small-5w1s-s0"
 CI_DATASETS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["datasets"]
@@ -76,7 +76,7 @@ def runs_by_stage(client: MlflowClient) -> dict[str, object]:
 def test_the_stages_log_to_the_server_only(served):
     work, _, client, store, log = served
     ran = stages_run(log)
-    assert sorted(ran) == sorted(STAGES) and ran[-1] == f"probe@{RUN}"
+    assert sorted(ran) == sorted([CHECK_PARAMS, *STAGES]) and ran[0] == CHECK_PARAMS and ran[-1] == f"probe@{RUN}"
     assert ran.index("fetch@omniglot-small") < ran.index(f"train@{RUN}") < ran.index(f"extract@{RUN}")
     names = {e.name for e in client.search_experiments()}
     assert {"metaland/data", "metaland/guiroy2019"} <= names
