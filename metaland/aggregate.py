@@ -7,7 +7,9 @@ Writes ``results/`` as a whole (atomically):
     results/<study>/final.csv          per run, final checkpoint: mean and CI over tasks
     results/<study>/correlations.csv   per run: each probe metric vs accuracy and vs step
     results/<study>/<table>.csv        the study's own tables (StudySpec.tables)
-    results/metrics.json               DVC metrics: final-checkpoint numbers per run
+    results/metrics.json               final-checkpoint numbers per run, every probe metric
+    results/headline/claims/<study>.json  DVC metrics: the study's verdict counts
+    results/headline/runs/<run>.json      DVC metrics: the run's final accuracy and its CI over tasks
     results/claims.json                every claim, its statistic, rule and verdict (metaland.claims_file)
     results/claims/<study>/<claim>.csv the rows each claim's statistic read (`metaland claim <id>` recomputes it)
     results/cross_study.csv            every landscape metric vs accuracy over all studies (metaland.cross_study)
@@ -112,6 +114,29 @@ def run_metrics(final: pd.DataFrame) -> dict[str, dict[str, float]]:
     return metrics
 
 
+def headline(record: dict, metrics: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """The few numbers `dvc metrics show` prints, one small file per study and per run (a row each):
+    ``{"claims/<study>.json": {holds, fails, inconclusive, checks, checks_holding}, "runs/<run>.json":
+    {accuracy, ci_low, ci_high, step}}``. Counts are of findings; sanity checks are counted apart."""
+    files = {
+        f"claims/{study}.json": {
+            **counts["findings"],
+            "checks": sum(counts["checks"].values()),
+            "checks_holding": counts["checks"]["holds"],
+        }
+        for study, counts in record["by_study"].items()
+    }
+    for runs in metrics.values():
+        for run, values in runs.items():
+            files[f"runs/{run}.json"] = {
+                "accuracy": values.get(ACCURACY),
+                "ci_low": values.get(f"{ACCURACY}_ci_low"),
+                "ci_high": values.get(f"{ACCURACY}_ci_high"),
+                "step": values["step"],
+            }
+    return files
+
+
 def _round(value: float) -> float | None:
     return None if pd.isna(value) else round(float(value), 6)
 
@@ -163,6 +188,8 @@ def aggregate(
         points = cross_study.pooled(checkpoints)
         write_text(out / "cross_study.csv", cross_study.correlations(points).to_csv(index=False, lineterminator="\n"))
         write_json(out / "metrics.json", metrics)
+        for path, values in headline(record, metrics).items():
+            write_json(out / "headline" / path, values)
         write_json(out / "claims.json", record)
     return record
 

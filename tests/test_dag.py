@@ -149,6 +149,20 @@ def test_second_repro_does_nothing(pipeline):
     assert stages_run(log) == [] and "Data and pipelines are up to date." in log
 
 
+def test_dvc_metrics_show_fits_a_screen_with_a_row_per_study_and_per_run(pipeline):
+    work, env, _ = pipeline
+    lines = [line for line in sh(["dvc", "metrics", "show"], work, env).splitlines() if line.strip()]
+    assert max(len(line) for line in lines) < 200, lines[0]
+    header, rows = lines[0].split(), {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(rows) == {f"results/headline/claims/{s}.json" for s in STUDIES_IN_CI} | {
+        f"results/headline/runs/{r}.json" for r in RUNS
+    }
+    counts = json.loads((work / "results" / "claims.json").read_text())["by_study"]
+    for study, verdicts in counts.items():
+        shown = dict(zip(header[1:], rows[f"results/headline/claims/{study}.json"], strict=True))
+        assert {k: int(shown[k]) for k in ("holds", "fails", "inconclusive")} == verdicts["findings"]
+
+
 def test_a_misspelt_block_stops_repro_before_any_stage_and_says_how_to_fix_it(pipeline):
     """DVC reruns only stages whose tracked keys changed: without the check-params stage, which
     tracks the whole file, an unknown block (`run:` for `runs:`) would be "up to date", exit 0."""
