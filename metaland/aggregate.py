@@ -10,6 +10,7 @@ Writes ``results/`` as a whole (atomically):
     results/metrics.json               final-checkpoint numbers per run, every probe metric
     results/headline/claims/<study>.json  DVC metrics: the study's verdict counts
     results/headline/runs/<run>.json      DVC metrics: the run's final accuracy and its CI over tasks
+    results/curves/{train,probe}/<run>.csv  DVC data plots: the run's training log and probed series
     results/claims.json                every claim, its statistic, rule and verdict (metaland.claims_file)
     results/claims/<study>/<claim>.csv the rows each claim's statistic read (`metaland claim <id>` recomputes it)
     results/cross_study.csv            every landscape metric vs accuracy over all studies (metaland.cross_study)
@@ -137,6 +138,17 @@ def headline(record: dict, metrics: dict[str, dict[str, dict]]) -> dict[str, dic
     return files
 
 
+def run_curves(tables) -> dict[str, str]:
+    """Each run's training log and probed checkpoint series (the columns from ``step`` on), one CSV
+    per run: dvc.yaml declares the folders as data plots, which draw one line per revision, so
+    `dvc plots diff` compares experiments run by run."""
+    files = {}
+    for kind, frame in (("train", tables.train_log), ("probe", tables.checkpoints)):
+        for run, rows in frame.groupby("run", sort=True) if not frame.empty else ():
+            files[f"{kind}/{run}.csv"] = rows.loc[:, "step":].to_csv(index=False, lineterminator="\n")
+    return files
+
+
 def _round(value: float) -> float | None:
     return None if pd.isna(value) else round(float(value), 6)
 
@@ -163,6 +175,8 @@ def aggregate(
             tables = build_tables(name, runs, probes_dir, runs_dir)
             folder = out / name
             write_tables(tables, folder)
+            for path, text in run_curves(tables).items():
+                write_text(out / "curves" / path, text)
             confidence = study.aggregate.confidence
             final = final_table(tables.final_tasks, confidence)
             for stem, frame in (

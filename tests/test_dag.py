@@ -163,6 +163,16 @@ def test_dvc_metrics_show_fits_a_screen_with_a_row_per_study_and_per_run(pipelin
         assert {k: int(shown[k]) for k in ("holds", "fails", "inconclusive")} == verdicts["findings"]
 
 
+def test_dvc_plots_draw_every_runs_training_and_probed_accuracy_as_lines(pipeline):
+    work, env, _ = pipeline
+    shown = json.loads(sh(["dvc", "plots", "show", "--json"], work, env).splitlines()[-1])["data"]
+    for kind in ("train", "probe"):
+        for run in RUNS:
+            (plot,) = shown[f"results/curves/{kind}/{run}.csv"]
+            spec = json.dumps(plot["content"])
+            assert plot["type"] == "vega" and '"mark": "line"' in spec and '"field": "query_accuracy"' in spec
+
+
 def test_a_misspelt_block_stops_repro_before_any_stage_and_says_how_to_fix_it(pipeline):
     """DVC reruns only stages whose tracked keys changed: without the check-params stage, which
     tracks the whole file, an unknown block (`run:` for `runs:`) would be "up to date", exit 0."""
