@@ -7,6 +7,8 @@ inputs gives the same bytes. Each study module composes these helpers into its f
 from __future__ import annotations
 
 import io
+import itertools
+import logging
 import textwrap
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pandas as pd
 from metaland.io import write_bytes
 from metaland.results import STRATUM_KNOBS, stratum_of
 from metaland.stats import mean_ci
+
+log = logging.getLogger(__name__)
 
 ALGORITHM_COLORS = {
     "maml": "#1f77b4",
@@ -78,16 +82,77 @@ def grid(n_panels: int, *, columns: int = 3, width: float = 4.0, height: float =
     return fig, list(axes.flat[:n_panels])
 
 
+def _wrapped(text: str, width: int) -> str:
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def suptitle(fig, text: str) -> None:
     """A figure title wrapped to the figure's width (narrow one-panel figures included)."""
-    width = max(40, int(fig.get_figwidth() * 13))
-    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
+    fig.suptitle(_wrapped(text, max(40, int(fig.get_figwidth() * 13))))
+
+
+CHAR_WIDTH_EM = 0.6
+"""Width of an average character of the default font (DejaVu Sans), in ems: what wraps a label."""
+
+
+def wrap_panel_text(fig) -> None:
+    """Wrap every panel's title and x label to the panel's width, and its y label to its height, so
+    that neither runs into the next panel nor off the figure."""
+    for ax in fig.axes:
+        box = ax.get_position()
+        width, height = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
+        for text, inches in ((ax.title, width), (ax.xaxis.label, width), (ax.yaxis.label, height)):
+            if text.get_text():
+                chars = max(16, int(inches * 72 / (text.get_fontsize() * CHAR_WIDTH_EM)))
+                text.set_text(_wrapped(text.get_text(), chars))
+
+
+def text_boxes(fig, renderer) -> list[tuple[str, object]]:
+    """(name, window extent) of the text a reader reads: figure title and legends, and per visible
+    panel its titles, axis labels, legend and annotations (tick labels are matplotlib's to place)."""
+    boxes = [("figure title", fig._suptitle)] if fig._suptitle is not None else []
+    boxes += [("figure legend", legend) for legend in fig.legends]
+    for i, ax in enumerate(fig.axes):
+        if not ax.get_visible():
+            continue
+        named = [("title", ax.title), ("x label", ax.xaxis.label), ("y label", ax.yaxis.label)]
+        named += [("legend", ax.get_legend())] + [("annotation", t) for t in ax.texts]
+        boxes += [(f"panel {i} {kind}", artist) for kind, artist in named if artist is not None]
+    shown = [
+        (name, artist)
+        for name, artist in boxes
+        if artist.get_visible() and (not hasattr(artist, "get_text") or artist.get_text())
+    ]
+    return [
+        (f"{name} {getattr(artist, 'get_text', str)()[:40]!r}", artist.get_window_extent(renderer))
+        for name, artist in shown
+    ]
+
+
+def layout_problems(fig, renderer, slack: float = 2.0) -> list[str]:
+    """Text that runs off the figure or into other text (by more than ``slack`` pixels both ways)."""
+    width, height = fig.canvas.get_width_height()
+    boxes = text_boxes(fig, renderer)
+    problems = [
+        f"off the figure: {name}"
+        for name, box in boxes
+        if box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack
+    ]
+    for (first, a), (second, b) in itertools.combinations(boxes, 2):
+        if min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack:
+            problems.append(f"overlap: {first} and {second}")
+    return problems
 
 
 def save(fig, path: Path | str) -> None:
-    """Write a PNG with fixed metadata (byte-stable), atomically, and close the figure."""
+    """Write a PNG with fixed metadata (byte-stable), atomically, and close the figure. Panel text is
+    wrapped to fit; text that still overlaps or runs off the figure is logged as a warning."""
     buffer = io.BytesIO()
+    wrap_panel_text(fig)
     fig.tight_layout()
+    fig.draw_without_rendering()
+    for problem in layout_problems(fig, fig.canvas.get_renderer()):
+        log.warning("%s/%s: %s", Path(path).parent.name, Path(path).name, problem)
     fig.savefig(buffer, format="png", dpi=130, metadata={"Software": None})
     plt.close(fig)
     write_bytes(path, buffer.getvalue())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import re
 import shutil
@@ -171,6 +172,17 @@ def test_dvc_plots_draw_every_runs_training_and_probed_accuracy_as_lines(pipelin
             (plot,) = shown[f"results/curves/{kind}/{run}.csv"]
             spec = json.dumps(plot["content"])
             assert plot["type"] == "vega" and '"mark": "line"' in spec and '"field": "query_accuracy"' in spec
+
+
+def test_no_figure_has_text_running_into_other_text_or_off_the_figure(pipeline, tmp_path, caplog):
+    """Every figure of the build drawn again: metaland.plots.save warns about each overlap."""
+    from metaland.config import load_params
+    from metaland.report import plot_all
+
+    work, _, _ = pipeline
+    with caplog.at_level(logging.WARNING, logger="metaland.plots"):
+        drawn = plot_all(load_params(work / "params.yaml"), work / "results", tmp_path / "figures")
+    assert len(drawn) > 10 and [r.getMessage() for r in caplog.records] == []
 
 
 def test_a_misspelt_block_stops_repro_before_any_stage_and_says_how_to_fix_it(pipeline):
