@@ -144,12 +144,23 @@ def layout_problems(fig, renderer, slack: float = 2.0) -> list[str]:
     return problems
 
 
+def _figure_legend_height(fig) -> float:
+    """The height, as a fraction of the figure, of its tallest figure legend (drawn at the bottom,
+    ``loc="lower center"``): the panels are laid out above it."""
+    if not fig.legends:
+        return 0.0
+    renderer = fig.canvas.get_renderer()
+    return max(legend.get_window_extent(renderer).height for legend in fig.legends) / fig.bbox.height
+
+
 def save(fig, path: Path | str) -> None:
     """Write a PNG with fixed metadata (byte-stable), atomically, and close the figure. Panel text is
-    wrapped to fit; text that still overlaps or runs off the figure is logged as a warning."""
+    wrapped to fit, and the panels are laid out above any figure legend (a key shared by all
+    panels goes there: ``fig.legend(..., loc="lower center")``); text that still overlaps or runs off
+    the figure is logged as a warning."""
     buffer = io.BytesIO()
     wrap_panel_text(fig)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, _figure_legend_height(fig), 1.0, 1.0))
     fig.draw_without_rendering()
     for problem in layout_problems(fig, fig.canvas.get_renderer()):
         log.warning("%s/%s: %s", Path(path).parent.name, Path(path).name, problem)

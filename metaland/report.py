@@ -330,12 +330,15 @@ def study_blocks(name: str, claims: list[dict], params: dict, results_dir: Path,
             Text(f"[`results/{name}/{table.name}.csv`](../results/{name}/{table.name}.csv)", True),
         ]
     runs = ", ".join(f"`probe@{r['run']}`" for r in claims[0]["inputs"]["runs"])
-    for figure in spec.figures:
-        notes = (
-            f"Rebuild this: `{REBUILD_FIGURE}` (draws it from `results/{name}/`, which `dvc repro aggregate` builds "
-            f"from the probe tables of {runs}).",
+    blocks.append(
+        Text(
+            f"Rebuild the figures below: `{REBUILD_FIGURE}` (draws them from `results/{name}/`, which "
+            f"`dvc repro aggregate` builds from the probe tables of {runs}).",
+            True,
         )
-        blocks.append(Image(f"../{figures_dir.name}/{name}/{figure.name}.png", figure.caption, notes))
+    )
+    for figure in spec.figures:
+        blocks.append(Image(f"../{figures_dir.name}/{name}/{figure.name}.png", figure.caption))
     block = yaml.safe_dump(params, sort_keys=False)
     blocks.append(Details(f"Parameters: `studies.{name}` in params.yaml (hash `{stable_hash(params)}`)", block))
     return blocks

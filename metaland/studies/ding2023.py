@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import cm
+from matplotlib.patches import Patch
 
 from metaland.claims import Claim, Rule, all_of, improves_on, register, where
 from metaland.config import AggregateConfig
@@ -764,7 +765,15 @@ def fig_meta_loss_regions(tables: StudyTables, path: Path) -> None:
             ax.contourf(a, b, z.T, levels=bounds, colors=colors[split])
             ax.contour(a, b, z.T, levels=10, colors="grey", linewidths=0.4)
             ax.set_title(f"{title}\nmin {low:.2f}; ≤ +0.2, ≤ +0.4", fontsize=8)
+            ax.set_xlabel("a (δ)")
+            ax.set_ylabel("b (η)")
             ax.grid(False)
+    key = [
+        Patch(color=colors[split][k], label=f"{SPLIT_NAMES[split]}: {band} above the minimum")
+        for split in ("train", "test")
+        for k, band in enumerate((f"≤ {REGION_DEPTHS[0]:g}", f"{REGION_DEPTHS[0]:g} to {REGION_DEPTHS[1]:g}"))
+    ]
+    fig.legend(handles=key, loc="lower center", ncol=len(key))
     suptitle(
         fig,
         "Where the meta-loss (many tasks) is within 0.2 / 0.4 of its minimum: aug vs no aug (seed 001 Figs. 11-12; "

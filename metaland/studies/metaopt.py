@@ -107,6 +107,17 @@ PAPER_UPPER_BOUND = 0.9509
 """Seed 003 Table 2: SCNN trained on each Omniglot test task to convergence (not reproduced here)."""
 PAPER_UPPER_BOUNDS = {"omniglot": PAPER_UPPER_BOUND, "cifar-fs": 0.6394, "miniimagenet": 0.5845}
 """Seed 003 Table 2's upper bound per dataset (not reproduced here)."""
+PAPER_CNN_WAYS = 10
+"""Every CNN setting of seed 003's Tables 2 and A1 is 10-way: chance is 10% where none of our runs says otherwise."""
+
+
+def _chance_line(ax, tables: StudyTables, datasets: set[str]) -> None:
+    """A dotted line at chance, 1 / ways, for each number of ways our runs of ``datasets`` use (else the paper's)."""
+    runs = tables.checkpoints[tables.checkpoints["dataset"].isin(datasets)] if datasets else tables.checkpoints.iloc[:0]
+    for ways in sorted(set(runs["ways"].astype(int))) or [PAPER_CNN_WAYS]:
+        ax.axhline(1 / ways, color="grey", linestyle=":", linewidth=1, label=f"chance ({ways}-way)")
+
+
 PAPER_CNN_SETTINGS = {
     "omniglot": "paper: Omniglot 10-way 5-shot, 4 steps, 64 filters (Tables 2, A1)",
     "cifar-fs": "paper: CIFAR-FS 10-way 3-shot, 2 steps, 32 filters (Tables 2, A1)",
@@ -636,6 +647,7 @@ def fig_depth(tables: StudyTables, path: Path) -> None:
                     capsize=3,
                     label=f"CNN w/ {optimizer} (ours: {', '.join(rows['dataset'].unique())})",
                 )
+        _chance_line(ax, tables, set(mine["dataset"]) if not mine.empty else set())
         ax.set_xlabel("conv layers")
         ax.set_xticks([1, 2, 3, 4])
         ax.set_ylabel("post-adaptation test accuracy")
@@ -668,11 +680,12 @@ def fig_layerwise(tables: StudyTables, path: Path) -> None:
             linewidth=1,
             label="adapting every layer",
         )
+        _chance_line(ax, tables, {dataset})
         ax.set_xticks(x, layers)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("post-adaptation test accuracy")
         ax.set_title(
-            f"{dataset}: CNN-{layers_} w/ {OPTIMIZER_NAMES.get(algorithm, algorithm)} ({rows['runs'].iloc[0]} seeds)"
+            f"{dataset}: CNN-{layers_} w/ {OPTIMIZER_NAMES.get(algorithm, algorithm)} ({rows['runs'].iloc[0]} seed{'s' if rows['runs'].iloc[0] != 1 else ''})"
         )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     suptitle(fig, "Layer-wise adaptation at meta-test (seed 003 §3.2, Fig. 2)")
