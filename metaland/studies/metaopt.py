@@ -684,9 +684,9 @@ def fig_layerwise(tables: StudyTables, path: Path) -> None:
         ax.set_xticks(x, layers)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("post-adaptation test accuracy")
-        ax.set_title(
-            f"{dataset}: CNN-{layers_} w/ {OPTIMIZER_NAMES.get(algorithm, algorithm)} ({rows['runs'].iloc[0]} seed{'s' if rows['runs'].iloc[0] != 1 else ''})"
-        )
+        seeds = int(rows["runs"].iloc[0])
+        optimizer = OPTIMIZER_NAMES.get(algorithm, algorithm)
+        ax.set_title(f"{dataset}: CNN-{layers_} w/ {optimizer} ({seeds} seed{'s' if seeds != 1 else ''})")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     suptitle(fig, "Layer-wise adaptation at meta-test (seed 003 §3.2, Fig. 2)")
     save(fig, path)
