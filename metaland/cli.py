@@ -362,12 +362,16 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resum
     from metaland.tracking import stage_run
 
     with _stage(params_path) as (tracking, config):
+        from metaland.data.layout import dataset_digest
         from metaland.meta.train import train as train_run
 
         run = _run(config, run_key)
         device = _device(config)
         dataset_params = config.datasets[run.dataset]
         params_hash = run.trajectory_hash(dataset_params)
+
+        dataset_dir = _dataset_dir(data_dir, run.dataset, config)
+        dataset = {"name": run.dataset, "digest": dataset_digest(dataset_dir), "source": str(dataset_dir.resolve())}
 
         def open_tracker(resumed: bool):
             return stage_run(
@@ -378,6 +382,8 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resum
                 params_hash=params_hash,
                 resume=resumed,
                 started=tracking,
+                system_metrics=True,
+                dataset=dataset,
             )
 
         def still_valid() -> None:
@@ -386,7 +392,7 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resum
         result = train_run(
             run,
             dataset_params,
-            _dataset_dir(data_dir, run.dataset, config),
+            dataset_dir,
             runs_dir / run.key,
             device=device,
             open_tracker=open_tracker,

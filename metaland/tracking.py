@@ -519,6 +519,8 @@ def stage_run(
     params_hash: str | None = None,
     resume: bool = False,
     started: StageRun | None = None,
+    system_metrics: bool = False,
+    dataset: Mapping[str, str] | None = None,
 ) -> Iterator[StageRun]:
     """Open an MLflow run for a stage execution; mark it FINISHED, FAILED (an error) or KILLED (a
     signal, Ctrl-C) on exit.
@@ -528,7 +530,10 @@ def stage_run(
     is written by a sidecar process (:mod:`metaland.tracking_sidecar`), so the stage does not wait
     for MLflow to import (``started``: a sidecar the stage started earlier, so that MLflow loads
     while it imports PyTorch); on exit it waits until everything is logged, and a store error
-    fails it.
+    fails it. ``system_metrics``: MLflow's host monitor (CPU, memory, disk, network, GPUs) samples
+    the machine into ``system/*`` metrics while the run is open (every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds, default 10). ``dataset`` (``name``,
+    ``digest``, ``source``) is logged as the run's training input.
     """
     run = started or StageRun()
     run.open(
@@ -538,6 +543,8 @@ def stage_run(
         params=flatten_params(params) if params else {},
         params_hash=params_hash or (stable_hash(dict(params)) if params else ""),
         resume=resume,
+        system_metrics=system_metrics,
+        dataset=dict(dataset) if dataset else None,
     )
     try:
         yield run

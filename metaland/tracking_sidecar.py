@@ -44,6 +44,7 @@ from metaland.tracking import (
     ensure_store,
     gist,
     mlflow_client,
+    mlflow_store_uri,
     provenance_tags,
     sqlite_path,
     tag_query,
@@ -178,10 +179,40 @@ def log_model(
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
-def carry_out(client, run: dict[str, str], op: str, command: dict[str, Any]) -> None:
-    """One command of the protocol; ``run`` holds the open run's ids."""
+def log_dataset(client, run_id: str, name: str, digest: str, source: str) -> None:
+    """The dataset a run trains on, as its MLflow input (the run page's Datasets column)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest[:DATASET_DIGEST_CHARS], source_type="local", source=source)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+
+DATASET_DIGEST_CHARS = 16
+"""Leading hex digits of the dataset's sha256 kept in MLflow's digest field (it holds at most 36)."""
+
+
+def start_system_metrics(run_id: str):
+    """MLflow's monitor of this host (CPU, memory, disk, network, and GPUs where NVML is present),
+    logging ``system/*`` metrics into the run from a thread until :meth:`finish`."""
+    from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or 10, tracking_uri=mlflow_store_uri()
+    )
+    monitor.start()
+    return monitor
+
+
+def carry_out(client, run: dict[str, Any], op: str, command: dict[str, Any]) -> None:
+    """One command of the protocol; ``run`` holds the open run's ids (and its system monitor)."""
     if op == "open":
+        system_metrics, dataset = command.pop("system_metrics", False), command.pop("dataset", None)
         run["run_id"], run["experiment_id"] = open_run(client, **command)
+        if dataset:
+            log_dataset(client, run["run_id"], **dataset)
+        if system_metrics:
+            run["monitor"] = start_system_metrics(run["run_id"])
     elif op == "metrics":
         log_metrics(client, run["run_id"], **command)
     elif op == "artifact":
@@ -200,7 +231,7 @@ def serve(commands: TextIO, replies: TextIO) -> None:
             replies.write(json.dumps(message) + "\n")
             replies.flush()
 
-    run: dict[str, str] = {}
+    run: dict[str, Any] = {}
     client = None  # the store is opened with the run: a stage that fails before leaves no database
     status, failed = "FAILED", False
     try:
@@ -226,6 +257,8 @@ def serve(commands: TextIO, replies: TextIO) -> None:
     except Interrupted:
         status = "KILLED"  # the stage did not close its run within the grace period after a signal
     final = "FAILED" if failed and status != "KILLED" else status
+    if "monitor" in run:
+        run["monitor"].finish()
     if "run_id" in run:
         try:
             client.set_terminated(run["run_id"], final)

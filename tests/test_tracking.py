@@ -33,6 +33,34 @@ def test_a_stage_run_is_tagged_and_finished(store):
     assert [(m.step, m.value) for m in store.get_metric_history(run.run_id, "probe/acc")] == [(10, 0.5)]
 
 
+def test_a_training_run_samples_the_machine_and_names_its_dataset(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    dataset = {"name": "omniglot-small", "digest": "ab" * 32, "source": "/data/omniglot-small"}
+    with stage_run("train", experiment="s", run_key="s-run", system_metrics=True, dataset=dataset) as run:
+        run.log_metrics({"train/query_loss": 1.0}, step=1)
+        assert run.run_id  # the sidecar has opened the run: the monitor samples from now on
+        time.sleep(3.5)
+    logged = store.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    system = {key for key in logged.data.metrics if key.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
+    steps = store.get_metric_history(run.run_id, "system/cpu_utilization_percentage")
+    assert len(steps) >= 2, "one sample a second while the run is open"
+    (given,) = logged.inputs.dataset_inputs
+    assert (given.dataset.name, given.dataset.digest, given.dataset.source) == (
+        "omniglot-small",
+        "ab" * 8,
+        dataset["source"],
+    )
+    assert [(t.key, t.value) for t in given.tags] == [("mlflow.data.context", "training")]
+
+
+def test_other_stages_log_no_system_metrics(store):
+    with stage_run("probe", experiment="s", run_key="s-run") as run:
+        run.log_metrics({"probe/acc": 0.5}, step=10)
+    assert not [key for key in store.get_run(run.run_id).data.metrics if key.startswith("system/")]
+
+
 def test_cross_domain_keys_are_logged_under_names_mlflow_accepts(store):
     """MLflow refuses ``@`` in names: a cross-domain probe key and its metrics are logged with ``:``."""
     with stage_run("probe", experiment="s", run_key="x", params={"probes": {"adaptation@cars": {}}}) as run:
