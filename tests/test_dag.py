@@ -150,6 +150,19 @@ def test_second_repro_does_nothing(pipeline):
     assert stages_run(log) == [] and "Data and pipelines are up to date." in log
 
 
+def test_bytecode_beside_the_code_changes_no_stage(pipeline):
+    """Python writes __pycache__ into the checkout's package when a stage imports it (an editable
+    install of the clone): .dvcignore keeps it out of every code dependency's hash."""
+    work, env, _ = pipeline
+    cache = work / "metaland" / "probes" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "hessian.cpython-311.pyc").write_bytes(b"bytecode")
+    try:
+        assert "Data and pipelines are up to date." in sh(["dvc", "status"], work, env)
+    finally:
+        shutil.rmtree(cache)
+
+
 def test_dvc_metrics_show_fits_a_screen_with_a_row_per_study_and_per_run(pipeline):
     work, env, _ = pipeline
     lines = [line for line in sh(["dvc", "metrics", "show"], work, env).splitlines() if line.strip()]
