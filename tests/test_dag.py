@@ -215,6 +215,22 @@ def test_a_misspelt_block_stops_repro_before_any_stage_and_says_how_to_fix_it(pi
     assert stages_run(log) == [] and f"Stage '{CHECK_PARAMS}' is cached" in log, log
 
 
+def test_an_experiment_reruns_only_what_its_change_touches_and_is_listed(pipeline):
+    """`dvc exp run -S` in the workspace; the build of the committed params is restored afterwards."""
+    work, env, _ = pipeline
+    knob = "studies.guiroy2019.probe.probes.curvature.max_iters=12"
+    try:
+        log = sh(["dvc", "exp", "run", "-n", "fewer-lanczos-steps", "-S", knob], work, env)
+        assert sorted(stages_run(log)) == sorted(
+            [CHECK_PARAMS, *(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"]
+        )
+        assert "fewer-lanczos-steps" in sh(["dvc", "exp", "list"], work, env)
+    finally:
+        sh(["git", "checkout", "--", "params.yaml"], work, env)
+    back = sh(["dvc", "repro"], work, env)
+    assert stages_run(back) == [], "the build of the committed params comes back from DVC's run-cache"
+
+
 def test_changing_a_probe_knob_reruns_only_what_depends_on_it(pipeline):
     work, env, _ = pipeline
     params = yaml.safe_load((work / "params.yaml").read_text())
