@@ -646,7 +646,7 @@ def _surface_figure(
     if not runs:
         _empty(path, title, "surfaces")
         return
-    fig = plt.figure(figsize=(3.4 * len(columns), 3.0 * len(runs)))
+    fig = plt.figure(figsize=(max(3.4 * len(columns), 5.5), 3.4 * len(runs)))  # a one-panel figure fits its title
     for i, (run, meta) in enumerate(runs):
         surfaces = [surface_of(grids, run, name) for name, _ in columns]
         first = next((s for s in surfaces if s is not None), None)
