@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,9 +174,14 @@ def image(host_repro, base_image) -> Build:
 
 @pytest.fixture(scope="module")
 def clone(docker_engine, tmp_path_factory, omniglot_mirror) -> Iterator[Path]:
-    """A fresh clone on the ci profile (a new commit: other params), owned by uid 1000. Any
-    container still working on it at the end (its client killed by a timeout) is removed."""
-    work, _ = ci_checkout(tmp_path_factory.mktemp("clone") / "repo", omniglot_mirror)
+    """A fresh clone on the ci profile (a new commit: other params, and a code change no build
+    before this test run has seen, so the engine's layer cache, which may outlive one run, cannot
+    hold its code layer), owned by uid 1000. Any container still working on it at the end (its
+    client killed by a timeout) is removed."""
+    work, env = ci_checkout(tmp_path_factory.mktemp("clone") / "repo", omniglot_mirror)
+    with (work / "metaland" / "__init__.py").open("a") as module:
+        module.write(f"# changed by the container test {uuid.uuid4()}\n")
+    subprocess.run(["git", "commit", "-qam", "a code change"], cwd=work, env=env, check=True)
     subprocess.run(["chown", "-R", f"{CALLER[0]}:{CALLER[1]}", work.parent], check=True)
     yield work
     for leftover in docker_engine.containers.list(all=True, filters={"label": f"{CHECKOUT_LABEL}={work}"}):
