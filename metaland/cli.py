@@ -412,12 +412,16 @@ def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Pa
     """Select RUN's checkpoints to probe (studies.<study>.extract), verify, publish to checkpoints/RUN/.
 
     The checkpoints must have been trained for the params params.yaml gives now. Each selected
-    checkpoint is also logged to MLflow as a model (safetensors weights + sidecar).
+    checkpoint is also logged to MLflow as a model that `mlflow.pyfunc.load_model` loads and
+    meta-tests with: given a task's support set it adapts as the run does and predicts the query set.
     """
     from metaland.tracking import stage_run
 
     with _stage(params_path) as (tracking, config):
+        from metaland.checkpoints import list_checkpoints
+        from metaland.data.registry import spec_of
         from metaland.extract import extract as extract_run
+        from metaland.serving import model_spec
 
         run = _run(config, run_key)
         rule = config.studies[run.study].extract
@@ -427,11 +431,13 @@ def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Pa
             "extract", experiment=run.study, run_key=run.key, params=rule.model_dump(), started=tracking
         ) as tracker:
             manifest = extract_run(run, rule, runs_dir / run.key, out_dir, params_hash=params_hash)
-            for entry in manifest["checkpoints"]:
+            input_shape = spec_of(run.dataset).shape_of(config.datasets[run.dataset])
+            for checkpoint in list_checkpoints(out_dir):
                 tracker.log_model(
-                    f"{run.key}-step{entry['step']:08d}",
-                    [out_dir / Path(entry["file"]).with_suffix(suffix).name for suffix in (".safetensors", ".json")],
-                    params={"step": entry["step"], "reasons": ",".join(entry["reasons"])},
+                    f"{run.key}-step{checkpoint.step:08d}",
+                    checkpoint.path,
+                    model_spec(run, input_shape, checkpoint),
+                    params={"step": checkpoint.step, "reasons": ",".join(checkpoint.sidecar["reasons"])},
                     tags={"metaland.run_key": run.key},
                 )
             tracker.log_artifact(out_dir / "manifest.json")

@@ -284,6 +284,22 @@ class Run:
             "train": self.train.model_dump(),
         }
 
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> Run:
+        """The run :meth:`to_dict` wrote, its options validated again (a logged model's run)."""
+        from metaland.meta import ALGORITHMS  # imported here: the registries import this module
+        from metaland.models import MODELS
+
+        model = dict(spec["model"])
+        model_name = model.pop("name")
+        return cls(
+            **{k: spec[k] for k in ("key", "study", "algorithm", "dataset", "ways", "shots", "queries", "seed")},
+            algorithm_options=ALGORITHMS.get(spec["algorithm"]).options_model.model_validate(spec["algorithm_options"]),
+            model_name=model_name,
+            model=MODELS.get(model_name).config_model.model_validate(model),
+            train=TrainConfig.model_validate(spec["train"]),
+        )
+
     def trajectory_hash(self, dataset_params: Params) -> str:
         """Hash of everything that determines the training trajectory (checkpoint sidecars)."""
         spec = self.to_dict()

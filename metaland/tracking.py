@@ -424,12 +424,16 @@ class StageRun:
         self._send("tag", key=OUTPUTS_TAG, value=digest)
         return digest
 
-    def log_model(self, name: str, files: list[Path], params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        """Log files (safetensors weights + sidecar) as one MLflow (external) model of this run."""
+    def log_model(
+        self, name: str, checkpoint: Path, spec: Mapping[str, Any], params: Mapping[str, Any], tags: Mapping[str, str]
+    ) -> None:
+        """Log a checkpoint as an MLflow model of this run that ``mlflow.pyfunc.load_model`` loads and
+        meta-tests with (``metaland.serving``; ``spec`` from :func:`metaland.serving.model_spec`)."""
         self._send(
             "model",
             name=name,
-            files=[str(Path(f).resolve()) for f in files],
+            checkpoint=str(Path(checkpoint).resolve()),
+            spec=dict(spec),
             params=flatten_params(params),
             tags=dict(tags),
         )

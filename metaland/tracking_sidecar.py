@@ -27,11 +27,11 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,6 +43,7 @@ from metaland.tracking import (
     EXPERIMENT_PREFIX,
     ensure_store,
     gist,
+    git_state,
     mlflow_client,
     mlflow_store_uri,
     provenance_tags,
@@ -105,6 +106,76 @@ def reap_dead_runs(client) -> list[str]:
     return reaped
 
 
+PIPELINE_STAGE, PIPELINE_TAG, PARENT_TAG = "pipeline", "metaland.pipeline", "mlflow.parentRunId"
+"""A pipeline execution's parent run: its ``metaland.stage``, the tag naming the execution, MLflow's parent link."""
+
+
+def is_dvc(cmdline: list[str]) -> bool:
+    """Whether a command line runs DVC: ``dvc …``, ``python …/dvc …`` or ``python -m dvc …``."""
+    names = [Path(word).name for word in cmdline[:3]]
+    return bool(names) and (names[0] == "dvc" or names[1:2] == ["dvc"] or names[1:3] == ["-m", "dvc"])
+
+
+def pipeline_process():
+    """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker's ``dvc exp exec-run``) this
+    sidecar's stage runs under, or None for a stage run by hand."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for process in psutil.Process().parents():
+            if is_dvc(process.cmdline()):
+                return process
+    return None
+
+
+def pipeline_command(cmdline: list[str]) -> str:
+    """``dvc repro …`` as the user typed it; a queued experiment by its name (``DVC_EXP_NAME``)."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return f"dvc exp run ({os.environ['DVC_EXP_NAME']})"
+    start = next(i for i, word in enumerate(cmdline) if Path(word).name == "dvc") + 1
+    return " ".join(["dvc", *cmdline[start:]])
+
+
+def pipeline_run(client, experiment_id: str, process) -> str:
+    """The parent run, in this experiment, of the pipeline execution ``process`` (a DVC process):
+    created by the execution's first stage here (named by its command and start), RUNNING again for
+    every later one."""
+    tags = process_tags(process.pid)
+    execution = f"{tags[HOST_TAG]}:{process.pid}:{tags[STARTED_TAG]}"
+    query = tag_query({"metaland.stage": PIPELINE_STAGE, PIPELINE_TAG: execution})
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    command = pipeline_command(process.cmdline())
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(process.create_time()))
+    day_time = started[5:16]  # the UI's name column shows about 20 characters: "dvc repro · 12-05 15:14"
+    git = git_state()
+    run_tags = {
+        "metaland.stage": PIPELINE_STAGE,
+        PIPELINE_TAG: execution,
+        "git.commit": git["commit"],
+        "git.dirty": git["dirty"],
+        "mlflow.source.git.commit": git["commit"],
+        "mlflow.source.name": command,
+        "mlflow.note.content": f"One execution of `{command}` (started {started} UTC): its stages of this "
+        "experiment are the runs nested under this one.",
+        **tags,
+    }
+    name = f"{command} · {day_time}"
+    return client.create_run(
+        experiment_id, start_time=int(process.create_time() * 1000), run_name=name, tags=run_tags
+    ).info.run_id
+
+
+def close_pipeline_run(client, experiment_id: str, parent_id: str) -> None:
+    """End the parent run with the worst status of its stages so far (FAILED, KILLED, else FINISHED);
+    the execution's next stage in this experiment sets it RUNNING again."""
+    children = client.search_runs([experiment_id], filter_string=tag_query({PARENT_TAG: parent_id}), max_results=5000)
+    statuses = {run.info.status for run in children}
+    client.set_terminated(parent_id, next((s for s in ("FAILED", "KILLED") if s in statuses), "FINISHED"))
+
+
 def _latest_run(client, experiment_id: str, stage: str, run_key: str | None, params_hash: str) -> str | None:
     query = tag_query({"metaland.stage": stage, "metaland.run_key": run_key or "", "metaland.params_hash": params_hash})
     runs = client.search_runs(
@@ -122,15 +193,20 @@ def open_run(
     params_hash: str,
     resume: bool,
     pid: int,
-) -> tuple[str, str]:
+) -> tuple[str, str, str | None]:
     """Create the stage's run (or, with ``resume``, continue the newest one of the same stage, run
-    key and params hash), tagged with the stage's process ``pid``; return (run id, experiment id)."""
+    key and params hash), tagged with the stage's process ``pid`` and nested under the parent run of
+    its pipeline execution (:func:`pipeline_run`) where DVC runs it; return (run id, experiment id,
+    parent run id or None)."""
     from mlflow.entities import Param
 
     reap_dead_runs(client)
     experiment_id = _experiment_id(client, f"{EXPERIMENT_PREFIX}/{experiment}")
     run_id = _latest_run(client, experiment_id, stage, run_key, params_hash) if resume else None
     tags = {**provenance_tags(stage, run_key, params_hash), **process_tags(pid)}
+    pipeline = pipeline_process()
+    if pipeline is not None:
+        tags[PARENT_TAG] = pipeline_run(client, experiment_id, pipeline)
     if run_id is None:
         run_name = f"{stage}@{run_key}" if run_key else stage
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -141,7 +217,7 @@ def open_run(
         client.update_run(run_id, status="RUNNING")
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
-    return run_id, experiment_id
+    return run_id, experiment_id, tags.get(PARENT_TAG)
 
 
 def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
@@ -157,25 +233,38 @@ def log_model(
     run_id: str,
     experiment_id: str,
     name: str,
-    files: list[str],
+    checkpoint: str,
+    spec: dict[str, Any],
     params: Mapping[str, str],
     tags: Mapping[str, str],
 ) -> None:
-    """Log files (safetensors weights + sidecar) as one MLflow (external) model of the run."""
-    from mlflow.entities import LoggedModelStatus
+    """Log a checkpoint as one MLflow pyfunc model of the run (models-from-code, ``metaland.serving``)."""
+    from mlflow.entities import LoggedModelStatus, Metric
 
+    from metaland import __version__
+    from metaland.checkpoints import Checkpoint
+    from metaland.io import read_json
+    from metaland.serving import save_pyfunc
+
+    weights = Path(checkpoint)
     model = client.create_logged_model(
         experiment_id=experiment_id,
         name=name,
         source_run_id=run_id,
         params=dict(params),
         tags=dict(tags),
-        model_type="safetensors",
+        model_type="pyfunc",
     )
+    metadata = {"metaland_version": __version__, "metaland_commit": git_state()["commit"], "run": spec["run"]["key"]}
+    saved = Checkpoint(weights, read_json(weights.with_suffix(".json")))
     with tempfile.TemporaryDirectory() as folder:
-        for file in files:
-            shutil.copy2(file, Path(folder) / Path(file).name)
-        client.log_model_artifacts(model.model_id, folder)
+        save_pyfunc(Path(folder) / "model", spec, saved, metadata)
+        client.log_model_artifacts(model.model_id, str(Path(folder) / "model"))
+    validation = [
+        Metric(key, float(value), int(time.time() * 1000), saved.step, model_id=model.model_id)
+        for key, value in sorted(saved.sidecar["metrics"].items())
+    ]
+    client.log_batch(run_id, metrics=validation)  # the model page's metrics: the checkpoint's validation
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
@@ -208,7 +297,7 @@ def carry_out(client, run: dict[str, Any], op: str, command: dict[str, Any]) -> 
     """One command of the protocol; ``run`` holds the open run's ids (and its system monitor)."""
     if op == "open":
         system_metrics, dataset = command.pop("system_metrics", False), command.pop("dataset", None)
-        run["run_id"], run["experiment_id"] = open_run(client, **command)
+        run["run_id"], run["experiment_id"], run["parent_id"] = open_run(client, **command)
         if dataset:
             log_dataset(client, run["run_id"], **dataset)
         if system_metrics:
@@ -262,6 +351,8 @@ def serve(commands: TextIO, replies: TextIO) -> None:
     if "run_id" in run:
         try:
             client.set_terminated(run["run_id"], final)
+            if run["parent_id"] is not None:
+                close_pipeline_run(client, run["experiment_id"], run["parent_id"])
         except Exception as err:
             final = "FAILED"
             reply(error=f"close: {type(err).__name__}: {gist(err)}")
@@ -283,6 +374,7 @@ def main() -> None:
         signal.signal(signum, _on_termination)
     signal.signal(signal.SIGALRM, _grace_over)
     logging.basicConfig(level=logging.WARNING, format="metaland tracking: %(message)s")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # saving a model copies its files: no bars
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the slow part, while the stage loads PyTorch)
 
     for noisy in ("mlflow", "alembic", "sqlalchemy", "urllib3"):  # their failures are replies, one line each

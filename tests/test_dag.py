@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from tests.pipeline import CHECK_PARAMS, sh, stages_run
 REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
 RUNS = sorted(CI_RUNS)
+QUEUE_TIMEOUT_S = 900
 CI_STUDIES = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["studies"]
 CI_DATASETS = sorted(yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["datasets"])
 STUDIES_IN_CI = {study: sorted(r for r in RUNS if CI_RUNS[r]["study"] == study) for study in CI_STUDIES}
@@ -111,11 +113,19 @@ def test_every_stage_is_an_mlflow_run(pipeline):
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiments = {e.name: e.experiment_id for e in client.search_experiments()}
     assert {"metaland/data", *(f"metaland/{s}" for s in STUDIES_IN_CI), "metaland/results"} <= set(experiments)
-    runs = client.search_runs(list(experiments.values()))
+    every_run = client.search_runs(list(experiments.values()))
+    parents = {r.info.run_id: r for r in every_run if r.data.tags["metaland.stage"] == "pipeline"}
+    runs = [r for r in every_run if r.info.run_id not in parents]
     stages = sorted(r.data.tags["metaland.stage"] for r in runs)
     assert stages == sorted(
         ["fetch"] * len(CI_DATASETS) + ["aggregate", "plot", *["train", "extract", "probe"] * len(RUNS)]
     )
+    # One `dvc repro` built everything: one parent run per experiment, every stage run nested in it.
+    assert sorted(r.info.experiment_id for r in parents.values()) == sorted({r.info.experiment_id for r in runs})
+    for run in runs:
+        parent = parents[run.data.tags["mlflow.parentRunId"]]
+        assert parent.info.experiment_id == run.info.experiment_id and parent.info.status == "FINISHED"
+        assert parent.info.run_name.startswith("dvc repro · ")
     for run in runs:
         assert run.info.status == "FINISHED"
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git.commit"])
@@ -230,6 +240,38 @@ def test_an_experiment_reruns_only_what_its_change_touches_and_is_listed(pipelin
         sh(["git", "checkout", "--", "params.yaml"], work, env)
     back = sh(["dvc", "repro"], work, env)
     assert stages_run(back) == [], "the build of the committed params comes back from DVC's run-cache"
+
+
+def test_a_queued_experiment_runs_in_the_background_and_logs_to_the_checkouts_store(pipeline):
+    """`dvc exp run --queue -S` then `dvc queue start`: the experiment runs in a temporary copy of the
+    committed workspace, where what its change does not touch comes back from DVC's run-cache; with
+    MLFLOW_TRACKING_URI naming the checkout's store, its stage runs land there, tagged with the
+    experiment's name and nested under the parent run of its execution."""
+    from mlflow import MlflowClient
+
+    work, env, _ = pipeline
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    shared = {**env, "MLFLOW_TRACKING_URI": store}
+    knob = "studies.guiroy2019.probe.probes.curvature.max_iters=16"  # no other test's value: no run-cache hit
+    sh(["dvc", "exp", "run", "--queue", "-n", "queued-lanczos", "-S", knob], work, shared)
+    sh(["dvc", "queue", "start"], work, shared)
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while not re.search(r"queued-lanczos\s.*\b(Success|Failed)\b", status := sh(["dvc", "queue", "status"], work, env)):
+        assert time.monotonic() < deadline, f"the queued experiment did not end in {QUEUE_TIMEOUT_S} s:\n{status}"
+        time.sleep(5)
+    log = sh(["dvc", "queue", "logs", "queued-lanczos"], work, env)
+    assert re.search(r"queued-lanczos\s.*\bSuccess\b", status), log[-4000:]
+    assert sorted(stages_run(log)) == sorted([CHECK_PARAMS, *(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"])
+    assert "queued-lanczos" in sh(["dvc", "exp", "list"], work, env)
+
+    client = MlflowClient(store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, "tags.`metaland.dvc_exp` = 'queued-lanczos'")
+    assert sorted(r.info.run_name for r in runs) == sorted([*(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"])
+    for run in runs:
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert parent.info.run_name.startswith("dvc exp run (queued-lanczos) · ") and parent.info.status == "FINISHED"
+    assert sh(["git", "status", "--porcelain", "params.yaml"], work, env) == "", "the workspace is left alone"
 
 
 def test_changing_a_probe_knob_reruns_only_what_depends_on_it(pipeline):

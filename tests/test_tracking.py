@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from metaland.errors import TrackingError
@@ -223,12 +225,98 @@ def test_a_killed_stage_leaves_its_run_failed_not_running(store):
     assert [m.value for m in store.get_metric_history(run_id, "loss")] == [1.0]
 
 
-def test_logged_models_carry_their_files_and_params(store, tmp_path):
-    files = [tmp_path / "step-00000010.safetensors", tmp_path / "step-00000010.json"]
-    for file in files:
-        file.write_text(file.suffix)
+def test_logged_models_are_pyfunc_models_with_their_checkpoint_and_params(store, tmp_path):
+    """The sidecar's side of ``log_model``; loading and predicting is tests/test_serving.py's."""
+    from metaland.checkpoints import save_checkpoint
+    from metaland.models import build_for_run, initial_params
+    from metaland.serving import model_spec
+    from tests.helpers import make_run
+
+    run = make_run()
+    shape = (1, 8, 8)
+    params = initial_params(build_for_run(run, torch.zeros(1, *shape)))
+    metrics = {"val/query_accuracy": 0.5}
+    checkpoint = save_checkpoint(
+        tmp_path, 10, {"params": params}, params_hash="h", metrics=metrics, extra={"reasons": ["final"]}
+    )
+    with stage_run("extract", experiment="s", run_key="k") as run_log:
+        run_log.log_model(
+            "k-step00000010", checkpoint.path, model_spec(run, shape, checkpoint), {"step": 10}, {"a": "b"}
+        )
+    (model,) = store.search_logged_models(experiment_ids=[store.get_run(run_log.run_id).info.experiment_id])
+    assert model.name == "k-step00000010" and model.source_run_id == run_log.run_id and model.params == {"step": "10"}
+    assert model.model_type == "pyfunc" and model.tags["a"] == "b"
+    assert [(m.key, m.value, m.step) for m in model.metrics] == [("val/query_accuracy", 0.5, 10)]
+    files = {a.path for a in store.list_logged_model_artifacts(model.model_id)}
+    assert {"MLmodel", "mlflow_model.py", "input_example.json", "requirements.txt"} <= files
+    assert {"step-00000010.safetensors", "step-00000010.json", "model.json"} <= {
+        a.path.rsplit("/", 1)[-1] for a in store.list_logged_model_artifacts(model.model_id, "artifacts")
+    }
+
+
+STAGE = """import sys
+from metaland.tracking import stage_run
+with stage_run(sys.argv[1], experiment="s", run_key=sys.argv[1]):
+    assert sys.argv[2] == "ok"
+"""
+FAKE_DVC = """import os, subprocess, sys
+for name, outcome in zip(("first", "second"), sys.argv[2:]):
+    if subprocess.run([sys.executable, "-c", os.environ["STAGE"], name, outcome]).returncode:
+        sys.exit(1)
+"""
+
+
+def fake_dvc(tmp_path, *outcomes: str) -> None:
+    """Run two stages the way `dvc repro` does: child processes of a process whose program is `dvc`."""
+    program = tmp_path / "dvc"
+    program.write_text(FAKE_DVC)
+    subprocess.run([sys.executable, str(program), "repro", *outcomes], env={**os.environ, "STAGE": STAGE}, check=False)
+
+
+def pipeline_runs(store) -> tuple[list, list]:
+    experiment = store.get_experiment_by_name("metaland/s").experiment_id
+    runs = store.search_runs([experiment], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if r.data.tags["metaland.stage"] == "pipeline"]
+    return parents, [r for r in runs if r not in parents]
+
+
+def test_each_pipeline_execution_is_a_parent_run_with_its_stages_nested(store, tmp_path):
+    fake_dvc(tmp_path, "ok", "ok")
+    fake_dvc(tmp_path, "ok", "ok")
+    parents, stages = pipeline_runs(store)
+    assert len(parents) == 2 and len(stages) == 4
+    for parent in parents:
+        nested = [r for r in stages if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.info.run_name for r in nested) == ["first@first", "second@second"]
+        assert parent.info.run_name.startswith("dvc repro ok ok · ") and parent.info.status == "FINISHED"
+        assert parent.info.start_time <= min(r.info.start_time for r in nested)
+        assert parent.data.tags["git.commit"] == nested[0].data.tags["git.commit"]
+
+
+def test_a_failed_stage_fails_its_pipeline_run(store, tmp_path):
+    fake_dvc(tmp_path, "ok", "fail")
+    (parent,), stages = pipeline_runs(store)
+    assert [r.info.status for r in stages] == ["FINISHED", "FAILED"] and parent.info.status == "FAILED"
+
+
+def test_a_stage_run_by_hand_has_no_parent(store):
     with stage_run("extract", experiment="s", run_key="k") as run:
-        run.log_model("k-step00000010", files, params={"step": 10}, tags={"metaland.run_key": "k"})
-    (model,) = store.search_logged_models(experiment_ids=[store.get_run(run.run_id).info.experiment_id])
-    assert model.name == "k-step00000010" and model.source_run_id == run.run_id and model.params == {"step": "10"}
-    assert sorted(a.path for a in store.list_logged_model_artifacts(model.model_id)) == sorted(f.name for f in files)
+        pass
+    assert "mlflow.parentRunId" not in store.get_run(run.run_id).data.tags
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (["/usr/bin/dvc", "repro"], True),
+        (["/venv/bin/python3", "/venv/bin/dvc", "exp", "run"], True),
+        (["python", "-m", "dvc", "repro"], True),
+        (["python", "stages/train.py", "dvc"], False),
+        (["/bin/sh", "-c", "python stages/train.py x"], False),
+        ([], False),
+    ],
+)
+def test_dvc_processes_are_recognised_by_their_program(cmdline, expected):
+    from metaland.tracking_sidecar import is_dvc
+
+    assert is_dvc(cmdline) is expected

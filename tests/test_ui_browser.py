@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
 
 # What the UI remembers in the browser: the classic runs views ("Model training", not GenAI) and
 # the assistant panel closed, so the screenshots show the runs.
+EXPANDER = "button[data-component-id*='runnamecellrenderer']"
+"""The button that shows the stage runs nested under a pipeline run."""
 UI_SETTINGS = {
     "mlflow.workflowType_v1": '"machine_learning"',
     "mlflow.assistant.panelOpen_v1": "false",
@@ -110,13 +112,18 @@ def test_the_runs_and_their_charts_are_shown(browser, ui, tmp_path):
     url, client = ui
     study = experiment(client)
     runs = client.search_runs([study.experiment_id])
-    names = {run.info.run_name for run in runs}
-    assert {n.split("@")[0] for n in names} == {"train", "extract", "probe"}
+    parents = [run for run in runs if run.data.tags["metaland.stage"] == "pipeline"]
+    names = {run.info.run_name for run in runs if run not in parents}
+    assert {n.split("@")[0] for n in names} == {"train", "extract", "probe"} and parents
     browser.get(f"{url}/#/experiments/{study.experiment_id}/runs")
-    wait_for(browser, lambda d: f"{len(runs)} matching runs" in page_text(d), f"{len(runs)} matching runs")
+    pipelines = sorted(parent.info.run_name for parent in parents)
+    wait_for(browser, lambda d: all(name in page_text(d) for name in pipelines), f"the pipeline runs {pipelines}")
+    screenshot(browser, tmp_path / "runs-tree-collapsed.png")
+    for expander in browser.find_elements("css selector", EXPANDER):
+        expander.click()
     trains = sorted(name for name in names if name.startswith("train@"))
-    wait_for(browser, lambda d: all(name in page_text(d) for name in trains), f"the train runs {trains}")
-    screenshot(browser, tmp_path / "runs-table.png")
+    wait_for(browser, lambda d: all(name in page_text(d) for name in trains), f"the train runs {trains}, nested")
+    screenshot(browser, tmp_path / "runs-tree.png")
     browser.get(f"{url}/#/experiments/{study.experiment_id}/runs?compareRunsMode=CHART")
     wait_for(browser, lambda d: len(d.find_elements("css selector", ".js-plotly-plot")) >= 3, "metric charts")
     wait_for(browser, lambda d: scrolled_to(d, "probe/hessian_spectral_norm"), "the curvature chart")

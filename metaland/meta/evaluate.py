@@ -24,6 +24,38 @@ TaskAdaptation = Callable[[ParamDict, torch.Tensor, torch.Tensor, int], ParamDic
 baseline fine-tunes a new head on frozen features, ``metaland.meta.transfer``)."""
 
 
+def meta_test_adaptation(
+    forward: Forward,
+    params: ParamDict,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    chunk: int,
+    inner_params: Collection[str] | None = None,
+    update: InnerStep | None = None,
+    adaptation: TaskAdaptation | None = None,
+) -> ParamDict:
+    """θ̃_i of every task ({name: [T, ...]}, support sets stacked [T, ...]): the run's inner loop
+    (eq. 2.1) moves the parameters named in ``inner_params`` (None: all) with the run's ``update``
+    (None: GD), unless the run adapts at meta-test by another procedure (``adaptation``)."""
+    params = {k: v.detach() for k, v in params.items()}
+    if adaptation is not None:
+        return adaptation(params, support_x, support_y, chunk)
+    return adapt_tasks(
+        cross_entropy(forward),
+        params,
+        support_x,
+        support_y,
+        steps=steps,
+        lr=lr,
+        chunk=chunk,
+        adapted=inner_params,
+        update=update,
+    )
+
+
 def evaluate_tasks(
     forward: Forward,
     params: ParamDict,
@@ -36,24 +68,21 @@ def evaluate_tasks(
     update: InnerStep | None = None,
     adaptation: TaskAdaptation | None = None,
 ) -> tuple[dict[str, torch.Tensor], ParamDict]:
-    """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]}); the inner loop
-    moves the parameters named in ``inner_params`` (None: all) with the run's ``update`` (None: GD),
-    unless the run adapts at meta-test by another procedure (``adaptation``)."""
+    """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]}) of
+    :func:`meta_test_adaptation`."""
     params = {k: v.detach() for k, v in params.items()}
-    if adaptation is not None:
-        adapted = adaptation(params, batch.support_x, batch.support_y, chunk)
-    else:
-        adapted = adapt_tasks(
-            cross_entropy(forward),
-            params,
-            batch.support_x,
-            batch.support_y,
-            steps=steps,
-            lr=lr,
-            chunk=chunk,
-            adapted=inner_params,
-            update=update,
-        )
+    adapted = meta_test_adaptation(
+        forward,
+        params,
+        batch.support_x,
+        batch.support_y,
+        steps=steps,
+        lr=lr,
+        chunk=chunk,
+        inner_params=inner_params,
+        update=update,
+        adaptation=adaptation,
+    )
 
     def measure(theta_i: ParamDict, sx, sy, qx, qy) -> dict[str, torch.Tensor]:
         query_logits = forward(theta_i, qx)
