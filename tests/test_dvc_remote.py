@@ -1,4 +1,4 @@
-"""Sharing data and results through a DVC remote: push, lose everything local, pull, up to date.
+"""Sharing data and results through a DVC remote: push; a fresh clone pulls; lose everything, pull.
 
 Works on the ci-profile build shared by the "dag" tests (conftest.ci_pipeline), whose outputs
 are datasets, training runs and checkpoints, probe tables, results, figures and the report. The
@@ -51,6 +51,7 @@ def test_push_wipe_pull_restores_every_output(ci_pipeline, tmp_path):
     try:
         pushed = sh(["dvc", "push"], work, env)
         assert "pushed" in pushed and any(remote.rglob("*")), pushed
+        a_fresh_clone_pulls_every_output_and_recomputes_nothing(work, env, remote, tmp_path / "clone", before)
 
         shutil.rmtree(work / ".dvc" / "cache")
         for folder in folders:
@@ -66,6 +67,22 @@ def test_push_wipe_pull_restores_every_output(ci_pipeline, tmp_path):
         assert "Cache and remote 'shared' are in sync." in cloud, cloud
     finally:
         sh(["dvc", "remote", "remove", "--local", "shared"], work, env)
+
+
+def a_fresh_clone_pulls_every_output_and_recomputes_nothing(
+    work: Path, env: dict, remote: Path, clone: Path, built: dict[str, str]
+) -> None:
+    """A `git clone` of a commit holding this dvc.lock (committed here by copying it in), with the
+    remote configured: `dvc pull` brings every output back byte for byte, `dvc status` is clean and
+    `dvc repro` runs nothing."""
+    sh(["git", "clone", "-q", str(work), str(clone)], work.parent, env)
+    shutil.copy2(work / "dvc.lock", clone / "dvc.lock")
+    sh(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], clone, env)
+    sh(["dvc", "pull"], clone, env)
+    assert digests(outputs(clone)) == {str(clone / Path(f).relative_to(work)): d for f, d in built.items()}
+    status = sh(["dvc", "status"], clone, env)
+    assert "Data and pipelines are up to date." in status, status
+    assert stages_run(sh(["dvc", "repro"], clone, env)) == [], "nothing is recomputed"
 
 
 def test_the_shared_build_tests_run_on_one_worker(request):
