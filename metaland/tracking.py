@@ -297,7 +297,9 @@ def relocate_artifacts(database: Path) -> list[str]:
 
 
 def git_state() -> dict[str, str]:
-    """Commit and dirty flag of the working tree ('unknown' outside git)."""
+    """Commit and dirty flag of the working tree ('unknown' outside git). ``dvc.lock`` does not count:
+    `dvc repro` rewrites the committed one stage by stage, so every stage after the first would
+    otherwise call a checkout of the commit dirty."""
 
     def git(*args: str) -> str | None:
         try:
@@ -306,7 +308,7 @@ def git_state() -> dict[str, str]:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
     return {"commit": commit or "unknown", "dirty": "unknown" if status is None else str(bool(status)).lower()}
 
 

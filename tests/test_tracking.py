@@ -320,3 +320,19 @@ def test_dvc_processes_are_recognised_by_their_program(cmdline, expected):
     from metaland.tracking_sidecar import is_dvc
 
     assert is_dvc(cmdline) is expected
+
+
+def test_a_checkout_is_dirty_for_code_and_params_not_for_the_dvc_lock_repro_rewrites(tmp_path, monkeypatch):
+    from metaland.tracking import git_state
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for name in ("dvc.lock", "params.yaml"):
+        (tmp_path / name).write_text("a: 1\n")
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run(["git", *command], cwd=tmp_path, env=env, check=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("a: 2\n")
+    assert git_state()["dirty"] == "false"
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    assert git_state()["dirty"] == "true"
