@@ -27,6 +27,7 @@ Needs the ``bench`` extra (``pip install -e .[bench]``: ``higher``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import statistics
@@ -35,20 +36,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import click
+import psutil
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from metaland.data.tasks import TaskBatch
 from metaland.meta import ALGORITHMS, MetaProblem
+from metaland.meta.engines import resolve_engine
 from metaland.meta.inner import adapt_tasks, cross_entropy
 from metaland.models import build_model, head_names, initial_params, make_forward
 from metaland.models.convnet import ConvNetParams
+from metaland.models.grouped import task_batched_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.hessian import CurvatureOptions, lanczos_starts, tasks_extreme_eigenvalues
 from metaland.probes.surface import SurfaceOptions, SurfaceSpec, filter_normalised_direction, loss_surface
@@ -57,6 +61,11 @@ from metaland.seeding import generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the ARPACK oracle is the tests' own
 from tests.reference import autograd_hessian_operator, eigsh_extremes
+
+OTHERS_LIMIT = 0.05
+"""A round is redone when other processes (or the hypervisor: steal time) took more than this share
+of the machine's CPU time while it ran; after ``RETRIES`` redos it is kept and the row is flagged."""
+RETRIES = 3
 
 
 @dataclass
@@ -67,17 +76,51 @@ class Row:
     reference_name: str
     agreement: str
     goal: float | None = None
+    others: list[float] = field(default_factory=list)  # others' CPU share during each kept round
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.reference) / statistics.median(self.ours)
 
+    @property
+    def ratio_spread(self) -> tuple[float, float]:
+        """Lowest and highest ratio of a single round (reference / metaland, round by round)."""
+        ratios = [r / o for r, o in zip(self.reference, self.ours, strict=True)]
+        return min(ratios), max(ratios)
+
+    @property
+    def idle(self) -> bool:
+        return all(share <= OTHERS_LIMIT for share in self.others)
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(seconds every CPU of the machine was busy or stolen, seconds this process and its waited-for
+    children ran), from /proc/stat and /proc/self through psutil."""
+    machine = psutil.cpu_times()
+    busy = sum(getattr(machine, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+    own = psutil.Process().cpu_times()
+    return busy, own.user + own.system + own.children_user + own.children_system
+
+
+def others_share(run: Callable[[], None]) -> float:
+    """Share of the machine's CPU time that other processes took while ``run()`` ran."""
+    busy, own = cpu_seconds()
+    start = time.perf_counter()
+    run()
+    wall = time.perf_counter() - start
+    busy_after, own_after = cpu_seconds()
+    return max(0.0, (busy_after - busy) - (own_after - own)) / (wall * psutil.cpu_count())
+
 
 def timed_rounds(functions: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict:
-    """Median-ready wall times of each function, interleaved round by round, after one warm-up."""
+    """Wall times of each function, interleaved round by round, after one warm-up; a round in which
+    other processes took more than ``OTHERS_LIMIT`` of the CPU is redone (up to ``RETRIES`` times)."""
     times: dict[str, list[float]] = {name: [] for name in functions}
     outputs = {name: fn() for name, fn in functions.items()}  # warm-up, and the outputs to compare
-    for _ in range(rounds):
+    others: list[float] = []
+    this_round: dict[str, float] = {}
+
+    def run_round() -> None:
         for name, fn in functions.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -85,8 +128,18 @@ def timed_rounds(functions: dict[str, Callable[[], object]], rounds: int, device
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {"times": times, "outputs": outputs}
+            this_round[name] = time.perf_counter() - start
+
+    for _ in range(rounds):
+        for _attempt in range(RETRIES + 1):
+            share = others_share(run_round)
+            if share <= OTHERS_LIMIT:
+                break
+            click.echo(f"  (a round was contended: other processes took {share:.0%} of the CPU; redoing it)", err=True)
+        for name, seconds in this_round.items():
+            times[name].append(seconds)
+        others.append(share)
+    return {"times": times, "outputs": outputs, "others": others}
 
 
 def median_seconds(function: Callable[[], object], rounds: int, device: torch.device) -> float:
@@ -176,8 +229,12 @@ def loop_meta_gradient(module, params, batch: TaskBatch, steps: int, lr: float, 
     return total
 
 
+ENGINES = {"metaland": "auto", "metaland-vmap": "vmap", "metaland-loop": "loop", "metaland-hybrid": "hybrid"}
+
+
 def meta_gradients(filters: int, meta_batch: int, steps: int, first_order: bool, device, dtype=torch.float32):
-    """The three implementations of one meta-gradient, as thunks over the same model and tasks."""
+    """Every implementation of one meta-gradient, as thunks over the same model and tasks: metaland
+    with each engine (``auto`` as a run on ``device`` resolves it), ``higher`` and a plain loop."""
     module, params = convnet(filters, 28, device)
     module = module.to(dtype)
     params = {k: v.to(dtype) for k, v in params.items()}
@@ -185,15 +242,19 @@ def meta_gradients(filters: int, meta_batch: int, steps: int, first_order: bool,
     tasks = omniglot_like_tasks(meta_batch, 28, 15, device)
     batch = TaskBatch(tasks.support_x.to(dtype), tasks.support_y, tasks.query_x.to(dtype), tasks.query_y)
     lr = 0.4
-    problem = MetaProblem(forward, cross_entropy(forward), steps, lr, 0)
-    looped = MetaProblem(forward, cross_entropy(forward), steps, lr, 1)
     algorithm = ALGORITHMS.get("fomaml" if first_order else "maml")
-    return {
-        "metaland": lambda: algorithm.meta_gradient(problem, params, batch, NoOptions())[0],
-        "metaland-loop": lambda: algorithm.meta_gradient(looped, params, batch, NoOptions())[0],
-        "higher": lambda: higher_meta_gradient(module, params, batch, steps, lr, first_order),
-        "loop": lambda: loop_meta_gradient(module, params, batch, steps, lr, first_order),
-    }
+
+    def metaland(engine: str):
+        resolved = resolve_engine(engine, device=device, update=None)
+        problem = MetaProblem(
+            forward, cross_entropy(forward), steps, lr, 0, engine=resolved, batched_forward=task_batched_forward(module)
+        )
+        return lambda: algorithm.meta_gradient(problem, params, batch, NoOptions())[0]
+
+    references = {"loop": lambda: loop_meta_gradient(module, params, batch, steps, lr, first_order)}
+    if importlib.util.find_spec("higher") is not None:  # the `bench` extra; a GPU machine may lack it
+        references["higher"] = lambda: higher_meta_gradient(module, params, batch, steps, lr, first_order)
+    return {**{name: metaland(engine) for name, engine in ENGINES.items()}, **references}
 
 
 def row_meta_iteration(
@@ -201,22 +262,30 @@ def row_meta_iteration(
 ) -> list[Row]:
     """Timed in float32; agreement in float32 on the timed tasks and in float64 on the first four
     (float32 rounding grows through T steps of an ill-conditioned task; float64 shows the maths agree)."""
-    result = timed_rounds(meta_gradients(filters, meta_batch, steps, first_order, device), rounds, device)
+    implementations = meta_gradients(filters, meta_batch, steps, first_order, device)
+    if "higher" not in implementations:
+        click.echo("  (`higher` is not installed, `pip install -e .[bench]`: timed against the plain loop)", err=True)
+    result = timed_rounds(implementations, rounds, device)
     exact = {name: fn() for name, fn in meta_gradients(filters, 4, steps, first_order, device, torch.float64).items()}
     times = result["times"]
     order = "first" if first_order else "second"
     what = f"meta-iteration, {order} order (Conv4-{filters}, meta-batch {meta_batch}, T = {steps})"
+    auto = resolve_engine("auto", device=device, update=None)
+    main = "higher" if "higher" in implementations else "loop"
+    pairs = [("metaland", "higher"), ("metaland", "loop")] if main == "higher" else [("metaland", "loop")]
+    pairs += [(f"metaland-{engine}", main) for engine in ("vmap", "hybrid", "loop") if engine != auto]
     return [
         Row(
-            what + ("" if mine == "metaland" else ", task_chunk 1 (loop)"),
+            f"{what}, engine " + (f"{auto} (auto)" if mine == "metaland" else ENGINES[mine]),
             times[mine],
             times[ref],
             ref,
             f"max rel. diff {max_difference(result['outputs'][mine], result['outputs'][ref]):.1e} (float32), "
             f"{max_difference(exact[mine], exact[ref]):.1e} (float64)",
-            3.0 if ref == "higher" else None,
+            2.0 if (mine, ref) == ("metaland", main) else None,
+            result["others"],
         )
-        for mine, ref in (("metaland", "higher"), ("metaland", "loop"), ("metaland-loop", "higher"))
+        for mine, ref in pairs
     ]
 
 
@@ -320,7 +389,7 @@ def row_hessian(device, rounds: int, *, filters: int, tasks: int, target: float)
     )
     what = f"spectral norm ‖H‖σ at θ̃ᵢ (Conv4-{filters}, {tasks} tasks, rel. error vs eigsh ≤ {target:g})"
     t = result["times"]
-    return [Row(what, t["metaland"], t["pyhessian"], "PyHessian-style", agreement, 2.0)]
+    return [Row(what, t["metaland"], t["pyhessian"], "PyHessian-style", agreement, 2.0, result["others"])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +481,7 @@ def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: in
             "per-point loop",
             f"max abs diff {(result['outputs'][mine] - reference).abs().max().item():.1e}",
             5.0,
+            result["others"],
         )
         for mine in ("metaland", "metaland-loop")
     ]
@@ -448,7 +518,8 @@ def row_probe(device, rounds: int, *, filters: int, tasks: int) -> list[Row]:
     worst = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a)
     what = f"all guiroy2019 probes of one checkpoint, {tasks} tasks (Conv4-{filters}, T = 5)"
     t = result["times"]
-    return [Row(what, t["metaland"], t["loop"], "one task at a time", f"max rel. diff {worst:.1e}")]
+    agreement = f"max rel. diff {worst:.1e}"
+    return [Row(what, t["metaland"], t["loop"], "one task at a time", agreement, None, result["others"])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,7 +582,7 @@ def row_stage(rounds: int) -> list[Row]:
     t = result["times"]
     what = "stage start-up: import PyTorch + `torch.func.grad`, open an MLflow run, log, close, exit"
     agreement = f"FINISHED runs with the metric: {finished['sidecar']} / {finished['inline']} of {rounds + 1} each"
-    return [Row(what, t["metaland"], t["in process"], "MLflow in the process", agreement)]
+    return [Row(what, t["metaland"], t["in process"], "MLflow in the process", agreement, None, result["others"])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,11 +623,33 @@ def scaling_rows(device, rounds: int, *, quick: bool) -> list[tuple[str, str, fl
 def print_rows(rows: list[Row]) -> None:
     for row in rows:
         goal = f"≥ {row.goal:g}×" if row.goal else ""
-        met = "" if row.goal is None else (" ✓" if row.ratio >= row.goal else " ✗")
+        met = "" if row.goal is None else (" ✓" if row.ratio >= row.goal and row.idle else " ✗")
+        low, high = row.ratio_spread
+        worst = max(row.others, default=0.0)
+        idle = f"{worst:.1%} {'✓' if row.idle else '✗ contended'}"
         click.echo(
             f"| {row.name} | {statistics.median(row.ours):.4f} | {row.reference_name} | "
-            f"{statistics.median(row.reference):.4f} | {row.ratio:.2f}×{met} | {goal} | {row.agreement} |"
+            f"{statistics.median(row.reference):.4f} | {row.ratio:.2f}×{met} ({low:.2f}-{high:.2f}) | {goal} | "
+            f"{idle} | {row.agreement} |"
         )
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector-instruction flags that change its float results."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    shown = [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if flag in flags]
+    shown_flags = " ".join(shown) or "none of avx2/avx512/amx"
+    return f"{name or platform.processor() or platform.machine()} (flags: {shown_flags})"
+
+
+def gemm_gflops(device: torch.device, size: int = 2048, rounds: int = 5) -> float:
+    """fp32 matrix-product rate of this machine now, GFLOP/s (median of ``rounds``): the ceiling the
+    ratios are read against."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = median_seconds(lambda: a @ b, rounds, device)
+    return 2 * size**3 / seconds / 1e9
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -583,8 +676,17 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
         torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {threads} threads"
     )
     click.echo(f"metaland benchmarks on {where}; torch {torch.__version__}; medians of {rounds} interleaved rounds")
-    click.echo("| what | metaland s | reference | reference s | speed-up | goal | agreement |")
-    click.echo("|---|---:|---|---:|---:|---:|---|")
+    click.echo(
+        f"CPU: {cpu_model()}, {psutil.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()} intra-op, "
+        f"{torch.get_num_interop_threads()} inter-op; fp32 GEMM {gemm_gflops(device):.0f} GFLOP/s (2048², measured now)"
+    )
+    click.echo(
+        f"Idle check: a round is redone (up to {RETRIES} times) when other processes took more than "
+        f"{OTHERS_LIMIT:.0%} of the CPU; the column gives the largest share in a kept round. Speed-up: median of "
+        "the medians (lowest-highest single-round ratio)."
+    )
+    click.echo("| what | metaland s | reference | reference s | speed-up | goal | others' CPU | agreement |")
+    click.echo("|---|---:|---|---:|---:|---:|---:|---|")
     if "meta" in wanted:
         for first_order in (False, True):
             print_rows(

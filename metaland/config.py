@@ -48,6 +48,14 @@ IDENTITY_KEYS = ("study", "algorithm", "dataset", "ways", "shots", "seed")
 # resume from its checkpoints (they are left out of the checkpoint params hash).
 RESUME_INVARIANT_TRAIN_KEYS = ("iterations", "log_every")
 DEFAULT_PROBE_SET = "default"
+ENGINE_DESCRIPTION = (
+    "How per-task meta-gradients are computed (metaland.meta.engines; the same numbers to float rounding): "
+    "vmap = torch.func.vmap over tasks of per-task grad (one launch: GPUs); loop = the same, a task at a "
+    "time; hybrid = plain autograd, the support passes of all tasks as one grouped network, query passes "
+    "task by task, tasks split among worker threads of one intra-op thread each (fastest on CPUs, "
+    "docs/performance.md); auto = hybrid on a CPU with the plain inner step, vmap otherwise (a fixed rule, "
+    "so the same params give the same bytes; the resolved engine is in every checkpoint's sidecar)."
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,9 +103,11 @@ class TrainConfig(Params):
     task_chunk: int = Field(
         0,
         ge=0,
-        description="Tasks vectorised together with torch.func.vmap (0 = the whole meta-batch, 1 = a loop); "
+        description="Tasks computed together (0 = the whole meta-batch, 1 = one at a time): under the vmap "
+        "engine, tasks vectorised with torch.func.vmap; under hybrid, tasks in one grouped support pass; "
         "changes speed and memory only.",
     )
+    engine: Literal["auto", "vmap", "loop", "hybrid"] = Field("auto", description=ENGINE_DESCRIPTION)
     inner_params: str = Field(
         "all",
         min_length=1,

@@ -59,6 +59,7 @@ from metaland.data.tasks import TaskBatch, materialise, sample_dataset_tasks
 from metaland.meta.evaluate import TaskAdaptation
 from metaland.meta.inner import InnerStep, LossFn
 from metaland.models import Forward, ParamDict
+from metaland.models.grouped import BatchedForward
 from metaland.registry import Registry
 from metaland.schema import Params
 from metaland.seeding import generator
@@ -78,6 +79,8 @@ class MetaProblem:
     task_chunk: int  # tasks vectorised together; 0 = all
     adapted: frozenset[str] | None = None  # parameters the inner loop moves; None = all
     update: InnerStep | None = None  # the inner step; None = θ − α g
+    engine: str = "vmap"  # how per-task meta-gradients are computed (metaland.meta.engines), resolved
+    batched_forward: BatchedForward | None = None  # the grouped network the hybrid engine uses, if any
 
 
 MetaGradient = Callable[[MetaProblem, ParamDict, Any, Params], tuple[ParamDict, dict[str, float]]]

@@ -2,9 +2,10 @@
 
 For each task i of the meta-batch, θ̃_i = inner loop (eq. 2.1) from θ; the meta-gradient is
 (1/n) Σ_i ∇_θ L(f(D'_i; θ̃_i)) (eq. 2.2), differentiated through the inner loop (MAML) or with
-∂θ̃_i/∂θ = I (FOMAML). Tasks are vectorised with ``torch.func.vmap`` over per-task gradients;
-chunks of tasks are processed one after another and their gradients summed, so memory is bounded
-by the chunk.
+∂θ̃_i/∂θ = I (FOMAML). The per-task gradients are computed by the run's engine
+(``metaland.meta.engines``: ``vmap`` of per-task ``grad``, a loop of it, or the hybrid plain-autograd
+path); chunks of tasks are processed one after another and their gradients summed, so memory is
+bounded by the chunk.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from metaland.meta import (
     scale,
     task_chunks,
 )
+from metaland.meta.engines import hybrid_query_gradients
 from metaland.meta.inner import accuracy, adapt
 from metaland.models import ParamDict
 from metaland.schema import NoOptions, Params
@@ -70,14 +72,25 @@ def query_meta_gradient(
     per_task_grad = map_leading(
         grad(task_query_loss, has_aux=True),
         in_dims=(None, 0, 0, 0, 0, offset_dim),
-        chunk=1 if problem.task_chunk == 1 else 0,  # each chunk of tasks at once, or a loop
+        chunk=1 if problem.task_chunk == 1 or problem.engine == "loop" else 0,  # each chunk at once, or a loop
     )
+
+    def chunk_gradients(tasks: TaskBatch, offset: ParamDict | None):
+        """Σ over the chunk's tasks of their meta-gradients, and their query losses and accuracies."""
+        if problem.engine == "hybrid":
+            workers = torch.get_num_threads()
+            return hybrid_query_gradients(
+                problem, params, tasks, first_order=first_order, offsets=offset, workers=workers
+            )
+        grads, (losses, accuracies) = per_task_grad(params, *tasks.tensors(), offset)
+        return {k: g.sum(dim=0) for k, g in grads.items()}, losses, accuracies
+
     total: ParamDict | None = None
     seen: dict[str, list[torch.Tensor]] = {"query_loss": [], "query_accuracy": []}
     for start, stop in task_chunks(len(batch), problem.task_chunk):
         offset = None if offsets is None else {k: v[start:stop] for k, v in offsets.items()}
-        grads, (losses, accuracies) = per_task_grad(params, *batch.chunk(start, stop).tensors(), offset)
-        total = add_into(total, {k: g.sum(dim=0) for k, g in grads.items()})
+        grads, losses, accuracies = chunk_gradients(batch.chunk(start, stop), offset)
+        total = add_into(total, grads)
         seen["query_loss"].append(losses)
         seen["query_accuracy"].append(accuracies)
     return scale(total, 1.0 / len(batch)), {k: torch.cat(v) for k, v in seen.items()}

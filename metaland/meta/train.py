@@ -62,9 +62,11 @@ from metaland.errors import DivergenceError
 from metaland.io import atomic_dir, package_digest, remove_stale_temporaries, write_csv
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.adam import AdamState, adam_init, adam_step
+from metaland.meta.engines import resolve_engine
 from metaland.meta.evaluate import evaluate_tasks
 from metaland.meta.inner import adapted_names, cross_entropy, sgd_step
 from metaland.models import ParamDict, build_for_run, head_names, initial_params, make_forward
+from metaland.models.grouped import task_batched_forward
 from metaland.schema import Params
 from metaland.seeding import generator
 
@@ -141,6 +143,8 @@ def train(
     head = head_names(module)
     cfg = run.train
     inner_params = adapted_names([name for name, _ in module.named_parameters()], head, cfg.inner_params)
+    update = algorithm.inner_update(run.algorithm_options)
+    engine = resolve_engine(cfg.engine, device=torch.device(device), update=update)
     problem = MetaProblem(
         forward,
         cross_entropy(forward),
@@ -148,8 +152,11 @@ def train(
         cfg.inner_lr,
         cfg.task_chunk,
         inner_params,
-        algorithm.inner_update(run.algorithm_options),
+        update,
+        engine,
+        task_batched_forward(module),
     )
+    log.info("%s: meta-gradient engine %s (train.engine %s)", run.key, engine, cfg.engine)
     milestones = algorithm.milestones(run.algorithm_options)
     initial = algorithm.meta_parameters(initial_params(module), inner_params, run.algorithm_options)
     identity = run_identity(run, dataset_params, dataset_dir)
@@ -186,7 +193,7 @@ def train(
             {"params": params, "adam_m": adam.exp_avg, "adam_v": adam.exp_avg_sq, "algorithm_state": state},
             params_hash=identity["params_hash"],
             metrics=val,
-            extra={"run": run.key, "adam_step": adam.step, **identity},
+            extra={"run": run.key, "adam_step": adam.step, "engine": engine, **identity},
         )
         if tracker is not None:
             tracker.log_metrics(val, step=step)

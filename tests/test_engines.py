@@ -1,0 +1,180 @@
+"""The meta-gradient engines (``train.engine``) against an unrolled float64 autograd loop.
+
+Every engine must compute seed 000's eq. 2.2, (1/n) Σ_i ∇_θ L(f(D'_i; θ̃_i + c_i)), through the
+inner loop of eq. 2.1, whatever the layout: ``vmap`` of per-task ``grad``, a loop of it, or the
+hybrid plain-autograd path (grouped support passes with BatchNorm per task, per-task query passes,
+worker threads). The expected values come from ``tests/reference.py``'s hand-written network and
+plain ``torch.autograd.grad`` loops, one task at a time; nothing here calls ``metaland.meta`` to
+make its expectation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from metaland.errors import ConfigError
+from metaland.meta import ALGORITHMS, MetaProblem
+from metaland.meta.engines import hybrid_query_gradients, resolve_engine
+from metaland.meta.inner import cross_entropy
+from metaland.meta.regularised import CoherenceRegularisedOptions
+from metaland.models import build_model, initial_params, make_forward
+from metaland.models.convnet import ConvNetParams
+from metaland.models.grouped import task_batched_forward
+from metaland.schema import NoOptions
+from tests.reference import leaves, make_tasks, reference_adapt, reference_loss, tiny_model
+
+HEAD = ("4.weight", "4.bias")
+ENGINES = [("vmap", 0), ("loop", 0), ("hybrid", 0), ("hybrid", 2), ("vmap", 2)]
+
+
+def reference_meta_gradient(params, batch, *, steps, lr, first_order, adapted=None, offsets=None):
+    """(1/n) Σ_i ∇_θ L(f(D'_i; θ̃_i + c_i)), one task at a time, by hand (float64)."""
+    theta = leaves(params)
+    losses = []
+    for i in range(len(batch)):
+        sx, sy, qx, qy = (t[i] for t in batch.tensors())
+        if first_order:  # ∂θ̃/∂θ = I: θ̃ = θ + (θ̃ − θ) with the displacement held constant
+            moved = reference_adapt(params, sx, sy, steps=steps, lr=lr, adapted=adapted)
+            end = {k: theta[k] + (moved[k] - params[k]).detach() for k in theta}
+        else:
+            end = reference_adapt(theta, sx, sy, steps=steps, lr=lr, create_graph=True, adapted=adapted)
+        if offsets is not None:
+            end = {k: v + offsets[k][i] for k, v in end.items()}
+        losses.append(reference_loss(end, qx, qy))
+    grads = torch.autograd.grad(torch.stack(losses).mean(), list(theta.values()))
+    return dict(zip(theta, grads, strict=True)), torch.stack(losses).detach()
+
+
+def engine_problem(forward, module, engine: str, chunk: int, *, steps=3, lr=0.4, adapted=None) -> MetaProblem:
+    return MetaProblem(
+        forward, cross_entropy(forward), steps, lr, chunk, adapted, None, engine, task_batched_forward(module)
+    )
+
+
+def assert_all_close(actual: dict, expected: dict) -> None:
+    assert set(actual) == set(expected)
+    for name in expected:
+        assert_close(actual[name], expected[name], rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("engine,chunk", ENGINES)
+@pytest.mark.parametrize("norm", ["batch", "none"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_engine_computes_the_unrolled_meta_gradient(engine, chunk, norm, first_order):
+    """Eqs. 2.1-2.2 through T = 3 inner steps, BatchNorm per task (batch statistics) or none."""
+    module, forward, params = tiny_model(norm=norm)
+    batch = make_tasks(5)
+    expected, losses = reference_meta_gradient(params, batch, steps=3, lr=0.4, first_order=first_order)
+
+    name = "fomaml" if first_order else "maml"
+    grads, metrics = ALGORITHMS.get(name).meta_gradient(
+        engine_problem(forward, module, engine, chunk), params, batch, NoOptions()
+    )
+    assert_all_close(grads, expected)
+    assert metrics["query_loss"] == pytest.approx(losses.mean().item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("engine", ["vmap", "loop", "hybrid"])
+@pytest.mark.parametrize("inner_params", ["head", "body"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_engine_adapts_only_the_inner_parameters(engine, inner_params, first_order):
+    """ANIL (head only) and BOIL (body only): the frozen part stays at θ inside the loop."""
+    module, forward, params = tiny_model()
+    subset = frozenset(HEAD) if inner_params == "head" else frozenset(params) - frozenset(HEAD)
+    batch = make_tasks(3)
+    expected, _ = reference_meta_gradient(params, batch, steps=2, lr=0.4, first_order=first_order, adapted=subset)
+
+    name = "fomaml" if first_order else "maml"
+    problem = engine_problem(forward, module, engine, 0, steps=2, adapted=subset)
+    grads, _ = ALGORITHMS.get(name).meta_gradient(problem, params, batch, NoOptions())
+    assert_all_close(grads, expected)
+
+
+@pytest.mark.parametrize("engine", ["vmap", "hybrid"])
+def test_every_engine_adds_the_regulariser_s_constant_offsets(engine):
+    """Algorithm 1 of §2.6: the query gradient at θ̃_i + c_i, c_i constant (no gradient through it)."""
+    module, forward, params = tiny_model()
+    batch = make_tasks(4)
+    options = CoherenceRegularisedOptions(gamma=0.5)
+    vmapped, _ = ALGORITHMS.get("regmaml").meta_gradient(
+        engine_problem(forward, module, "vmap", 0), params, batch, options
+    )
+    grads, metrics = ALGORITHMS.get("regmaml").meta_gradient(
+        engine_problem(forward, module, engine, 0), params, batch, options
+    )
+    assert metrics["correction_ratio"] > 0  # the offsets are not zero, so the test can fail
+    assert_all_close(grads, vmapped)
+
+
+def test_worker_threads_split_the_tasks_and_give_the_same_bytes_every_time():
+    """With a grouped network the tasks are split among threads: the sum is the unrolled one, and
+    the same inputs and worker count give the same bytes on every call."""
+    module, forward, params = tiny_model()
+    batch = make_tasks(5)
+    expected, _ = reference_meta_gradient(params, batch, steps=3, lr=0.4, first_order=False)
+
+    def run(workers: int):
+        problem = engine_problem(forward, module, "hybrid", 0)
+        grads, losses, _ = hybrid_query_gradients(
+            problem, params, batch, first_order=False, offsets=None, workers=workers
+        )
+        return {k: g / len(batch) for k, g in grads.items()}, losses
+
+    threads = torch.get_num_threads()
+    for workers in (1, 2, 3, 8):
+        first, losses = run(workers)
+        again, _ = run(workers)
+        assert_all_close(first, expected)
+        assert all(torch.equal(first[k], again[k]) for k in first)
+        assert losses.shape == (5,)
+        assert torch.get_num_threads() == threads  # the intra-op thread count is restored
+
+
+@pytest.mark.parametrize("downsample,blocks,downsampled", [("stride", 4, None), ("maxpool", 6, 4), ("maxpool", 2, 2)])
+def test_the_grouped_network_is_the_per_task_network(downsample, blocks, downsampled):
+    """One grouped pass over n tasks with their own weights = n per-task forward passes (BatchNorm
+    over each task's own images), for the ConvNet's stride and max-pool forms (seed 000 §2.7.1,
+    seed 001's Conv6)."""
+    options = ConvNetParams(blocks=blocks, filters=3, downsample=downsample, downsampled_blocks=downsampled)
+    module = build_model("convnet", options, channels=3, image_size=20, ways=4, seed=0).double()
+    forward, grouped = make_forward(module), task_batched_forward(module)
+    g = torch.Generator().manual_seed(0)
+    params = {
+        k: v.double() + 0.3 * torch.randn(3, *v.shape, generator=g, dtype=torch.float64)
+        for k, v in initial_params(module).items()
+    }
+    x = torch.randn(3, 6, 3, 20, 20, generator=g, dtype=torch.float64)
+    logits = grouped(params, x)
+    assert logits.shape == (3, 6, 4)
+    for i in range(3):
+        assert_close(logits[i], forward({k: v[i] for k, v in params.items()}, x[i]), rtol=1e-12, atol=1e-12)
+
+
+def test_models_of_other_shapes_have_no_grouped_network_and_hybrid_falls_back_to_vmap():
+    """A ResNet has no grouped form: the hybrid engine then runs its support passes under ``vmap``
+    in one thread, and still computes eq. 2.2."""
+    from metaland.models.resnet import ResNetParams
+
+    resnet = build_model("resnet", ResNetParams(depth=10, width=2), channels=3, image_size=8, ways=3, seed=0)
+    assert task_batched_forward(resnet) is None
+
+    _, forward, params = tiny_model()
+    batch = make_tasks(3)
+    expected, _ = reference_meta_gradient(params, batch, steps=2, lr=0.4, first_order=False)
+    problem = MetaProblem(forward, cross_entropy(forward), 2, 0.4, 0, None, None, "hybrid", None)
+    grads, _ = ALGORITHMS.get("maml").meta_gradient(problem, params, batch, NoOptions())
+    assert_all_close(grads, expected)
+
+
+def test_auto_is_a_fixed_rule_and_hybrid_refuses_a_learned_update():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", device=cpu, update=None) == "hybrid"
+    assert resolve_engine("auto", device=gpu, update=None) == "vmap"
+    learned = ALGORITHMS.get("metasgd").inner_update(ALGORITHMS.get("metasgd").options_model())
+    assert learned is not None
+    assert resolve_engine("auto", device=cpu, update=learned) == "vmap"
+    assert resolve_engine("loop", device=cpu, update=learned) == "loop"
+    with pytest.raises(ConfigError, match=r"learns its inner update.*Fix: set train.engine to auto, vmap or loop"):
+        resolve_engine("hybrid", device=cpu, update=learned)
