@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import scipy.io
 import torch
 from pydantic import Field
 
@@ -103,6 +102,8 @@ class Photo:
 def _mat(path: Path, key: str) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"The devkit archive holds no devkit/{path.name}. {FIX_ARCHIVE}")
+    import scipy.io  # here, not at the top: every stage imports the dataset registry, only Cars reads .mat
+
     try:
         return scipy.io.loadmat(path)[key]  # MATLAB 5 data: no pickle
     except (ValueError, KeyError, OSError, NotImplementedError) as err:
