@@ -506,8 +506,12 @@ def row_probe(device, rounds: int, *, filters: int, tasks: int) -> list[Row]:
     options = {name: PROBES.get(name).options_model(**o) for name, o in GUIROY_PROBES.items()}
     options["curvature"] = PROBES.get("curvature").options_model(**{**GUIROY_PROBES["curvature"], "tasks": tasks})
 
+    grouped = task_batched_forward(module) if resolve_engine("auto", device=device, update=None) == "hybrid" else None
+
     def probe(chunk: int):
         context = ProbeContext(forward, params, batch, 5, 0.4, chunk, 0, head_names(module))
+        if chunk != 1:  # metaland's side adapts as the run's engine would (auto)
+            context.batched_forward = grouped
         summary = {}
         for name, opts in options.items():
             summary.update(PROBES.get(name).run(context, opts).summary)
@@ -516,7 +520,8 @@ def row_probe(device, rounds: int, *, filters: int, tasks: int) -> list[Row]:
     result = timed_rounds({"metaland": lambda: probe(tasks), "loop": lambda: probe(1)}, rounds, device)
     a, b = result["outputs"]["metaland"], result["outputs"]["loop"]
     worst = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a)
-    what = f"all guiroy2019 probes of one checkpoint, {tasks} tasks (Conv4-{filters}, T = 5)"
+    engine = "hybrid" if grouped is not None else "vmap"
+    what = f"all guiroy2019 probes of one checkpoint, {tasks} tasks (Conv4-{filters}, T = 5), engine {engine} (auto)"
     t = result["times"]
     agreement = f"max rel. diff {worst:.1e}"
     return [Row(what, t["metaland"], t["loop"], "one task at a time", agreement, None, result["others"])]

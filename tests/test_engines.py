@@ -17,7 +17,8 @@ from torch.testing import assert_close
 from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.engines import hybrid_query_gradients, resolve_engine
-from metaland.meta.inner import cross_entropy
+from metaland.meta.evaluate import evaluate_tasks
+from metaland.meta.inner import adapt_tasks, cross_entropy
 from metaland.meta.regularised import CoherenceRegularisedOptions
 from metaland.models import build_model, initial_params, make_forward
 from metaland.models.convnet import ConvNetParams
@@ -178,3 +179,39 @@ def test_auto_is_a_fixed_rule_and_hybrid_refuses_a_learned_update():
     assert resolve_engine("loop", device=cpu, update=learned) == "loop"
     with pytest.raises(ConfigError, match=r"learns its inner update.*Fix: set train.engine to auto, vmap or loop"):
         resolve_engine("hybrid", device=cpu, update=learned)
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+@pytest.mark.parametrize("inner_params", ["all", "head"])
+def test_grouped_adaptation_is_the_inner_loop_of_every_task(chunk, inner_params):
+    """Validation and probes adapt every task (eq. 2.1, no graph to θ); under the hybrid engine as
+    one grouped network per chunk: the same θ̃_i as the hand-written loop, task by task."""
+    module, forward, params = tiny_model()
+    subset = None if inner_params == "all" else frozenset(HEAD)
+    batch = make_tasks(5)
+    grouped = adapt_tasks(
+        cross_entropy(forward),
+        params,
+        batch.support_x,
+        batch.support_y,
+        steps=3,
+        lr=0.4,
+        chunk=chunk,
+        adapted=subset,
+        batched_forward=task_batched_forward(module),
+    )
+    for i in range(5):
+        expected = reference_adapt(params, batch.support_x[i], batch.support_y[i], steps=3, lr=0.4, adapted=subset)
+        assert_all_close({k: v[i] for k, v in grouped.items()}, expected)
+    assert all(v.grad_fn is None for v in grouped.values())
+
+
+def test_validation_metrics_are_the_same_under_the_grouped_adaptation():
+    module, forward, params = tiny_model()
+    batch = make_tasks(4)
+    common = {"steps": 3, "lr": 0.4, "chunk": 0}
+    vmapped, _ = evaluate_tasks(forward, params, batch, **common)
+    grouped, _ = evaluate_tasks(forward, params, batch, batched_forward=task_batched_forward(module), **common)
+    assert set(grouped) == set(vmapped)
+    for name in vmapped:
+        assert_close(grouped[name], vmapped[name], rtol=1e-10, atol=1e-12)

@@ -80,7 +80,7 @@ class MetaProblem:
     adapted: frozenset[str] | None = None  # parameters the inner loop moves; None = all
     update: InnerStep | None = None  # the inner step; None = θ − α g
     engine: str = "vmap"  # how per-task meta-gradients are computed (metaland.meta.engines), resolved
-    batched_forward: BatchedForward | None = None  # the grouped network the hybrid engine uses, if any
+    batched_forward: BatchedForward | None = None  # the grouped network of the hybrid engine (None: vmap)
 
 
 MetaGradient = Callable[[MetaProblem, ParamDict, Any, Params], tuple[ParamDict, dict[str, float]]]

@@ -34,7 +34,7 @@ from torch.func import vmap
 from metaland.data.tasks import TaskBatch
 from metaland.errors import ConfigError
 from metaland.meta import MetaProblem
-from metaland.meta.inner import InnerStep, accuracy
+from metaland.meta.inner import InnerStep, accuracy, grouped_inner_loop
 from metaland.models import ParamDict
 
 
@@ -91,20 +91,20 @@ def hybrid_query_gradients(
 def _hybrid_part(
     problem: MetaProblem, params: ParamDict, batch: TaskBatch, first_order: bool, offsets: ParamDict | None
 ) -> tuple[ParamDict, torch.Tensor, torch.Tensor]:
-    forward, batched_forward, adapted, lr = problem.forward, problem.batched_forward, problem.adapted, problem.inner_lr
+    forward, batched_forward, adapted = problem.forward, problem.batched_forward, problem.adapted
     support_x, support_y, query_x, query_y = batch.tensors()
-    n, per_task = support_y.shape
+    n = support_y.shape[0]
     theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    moving = [k for k in theta if adapted is None or k in adapted]
-    group = batched_forward or vmap(forward)
-    fast = {k: v.expand(n, *v.shape) for k, v in theta.items()}  # θ_i^(0) = θ for every task
-    # eq. 2.1 for all tasks at once: tasks share no term, so the gradient of the sum is per task
-    for _ in range(problem.inner_steps):
-        at = {k: v.detach().requires_grad_(k in moving) for k, v in fast.items()} if first_order else fast
-        logits = group(at, support_x)
-        support_loss = F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum") / per_task
-        grads = torch.autograd.grad(support_loss, [at[k] for k in moving], create_graph=not first_order)
-        fast = {**fast, **{k: fast[k] - lr * g for k, g in zip(moving, grads, strict=True)}}
+    fast = grouped_inner_loop(
+        batched_forward or vmap(forward),
+        {k: v.expand(n, *v.shape) for k, v in theta.items()},  # θ_i^(0) = θ for every task
+        support_x,
+        support_y,
+        steps=problem.inner_steps,
+        lr=problem.inner_lr,
+        first_order=first_order,
+        moving=[k for k in theta if adapted is None or k in adapted],
+    )
     query_losses, accuracies = [], []
     for i in range(n):  # eq. 2.2, task by task
         adapted_params = {k: v[i] if offsets is None else v[i] + offsets[k][i] for k, v in fast.items()}

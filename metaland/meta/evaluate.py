@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from metaland.data.tasks import TaskBatch
 from metaland.meta.inner import InnerStep, accuracy, adapt_tasks, cross_entropy
 from metaland.models import Forward, ParamDict
+from metaland.models.grouped import BatchedForward
 from metaland.vectorise import map_leading
 
 TaskAdaptation = Callable[[ParamDict, torch.Tensor, torch.Tensor, int], ParamDict]
@@ -36,10 +37,12 @@ def meta_test_adaptation(
     inner_params: Collection[str] | None = None,
     update: InnerStep | None = None,
     adaptation: TaskAdaptation | None = None,
+    batched_forward: BatchedForward | None = None,
 ) -> ParamDict:
     """θ̃_i of every task ({name: [T, ...]}, support sets stacked [T, ...]): the run's inner loop
     (eq. 2.1) moves the parameters named in ``inner_params`` (None: all) with the run's ``update``
-    (None: GD), unless the run adapts at meta-test by another procedure (``adaptation``)."""
+    (None: GD), unless the run adapts at meta-test by another procedure (``adaptation``). A
+    ``batched_forward`` runs the inner loop as one grouped network (the hybrid engine)."""
     params = {k: v.detach() for k, v in params.items()}
     if adaptation is not None:
         return adaptation(params, support_x, support_y, chunk)
@@ -53,6 +56,7 @@ def meta_test_adaptation(
         chunk=chunk,
         adapted=inner_params,
         update=update,
+        batched_forward=batched_forward,
     )
 
 
@@ -67,6 +71,7 @@ def evaluate_tasks(
     inner_params: Collection[str] | None = None,
     update: InnerStep | None = None,
     adaptation: TaskAdaptation | None = None,
+    batched_forward: BatchedForward | None = None,
 ) -> tuple[dict[str, torch.Tensor], ParamDict]:
     """Per-task metrics ({name: [T]}) and the adapted parameters ({name: [T, ...]}) of
     :func:`meta_test_adaptation`."""
@@ -82,6 +87,7 @@ def evaluate_tasks(
         inner_params=inner_params,
         update=update,
         adaptation=adaptation,
+        batched_forward=batched_forward,
     )
 
     def measure(theta_i: ParamDict, sx, sy, qx, qy) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from torch.func import grad
 
 from metaland.errors import ConfigError
 from metaland.models import Forward, ParamDict
+from metaland.models.grouped import BatchedForward
 from metaland.vectorise import map_leading
 
 LossFn = Callable[[ParamDict, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -156,15 +157,62 @@ def adapt_tasks(
     chunk: int,
     adapted: Collection[str] | None = None,
     update: InnerStep | None = None,
+    batched_forward: BatchedForward | None = None,
 ) -> ParamDict:
     """Adapted parameters of every task, stacked: {name: [T, ...]} (no graph to θ is kept).
 
     Vectorised over tasks with ``vmap`` in chunks of ``chunk`` tasks (memory bound only; 1 = a loop,
-    ``metaland.vectorise``).
+    ``metaland.vectorise``); with a ``batched_forward`` (the hybrid engine, ``metaland.meta.engines``)
+    and the plain step, each chunk is one grouped network under plain autograd instead, ``loss``
+    being the cross-entropy of that network.
     """
     detached = {k: v.detach() for k, v in params.items()}
+    if batched_forward is not None and update is None:
+        n, size = support_x.shape[0], chunk or support_x.shape[0]
+        moving = [k for k in model_part(detached) if adapted is None or k in adapted]
+        pieces = [
+            grouped_inner_loop(
+                batched_forward,
+                {k: v.expand(min(size, n - start), *v.shape) for k, v in detached.items()},
+                support_x[start : start + size],
+                support_y[start : start + size],
+                steps=steps,
+                lr=lr,
+                first_order=True,
+                moving=moving,
+            )
+            for start in range(0, n, size)
+        ]
+        return {k: torch.cat([piece[k].detach() for piece in pieces]) for k in detached}
 
     def one(x: torch.Tensor, y: torch.Tensor) -> ParamDict:
         return adapt(loss, detached, x, y, steps=steps, lr=lr, first_order=True, adapted=adapted, update=update)
 
     return map_leading(one, chunk=chunk)(support_x, support_y)
+
+
+def grouped_inner_loop(
+    group: BatchedForward,
+    stacked: ParamDict,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    first_order: bool,
+    moving: Collection[str],
+) -> ParamDict:
+    """Eq. 2.1 for n tasks at once: ``stacked`` holds θ_i^(0) of every task ({name: [n, ...]}),
+    ``group`` evaluates all tasks with their own parameters ([n, b, ...] -> logits [n, b, ways]).
+    Tasks share no term of Σ_i L_i, so ∇ of the sum is each task's own gradient. Only ``moving``
+    parameters step; with ``first_order`` each gradient is taken at detached parameters (∂θ̃/∂θ = I),
+    otherwise the steps stay differentiable (second order)."""
+    per_task = support_y.shape[1]
+    fast = dict(stacked)
+    for _ in range(steps):
+        at = {k: v.detach().requires_grad_(k in moving) for k, v in fast.items()} if first_order else fast
+        logits = group(at, support_x)
+        support_loss = F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum") / per_task
+        grads = torch.autograd.grad(support_loss, [at[k] for k in moving], create_graph=not first_order)
+        fast = {**fast, **{k: fast[k] - lr * g for k, g in zip(moving, grads, strict=True)}}
+    return fast

@@ -65,6 +65,7 @@ def regularised_meta_gradient(
         lr=problem.inner_lr,
         chunk=problem.task_chunk or len(batch),
         adapted=problem.adapted,
+        batched_forward=problem.batched_forward,
     )
     displacements = flatten_batched(adapted) - flatten(params).detach()
     corrections = coherence_correction(displacements, options.gamma)

@@ -154,7 +154,7 @@ def train(
         inner_params,
         update,
         engine,
-        task_batched_forward(module),
+        task_batched_forward(module) if engine == "hybrid" else None,
     )
     log.info("%s: meta-gradient engine %s (train.engine %s)", run.key, engine, cfg.engine)
     milestones = algorithm.milestones(run.algorithm_options)
@@ -178,6 +178,7 @@ def train(
             inner_params=inner_params,
             update=problem.update,
             adaptation=meta_test,
+            batched_forward=problem.batched_forward,
         )
         return {f"val/{k}": v.mean().item() for k, v in metrics.items()}
 

@@ -19,6 +19,7 @@ from metaland.errors import ConfigError
 from metaland.meta.evaluate import TaskAdaptation, evaluate_tasks
 from metaland.meta.inner import InnerStep, LossFn, cross_entropy, model_part
 from metaland.models import Forward, ParamDict, flatten, flatten_batched
+from metaland.models.grouped import BatchedForward
 from metaland.registry import Registry
 from metaland.schema import Params
 
@@ -38,6 +39,7 @@ class ProbeContext:
     meta_test: TaskAdaptation | None = None  # the run's meta-test adaptation when it is not its inner loop
     trained: ParamDict | None = None  # θ as trained, before ``AlgorithmSpec.at_meta_test`` (pre-training head)
     train_split: SplitData | None = None  # the meta-train split (pre-training loss landscapes, seed 001 Fig. 9)
+    batched_forward: BatchedForward | None = None  # the grouped network of the hybrid engine, if the run uses it
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -57,6 +59,7 @@ class ProbeContext:
                 inner_params=self.adapted,
                 update=self.update,
                 adaptation=self.meta_test,
+                batched_forward=self.batched_forward,
             )
         return self._cache["adaptation"]
 

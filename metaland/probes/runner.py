@@ -46,8 +46,10 @@ from metaland.io import (
     write_json,
 )
 from metaland.meta import ALGORITHMS
+from metaland.meta.engines import resolve_engine
 from metaland.meta.inner import adapted_names
 from metaland.models import Forward, ParamDict, build_for_run, head_names, initial_params, make_forward
+from metaland.models.grouped import BatchedForward, task_batched_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.seeding import generator
 
@@ -98,6 +100,7 @@ class RunProbes:
     adapted: frozenset[str] | None
     reference: ParamDict
     module: torch.nn.Module
+    batched_forward: BatchedForward | None = None  # the run's engine is hybrid: adapt as one grouped network
 
     @classmethod
     def build(cls, run: Run, study: StudyConfig, dataset_dir: Path, device: torch.device) -> RunProbes:
@@ -116,8 +119,22 @@ class RunProbes:
         head = head_names(module)
         adapted = adapted_names(list(dict(module.named_parameters())), head, run.train.inner_params)
         reference = algorithm.meta_parameters(initial_params(module), adapted, run.algorithm_options)
+        engine = resolve_engine(run.train.engine, device=device, update=algorithm.inner_update(run.algorithm_options))
+        batched_forward = task_batched_forward(module) if engine == "hybrid" else None
+        forward = make_forward(module)
         return cls(
-            run, study, dirs, task_sets, batches, train_split, make_forward(module), head, adapted, reference, module
+            run,
+            study,
+            dirs,
+            task_sets,
+            batches,
+            train_split,
+            forward,
+            head,
+            adapted,
+            reference,
+            module,
+            batched_forward,
         )
 
     def contexts(self, checkpoint: Checkpoint, step: int, device: torch.device) -> dict[tuple[str, str], ProbeContext]:
@@ -141,6 +158,7 @@ class RunProbes:
                 algorithm.meta_test_adaptation(run.algorithm_options, self.module, self.head, run.seed),
                 trained,
                 self.train_split,
+                self.batched_forward,
             )
             for target, batch in self.batches.items()
         }
