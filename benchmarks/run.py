@@ -27,6 +27,7 @@ Needs the ``bench`` extra (``pip install -e .[bench]``: ``higher``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import platform
@@ -451,9 +452,12 @@ class SurfaceProblem:
         context = ProbeContext(forward, params, batch, steps, lr, tasks, 0, head_names(module))
         return cls(module, params, batch, delta, eta, coords, context, SurfaceSpec(tasks=tasks))
 
-    def metaland(self, point_chunk: int) -> torch.Tensor:
-        """The surface by ``metaland.probes.surface``, ``point_chunk`` grid points per ``vmap`` call."""
-        return loss_surface(self.context, self.spec, self.delta, self.eta, self.coords, point_chunk).double().cpu()
+    def metaland(self, point_chunk: int, engine: str = "vmap") -> torch.Tensor:
+        """The surface by ``metaland.probes.surface``, ``point_chunk`` grid points per ``vmap`` call, or
+        per grouped network under the hybrid engine."""
+        grouped = task_batched_forward(self.module) if engine == "hybrid" else None
+        context = dataclasses.replace(self.context, batched_forward=grouped)
+        return loss_surface(context, self.spec, self.delta, self.eta, self.coords, point_chunk).double().cpu()
 
 
 def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: int, steps: int) -> list[Row]:
@@ -461,9 +465,11 @@ def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: in
     module, params, batch, delta, eta = problem.module, problem.params, problem.batch, problem.delta, problem.eta
     lr = problem.context.lr
 
+    auto = resolve_engine("auto", device=device, update=None)
     result = timed_rounds(
         {
-            "metaland": partial(problem.metaland, POINT_CHUNK),
+            "metaland": partial(problem.metaland, POINT_CHUNK, auto),
+            "metaland-vmap": partial(problem.metaland, POINT_CHUNK, "vmap"),
             "metaland-loop": partial(problem.metaland, 1),
             "loop": lambda: per_point_surface(module, params, batch, delta, eta, problem.coords.cpu(), steps, lr),
         },
@@ -471,11 +477,13 @@ def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: in
         device,
     )
     reference = result["outputs"]["loop"]
+    labels = {"metaland": f", engine {auto} (auto)", "metaland-vmap": ", engine vmap"}
+    labels["metaland-loop"] = ", point_chunk 1 (loop)"
     what = f"2-D surface {resolution}×{resolution}, {tasks} tasks, T = {steps} from every point (Conv4-{filters})"
     t = result["times"]
     return [
         Row(
-            what + ("" if mine == "metaland" else ", point_chunk 1 (loop)"),
+            what + labels[mine],
             t[mine],
             t["loop"],
             "per-point loop",
@@ -483,7 +491,8 @@ def row_surface(device, rounds: int, *, filters: int, resolution: int, tasks: in
             5.0,
             result["others"],
         )
-        for mine in ("metaland", "metaland-loop")
+        for mine in ("metaland", "metaland-vmap", "metaland-loop")
+        if mine != "metaland-vmap" or auto != "vmap"
     ]
 
 

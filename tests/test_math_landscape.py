@@ -12,6 +12,7 @@ from metaland.config import ProbeConfig
 from metaland.errors import ConfigError
 from metaland.meta.inner import cross_entropy
 from metaland.models import flatten, head_names
+from metaland.models.grouped import task_batched_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.surface import filter_normalised_direction, restrict
 from metaland.seeding import generator
@@ -108,14 +109,20 @@ def test_direction_restricted_to_the_head_or_the_features():
         assert torch.equal(features[name], torch.zeros_like(direction[name]) if in_head else direction[name])
 
 
+@pytest.mark.parametrize("engine", ["vmap", "hybrid"])
 @pytest.mark.parametrize(("loss", "steps", "part"), [("query", None, "all"), ("support", 0, "head")])
-def test_surface_matches_point_by_point_brute_force(loss, steps, part):
+def test_surface_matches_point_by_point_brute_force(loss, steps, part, engine):
+    """Eq. 8 at every grid point, by hand; under the hybrid engine each chunk of points × tasks is one
+    grouped network (point_chunk 4 of 25 points leaves a partial last chunk)."""
     module, forward, params = tiny_model()
     batch = make_tasks(N_TASKS)
     spec = PROBES.get("surface")
     surface = {"loss": loss, "inner_steps": steps, "tasks": 3, "part": part}
     options = spec.options_model(span=0.5, resolution=5, point_chunk=4, surfaces={"s": surface})
-    out = spec.run(_context(module, forward, params, batch), options)
+    context = _context(module, forward, params, batch)
+    if engine == "hybrid":
+        context.batched_forward = task_batched_forward(module)
+    out = spec.run(context, options)
     grid = out.grids["s"]
 
     rng = generator(0, "surface-directions")

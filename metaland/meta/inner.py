@@ -209,10 +209,11 @@ def grouped_inner_loop(
     otherwise the steps stay differentiable (second order)."""
     per_task = support_y.shape[1]
     fast = dict(stacked)
-    for _ in range(steps):
-        at = {k: v.detach().requires_grad_(k in moving) for k, v in fast.items()} if first_order else fast
-        logits = group(at, support_x)
-        support_loss = F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum") / per_task
-        grads = torch.autograd.grad(support_loss, [at[k] for k in moving], create_graph=not first_order)
-        fast = {**fast, **{k: fast[k] - lr * g for k, g in zip(moving, grads, strict=True)}}
+    with torch.enable_grad():  # the inner loop differentiates even where its caller measures without grad
+        for _ in range(steps):
+            at = {k: v.detach().requires_grad_(k in moving) for k, v in fast.items()} if first_order else fast
+            logits = group(at, support_x)
+            support_loss = F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum") / per_task
+            grads = torch.autograd.grad(support_loss, [at[k] for k in moving], create_graph=not first_order)
+            fast = {**fast, **{k: fast[k] - lr * g for k, g in zip(moving, grads, strict=True)}}
     return fast

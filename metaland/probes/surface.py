@@ -19,7 +19,8 @@ training landscape around θ as trained, with its all-class head (Fig. 9; no ada
 
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
 chunks of grid points, or looped over both with ``point_chunk: 1`` (``metaland.vectorise``; on a
-CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md).
+CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md). Under
+the hybrid engine a chunk of points × tasks is one grouped network under plain autograd instead.
 Summaries per surface: the value at the centre and the mean rise of the surface above it over the
 grid (a filter-normalised average sharpness).
 """
@@ -34,7 +35,7 @@ from pydantic import Field, field_validator
 
 from metaland.data.tasks import TaskBatch, model_inputs
 from metaland.errors import ConfigError
-from metaland.meta.inner import adapt
+from metaland.meta.inner import adapt, grouped_inner_loop
 from metaland.models import ParamDict
 from metaland.probes import PROBES, Grid, ProbeContext, ProbeOutput, ProbeSpec
 from metaland.schema import Params
@@ -159,6 +160,10 @@ def loss_surface(
         start = shifted(theta, delta, eta, a, b)
         return map_leading(lambda *task: task_loss(start, *task), chunk=task_chunk)(*tasks).mean()
 
+    if not spec.resample and context.batched_forward is not None and context.update is None:
+        fixed = pool.chunk(0, spec.tasks).tensors()
+        values = grouped_surface(context, theta, delta, eta, a_all, b_all, fixed, steps, spec.loss, point_chunk)
+        return values.reshape(n, n)
     if not spec.resample:
         fixed = pool.chunk(0, spec.tasks).tensors()
         values = map_leading(lambda a, b: mean_over_tasks(a, b, *fixed), chunk=point_chunk)(a_all, b_all)
@@ -173,6 +178,56 @@ def loss_surface(
             map_leading(mean_over_tasks, chunk=task_chunk)(a_all[start:stop], b_all[start:stop], *tasks).detach()
         )
     return torch.cat(values).reshape(n, n)
+
+
+def grouped_surface(
+    context: ProbeContext,
+    theta: ParamDict,
+    delta: ParamDict,
+    eta: ParamDict,
+    a_all: torch.Tensor,
+    b_all: torch.Tensor,
+    tasks: tuple[torch.Tensor, ...],
+    steps: int,
+    loss: str,
+    point_chunk: int,
+) -> torch.Tensor:
+    """f(a, b) at every point of (``a_all``, ``b_all``) for the fixed ``tasks``, [points]: each chunk of
+    points × tasks is one grouped network (the hybrid engine, ``metaland.models.grouped``) adapted
+    under plain autograd (eq. 2.1 from θ + a δ + b η, first order: no graph to the start is needed)."""
+    support_x, support_y, query_x, query_y = tasks
+    k = support_x.shape[0]
+    moving = [name for name in theta if context.adapted is None or name in context.adapted]
+    values = []
+    for start in range(0, len(a_all), point_chunk):
+        a, b = a_all[start : start + point_chunk], b_all[start : start + point_chunk]
+        starts = {}
+        for name, value in theta.items():
+            along = (-1,) + (1,) * value.dim()
+            point = value + a.reshape(along) * delta[name] + b.reshape(along) * eta[name]  # eq. 8, [points, ...]
+            starts[name] = point.repeat_interleave(k, dim=0)  # [points · tasks, ...], point-major
+        points = len(a)
+        adapted = grouped_inner_loop(
+            context.batched_forward,
+            starts,
+            tiled(support_x, points),
+            tiled(support_y, points),
+            steps=steps,
+            lr=context.lr,
+            first_order=True,
+            moving=moving,
+        )
+        x, y = (query_x, query_y) if loss == "query" else (support_x, support_y)
+        with torch.no_grad():
+            logits = context.batched_forward({name: v.detach() for name, v in adapted.items()}, tiled(x, points))
+            per_task = F.cross_entropy(logits.flatten(0, 1), tiled(y, points).flatten(), reduction="none")
+            values.append(per_task.reshape(points, k, -1).mean(dim=(1, 2)))
+    return torch.cat(values)
+
+
+def tiled(tensor: torch.Tensor, points: int) -> torch.Tensor:
+    """The tasks [k, ...] repeated for ``points`` grid points: row p·k + i is task i of point p."""
+    return tensor.repeat(points, *(1,) * (tensor.dim() - 1))
 
 
 def shifted(theta: ParamDict, delta: ParamDict, eta: ParamDict, a: torch.Tensor, b: torch.Tensor) -> ParamDict:
