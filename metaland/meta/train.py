@@ -156,7 +156,7 @@ def train(
         engine,
         task_batched_forward(module) if engine == "hybrid" else None,
     )
-    log.info("%s: meta-gradient engine %s (train.engine %s)", run.key, engine, cfg.engine)
+    log.debug("%s: meta-gradient engine %s (train.engine %s)", run.key, engine, cfg.engine)
     milestones = algorithm.milestones(run.algorithm_options)
     initial = algorithm.meta_parameters(initial_params(module), inner_params, run.algorithm_options)
     identity = run_identity(run, dataset_params, dataset_dir)
