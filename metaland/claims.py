@@ -728,28 +728,47 @@ def _empty(*columns: str) -> pd.DataFrame:
     return pd.DataFrame(columns=["stratum", "seed", "run", *columns])
 
 
-Source = Literal["final_tasks", "checkpoints", "milestone_tasks", "run_means"]
+Source = Literal["final_tasks", "checkpoints", "milestone_tasks", "run_means", "final_checkpoints"]
 
 
 def _source(tables: StudyTables, source: Source, metric: str, absolute: bool) -> pd.DataFrame:
     """The table a contrast reads: per-task rows at final checkpoints or milestones, checkpoint rows after
-    the initial one (the arms start from the same θ when they share a seed), or one row per run with the
-    mean over those checkpoints (``run_means``: unit "run"); ``absolute`` takes |metric| first."""
-    frame = tables.checkpoints if source in ("checkpoints", "run_means") else getattr(tables, source)
+    the initial one (the arms start from the same θ when they share a seed), one row per run with the
+    mean over those checkpoints (``run_means``), or each run's row at its final checkpoint
+    (``final_checkpoints``: per-checkpoint probes, such as the meta-loss Hessian); ``absolute`` takes
+    |metric| first."""
+    checkpoint_sources = ("checkpoints", "run_means", "final_checkpoints")
+    frame = tables.checkpoints if source in checkpoint_sources else getattr(tables, source)
     if frame.empty or metric not in frame:
         return frame
-    if source in ("checkpoints", "run_means"):
+    if source in checkpoint_sources:
         frame = frame[frame["step"] > 0]
     if absolute:
         frame = frame.assign(**{metric: frame[metric].abs()})
     if source == "run_means":
         means = frame.groupby("run")[metric].mean()
         frame = frame.drop_duplicates("run").drop(columns=metric).merge(means.reset_index(), on="run")
-        frame = frame.assign(step=-1)
+    if source == "final_checkpoints":
+        frame = frame[frame["step"] == frame.groupby("run")["step"].transform("max")]
     return frame
 
 
-UNITS = {"final_tasks": "task", "milestone_tasks": "task", "checkpoints": "step", "run_means": "run"}
+UNITS: dict[str, str | None] = {
+    "final_tasks": "task",
+    "milestone_tasks": "task",
+    "checkpoints": "step",
+    "run_means": None,
+    "final_checkpoints": None,
+}
+"""The column whose values pair the arms' rows within a seed; None: one row per run, so the arms' runs of a seed
+pair with each other (their unit is the source's name)."""
+WHERE = {
+    "final_tasks": "on the same tasks",
+    "milestone_tasks": "on the same tasks",
+    "checkpoints": "at the same checkpoints",
+    "run_means": "over each run's checkpoints",
+    "final_checkpoints": "at each run's final checkpoint",
+}
 
 
 def contrast(
@@ -762,7 +781,7 @@ def contrast(
     name: str | None = None,
 ) -> Rule:
     """Σ weight × ``metric`` over named arms (scope, weight), paired within stratum, seed and unit (a
-    fixed task, a checkpoint step, or the run: :data:`UNITS` of ``source``): a difference, or a
+    fixed task, a checkpoint step, or the run itself: :data:`UNITS` of ``source``): a difference, or a
     difference of differences. ``varies`` names the identity knobs the arms differ in (left out of
     the stratum)."""
     columns = ("arm", "weight", "arms", "unit", "value")
@@ -777,7 +796,8 @@ def contrast(
                 continue
             parts.append(
                 _base(rows, varies).assign(
-                    arm=arm, weight=weight, arms=len(arms), unit=rows[unit].astype(str), value=rows[metric]
+                    arm=arm, weight=weight, arms=len(arms), unit=rows[unit].astype(str) if unit else source,
+                    value=rows[metric],
                 )
             )
         return pd.concat(parts, ignore_index=True)[["stratum", "seed", "run", *columns]] if parts else _empty(*columns)
@@ -803,7 +823,6 @@ def improves_on(
     those checkpoints (``run_means``)."""
     sign = 1.0 if better == "higher" else -1.0
     order = "treatment − baseline" if better == "higher" else "baseline − treatment"
-    where_ = {"task": "on the same tasks", "step": "at the same checkpoints", "run": "over each run's checkpoints"}
     what = f"|{metric}|" if absolute else metric
     return contrast(
         metric,
@@ -811,7 +830,7 @@ def improves_on(
         varies=varies,
         source=source,
         absolute=absolute,
-        name=f"mean paired difference in {what} ({order}) {where_[UNITS[source]]}, per seed",
+        name=f"mean paired difference in {what} ({order}) {WHERE[source]}, per seed",
     )
 
 

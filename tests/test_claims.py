@@ -125,6 +125,28 @@ def test_contrast_fails_on_the_opposite_and_is_inconclusive_below_min_seeds():
     assert few.power["seeds_needed"] == 3
 
 
+@pytest.mark.parametrize("source", ["checkpoints", "run_means", "final_checkpoints"])
+def test_checkpoint_sources_pair_the_arms_runs_of_each_seed(source):
+    """Per-checkpoint values (no task axis): the treatment run and the baseline run of a seed pair at each
+    checkpoint after the initialisation, on their means over those checkpoints, or at their final checkpoints;
+    the per-seed effect equals an explicit pairing of the two runs (the oracle)."""
+    g = rng(4)
+    series = {}
+    for s in range(5):
+        base = 1.0 + g.normal(0, 0.1) + g.normal(0, 0.02, len(STEPS))
+        series[(s, "maml")] = base
+        series[(s, "new")] = base - 0.1 + g.normal(0, 0.01, len(STEPS))
+    tables = curves(series)
+    result = one(improves_on("m", where(variant="new"), where(variant="maml"), better="lower", source=source), tables)
+    (part,) = result.outcome.parts
+    wide = tables.checkpoints[tables.checkpoints["step"] > 0].pivot_table(index=["seed", "step"], columns="variant", values="m")
+    gain = (wide["maml"] - wide["new"]).groupby("seed")
+    expected = gain.last() if source == "final_checkpoints" else gain.mean()
+    assert part.per_seed == pytest.approx(expected.to_dict())
+    assert part.extra["pairs"] == (5 * (len(STEPS) - 1) if source == "checkpoints" else 5)
+    assert result.verdict == "holds"
+
+
 def test_many_tasks_of_one_seed_are_not_replicates():
     """A large effect in one seed and none in the others: the pooled task CI would call it; seeds do not."""
     g = rng(1)
