@@ -21,6 +21,7 @@ from metaland.models import flatten
 from metaland.probes import PROBES, ProbeContext, hessian
 from metaland.probes.hessian import (
     CurvatureOptions,
+    MetaLossCurvatureOptions,
     hessian_extreme_eigenvalues,
     hessian_vector_product,
     lanczos_starts,
@@ -32,10 +33,12 @@ from tests.reference import (
     autograd_hessian_operator,
     eigsh_extremes,
     explicit_hessian,
+    leaves,
     make_tasks,
     reference_adapt,
     reference_loss,
     tiny_model,
+    unflatten_like,
 )
 
 LANCZOS = {"max_iters": 400, "tol": 1e-10, "min_iters": 10, "krylov_dim": 200}
@@ -392,3 +395,89 @@ def test_curvature_probe_on_a_meta_trained_conv4_checkpoint_matches_eigsh(traine
     assert_close(output.per_task["hessian_spectral_norm"], norm, rtol=1e-4, atol=0)
     assert_close(output.per_task["hessian_lambda_max"], expected[:, 0], rtol=0, atol=1e-4 * norm.max().item())
     assert_close(output.per_task["hessian_lambda_min"], expected[:, 1], rtol=0, atol=1e-4 * norm.max().item())
+
+
+# ----------------------------------------------------------------------------------------------
+# The meta-loss Hessian (the upper level that seed 002's upper perturbation flattens)
+# ----------------------------------------------------------------------------------------------
+
+
+def explicit_meta_loss_hessian(params: dict, batch, steps: int = STEPS) -> torch.Tensor:
+    """∇²_θ F for F(θ) = (1/k) Σ_i L(θ^(T)_i; D'_i), θ^(T)_i the reference inner loop on D_i kept differentiable
+    (create_graph), as a dense [d, d] float64 matrix: third derivatives by plain reverse mode."""
+    p64 = {k: v.double() for k, v in params.items()}
+    tasks = [tuple(t[i].double() if t.is_floating_point() else t[i] for t in batch.tensors()) for i in range(len(batch))]
+
+    def meta(vector: torch.Tensor) -> torch.Tensor:
+        theta = unflatten_like(vector, p64)
+        losses = [
+            reference_loss(reference_adapt(theta, sx, sy, steps=steps, create_graph=True), qx, qy)
+            for sx, sy, qx, qy in tasks
+        ]
+        return torch.stack(losses).mean()
+
+    return torch.autograd.functional.hessian(meta, flatten(p64))
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_meta_loss_curvature_matches_the_explicit_hessian_of_the_meta_loss(chunk):
+    """λ_max, λ_min and ‖·‖_σ of ∇²_θ F at θ (one value for the k tasks) equal eigvalsh of the explicit Hessian of
+    the mean query loss after T differentiable inner steps (plain reverse mode through a hand-written BatchNorm);
+    vmapped (chunks of 3 then 1) and looped (chunk 1) tasks agree. It is neither the support-loss curvature at θ̃_i nor a mean of per-task Hessian norms."""
+    _, forward, params = tiny_model()
+    batch = make_tasks(5, seed=3)
+    matrix = explicit_meta_loss_hessian(params, batch.chunk(0, 4))
+    eigenvalues = torch.linalg.eigvalsh(matrix)
+    norm = eigenvalues.abs().max().item()
+    output = PROBES.get("meta_loss_curvature").run(
+        probe_context(forward, params, batch, chunk=chunk), MetaLossCurvatureOptions(tasks=4, **LANCZOS)
+    )
+    summary = output.summary
+    assert output.per_task == {}
+    assert summary["meta_hessian_lambda_max"] == pytest.approx(eigenvalues[-1].item(), abs=1e-8 * norm)
+    assert summary["meta_hessian_lambda_min"] == pytest.approx(eigenvalues[0].item(), abs=1e-8 * norm)
+    assert summary["meta_hessian_spectral_norm"] == pytest.approx(norm, rel=1e-8)
+    assert summary["meta_hessian_converged"] == 1.0
+    per_task_norms = [
+        torch.linalg.eigvalsh(explicit_meta_loss_hessian(params, batch.chunk(i, i + 1))).abs().max().item()
+        for i in range(4)
+    ]
+    assert abs(sum(per_task_norms) / 4 - norm) > 1e-3 * norm
+
+
+def test_meta_loss_curvature_in_float32_is_certified_and_close_to_the_float64_hessian():
+    """As the probe stage runs it (float32, default certification tol 1e-3): both ends within the certified
+    residual of the float64 explicit Hessian's, and the residuals are recorded."""
+    _, forward, params = tiny_model(torch.float32)
+    batch = make_tasks(3, dtype=torch.float32, seed=8)
+    eigenvalues = torch.linalg.eigvalsh(explicit_meta_loss_hessian(params, batch))
+    norm = eigenvalues.abs().max().item()
+    options = MetaLossCurvatureOptions(tasks=3)
+    summary = PROBES.get("meta_loss_curvature").run(probe_context(forward, params, batch, chunk=3), options).summary
+    assert summary["meta_hessian_converged"] == 1.0
+    for end, value in (("max", eigenvalues[-1].item()), ("min", eigenvalues[0].item())):
+        residual = summary[f"meta_hessian_lambda_{end}_residual"]
+        assert residual <= options.tol * summary["meta_hessian_spectral_norm"]
+        assert summary[f"meta_hessian_lambda_{end}"] == pytest.approx(value, abs=residual + 1e-4 * norm)
+
+
+def test_elementary_batch_norm_gives_the_fused_kernels_values_and_third_derivatives_plain_autograd_accepts():
+    """Inside ``elementary_batch_norm`` a ConvNet's BatchNorm equals PyTorch's fused kernel to rounding, and
+    plain autograd, which refuses a third derivative of the fused kernel, takes one through it."""
+    from metaland.probes.batchnorm import elementary_batch_norm
+
+    _, forward, params = tiny_model()
+    x = make_tasks(1).support_x[0]
+    fused = forward(params, x)
+    with elementary_batch_norm():
+        assert_close(forward(params, x), fused, rtol=1e-12, atol=1e-12)
+        theta = leaves(params)
+        g = torch.autograd.grad(forward(theta, x).square().sum(), list(theta.values()), create_graph=True)
+        g2 = torch.autograd.grad(sum(t.square().sum() for t in g), list(theta.values()), create_graph=True)
+        g3 = torch.autograd.grad(sum(t.square().sum() for t in g2), list(theta.values()))
+    assert all(torch.isfinite(t).all() for t in g3)
+    theta = leaves(params)
+    g = torch.autograd.grad(forward(theta, x).square().sum(), list(theta.values()), create_graph=True)
+    g2 = torch.autograd.grad(sum(t.square().sum() for t in g), list(theta.values()), create_graph=True)
+    with pytest.raises(RuntimeError, match="3rd"):
+        torch.autograd.grad(sum(t.square().sum() for t in g2), list(theta.values()))

@@ -73,6 +73,24 @@ def test_sam_sharpness_matches_brute_force(first_order, perturb):
     assert out.summary["sam_sharpness"] == pytest.approx(sum(expected) / N_TASKS, rel=1e-9)
 
 
+def test_sam_sharpness_at_further_radii_is_that_of_the_probe_run_at_each_radius():
+    """``radii`` measures eq. 17 at each further ρ' from the same g_i: its columns equal the main column of the
+    probe run with rho = ρ' (itself checked against brute force above), and the main columns are unchanged."""
+    module, forward, params = tiny_model()
+    batch = make_tasks(N_TASKS)
+    spec = PROBES.get("sharpness")
+    context = _context(module, forward, params, batch)
+    both = spec.run(context, spec.options_model(rho=0.2, radii=[0.05, 0.4], tasks=N_TASKS))
+    assert set(both.per_task) == {"sam_sharpness", "sam_perturbed_query_loss", "sam_sharpness_rho0.05", "sam_sharpness_rho0.4"}
+    for rho in (0.2, 0.05, 0.4):
+        alone = spec.run(context, spec.options_model(rho=rho, tasks=N_TASKS)).per_task["sam_sharpness"]
+        column = "sam_sharpness" if rho == 0.2 else f"sam_sharpness_rho{rho:g}"
+        torch.testing.assert_close(both.per_task[column], alone, rtol=1e-12, atol=1e-14)
+        assert both.summary[column] == pytest.approx(alone.mean().item(), rel=1e-12)
+    with pytest.raises(ValueError, match="distinct and above 0"):
+        spec.options_model(radii=[0.1, 0.1])
+
+
 def test_sam_sharpness_with_zero_inner_steps_is_that_of_the_query_loss_at_theta():
     module, forward, params = tiny_model()
     batch = make_tasks(2)
@@ -154,7 +172,7 @@ def test_surface_options_refuse_an_even_resolution_and_too_many_tasks():
     assert "Fix:" in sharpness.check(sharpness.options_model(tasks=30), ProbeConfig(tasks=20))
 
 
-@pytest.mark.parametrize("probe", ["sharpness", "surface", "linearity"])
+@pytest.mark.parametrize("probe", ["sharpness", "surface", "linearity", "meta_loss_curvature"])
 def test_probes_of_the_gradient_descent_inner_loop_refuse_a_learned_update(probe):
     """A run with a learned inner update (seed 003 §4) is refused, not probed with plain GD."""
     module, forward, params = tiny_model()

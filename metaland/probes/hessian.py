@@ -27,6 +27,11 @@ kept (the residual certificate holds across restarts: HQ = QT + βqeᵀ still). 
 of each reported end is recorded beside its eigenvalue, with the number of products and whether the
 task was certified within ``max_iters``.
 
+The same Lanczos serves ``meta_loss_curvature``: the Hessian of the meta-loss F(θ) (the mean query loss
+after adaptation over k fixed tasks, seed 000 eq. 2.2) at the meta-learned θ itself, the upper-level
+landscape seed 002's upper perturbation flattens; its products differentiate through the inner loop
+(third order, with BatchNorm from elementary operations: ``metaland.probes.batchnorm``).
+
 The previous rule, "the relative change of the estimate is at most tol", stopped as soon as the
 Ritz value paused; when the start vector carried little weight on the top eigenvector it paused
 near the *second* eigenvalue and was flagged converged (up to 14.5% low on the default profile,
@@ -39,22 +44,26 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.func import grad, jvp, vmap
 
-from metaland.meta.inner import LossFn
+from metaland.meta.inner import LossFn, adapt
 from metaland.models import ParamDict, flatten_batched, unflatten_batched
+from metaland.probes.batchnorm import elementary_batch_norm
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec, within_probe_tasks
 from metaland.schema import Params
 from metaland.seeding import generator
+from metaland.vectorise import map_leading
 
 # PyTorch's forward-mode AD loads its own decompositions through torch.jit.script on first use and
 # warns about that deprecation; the warning is about torch internals, not about this code.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
-class CurvatureOptions(Params):
-    tasks: int = Field(60, ge=1, description="First k fixed tasks whose Hessian is probed (seed 000 §2.5.1: 60).")
+class LanczosOptions(Params):
+    """How the extreme eigenvalues of a Hessian are found and certified (module docstring)."""
+
     max_iters: int = Field(
         100,
         ge=1,
@@ -80,6 +89,20 @@ class CurvatureOptions(Params):
         description="Krylov vectors kept per task; a task not certified when the basis is full restarts thickly "
         "from the Ritz vectors of both ends. Bounds memory (tasks × krylov_dim × parameters, float64).",
     )
+
+    @model_validator(mode="after")
+    def _minimum_within_cap(self) -> LanczosOptions:
+        if self.min_iters > self.max_iters:
+            raise ValueError(f"min_iters ({self.min_iters}) cannot exceed max_iters ({self.max_iters})")
+        return self
+
+    def lanczos(self) -> dict:
+        """The keyword arguments of :func:`hessian_extreme_eigenvalues`."""
+        return {"max_iters": self.max_iters, "tol": self.tol, "min_iters": self.min_iters, "krylov_dim": self.krylov_dim}
+
+
+class CurvatureOptions(LanczosOptions):
+    tasks: int = Field(60, ge=1, description="First k fixed tasks whose Hessian is probed (seed 000 §2.5.1: 60).")
     chunk: int | None = Field(
         None,
         ge=1,
@@ -87,11 +110,14 @@ class CurvatureOptions(Params):
         "vmap; none = probe.chunk). Bounds memory; changes speed only, up to float rounding.",
     )
 
-    @model_validator(mode="after")
-    def _minimum_within_cap(self) -> CurvatureOptions:
-        if self.min_iters > self.max_iters:
-            raise ValueError(f"min_iters ({self.min_iters}) cannot exceed max_iters ({self.max_iters})")
-        return self
+
+class MetaLossCurvatureOptions(LanczosOptions):
+    tasks: int = Field(
+        20,
+        ge=1,
+        description="First k fixed tasks whose mean query loss after adaptation is the meta-loss F (seed 002 gives no "
+        "number; its upper perturbation is computed on a meta-batch of tasks).",
+    )
 
 
 def hessian_vector_product(loss: LossFn, params: ParamDict, x, y, vector: ParamDict) -> ParamDict:
@@ -296,10 +322,7 @@ def curvature(context: ProbeContext, options: CurvatureOptions) -> ProbeOutput:
         context.batch.support_y[:k],
         start=lanczos_starts(context.params, k, context.seed),
         chunk=options.chunk or context.chunk,
-        max_iters=options.max_iters,
-        tol=options.tol,
-        min_iters=options.min_iters,
-        krylov_dim=options.krylov_dim,
+        **options.lanczos(),
     )
     per_task = {
         "hessian_spectral_norm": ends.spectral_norm,
@@ -326,6 +349,70 @@ PROBES.register(
         "by its Lanczos residual (eqs. 2.3-2.4)",
         CurvatureOptions,
         curvature,
+        within_probe_tasks,
+    ),
+)
+
+
+def meta_loss(context: ProbeContext, shots: int) -> LossFn:
+    """F(θ; x, y) = (1/k) Σ_i L(Adapt_T(θ; D_i); D'_i), the meta-loss of k tasks, as a loss of θ and stacked
+    tasks x [k, shots + queries, ...] / y [k, shots + queries] holding each task's support examples first
+    (seed 000 eq. 2.2; the objective seed 002's upper perturbation ascends). Second order through the
+    run's inner loop; tasks mapped with ``vmap`` in chunks of ``context.chunk``. Its Hessian-vector
+    products are third derivatives: take them under :func:`elementary_batch_norm` (PyTorch's fused
+    BatchNorm is wrong at that order, and under ``grad(vmap(.))`` already at the second)."""
+
+    def task_loss(params: ParamDict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        adapted = adapt(
+            context.loss, params, x[:shots], y[:shots], steps=context.steps, lr=context.lr, adapted=context.adapted
+        )
+        return F.cross_entropy(context.forward(adapted, x[shots:]), y[shots:])
+
+    def loss(params: ParamDict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return map_leading(task_loss, chunk=context.chunk, in_dims=(None, 0, 0))(params, x, y).mean()
+
+    return loss
+
+
+def meta_loss_curvature(context: ProbeContext, options: MetaLossCurvatureOptions) -> ProbeOutput:
+    """λ_max, λ_min and ‖·‖_σ of ∇²_θ F at the meta-learned θ, F the meta-loss of the first k fixed tasks
+    (:func:`meta_loss`): the flatness of the upper-level landscape that Sharp-MAML_up flattens (seed 002),
+    where ``curvature`` measures the lower level, the support loss at each adapted θ̃_i (eq. 2.3). One
+    value per checkpoint (the Hessian of the mean, not a mean of per-task Hessians' norms), certified by
+    the same Lanczos rule; the products are third-order derivatives through the inner loop."""
+    context.require_gradient_descent("meta_loss_curvature")
+    k = min(options.tasks, len(context.batch))
+    support_x, support_y, query_x, query_y = context.batch.chunk(0, k).tensors()
+    theta = {name: p.detach() for name, p in context.params.items()}
+    with elementary_batch_norm():
+        ends = hessian_extreme_eigenvalues(
+            meta_loss(context, support_x.shape[1]),
+            {name: p.unsqueeze(0) for name, p in theta.items()},
+            torch.cat([support_x, query_x], dim=1).unsqueeze(0),
+            torch.cat([support_y, query_y], dim=1).unsqueeze(0),
+            start=lanczos_starts(theta, 1, context.seed),
+            **options.lanczos(),
+        )
+    values = {
+        "meta_hessian_spectral_norm": ends.spectral_norm,
+        "meta_hessian_lambda_max": ends.lambda_max,
+        "meta_hessian_lambda_min": ends.lambda_min,
+        "meta_hessian_lambda_max_residual": ends.residual_max,
+        "meta_hessian_lambda_min_residual": ends.residual_min,
+        "meta_hessian_iterations": ends.iterations.double(),
+        "meta_hessian_converged": ends.converged.double(),
+    }
+    return ProbeOutput({}, {name: value.item() for name, value in values.items()})
+
+
+PROBES.register(
+    "meta_loss_curvature",
+    ProbeSpec(
+        "meta_loss_curvature",
+        "Spectral norm, λ_max and λ_min of the Hessian of the meta-loss (mean query loss after adaptation over the "
+        "first k fixed tasks) at θ, certified by Lanczos residuals: the upper-level flatness of seed 002",
+        MetaLossCurvatureOptions,
+        meta_loss_curvature,
         within_probe_tasks,
     ),
 )

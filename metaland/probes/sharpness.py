@@ -9,8 +9,10 @@ For task i with support D_i and query D'_i, from the meta-learned θ:
     L1_i = L(Adapt_K(θ + ε_i; D_i); D'_i)                  re-adapted from the perturbed point
     sharpness_i = L1_i − L0_i                              (eq. 17)
 
-The mean over tasks is reported with its per-task values. Choices seed 001 leaves to its code are
-options: ``perturb: weights`` applies ε only to conv / linear weight tensors (biases and
+The mean over tasks is reported with its per-task values. ``radii`` measures eq. 17 at further radii
+from the same g_i (ε_i = ρ' g_i / ‖g_i‖₂), in columns ``sam_sharpness_rho<ρ'>``: a method trained to
+be flat at one radius (Sharp-MAML_up at α_up, seed 002) may be flat there only. Choices seed 001
+leaves to its code are options: ``perturb: weights`` applies ε only to conv / linear weight tensors (biases and
 BatchNorm get zero, as seed 001's code does), ``first_order`` takes g_i at the adapted weights
 (seed 001 trains FOMAML, where the two coincide).
 """
@@ -21,7 +23,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch.func import grad_and_value
 
 from metaland.meta.inner import adapt
@@ -42,10 +44,28 @@ class SharpnessOptions(Params):
     first_order: bool = Field(
         False, description="Take g_i at the adapted weights (FOMAML, seed 001) instead of through the inner loop."
     )
+    radii: list[float] = Field(
+        [],
+        description="Further radii ρ' measured from the same g_i, each in its own column sam_sharpness_rho<ρ'> "
+        "(one more adaptation per task and radius; seed 002 trains at one radius, α_up).",
+    )
     perturb: Literal["all", "weights"] = Field(
         "all",
         description="Tensors ε_i moves: all, or only conv / linear weights (seed 001's code; norm still over all).",
     )
+
+
+    @field_validator("radii")
+    @classmethod
+    def _positive_distinct(cls, radii: list[float]) -> list[float]:
+        if any(r <= 0 for r in radii) or len(set(radii)) != len(radii):
+            raise ValueError(f"radii must be distinct and above 0, got {radii}")
+        return radii
+
+
+def radius_metric(rho: float) -> str:
+    """The column of SAM sharpness at a further radius ρ' (``radii``): ``sam_sharpness_rho0.01``."""
+    return f"sam_sharpness_rho{rho:g}"
 
 
 def perturbed_tensors(params: dict[str, torch.Tensor], perturb: str) -> set[str]:
@@ -74,20 +94,23 @@ def sam_sharpness(context: ProbeContext, options: SharpnessOptions) -> ProbeOutp
         )
         return F.cross_entropy(context.forward(adapted, qx), qy)
 
+    radii = (options.rho, *options.radii)
+
     def one_task(sx, sy, qx, qy):
         g, before = grad_and_value(query_loss)(theta, sx, sy, qx, qy)
-        epsilon = sam_perturbation(g, options.rho, "global")
-        shifted = {n: p + epsilon[n] if n in moved else p for n, p in theta.items()}
-        after = query_loss(shifted, sx, sy, qx, qy)
-        return before, after
+        after = []
+        for rho in radii:
+            epsilon = sam_perturbation(g, rho, "global")
+            shifted = {n: p + epsilon[n] if n in moved else p for n, p in theta.items()}
+            after.append(query_loss(shifted, sx, sy, qx, qy))
+        return before, torch.stack(after)
 
     tasks = context.batch.chunk(0, k)
     before, after = map_leading(one_task, chunk=context.chunk)(*tasks.tensors())
-    sharpness = after - before
-    return ProbeOutput(
-        {"sam_sharpness": sharpness, "sam_perturbed_query_loss": after},
-        {"sam_sharpness": sharpness.mean().item(), "sam_perturbed_query_loss": after.mean().item()},
-    )
+    sharpness = after - before[:, None]  # [k, radii]
+    per_task = {"sam_sharpness": sharpness[:, 0], "sam_perturbed_query_loss": after[:, 0]}
+    per_task |= {radius_metric(rho): sharpness[:, i + 1] for i, rho in enumerate(options.radii)}
+    return ProbeOutput(per_task, {name: values.mean().item() for name, values in per_task.items()})
 
 
 PROBES.register(

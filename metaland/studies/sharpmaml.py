@@ -40,9 +40,21 @@ LEGEND = {name: "Sharp-MAML" + short if name != "maml" else short for name, shor
 POSTER_ACCURACY = {"maml": 0.4713, "sharpmaml-low": 0.4887, "sharpmaml-up": 0.4903, "sharpmaml-both": 0.4960}
 """The poster's table: miniImageNet 5-way 1-shot, Conv-4-64, means only (Matching Nets: 43.56%)."""
 POSTER_SETTING = "poster: miniImageNet 5-way 1-shot, Conv-4-64"
-FLATNESS = ("sam_sharpness", "hessian_spectral_norm")
-SURFACE_SUMMARIES = ("meta_loss_centre", "meta_loss_mean_rise")
-LABELS = {"sam_sharpness": "SAM sharpness L(θ+ε*) − L(θ)", "hessian_spectral_norm": "curvature ‖H‖σ at θ̃ᵢ"}
+TRAINED_RADIUS = 0.05
+"""α_up of every profile: the radius _up and _both were trained to be flat at, and the sharpness probe's ρ."""
+OTHER_RADII = {"smaller": 0.01, "larger": 0.1}
+"""Further radii the sharpness probe measures (its ``radii`` option in every profile): one fifth and twice α_up,
+so that "flatter" is not read off the one radius the training objective targets."""
+FLATNESS = ("sam_sharpness", *(f"sam_sharpness_rho{r:g}" for r in OTHER_RADII.values()), "hessian_spectral_norm")
+CHECKPOINT_FLATNESS = ("meta_hessian_spectral_norm", "meta_loss_centre", "meta_loss_mean_rise")
+"""Flatness measured once per checkpoint (no per-task values): the meta-loss Hessian and the 2-D surface."""
+LABELS = {
+    "sam_sharpness": f"SAM sharpness at ρ = {TRAINED_RADIUS:g} (= α_up)",
+    **{f"sam_sharpness_rho{r:g}": f"SAM sharpness at ρ = {r:g}" for r in OTHER_RADII.values()},
+    "hessian_spectral_norm": "support-loss curvature ‖H‖σ at θ̃ᵢ",
+    "meta_hessian_spectral_norm": "meta-loss curvature ‖∇²F(θ)‖σ",
+    "meta_loss_mean_rise": "mean rise of the 2-D meta-loss surface",
+}
 
 
 def _variant(name: str):
@@ -93,20 +105,43 @@ register(
     )
 )
 
-for _metric, _what in (("sam_sharpness", "SAM sharpness of the meta-loss"), ("hessian_spectral_norm", "curvature")):
+FLATTER = {
+    "sharpness": ("sam_sharpness", f"SAM sharpness of the meta-loss at ρ = α_up = {TRAINED_RADIUS:g}", "final_tasks"),
+    **{
+        f"sharpness-{size}-radius": (f"sam_sharpness_rho{r:g}", f"SAM sharpness of the meta-loss at ρ = {r:g}, a radius "
+                                     "none of the variants was trained at", "final_tasks")
+        for size, r in OTHER_RADII.items()
+    },
+    "curvature": ("hessian_spectral_norm", "curvature of the support loss at the adapted solutions θ̃ᵢ", "final_tasks"),
+    "meta-loss-curvature": (
+        "meta_hessian_spectral_norm",
+        "curvature of the meta-loss F at θ (‖∇²F‖σ over the first fixed probe tasks, the landscape the upper "
+        "perturbation flattens)",
+        "final_checkpoints",
+    ),
+}  # fmt: skip
+"""Claim suffix -> (metric, what it measures, the rows it reads)."""
+
+for _suffix, (_metric, _what, _source) in FLATTER.items():
+    _over = (
+        "over the same fixed probe tasks at the final checkpoints"
+        if _source == "final_tasks"
+        else "at the final checkpoints (one value per run, the meta-loss of the same fixed probe tasks)"
+    )
     register(
         Claim(
-            id=f"{NAME}-flatter-{'sharpness' if _metric == 'sam_sharpness' else 'curvature'}",
+            id=f"{NAME}-flatter-{_suffix}",
             study=NAME,
             seed=SEED,
             section="Sharp-MAML improves the landscape of MAML",
             claim=f"Every Sharp-MAML variant finds flatter solutions than MAML: lower {_what}.",
-            rule=f"for each of _low, _up and _both, {PAIRED.replace('test tasks', 'probe tasks')} of the reduction in "
-            f"{_metric}: holds if it is significantly above 0 for all three; fails if significantly below 0 for any; "
-            "inconclusive otherwise",
+            rule=f"for each of _low, _up and _both, each seed gives its paired reduction in {_metric} against MAML of "
+            f"the same seed {_over}; per stratum (dataset, backbone, ways, shots, inner steps and lr), t over seeds: "
+            "holds if it is significantly above 0 for all three; fails if significantly below 0 for any; inconclusive "
+            "otherwise",
             test=all_of(
                 {
-                    SHORT[name]: improves_on(_metric, _variant(name), _variant(BASELINE), better="lower")
+                    SHORT[name]: improves_on(_metric, _variant(name), _variant(BASELINE), better="lower", source=_source)
                     for name in SHARP
                 }
             ),
@@ -156,16 +191,17 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
 
 
 def flatness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
-    """Per stratum and variant at the final checkpoints: SAM sharpness and curvature, and the 2-D meta-loss
-    surface's centre value and mean rise (each: mean and CI over seeds, a seed's value its mean over the
-    fixed tasks)."""
+    """Per stratum and variant at the final checkpoints: SAM sharpness at α_up and at the other radii, the
+    support-loss curvature at θ̃ᵢ, the meta-loss curvature at θ, and the 2-D meta-loss surface's centre value
+    and mean rise (each: mean and CI over seeds, a seed's value its mean over the fixed tasks where there are
+    tasks)."""
     final, last = tables.final_tasks, final_checkpoints(tables.checkpoints)
     rows = []
     for stratum, group in final.groupby(stratum_of(final)) if not final.empty else []:
         surfaces = last[stratum_of(last) == stratum] if not last.empty else last
         for name in _present(group):
             row: dict = {"stratum": stratum, "variant": name}
-            for metric, frame in [*((m, group) for m in FLATNESS), *((m, surfaces) for m in SURFACE_SUMMARIES)]:
+            for metric, frame in [*((m, group) for m in FLATNESS), *((m, surfaces) for m in CHECKPOINT_FLATNESS)]:
                 if metric in frame:
                     ci = seed_level(frame[frame["variant"] == name], metric, cfg.confidence)
                     row |= {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
@@ -272,20 +308,59 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
     save(fig, path)
 
 
+def _grouped_bars(ax, table: pd.DataFrame, metrics: dict[str, str], *, ylabel: str, title: str) -> None:
+    """Bars from 0 grouped by ``metrics`` (column -> group label), one bar per variant in each group, with the
+    95% CI over seeds; the key names the variants' colours."""
+    names = [n for n in VARIANTS if n in set(table["variant"])]
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        row = table[table["variant"] == name].iloc[0]
+        for g, metric in enumerate(metrics):
+            mean = row.get(metric, np.nan)
+            if pd.isna(mean):
+                continue
+            x = g - 0.4 + (i + 0.5) * width
+            ax.bar(x, mean, width=width, color=ALGORITHM_COLORS.get(name, "#555555"), alpha=0.85,
+                   label=LEGEND[name] if g == 0 else None)  # fmt: skip
+            low, high = row.get(f"{metric}_ci_low", np.nan), row.get(f"{metric}_ci_high", np.nan)
+            if not pd.isna(low):
+                ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=2, linewidth=0.8)
+    ax.set_xticks(range(len(metrics)), list(metrics.values()))
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
+SHARPNESS_BY_RADIUS = {
+    f"sam_sharpness_rho{OTHER_RADII['smaller']:g}": f"ρ = {OTHER_RADII['smaller']:g}",
+    "sam_sharpness": f"ρ = {TRAINED_RADIUS:g}\n(= α_up)",
+    f"sam_sharpness_rho{OTHER_RADII['larger']:g}": f"ρ = {OTHER_RADII['larger']:g}",
+}
+
+
 def fig_flatness(tables: StudyTables, path: Path) -> None:
-    """Per stratum: flatness of each variant's final solutions: SAM sharpness, curvature, surface mean rise."""
+    """Per stratum: flatness of each variant's final solutions: SAM sharpness at three radii, the support-loss
+    curvature at θ̃ᵢ, the meta-loss curvature at θ and the surface's mean rise."""
     table = flatness_table(tables, AggregateConfig())
     strata = _strata_of(table)
-    fig, axes = grid(3 * max(len(strata), 1), columns=3, width=4.2, height=3.4)
+    fig, axes = grid(4 * max(len(strata), 1), columns=4, width=4.2, height=3.4)
     panels = (
-        ("sam_sharpness", LABELS["sam_sharpness"]),
         ("hessian_spectral_norm", LABELS["hessian_spectral_norm"]),
-        ("meta_loss_mean_rise", "mean rise of the 2-D meta-loss surface"),
+        ("meta_hessian_spectral_norm", LABELS["meta_hessian_spectral_norm"]),
+        ("meta_loss_mean_rise", LABELS["meta_loss_mean_rise"]),
     )
     for i, stratum in enumerate(strata or [""]):
         mine = table[table["stratum"] == stratum] if strata else table
-        for j, (metric, what) in enumerate(panels):
-            ax, letter = axes[3 * i + j], "abc"[j]
+        radii = {m: label for m, label in SHARPNESS_BY_RADIUS.items() if m in mine and mine[m].notna().any()}
+        if radii:
+            _grouped_bars(axes[4 * i], mine, radii, ylabel="L(θ + ε*) − L(θ) after adaptation",
+                          title="(a) SAM sharpness by radius ρ\nmean, 95% CI over seeds")  # fmt: skip
+            axes[4 * i].set_xlabel(stratum, fontsize=6)
+        else:
+            no_data(axes[4 * i], "(a) SAM sharpness by radius", "sharpness probe")
+        for j, (metric, what) in enumerate(panels, start=1):
+            ax, letter = axes[4 * i + j], "abcd"[j]
             values = _by_variant(mine, metric)
             if not values:
                 no_data(ax, f"({letter}) {what}", f"{metric} probe")
@@ -359,7 +434,8 @@ STUDIES.register(
             ),
             Figure(
                 "flatness",
-                "Flatness of the final solutions: SAM sharpness, curvature and the meta-loss surface's mean rise.",
+                "Flatness of the final solutions: SAM sharpness at three radii, the support-loss and meta-loss "
+                "curvatures, and the meta-loss surface's mean rise.",
                 fig_flatness,
             ),
             Figure("surfaces", "2-D meta-loss surfaces around each variant's final θ on shared levels.", fig_surfaces),
