@@ -632,6 +632,60 @@ def profile(name: str | None, force: bool, write_long: bool) -> None:
         click.echo(use_profile(name, Path("profiles"), Path("params.yaml"), force=force))
 
 
+@cli.command()
+@click.option(
+    "--executor",
+    type=click.Choice(["slurm", "ray", "local"]),
+    default="slurm",
+    show_default=True,
+    help="slurm: job arrays through submitit; ray: ray.remote tasks (the ray extra); local: processes here.",
+)
+@click.option("--stages", "select", default="*", show_default=True, help="Glob over job stages, e.g. 'train@guiroy2019-*' "
+              "(the job stages they depend on come too).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Print the waves, array sizes and sbatch options; submit nothing.")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=Path(".metaland/launch"),
+              show_default=True, help="The jobs' clones and logs: on a filesystem every node sees.")  # fmt: skip
+@click.option("--cache", "cache", help="DVC cache dir every clone shares (default: this checkout's).")
+@click.option("--remote", help="A DVC remote instead of a shared cache: jobs pull and push data and run-cache.")
+@click.option("--repo", help="Git URL or path the jobs clone (default: this checkout, on a shared filesystem).")
+@click.option("--no-final", "final", is_flag=True, flag_value=False, default=True,
+              help="Skip the head's closing `dvc repro` (restore every stage from the run-cache, aggregate, plot).")  # fmt: skip
+def launch(
+    executor: str, select: str, dry_run: bool, workdir: Path, cache: str | None, remote: str | None, repo: str | None,
+    final: bool,
+) -> None:  # fmt: skip
+    """Spread this checkout's DAG over a cluster: fetch, then train, then probe jobs, each wave a job array
+    starting after the previous one succeeded; then `dvc repro` here restores everything from DVC's run-cache.
+
+    Every job builds its stage with `dvc repro` in its own clone of the committed checkout, sharing one DVC cache
+    (or a --remote), and logs to the MLflow server MLFLOW_TRACKING_URI names. A preempted or timed-out training
+    job is requeued and resumes from its newest checkpoint. After a failure, fix the cause and rerun the same
+    command: finished stages come back from the run-cache. Resources per job kind are the `launch` block of
+    params.yaml. README "Running on a cluster" has the SLURM and Ray recipes.
+    """
+    from metaland.launch.head import launch as run_launch
+
+    if cache and remote:
+        raise click.UsageError("give --cache (a shared filesystem) or --remote (a DVC remote), not both")
+    ran = run_launch(
+        Path.cwd(), executor=executor, select=select, dry_run=dry_run, workdir=workdir, cache=cache, remote=remote,
+        repo=repo, final=final,
+    )  # fmt: skip
+    if final and not dry_run:
+        jobs = [stage for stage in ran if stage.split("@", 1)[0] in ("fetch", "train", "extract", "probe")]
+        click.echo(f"metaland launch: done; the head's `dvc repro` ran {len(ran)} stage(s), {len(jobs)} of them "
+                   "fetch/train/extract/probe (0 when every job's result came back from the run-cache)")  # fmt: skip
+
+
+@cli.command(name="launch-worker", hidden=True)
+@click.argument("spec_json", metavar="SPEC")
+def launch_worker(spec_json: str) -> None:
+    """One job of `metaland launch` (SPEC: the job's JSON, written by the head)."""
+    from metaland.launch.worker import WorkerSpec, run_worker
+
+    run_worker(WorkerSpec.from_json(spec_json))
+
+
 @cli.command(name="params")
 def params_command() -> None:
     """List every knob: its block, type and range, default, and where the value comes from."""

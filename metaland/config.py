@@ -237,6 +237,41 @@ class RunBlock(Params):
     train: TrainConfig = Field(TrainConfig(), description="Meta-training knobs (block below).")
 
 
+class StageResources(Params):
+    """What one job of a stage kind asks the cluster for (``metaland launch``)."""
+
+    cpus: int = Field(ge=1, le=1024, description="CPU cores per job (SLURM --cpus-per-task; Ray num_cpus).")
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per job (SLURM --gpus-per-task; Ray num_gpus).")
+    mem_gb: float = Field(gt=0, le=65536, description="Memory per job in GiB (SLURM --mem; Ray memory).")
+    time_min: int = Field(
+        ge=1,
+        le=525_600,
+        description="Wall-clock limit per job in minutes (SLURM --time). A job that reaches it, or is preempted, "
+        "is requeued and its stage resumes: training from its newest checkpoint, probes from their cache.",
+    )
+
+
+class LaunchConfig(Params):
+    """How `metaland launch` spreads the DAG over a cluster: resources per job kind and SLURM passthrough."""
+
+    fetch: StageResources = Field(
+        StageResources(cpus=1, mem_gb=4, time_min=60), description="A fetch@<dataset> job (download, checksum, layout)."
+    )
+    train: StageResources = Field(
+        StageResources(cpus=2, mem_gb=8, time_min=120), description="A train@<run> job (meta-training)."
+    )
+    probe: StageResources = Field(
+        StageResources(cpus=2, mem_gb=8, time_min=60), description="A probe@<run> job (extract@<run> and its probes)."
+    )
+    array_parallelism: int = Field(
+        32, ge=1, le=100_000, description="Jobs of one wave running at once (SLURM's %N of --array; Ray: in flight)."
+    )
+    partition: str | None = Field(None, description="SLURM partition (--partition); none = the cluster's default.")
+    account: str | None = Field(None, description="SLURM account (--account); none = the user's default.")
+    qos: str | None = Field(None, description="SLURM quality of service (--qos); none = the default.")
+    constraint: str | None = Field(None, description="SLURM node features (--constraint), e.g. a GPU model.")
+
+
 class TopLevel(Params):
     profile: str = Field("default", description="Name of the profile this file was made from.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
@@ -253,6 +288,9 @@ class TopLevel(Params):
     studies: dict[str, StudyBlock] = Field(default_factory=dict, description="Study name -> defaults, extract, probe.")
     runs: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Run key -> identity and overrides (one train/extract/probe each)."
+    )
+    launch: LaunchConfig = Field(
+        LaunchConfig(), description="Resources of the jobs `metaland launch` submits (no effect on `dvc repro`)."
     )
 
 
@@ -388,6 +426,7 @@ class Config:
     datasets: dict[str, Params]
     studies: dict[str, StudyConfig]
     runs: dict[str, Run]
+    launch: LaunchConfig = LaunchConfig()
 
     def studies_with_runs(self) -> list[str]:
         """Studies this params file gives at least one run (the others produce nothing)."""
@@ -449,7 +488,7 @@ def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
     for key, entry in top.runs.items():
         runs[key] = _resolve_run(key, entry, top, datasets, source)
         _check_run(runs[key], datasets, studies[runs[key].study], source)
-    return Config(source, top.profile, top.device, datasets, studies, runs)
+    return Config(source, top.profile, top.device, datasets, studies, runs, top.launch)
 
 
 def _probe_set(entries: Mapping[str, Any], probe: ProbeConfig, source: str, where: str) -> dict[str, Params]:

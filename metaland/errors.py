@@ -16,6 +16,8 @@ Exit statuses (the one table; README.md and docs/reliability.md show it):
       (:class:`CheckpointError`)
 7     system: no space left, permission denied, read-only file system, a name too long
       (:class:`SystemError_`, also raised from the ``OSError`` that caused it)
+8     launch: a job of ``metaland launch`` failed, or the launch cannot start (a checkout with
+      uncommitted changes, no tracking server for the workers) (:class:`LaunchError`)
 128+N killed by signal N (130: Ctrl-C, 129: SIGHUP, 143: SIGTERM); the MLflow run is KILLED
 ====  ==================================================================================
 """
@@ -32,6 +34,7 @@ EXIT_DIVERGENCE = 4
 EXIT_TRACKING = 5
 EXIT_CHECKPOINT = 6
 EXIT_SYSTEM = 7
+EXIT_LAUNCH = 8
 EXIT_SIGNAL_BASE = 128
 
 EXIT_STATUSES = {
@@ -44,6 +47,7 @@ EXIT_STATUSES = {
     EXIT_TRACKING: "tracking (MLflow store unreachable or refusing a call)",
     EXIT_CHECKPOINT: "stale or corrupt inputs (checkpoints of other params, corrupt or missing files)",
     EXIT_SYSTEM: "system (disk full, permission denied, read-only, name too long)",
+    EXIT_LAUNCH: "launch (a cluster job failed, or `metaland launch` cannot start: uncommitted changes, no server)",
     EXIT_SIGNAL_BASE: "stopped by signal N (130 Ctrl-C, 129 SIGHUP, 143 SIGTERM); its MLflow run is KILLED",
 }
 """Exit status -> the kind of failure it reports (``metaland --help`` and the docs print it)."""

@@ -1,0 +1,64 @@
+"""Executor ``ray``: the jobs of each wave as ``ray.remote`` tasks (the ``ray`` extra: ``pip install
+metaland[ray]``), for a few cloud machines joined with ``ray start`` or a KubeRay cluster. Each task asks
+for the job kind's resources (``num_cpus``, ``num_gpus``, ``memory``) and runs the same worker command
+as a SLURM job; at most ``array_parallelism`` tasks are in flight, and a wave starts after the previous
+one succeeded. The head connects to the cluster at ``RAY_ADDRESS`` (``ray.init``'s rule)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from metaland.launch import EXECUTORS, Executor, LaunchError, Wave, resources_of
+from metaland.launch.worker import worker_command
+
+
+def _job(command: list[str], log: str) -> int:
+    with open(log, "wb") as out:
+        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+
+
+def submit(waves: list[Wave], spec_of, launch, folder: Path, dry_run: bool) -> None:
+    for wave in waves:
+        for kind, stages in wave.by_kind().items():
+            r = resources_of(launch, kind)
+            print(f"wave {wave.index}: {kind} × {len(stages)} task(s), num_cpus={r.cpus} num_gpus={r.gpus} "
+                  f"memory={r.mem_gb:g} GiB, {launch.array_parallelism} in flight")  # fmt: skip
+        if dry_run:
+            continue
+        _run_wave(wave, spec_of, launch, folder)
+
+
+def _run_wave(wave: Wave, spec_of, launch, folder: Path) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise LaunchError(
+            "the ray executor needs Ray, which is not installed. Fix: pip install 'metaland[ray]' (or ray), or use "
+            "--executor slurm or local."
+        ) from None
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    logs = {stage: str(folder / f"{stage.replace('@', '--')}.log") for stage in wave.stages}
+    pending, codes = [], {}
+    for stage in wave.stages:
+        r = resources_of(launch, stage.split("@", 1)[0])
+        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, memory=int(r.mem_gb * 2**30), max_retries=0)(_job)
+        pending.append((stage, task.remote(worker_command(spec_of(stage)), logs[stage])))
+        while len(pending) >= launch.array_parallelism:
+            stage_done, ref = pending.pop(0)
+            codes[stage_done] = ray.get(ref)
+    for stage_done, ref in pending:
+        codes[stage_done] = ray.get(ref)
+    failed = [stage for stage, code in codes.items() if code != 0]
+    if failed:
+        raise LaunchError(
+            f"{len(failed)} job(s) of wave {wave.index} failed: "
+            + "; ".join(f"{s} (status {codes[s]}, log {logs[s]})" for s in failed)
+            + ". Later waves were not started. Fix: read the logs, fix the cause, and rerun the same "
+            "`metaland launch`: finished stages come back from DVC's run-cache."
+        )
+
+
+EXECUTORS.register("ray", Executor("ray", "ray.remote tasks on a Ray cluster (the ray extra)", submit))

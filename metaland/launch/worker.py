@@ -1,0 +1,91 @@
+"""One job of `metaland launch`: a stage built by DVC in the job's own clone at the pinned commit.
+
+The clone lives at ``<workdir>/<stage>``, so a requeued job (preempted, timed out, ``scontrol requeue``)
+finds it again: DVC reruns the stage, and training resumes from its newest checkpoint under
+``.metaland/train/<run>`` of that clone, bit for bit as an uninterrupted run (metaland.meta.train). Every
+clone uses the same DVC cache (``cache``: a shared filesystem; ``dvc cache dir``, ``cache.shared group``) or
+pulls from and pushes to a DVC remote (``remote``: ``dvc repro --pull``, then ``dvc push --run-cache``), so a
+stage built by one job comes back in the next from DVC's run-cache instead of running again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from metaland.launch import LaunchError
+
+
+DVC = [sys.executable, "-m", "dvc"]
+"""DVC of the interpreter that runs the job (the head's, so the same packages whatever PATH the job has)."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a job builds, from where (JSON: the command line of ``metaland launch-worker``)."""
+
+    repo: str  # a git URL or path every worker can read (the head's checkout on a shared filesystem)
+    commit: str  # the pinned commit (40 hex digits)
+    stage: str  # e.g. train@guiroy2019-maml-omniglot-small-5w1s-s0
+    workdir: str  # where the job's clone lives
+    cache: str | None = None  # the shared DVC cache dir; None with a remote
+    remote: str | None = None  # a DVC remote (not HTTP: run-cache push/pull refuses it); None with a cache
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        return cls(**json.loads(text))
+
+    @property
+    def clone(self) -> Path:
+        return Path(self.workdir) / self.stage.replace("@", "--")
+
+
+def _run(args: list[str], cwd: Path, what: str) -> None:
+    """Run a command with the job's stdout/stderr (the scheduler's log); fail with ``what`` if it fails."""
+    result = subprocess.run(args, cwd=cwd)
+    if result.returncode != 0:
+        raise LaunchError(f"{what}: `{' '.join(args)}` exited with status {result.returncode} in {cwd} (log above).")
+
+
+def prepare_clone(spec: WorkerSpec) -> Path:
+    """The job's clone at the pinned commit: made on the first run, reused (and checked) on a requeue."""
+    clone = spec.clone
+    if not (clone / ".git").is_dir():
+        clone.parent.mkdir(parents=True, exist_ok=True)
+        partial = clone.with_name(clone.name + ".partial")
+        if partial.exists():
+            subprocess.run(["rm", "-rf", str(partial)], check=True)
+        _run(["git", "clone", "--quiet", "--no-checkout", spec.repo, str(partial)], clone.parent, "clone")
+        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", spec.commit], partial, "checkout")
+        partial.rename(clone)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    if head != spec.commit:
+        raise LaunchError(
+            f"{clone} holds commit {head[:12]}, not the launch's {spec.commit[:12]}: another launch used this "
+            "work folder. Fix: give this launch its own --workdir, or delete the old clones."
+        )
+    if spec.cache is not None:
+        _run([*DVC, "cache", "dir", "--local", spec.cache], clone, "DVC cache")
+        _run([*DVC, "config", "--local", "cache.shared", "group"], clone, "DVC cache")
+    return clone
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Build ``spec.stage`` and what it needs with ``dvc repro`` in the job's clone; with a remote, pull what
+    is missing first and push the outputs and the run-cache after."""
+    clone = prepare_clone(spec)
+    pull = ["--pull"] if spec.remote else []
+    _run([*DVC, "repro", *pull, spec.stage], clone, f"stage {spec.stage}")
+    if spec.remote:
+        _run([*DVC, "push", "--run-cache", "-r", spec.remote], clone, f"push of {spec.stage}")
+
+
+def worker_command(spec: WorkerSpec) -> list[str]:
+    """The command a scheduler runs for a job (the head's interpreter, so the same packages)."""
+    return [sys.executable, "-m", "metaland", "launch-worker", spec.to_json()]
