@@ -26,19 +26,20 @@ def _git(root: Path, *args: str) -> str:
     result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
         raise LaunchError(f"`git {' '.join(args)}` failed in {root}: {result.stderr.strip()}. Fix: launch from a git checkout.")
-    return result.stdout.strip()
+    return result.stdout
 
 
 def pinned_commit(root: Path) -> str:
     """HEAD, refusing tracked files with uncommitted changes (dvc.lock aside: the head rewrites it)."""
-    changed = [line[3:] for line in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()]
+    entries = _git(root, "status", "--porcelain", "--untracked-files=no", "-z").split("\0")
+    changed = [entry[3:] for entry in entries if entry]
     changed = [name for name in changed if name != "dvc.lock"]
     if changed:
         raise LaunchError(
             f"the checkout has uncommitted changes ({', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}), "
             "but every job clones the commit, so they would not run. Fix: commit them (or stash them), then launch."
         )
-    return _git(root, "rev-parse", "HEAD")
+    return _git(root, "rev-parse", "HEAD").strip()
 
 
 def check_tracking_server() -> str:
@@ -101,7 +102,12 @@ def launch(
     workdir = workdir.resolve()
 
     def spec_of(stage: str) -> WorkerSpec:
-        return WorkerSpec(repo or str(root.resolve()), commit, stage, str(workdir / "clones"), shared, remote)
+        return WorkerSpec(repo or str(root.resolve()), commit, stage, str(workdir), shared, remote)
+
+    if not dry_run:  # markers of an earlier launch of the same commit must not pass for this one's
+        for wave in waves:
+            for stage in wave.stages:
+                spec_of(stage).done.unlink(missing_ok=True)
 
     total = sum(len(w.stages) for w in waves)
     print(f"metaland launch: {total} job(s) in {len(waves)} wave(s) on {executor}, commit {commit[:12]}, "

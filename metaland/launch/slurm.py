@@ -5,19 +5,24 @@ Every array of wave k+1 starts ``afterok`` on the arrays of wave k; the tasks of
 (``launch.<kind>``: ``--cpus-per-task``, ``--gpus-per-node``, ``--mem``, ``--time``; ``partition``,
 ``account``, ``qos``, ``constraint`` passed through); jobs are requeueable (``--requeue``) and receive
 USR2 90 s before their time limit, upon which submitit requeues them (:mod:`metaland.launch.slurm_job`).
-The head waits for every job; when one fails it cancels the arrays still waiting for it and names the
-failed job's log. Submitit writes its job files (a pickle of the job's callable, read by the job
-itself) and logs under ``<workdir>/slurm/``; metaland itself never loads a pickle.
+The head waits until the arrays have left the queue (``squeue``: no accounting database needed); a job
+succeeded if it wrote its marker (:attr:`metaland.launch.worker.WorkerSpec.done`). When one failed, the head
+cancels the arrays still waiting for it and names the failed job's log. Submitit writes its job files (a
+pickle of the job's callable, read by the job itself) and logs under ``<workdir>/logs/slurm/``; metaland
+itself never loads a pickle.
 """
 
 from __future__ import annotations
 
 import math
 import subprocess
+import time
 from pathlib import Path
 
 from metaland.launch import EXECUTORS, Executor, LaunchError, Wave, resources_of
 
+POLL_S = 5
+"""Seconds between two looks at the queue while the head waits."""
 SIGNAL_DELAY_S = 90
 """Seconds before its time limit at which a job receives USR2 and is requeued (submitit's default)."""
 
@@ -55,11 +60,13 @@ def submit(waves: list[Wave], spec_of, launch, folder: Path, dry_run: bool) -> N
         for wave in waves:
             current = []
             for kind, stages in wave.by_kind().items():
-                after = [f"<wave {wave.index - 1}>"] if dry_run and wave.index else previous
+                after = [f"wave{wave.index - 1}"] if dry_run and wave.index else previous
                 parameters = sbatch_parameters(launch, kind, after)
                 print(f"wave {wave.index}: {kind} array of {len(stages)} job(s)")
                 if dry_run:
                     print(sbatch_header(parameters, len(stages), folder / "slurm"))
+                    if wave.index:
+                        print(f"  (wave{wave.index - 1}: the job ids of wave {wave.index - 1}'s arrays, once submitted)")
                     continue
                 jobs = _submit_array(parameters, [spec_of(s) for s in stages], folder / "slurm")
                 print(f"  submitted array {jobs[0].job_id.split('_')[0]}")
@@ -67,7 +74,7 @@ def submit(waves: list[Wave], spec_of, launch, folder: Path, dry_run: bool) -> N
                 current.append(jobs[0].job_id.split("_")[0])
             previous = current
         if not dry_run:
-            _wait(submitted)
+            _wait(submitted, spec_of)
     except BaseException:
         _cancel([jobs for *_, jobs in submitted])
         raise
@@ -83,20 +90,34 @@ def _submit_array(parameters: dict, specs: list, folder: Path) -> list:
     return executor.map_array(WorkerJob(), [spec.to_json() for spec in specs])
 
 
-def _wait(submitted: list) -> None:
-    """Wait for every job in wave order; on the first failure, fail naming every failed job of that array."""
-    for wave, kind, stages, jobs in submitted:
-        failed = []
-        for stage, job in zip(stages, jobs, strict=True):
-            try:
-                job.result()
-            except Exception as err:  # submitit re-raises the job's failure (or a lost job) here
-                failed.append(f"{stage} (job {job.job_id}, log {job.paths.stdout}: {str(err).splitlines()[-1]})")
+def _queued(arrays: set[str]) -> set[str]:
+    """The arrays among ``arrays`` that still have a task pending, running or requeued (``squeue``; no
+    accounting database needed)."""
+    result = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LaunchError(f"`squeue` failed: {result.stderr.strip()}. Fix: check that SLURM answers (`sinfo`).")
+    return arrays & set(result.stdout.split())
+
+
+def _wait(submitted: list, spec_of) -> None:
+    """Wait until every array has left the queue, wave by wave; a job succeeded when it wrote its marker
+    (:attr:`WorkerSpec.done`). On the first wave with a failed job, fail naming each and its log."""
+    for wave in sorted({w for w, *_ in submitted}):
+        arrays = [(kind, stages, jobs) for w, kind, stages, jobs in submitted if w == wave]
+        ids = {jobs[0].job_id.split("_")[0] for _, _, jobs in arrays}
+        while _queued(ids):
+            time.sleep(POLL_S)
+        failed = [
+            f"{stage} (job {job.job_id}, log {job.paths.stdout})"
+            for kind, stages, jobs in arrays
+            for stage, job in zip(stages, jobs, strict=True)
+            if not spec_of(stage).done.is_file()
+        ]
         if failed:
             raise LaunchError(
-                f"{len(failed)} job(s) of wave {wave} ({kind}) failed: " + "; ".join(failed) + ". The arrays waiting "
-                "for them were cancelled. Fix: read the logs, fix the cause, and rerun the same `metaland launch`: "
-                "finished stages come back from DVC's run-cache."
+                f"{len(failed)} job(s) of wave {wave} failed: " + "; ".join(failed) + ". The arrays waiting for them "
+                "were cancelled. Fix: read the logs, fix the cause, and rerun the same `metaland launch`: finished "
+                "stages come back from DVC's run-cache."
             )
 
 

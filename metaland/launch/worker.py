@@ -1,6 +1,6 @@
 """One job of `metaland launch`: a stage built by DVC in the job's own clone at the pinned commit.
 
-The clone lives at ``<workdir>/<stage>``, so a requeued job (preempted, timed out, ``scontrol requeue``)
+The clone lives at ``<workdir>/clones/<stage>``, so a requeued job (preempted, timed out, ``scontrol requeue``)
 finds it again: DVC reruns the stage, and training resumes from its newest checkpoint under
 ``.metaland/train/<run>`` of that clone, bit for bit as an uninterrupted run (metaland.meta.train). Every
 clone uses the same DVC cache (``cache``: a shared filesystem; ``dvc cache dir``, ``cache.shared group``) or
@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from metaland.io import write_text
 from metaland.launch import LaunchError
 
 
@@ -30,7 +31,7 @@ class WorkerSpec:
     repo: str  # a git URL or path every worker can read (the head's checkout on a shared filesystem)
     commit: str  # the pinned commit (40 hex digits)
     stage: str  # e.g. train@guiroy2019-maml-omniglot-small-5w1s-s0
-    workdir: str  # where the job's clone lives
+    workdir: str  # the launch's work folder: the job's clone and its success marker live there
     cache: str | None = None  # the shared DVC cache dir; None with a remote
     remote: str | None = None  # a DVC remote (not HTTP: run-cache push/pull refuses it); None with a cache
 
@@ -43,7 +44,13 @@ class WorkerSpec:
 
     @property
     def clone(self) -> Path:
-        return Path(self.workdir) / self.stage.replace("@", "--")
+        return Path(self.workdir) / "clones" / self.stage.replace("@", "--")
+
+    @property
+    def done(self) -> Path:
+        """Written when the job has built its stage (and pushed it): how the head knows it succeeded, without
+        the scheduler's accounting."""
+        return Path(self.workdir) / "done" / f"{self.stage.replace('@', '--')}.{self.commit[:12]}"
 
 
 def _run(args: list[str], cwd: Path, what: str) -> None:
@@ -84,6 +91,7 @@ def run_worker(spec: WorkerSpec) -> None:
     _run([*DVC, "repro", *pull, spec.stage], clone, f"stage {spec.stage}")
     if spec.remote:
         _run([*DVC, "push", "--run-cache", "-r", spec.remote], clone, f"push of {spec.stage}")
+    write_text(spec.done, f"{spec.stage} built at {spec.commit}\n")
 
 
 def worker_command(spec: WorkerSpec) -> list[str]:

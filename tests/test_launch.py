@@ -1,0 +1,272 @@
+"""`metaland launch` (issue 24): the waves it plans from DVC's DAG, the sbatch options it derives from the
+params, the checks before it submits, and, on a real one-node SLURM cluster on loopback
+(cluster/slurm.sh), the whole ci profile built by job arrays in worker clones with one training job
+requeued mid-way, after which the head's `dvc repro` reruns no job stage and equals a local build.
+
+The cluster test needs root and Debian's slurmctld/slurmd/munge (cluster/slurm.sh installs them); it is
+skipped, saying why, where that is impossible, and METALAND_REQUIRE_SLURM=1 (set by .ci/run) makes that
+skip a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from metaland.config import load_params
+from metaland.errors import EXIT_LAUNCH
+from metaland.launch import Wave, parse_dot, plan_waves
+from metaland.launch.slurm import sbatch_header, sbatch_parameters
+from metaland.launch.worker import WorkerSpec
+from tests.pipeline import REPO, ci_checkout, free_port, serving, sh, stages_run
+
+DOT = """strict digraph  {
+"check-params";
+"fetch@d";
+"train@a";
+"train@b";
+"extract@a";
+"extract@b";
+"probe@a";
+"probe@b";
+"aggregate";
+"check-params" -> "fetch@d";
+"check-params" -> "train@a";
+"fetch@d" -> "train@a";
+"fetch@d" -> "train@b";
+"train@a" -> "extract@a";
+"train@b" -> "extract@b";
+"extract@a" -> "probe@a";
+"extract@b" -> "probe@b";
+"fetch@d" -> "probe@a";
+"probe@a" -> "aggregate";
+"probe@b" -> "aggregate";
+}
+"""
+
+
+def test_waves_are_fetch_then_train_then_probe_and_extract_is_built_inside_its_probe_job():
+    upstream = parse_dot(DOT)
+    assert upstream["probe@a"] == {"extract@a", "fetch@d"} and upstream["check-params"] == set()
+    assert plan_waves(upstream) == [
+        Wave(0, ("fetch@d",)),
+        Wave(1, ("train@a", "train@b")),
+        Wave(2, ("probe@a", "probe@b")),
+    ]
+
+
+def test_a_stage_glob_brings_the_job_stages_it_depends_on_and_nothing_else():
+    upstream = parse_dot(DOT)
+    assert plan_waves(upstream, "probe@b") == [Wave(0, ("fetch@d",)), Wave(1, ("train@b",)), Wave(2, ("probe@b",))]
+    assert plan_waves(upstream, "train@*") == [Wave(0, ("fetch@d",)), Wave(1, ("train@a", "train@b"))]
+    with pytest.raises(Exception, match=r"matches no job stage.*Fix:"):
+        plan_waves(upstream, "aggregate")
+
+
+def test_sbatch_options_come_from_the_launch_params_of_each_job_kind():
+    launch = load_params(REPO / "profiles" / "paper.yaml").launch
+    launch = launch.model_copy(update={"partition": "gpu", "account": "lab", "qos": "high", "constraint": "a100"})
+    header = sbatch_header(sbatch_parameters(launch, "train", ["41", "42"]), 7, Path("/tmp/logs"))
+    for option in (
+        f"--array=0-6%{min(7, launch.array_parallelism)}",
+        f"--cpus-per-task={launch.train.cpus}",
+        f"--gpus-per-node={launch.train.gpus}",
+        f"--mem={int(launch.train.mem_gb * 1024)}M",
+        f"--time={launch.train.time_min}",
+        "--dependency=afterok:41:42",
+        "--partition=gpu",
+        "--account=lab",
+        "--qos=high",
+        "--constraint=a100",
+        "--requeue",
+        "--signal=USR2@90",
+    ):
+        assert f"#SBATCH {option}" in header, option
+    fetch = sbatch_header(sbatch_parameters(launch, "fetch", []), 3, Path("/tmp/logs"))
+    assert "--gpus-per-node" not in fetch and "--dependency" not in fetch and "--partition=gpu" in fetch
+
+
+def test_worker_spec_round_trips_and_names_its_clone_and_marker():
+    spec = WorkerSpec("/repo", "a" * 40, "train@x-s0", "/work", "/cache", None)
+    assert WorkerSpec.from_json(spec.to_json()) == spec
+    assert spec.clone == Path("/work/clones/train--x-s0")
+    assert spec.done == Path(f"/work/done/train--x-s0.{'a' * 12}")
+
+
+@pytest.fixture(scope="module")
+def ci_repo(tmp_path_factory, omniglot_mirror):
+    return ci_checkout(tmp_path_factory.mktemp("launch") / "repo", omniglot_mirror)
+
+
+def metaland(args: list[str], cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "metaland", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_dry_run_on_the_paper_profile_prints_every_wave_and_submits_nothing(ci_repo, tmp_path):
+    """Without SLURM on PATH: nothing can be submitted, and nothing is."""
+    work, env = ci_repo
+    sh([sys.executable, "-m", "metaland", "profile", "paper", "--force"], work, env)
+    try:
+        paper = load_params(work / "params.yaml")
+        no_slurm = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}
+        shutil.rmtree(work / ".metaland" / "launch", ignore_errors=True)
+        result = metaland(["launch", "--dry-run", "--executor", "slurm"], work, no_slurm)
+    finally:
+        sh([sys.executable, "-m", "metaland", "profile", "ci", "--force"], work, env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    runs, datasets = len(paper.runs), len(paper.datasets)
+    assert f"{datasets + 2 * runs} job(s) in 3 wave(s)" in out
+    assert f"wave 0: fetch array of {datasets} job(s)" in out
+    assert f"wave 1: train array of {runs} job(s)" in out and f"wave 2: probe array of {runs} job(s)" in out
+    assert out.count("#SBATCH --dependency=afterok:wave") == 2
+    assert f"#SBATCH --time={paper.launch.train.time_min}" in out and "#SBATCH --gpus-per-node=1" in out
+    assert "submitted array" not in out and not (work / ".metaland" / "launch").exists()
+
+
+def test_launch_refuses_uncommitted_changes_and_a_missing_tracking_server(ci_repo):
+    work, env = ci_repo
+    params = work / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("seed_offset: 0", "seed_offset: 1"))
+    try:
+        result = metaland(["launch", "--executor", "local"], work, env)
+    finally:
+        params.write_text(original)
+    assert result.returncode == EXIT_LAUNCH
+    assert "uncommitted changes (params.yaml)" in result.stderr and "Fix: commit them" in result.stderr
+    result = metaland(["launch", "--executor", "local"], work, {**env, "MLFLOW_TRACKING_URI": "sqlite:///x.db"})
+    assert result.returncode == EXIT_LAUNCH
+    assert "one MLflow tracking server" in result.stderr and "Fix: start one" in result.stderr
+
+
+def test_a_failed_local_job_names_its_log_and_stops_the_later_waves(ci_repo, tmp_path):
+    """A job that cannot build its stage (its dataset's mirror is gone) fails the launch with status 8, naming
+    the job and its log; no train job starts."""
+    work, env = ci_repo
+    with mlflow_server(tmp_path, env) as url:
+        broken = {**env, "MLFLOW_TRACKING_URI": url, "METALAND_DATA_MIRROR": str(tmp_path)}
+        result = metaland(
+            ["launch", "--executor", "local", "--stages", "train@sharpmaml-*", "--workdir", str(tmp_path / "w"),
+             "--cache", str(tmp_path / "cache")],
+            work, broken,
+        )  # fmt: skip
+    assert result.returncode == EXIT_LAUNCH, result.stdout + result.stderr
+    assert "job(s) of wave 0 failed: fetch@omniglot-small" in result.stderr
+    assert "Later waves were not started" in result.stderr
+    assert not (tmp_path / "w" / "clones" / "train--sharpmaml-maml-omniglot-small-5w1s-s0").exists()
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, env: dict) -> Iterator[str]:
+    """One MLflow server on 127.0.0.1 for every job (SQLite behind the single server process); its URL."""
+    port = free_port()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "server", "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination",
+               str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    server_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with serving(command, port, folder / "server.log", folder, server_env) as url:
+        yield url
+
+
+# ----------------------------------------------------------------------------------------------
+# A real SLURM cluster on loopback
+# ----------------------------------------------------------------------------------------------
+
+SLURM_SCRIPT = REPO / "cluster" / "slurm.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A one-node SLURM cluster (cluster/slurm.sh), its SLURM_CONF; stopped after the module."""
+    why = None
+    if os.geteuid() != 0:
+        why = "starting SLURM daemons needs root"
+    elif shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        why = "no SLURM and no apt-get to install it"
+    if why:
+        if os.environ.get("METALAND_REQUIRE_SLURM") == "1":
+            pytest.fail(f"METALAND_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    result = subprocess.run(["sh", str(SLURM_SCRIPT), "start"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    conf = re.search(r"export SLURM_CONF=(\S+)", result.stdout).group(1)
+    yield conf
+    subprocess.run(["sh", str(SLURM_SCRIPT), "stop"], capture_output=True, timeout=60)
+
+
+def _requeue_a_training_job_mid_way(work: Path, env: dict, done: threading.Event) -> list[str]:
+    """Wait for a training job whose clone holds a checkpoint after the initial one but no finished run; requeue
+    it (SLURM kills it and starts it again). Returns the stages requeued."""
+    clones = work / ".metaland" / "launch" / "clones"
+    deadline = time.monotonic() + 900
+    while not done.is_set() and time.monotonic() < deadline:
+        for clone in sorted(clones.glob("train--*")):
+            run = clone.name.split("--", 1)[1]
+            partial = [p for p in (clone / ".metaland" / "train" / run).glob("**/step-*.safetensors") if p.stem != "step-00000000"]
+            if partial and not (clone / "runs" / run).exists():
+                queue = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True, text=True)
+                for line in queue.stdout.splitlines():
+                    job, name, state = line.split()
+                    if name == "metaland-train" and state == "RUNNING" and _job_builds(work, job, run):
+                        subprocess.run(["scontrol", "requeue", job], env=env, check=True)
+                        return [f"train@{run}"]
+        time.sleep(0.5)
+    return []
+
+
+def _job_builds(work: Path, job: str, run: str) -> bool:
+    log = work / ".metaland" / "launch" / "logs" / "slurm" / f"{job}_0_log.out"
+    return log.is_file() and f"train@{run}" in log.read_text(errors="replace")
+
+
+@pytest.mark.slurm
+def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job_stage(
+    slurm_cluster, ci_repo, tmp_path
+):
+    work, env = ci_repo
+    env = {**env, "SLURM_CONF": slurm_cluster}
+    with mlflow_server(tmp_path, env) as url:
+        env["MLFLOW_TRACKING_URI"] = url
+        done = threading.Event()
+        result: dict = {}
+
+        def head():
+            result["run"] = metaland(["launch", "--executor", "slurm"], work, env, timeout=3000)
+            done.set()
+
+        thread = threading.Thread(target=head)
+        thread.start()
+        requeued = _requeue_a_training_job_mid_way(work, env, done)
+        thread.join()
+    launched = result["run"]
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert requeued, "no training job was caught mid-way to requeue"
+    run = requeued[0].split("@", 1)[1]
+    logs = (work / ".metaland" / "launch" / "logs" / "slurm").glob("*_log.out")
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    assert f"trained {run}" in text and f"{run}: " in text and "resumed from step" in text
+    assert "fetch/train/extract/probe (0 when" in launched.stdout and ", 0 of them" in launched.stdout
+    head_ran = stages_run(launched.stdout)
+    assert not [s for s in head_ran if s.split("@")[0] in ("fetch", "train", "extract", "probe")], head_ran
+    status = sh(["dvc", "status"], work, env)
+    assert "up to date" in status, status
+
+    # The same commit built locally, in one process, gives the same bytes (dvc.lock hashes every output).
+    local = tmp_path / "local"
+    sh(["git", "clone", "-q", str(work), str(local)], tmp_path, env)
+    local_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    sh(["dvc", "repro"], local, local_env, timeout=2400)
+    assert (local / "dvc.lock").read_text() == (work / "dvc.lock").read_text()
