@@ -11,6 +11,7 @@ stage built by one job comes back in the next from DVC's run-cache instead of ru
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -61,22 +62,20 @@ def _run(args: list[str], cwd: Path, what: str) -> None:
 
 
 def prepare_clone(spec: WorkerSpec) -> Path:
-    """The job's clone at the pinned commit: made on the first run, reused (and checked) on a requeue."""
+    """The job's clone at the pinned commit: made on the first run, reused on a requeue, moved to the new commit
+    by a later launch (one launch per work folder at a time)."""
     clone = spec.clone
     if not (clone / ".git").is_dir():
         clone.parent.mkdir(parents=True, exist_ok=True)
         partial = clone.with_name(clone.name + ".partial")
-        if partial.exists():
-            subprocess.run(["rm", "-rf", str(partial)], check=True)
+        shutil.rmtree(partial, ignore_errors=True)  # a clone a killed job left half-made
         _run(["git", "clone", "--quiet", "--no-checkout", spec.repo, str(partial)], clone.parent, "clone")
         _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", spec.commit], partial, "checkout")
         partial.rename(clone)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
-    if head != spec.commit:
-        raise LaunchError(
-            f"{clone} holds commit {head[:12]}, not the launch's {spec.commit[:12]}: another launch used this "
-            "work folder. Fix: give this launch its own --workdir, or delete the old clones."
-        )
+    if head != spec.commit:  # a later launch (after a fix) reuses the clone: its outputs stay, DVC decides
+        _run(["git", "fetch", "--quiet", spec.repo, spec.commit], clone, "fetch of the launch's commit")
+        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", spec.commit], clone, "checkout")
     if spec.cache is not None:
         _run([*DVC, "cache", "dir", "--local", spec.cache], clone, "DVC cache")
         _run([*DVC, "config", "--local", "cache.shared", "group"], clone, "DVC cache")
