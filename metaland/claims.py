@@ -796,7 +796,10 @@ def contrast(
                 continue
             parts.append(
                 _base(rows, varies).assign(
-                    arm=arm, weight=weight, arms=len(arms), unit=rows[unit].astype(str) if unit else source,
+                    arm=arm,
+                    weight=weight,
+                    arms=len(arms),
+                    unit=rows[unit].astype(str) if unit else source,
                     value=rows[metric],
                 )
             )

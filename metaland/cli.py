@@ -640,16 +640,32 @@ def profile(name: str | None, force: bool, write_long: bool) -> None:
     show_default=True,
     help="slurm: job arrays through submitit; ray: ray.remote tasks (the ray extra); local: processes here.",
 )
-@click.option("--stages", "select", default="*", show_default=True, help="Glob over job stages, e.g. 'train@guiroy2019-*' "
-              "(the job stages they depend on come too).")  # fmt: skip
+@click.option(
+    "--stages",
+    "select",
+    default="*",
+    show_default=True,
+    help="Glob over job stages, e.g. 'train@guiroy2019-*' (the job stages they depend on come too).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the waves, array sizes and sbatch options; submit nothing.")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=Path(".metaland/launch"),
-              show_default=True, help="The jobs' clones and logs: on a filesystem every node sees.")  # fmt: skip
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".metaland/launch"),
+    show_default=True,
+    help="The jobs' clones and logs: on a filesystem every node sees.",
+)
 @click.option("--cache", "cache", help="DVC cache dir every clone shares (default: this checkout's).")
 @click.option("--remote", help="A DVC remote instead of a shared cache: jobs pull and push data and run-cache.")
 @click.option("--repo", help="Git URL or path the jobs clone (default: this checkout, on a shared filesystem).")
-@click.option("--no-final", "final", is_flag=True, flag_value=False, default=True,
-              help="Skip the head's closing `dvc repro` (restore every stage from the run-cache, aggregate, plot).")  # fmt: skip
+@click.option(
+    "--no-final",
+    "final",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="Skip the head's closing `dvc repro` (restore every stage from the run-cache, aggregate, plot).",
+)
 def launch(
     executor: str, select: str, dry_run: bool, workdir: Path, cache: str | None, remote: str | None, repo: str | None,
     final: bool,

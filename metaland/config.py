@@ -426,7 +426,7 @@ class Config:
     datasets: dict[str, Params]
     studies: dict[str, StudyConfig]
     runs: dict[str, Run]
-    launch: LaunchConfig = LaunchConfig()
+    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
 
     def studies_with_runs(self) -> list[str]:
         """Studies this params file gives at least one run (the others produce nothing)."""

@@ -139,7 +139,9 @@ def test_checkpoint_sources_pair_the_arms_runs_of_each_seed(source):
     tables = curves(series)
     result = one(improves_on("m", where(variant="new"), where(variant="maml"), better="lower", source=source), tables)
     (part,) = result.outcome.parts
-    wide = tables.checkpoints[tables.checkpoints["step"] > 0].pivot_table(index=["seed", "step"], columns="variant", values="m")
+    wide = tables.checkpoints[tables.checkpoints["step"] > 0].pivot_table(
+        index=["seed", "step"], columns="variant", values="m"
+    )
     gain = (wide["maml"] - wide["new"]).groupby("seed")
     expected = gain.last() if source == "final_checkpoints" else gain.mean()
     assert part.per_seed == pytest.approx(expected.to_dict())

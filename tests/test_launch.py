@@ -11,6 +11,7 @@ skip a failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from metaland.config import load_params
 from metaland.errors import EXIT_LAUNCH
@@ -215,7 +217,11 @@ def _requeue_a_training_job_mid_way(work: Path, env: dict, done: threading.Event
     while not done.is_set() and time.monotonic() < deadline:
         for clone in sorted(clones.glob("train--*")):
             run = clone.name.split("--", 1)[1]
-            partial = [p for p in (clone / ".metaland" / "train" / run).glob("**/step-*.safetensors") if p.stem != "step-00000000"]
+            partial = [
+                p
+                for p in (clone / ".metaland" / "train" / run).glob("**/step-*.safetensors")
+                if p.stem != "step-00000000"
+            ]
             if partial and not (clone / "runs" / run).exists():
                 queue = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True, text=True)
                 for line in queue.stdout.splitlines():
@@ -223,13 +229,13 @@ def _requeue_a_training_job_mid_way(work: Path, env: dict, done: threading.Event
                     if name == "metaland-train" and state == "RUNNING" and _job_builds(work, job, run):
                         subprocess.run(["scontrol", "requeue", job], env=env, check=True)
                         return [f"train@{run}"]
-        time.sleep(0.5)
+        time.sleep(0.2)
     return []
 
 
 def _job_builds(work: Path, job: str, run: str) -> bool:
     log = work / ".metaland" / "launch" / "logs" / "slurm" / f"{job}_0_log.out"
-    return log.is_file() and f"train@{run}" in log.read_text(errors="replace")
+    return log.is_file() and f"metaland launch: job train@{run} in" in log.read_text(errors="replace")
 
 
 @pytest.mark.slurm
@@ -264,9 +270,25 @@ def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job
     status = sh(["dvc", "status"], work, env)
     assert "up to date" in status, status
 
-    # The same commit built locally, in one process, gives the same bytes (dvc.lock hashes every output).
+    # The same commit built locally, in one process: every job stage's outputs have the same hashes (dvc.lock), and
+    # every result file the same bytes, but for the MLflow run ids claims.json links to (each store has its own).
     local = tmp_path / "local"
     sh(["git", "clone", "-q", str(work), str(local)], tmp_path, env)
     local_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
     sh(["dvc", "repro"], local, local_env, timeout=2400)
-    assert (local / "dvc.lock").read_text() == (work / "dvc.lock").read_text()
+    head_lock, local_lock = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (work, local))
+    jobs = sorted(s for s in head_lock if s.split("@")[0] in ("check-params", "fetch", "train", "extract", "probe"))
+    config = load_params(work / "params.yaml")
+    built = {f"{kind}@{run}" for run in config.runs for kind in ("train", "extract", "probe")}
+    assert {"check-params", *(f"fetch@{d}" for d in config.datasets), *built} <= set(jobs)
+    assert {s: head_lock[s] for s in jobs} == {s: local_lock[s] for s in jobs}
+    files = sorted(p.relative_to(work) for p in (work / "results").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(local) for p in (local / "results").rglob("*") if p.is_file())
+    for path in files:
+        if path.name != "claims.json":
+            assert (work / path).read_bytes() == (local / path).read_bytes(), path
+    claims = [json.loads((d / "results" / "claims.json").read_text()) for d in (work, local)]
+    for record in claims:
+        for claim in record["claims"]:
+            claim.pop("mlflow")
+    assert claims[0] == claims[1]

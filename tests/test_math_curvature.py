@@ -406,7 +406,9 @@ def explicit_meta_loss_hessian(params: dict, batch, steps: int = STEPS) -> torch
     """∇²_θ F for F(θ) = (1/k) Σ_i L(θ^(T)_i; D'_i), θ^(T)_i the reference inner loop on D_i kept differentiable
     (create_graph), as a dense [d, d] float64 matrix: third derivatives by plain reverse mode."""
     p64 = {k: v.double() for k, v in params.items()}
-    tasks = [tuple(t[i].double() if t.is_floating_point() else t[i] for t in batch.tensors()) for i in range(len(batch))]
+    tasks = [
+        tuple(t[i].double() if t.is_floating_point() else t[i] for t in batch.tensors()) for i in range(len(batch))
+    ]
 
     def meta(vector: torch.Tensor) -> torch.Tensor:
         theta = unflatten_like(vector, p64)
@@ -423,7 +425,8 @@ def explicit_meta_loss_hessian(params: dict, batch, steps: int = STEPS) -> torch
 def test_meta_loss_curvature_matches_the_explicit_hessian_of_the_meta_loss(chunk):
     """λ_max, λ_min and ‖·‖_σ of ∇²_θ F at θ (one value for the k tasks) equal eigvalsh of the explicit Hessian of
     the mean query loss after T differentiable inner steps (plain reverse mode through a hand-written BatchNorm);
-    vmapped (chunks of 3 then 1) and looped (chunk 1) tasks agree. It is neither the support-loss curvature at θ̃_i nor a mean of per-task Hessian norms."""
+    vmapped (chunks of 3 then 1) and looped (chunk 1) tasks agree. It is neither the support-loss curvature at θ̃_i
+    nor a mean of per-task Hessian norms."""
     _, forward, params = tiny_model()
     batch = make_tasks(5, seed=3)
     matrix = explicit_meta_loss_hessian(params, batch.chunk(0, 4))

@@ -81,7 +81,12 @@ def test_sam_sharpness_at_further_radii_is_that_of_the_probe_run_at_each_radius(
     spec = PROBES.get("sharpness")
     context = _context(module, forward, params, batch)
     both = spec.run(context, spec.options_model(rho=0.2, radii=[0.05, 0.4], tasks=N_TASKS))
-    assert set(both.per_task) == {"sam_sharpness", "sam_perturbed_query_loss", "sam_sharpness_rho0.05", "sam_sharpness_rho0.4"}
+    assert set(both.per_task) == {
+        "sam_sharpness",
+        "sam_perturbed_query_loss",
+        "sam_sharpness_rho0.05",
+        "sam_sharpness_rho0.4",
+    }
     for rho in (0.2, 0.05, 0.4):
         alone = spec.run(context, spec.options_model(rho=rho, tasks=N_TASKS)).per_task["sam_sharpness"]
         column = "sam_sharpness" if rho == 0.2 else f"sam_sharpness_rho{rho:g}"

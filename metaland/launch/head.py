@@ -25,7 +25,9 @@ RAN = re.compile(r"Running stage '([^']+)'")
 def _git(root: Path, *args: str) -> str:
     result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
-        raise LaunchError(f"`git {' '.join(args)}` failed in {root}: {result.stderr.strip()}. Fix: launch from a git checkout.")
+        raise LaunchError(
+            f"`git {' '.join(args)}` failed in {root}: {result.stderr.strip()}. Fix: launch from a git checkout."
+        )
     return result.stdout
 
 

@@ -26,7 +26,8 @@ def submit(waves: list[Wave], spec_of, launch, folder: Path, dry_run: bool) -> N
         folder.mkdir(parents=True, exist_ok=True)
         logs = {stage: folder / f"{stage.replace('@', '--')}.log" for stage in wave.stages}
         with ThreadPoolExecutor(max_workers=launch.array_parallelism) as pool:
-            codes = dict(zip(wave.stages, pool.map(lambda s: _run_job(spec_of(s), logs[s]), wave.stages), strict=True))
+            results = pool.map(_run_job, [spec_of(s) for s in wave.stages], [logs[s] for s in wave.stages])
+            codes = dict(zip(wave.stages, results, strict=True))
         failed = [stage for stage, code in codes.items() if code != 0]
         if failed:
             raise LaunchError(

@@ -66,7 +66,9 @@ def submit(waves: list[Wave], spec_of, launch, folder: Path, dry_run: bool) -> N
                 if dry_run:
                     print(sbatch_header(parameters, len(stages), folder / "slurm"))
                     if wave.index:
-                        print(f"  (wave{wave.index - 1}: the job ids of wave {wave.index - 1}'s arrays, once submitted)")
+                        print(
+                            f"  (wave{wave.index - 1}: the job ids of wave {wave.index - 1}'s arrays, once submitted)"
+                        )
                     continue
                 jobs = _submit_array(parameters, [spec_of(s) for s in stages], folder / "slurm")
                 print(f"  submitted array {jobs[0].job_id.split('_')[0]}")

@@ -11,6 +11,7 @@ stage built by one job comes back in the next from DVC's run-cache instead of ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from metaland.io import write_text
 from metaland.launch import LaunchError
-
 
 DVC = [sys.executable, "-m", "dvc"]
 """DVC of the interpreter that runs the job (the head's, so the same packages whatever PATH the job has)."""
@@ -55,8 +55,9 @@ class WorkerSpec:
 
 
 def _run(args: list[str], cwd: Path, what: str) -> None:
-    """Run a command with the job's stdout/stderr (the scheduler's log); fail with ``what`` if it fails."""
-    result = subprocess.run(args, cwd=cwd)
+    """Run a command with the job's stdout/stderr (the scheduler's log, written as it goes: unbuffered); fail
+    with ``what`` if it fails."""
+    result = subprocess.run(args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if result.returncode != 0:
         raise LaunchError(f"{what}: `{' '.join(args)}` exited with status {result.returncode} in {cwd} (log above).")
 
@@ -75,7 +76,9 @@ def prepare_clone(spec: WorkerSpec) -> Path:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     if head != spec.commit:  # a later launch (after a fix) reuses the clone: its outputs stay, DVC decides
         _run(["git", "fetch", "--quiet", spec.repo, spec.commit], clone, "fetch of the launch's commit")
-        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", spec.commit], clone, "checkout")
+        _run(
+            ["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", spec.commit], clone, "checkout"
+        )
     if spec.cache is not None:
         _run([*DVC, "cache", "dir", "--local", spec.cache], clone, "DVC cache")
         _run([*DVC, "config", "--local", "cache.shared", "group"], clone, "DVC cache")
@@ -86,6 +89,7 @@ def run_worker(spec: WorkerSpec) -> None:
     """Build ``spec.stage`` and what it needs with ``dvc repro`` in the job's clone; with a remote, pull what
     is missing first and push the outputs and the run-cache after."""
     clone = prepare_clone(spec)
+    print(f"metaland launch: job {spec.stage} in {clone} at {spec.commit[:12]}", flush=True)
     pull = ["--pull"] if spec.remote else []
     _run([*DVC, "repro", *pull, spec.stage], clone, f"stage {spec.stage}")
     if spec.remote:

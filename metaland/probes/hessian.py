@@ -50,8 +50,8 @@ from torch.func import grad, jvp, vmap
 
 from metaland.meta.inner import LossFn, adapt
 from metaland.models import ParamDict, flatten_batched, unflatten_batched
-from metaland.probes.batchnorm import elementary_batch_norm
 from metaland.probes import PROBES, ProbeContext, ProbeOutput, ProbeSpec, within_probe_tasks
+from metaland.probes.batchnorm import elementary_batch_norm
 from metaland.schema import Params
 from metaland.seeding import generator
 from metaland.vectorise import map_leading
@@ -98,7 +98,12 @@ class LanczosOptions(Params):
 
     def lanczos(self) -> dict:
         """The keyword arguments of :func:`hessian_extreme_eigenvalues`."""
-        return {"max_iters": self.max_iters, "tol": self.tol, "min_iters": self.min_iters, "krylov_dim": self.krylov_dim}
+        return {
+            "max_iters": self.max_iters,
+            "tol": self.tol,
+            "min_iters": self.min_iters,
+            "krylov_dim": self.krylov_dim,
+        }
 
 
 class CurvatureOptions(LanczosOptions):

@@ -54,7 +54,6 @@ class SharpnessOptions(Params):
         description="Tensors ε_i moves: all, or only conv / linear weights (seed 001's code; norm still over all).",
     )
 
-
     @field_validator("radii")
     @classmethod
     def _positive_distinct(cls, radii: list[float]) -> list[float]:

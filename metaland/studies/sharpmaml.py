@@ -134,8 +134,11 @@ register(
 FLATTER = {
     "sharpness": ("sam_sharpness", f"SAM sharpness of the meta-loss at ρ = α_up = {TRAINED_RADIUS:g}", "final_tasks"),
     **{
-        f"sharpness-{size}-radius": (f"sam_sharpness_rho{r:g}", f"SAM sharpness of the meta-loss at ρ = {r:g}, a radius "
-                                     "none of the variants was trained at", "final_tasks")
+        f"sharpness-{size}-radius": (
+            f"sam_sharpness_rho{r:g}",
+            f"SAM sharpness of the meta-loss at ρ = {r:g}, a radius none of the variants was trained at",
+            "final_tasks",
+        )
         for size, r in OTHER_RADII.items()
     },
     "curvature": ("hessian_spectral_norm", "curvature of the support loss at the adapted solutions θ̃ᵢ", "final_tasks"),
@@ -173,7 +176,9 @@ for _suffix, (_metric, _what, _source) in FLATTER.items():
             "otherwise",
             test=all_of(
                 {
-                    SHORT[name]: improves_on(_metric, _variant(name), _variant(BASELINE), better="lower", source=_source)
+                    SHORT[name]: improves_on(
+                        _metric, _variant(name), _variant(BASELINE), better="lower", source=_source
+                    )
                     for name in SHARP
                 }
             ),
