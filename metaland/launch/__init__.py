@@ -132,6 +132,18 @@ class Executor:
 EXECUTORS: Registry[Executor] = Registry("executor")
 
 
+def check_wave(wave: Wave, codes: Mapping[str, int], logs: Mapping[str, object]) -> None:
+    """Fail naming every job of ``wave`` that exited non-zero (``codes``: stage -> exit status) and its log."""
+    failed = [stage for stage, code in codes.items() if code != 0]
+    if failed:
+        raise LaunchError(
+            f"{len(failed)} job(s) of wave {wave.index} failed: "
+            + "; ".join(f"{s} (status {codes[s]}, log {logs[s]})" for s in failed)
+            + ". Later waves were not started. Fix: read the logs, fix the cause, and rerun the same "
+            "`metaland launch`: finished stages come back from DVC's run-cache."
+        )
+
+
 def resources_of(launch: LaunchConfig, kind: str):
     """The :class:`metaland.config.StageResources` of a job kind."""
     return getattr(launch, kind)

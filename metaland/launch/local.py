@@ -8,7 +8,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from metaland.launch import EXECUTORS, Executor, LaunchError, Wave
+from metaland.launch import EXECUTORS, Executor, Wave, check_wave
 from metaland.launch.worker import worker_command
 
 
@@ -28,14 +28,7 @@ def submit(waves: list[Wave], spec_of, launch, folder: Path, dry_run: bool) -> N
         with ThreadPoolExecutor(max_workers=launch.array_parallelism) as pool:
             results = pool.map(_run_job, [spec_of(s) for s in wave.stages], [logs[s] for s in wave.stages])
             codes = dict(zip(wave.stages, results, strict=True))
-        failed = [stage for stage, code in codes.items() if code != 0]
-        if failed:
-            raise LaunchError(
-                f"{len(failed)} job(s) of wave {wave.index} failed: "
-                + "; ".join(f"{s} (status {codes[s]}, log {logs[s]})" for s in failed)
-                + ". Later waves were not started. Fix: read the logs, fix the cause, and rerun the same "
-                "`metaland launch`: finished stages come back from DVC's run-cache."
-            )
+        check_wave(wave, codes, logs)
 
 
 EXECUTORS.register("local", Executor("local", "worker processes on this machine, one clone each", submit))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from metaland.launch import EXECUTORS, Executor, LaunchError, Wave, resources_of
+from metaland.launch import EXECUTORS, Executor, LaunchError, Wave, check_wave, resources_of
 from metaland.launch.worker import worker_command
 
 
@@ -51,14 +51,7 @@ def _run_wave(wave: Wave, spec_of, launch, folder: Path) -> None:
             codes[stage_done] = ray.get(ref)
     for stage_done, ref in pending:
         codes[stage_done] = ray.get(ref)
-    failed = [stage for stage, code in codes.items() if code != 0]
-    if failed:
-        raise LaunchError(
-            f"{len(failed)} job(s) of wave {wave.index} failed: "
-            + "; ".join(f"{s} (status {codes[s]}, log {logs[s]})" for s in failed)
-            + ". Later waves were not started. Fix: read the logs, fix the cause, and rerun the same "
-            "`metaland launch`: finished stages come back from DVC's run-cache."
-        )
+    check_wave(wave, codes, logs)
 
 
 EXECUTORS.register("ray", Executor("ray", "ray.remote tasks on a Ray cluster (the ray extra)", submit))
