@@ -35,7 +35,7 @@ repro: $(STAMP) ## rebuild every result: dvc repro (set METALAND_DATA_MIRROR wit
 	dvc repro
 
 test: $(STAMP) ## run the test suite (includes the whole DAG on the ci profile)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=30
 
 # The image built and run for real (tests/test_container.py, about 15 min): needs a Docker engine,
 # or root, as whom docker/engine.sh installs Debian's docker.io and starts one for the run. Apart

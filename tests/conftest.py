@@ -96,10 +96,10 @@ def ci_pipeline(tmp_path_factory, omniglot_mirror) -> tuple[Path, dict, str]:
     """The whole DAG on the ci profile, built once per worker by `dvc repro` in a fresh checkout:
     (checkout, environment, log of the build). Tests that use it belong to xdist group "dag", so
     they share one build; each leaves the checkout as it found it (built and up to date)."""
-    from tests.pipeline import ci_checkout, sh
+    from tests.pipeline import BUILD_TIMEOUT_S, ci_checkout, sh
 
     work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror)
-    log = sh(["dvc", "repro"], work, env)
+    log = sh(["dvc", "repro"], work, env, timeout=BUILD_TIMEOUT_S)
     return work, env, log
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline import CHECK_PARAMS, sh, stages_run
+from tests.pipeline import BUILD_TIMEOUT_S, CHECK_PARAMS, sh, stages_run
 
 REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
@@ -295,7 +295,7 @@ def test_forced_rerun_from_scratch_gives_the_same_bytes(pipeline):
     first = (work / "dvc.lock").read_text()  # same commit for both builds: the report records it
     shutil.rmtree(work / "runs")
     shutil.rmtree(work / ".metaland", ignore_errors=True)
-    log = sh(["dvc", "repro", "--force"], work, env)
+    log = sh(["dvc", "repro", "--force"], work, env, timeout=BUILD_TIMEOUT_S)
     assert set(stages_run(log)) >= {f"train@{r}" for r in RUNS} | {"aggregate", "plot"}
     assert (work / "dvc.lock").read_text() == first
 

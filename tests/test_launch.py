@@ -30,7 +30,7 @@ from metaland.errors import EXIT_LAUNCH
 from metaland.launch import Wave, parse_dot, plan_waves
 from metaland.launch.slurm import sbatch_header, sbatch_parameters
 from metaland.launch.worker import WorkerSpec
-from tests.pipeline import REPO, ci_checkout, free_port, serving, sh, stages_run
+from tests.pipeline import BUILD_TIMEOUT_S, REPO, ci_checkout, free_port, serving, sh, stages_run
 
 DOT = """strict digraph  {
 "check-params";
@@ -103,6 +103,26 @@ def test_worker_spec_round_trips_and_names_its_clone_and_marker():
     assert WorkerSpec.from_json(spec.to_json()) == spec
     assert spec.clone == Path("/work/clones/train--x-s0")
     assert spec.done == Path(f"/work/done/train--x-s0.{'a' * 12}")
+
+
+def test_a_job_runs_its_stages_with_its_own_interpreter_and_a_ray_task_gets_the_heads_settings(monkeypatch):
+    """A scheduler may start a job with another PATH (a Ray task gets `ray start`'s environment): the stages'
+    `python` must still be the job's interpreter, and the head's tracking, data and DVC settings reach the task."""
+    from metaland.launch.ray_cluster import forwarded_env
+    from metaland.launch.worker import job_environment
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://head:5000")
+    monkeypatch.setenv("METALAND_DATA_MIRROR", "/shared/datasets")
+    monkeypatch.setenv("UNRELATED_SETTING", "x")
+    python = shutil.which("python", path=job_environment()["PATH"])
+    assert python is not None and Path(python).parent == Path(sys.executable).parent
+    forwarded = forwarded_env()
+    assert (
+        forwarded["MLFLOW_TRACKING_URI"] == "http://head:5000"
+        and forwarded["METALAND_DATA_MIRROR"] == "/shared/datasets"
+    )
+    assert "UNRELATED_SETTING" not in forwarded and "PATH" not in forwarded
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +260,7 @@ def _job_builds(work: Path, job: str, run: str) -> bool:
 
 @pytest.mark.slurm
 def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job_stage(
-    slurm_cluster, ci_repo, tmp_path
+    slurm_cluster, ci_repo, local_build, tmp_path
 ):
     work, env = ci_repo
     env = {**env, "SLURM_CONF": slurm_cluster}
@@ -264,18 +284,23 @@ def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job
     logs = (work / ".metaland" / "launch" / "logs" / "slurm").glob("*_log.out")
     text = "\n".join(p.read_text(errors="replace") for p in logs)
     assert f"trained {run}" in text and f"{run}: " in text and "resumed from step" in text
-    assert "fetch/train/extract/probe (0 when" in launched.stdout and ", 0 of them" in launched.stdout
-    head_ran = stages_run(launched.stdout)
-    assert not [s for s in head_ran if s.split("@")[0] in ("fetch", "train", "extract", "probe")], head_ran
-    status = sh(["dvc", "status"], work, env)
-    assert "up to date" in status, status
+    assert_the_head_ran_no_job_stage(launched, work, env)
+    assert_same_build(work, local_build)
 
-    # The same commit built locally, in one process: every job stage's outputs have the same hashes (dvc.lock), and
-    # every result file the same bytes, but for the MLflow run ids claims.json links to (each store has its own).
-    local = tmp_path / "local"
-    sh(["git", "clone", "-q", str(work), str(local)], tmp_path, env)
-    local_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
-    sh(["dvc", "repro"], local, local_env, timeout=2400)
+
+@pytest.fixture(scope="module")
+def local_build(ci_repo, tmp_path_factory) -> Path:
+    """The launch tests' commit built locally by one `dvc repro`: what every executor's build must equal."""
+    work, env = ci_repo
+    local = tmp_path_factory.mktemp("local") / "repo"
+    sh(["git", "clone", "-q", str(work), str(local)], local.parent, env)
+    sh(["dvc", "repro"], local, env, timeout=BUILD_TIMEOUT_S)
+    return local
+
+
+def assert_same_build(work: Path, local: Path) -> None:
+    """Every job stage's outputs have the same hashes (dvc.lock), and every result file the same bytes, but for
+    the MLflow run ids claims.json links to (each store has its own)."""
     head_lock, local_lock = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (work, local))
     jobs = sorted(s for s in head_lock if s.split("@")[0] in ("check-params", "fetch", "train", "extract", "probe"))
     config = load_params(work / "params.yaml")
@@ -292,3 +317,11 @@ def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job
         for claim in record["claims"]:
             claim.pop("mlflow")
     assert claims[0] == claims[1]
+
+
+def assert_the_head_ran_no_job_stage(launched: subprocess.CompletedProcess, work: Path, env: dict) -> None:
+    assert "fetch/train/extract/probe (0 when" in launched.stdout and ", 0 of them" in launched.stdout
+    head_ran = stages_run(launched.stdout)
+    assert not [s for s in head_ran if s.split("@")[0] in ("fetch", "train", "extract", "probe")], head_ran
+    status = sh(["dvc", "status"], work, env)
+    assert "up to date" in status, status

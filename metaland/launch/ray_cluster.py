@@ -2,19 +2,35 @@
 metaland[ray]``), for a few cloud machines joined with ``ray start`` or a KubeRay cluster. Each task asks
 for the job kind's resources (``num_cpus``, ``num_gpus``, ``memory``) and runs the same worker command
 as a SLURM job; at most ``array_parallelism`` tasks are in flight, and a wave starts after the previous
-one succeeded. The head connects to the cluster at ``RAY_ADDRESS`` (``ray.init``'s rule)."""
+one succeeded. The head connects to the cluster at ``RAY_ADDRESS`` (``ray.init``'s rule).
+
+A SLURM job inherits the environment it was submitted from (``sbatch --export=ALL``); a Ray task inherits the
+environment ``ray start`` ran in, so the head hands each task its own settings of the variables a job reads
+(:data:`FORWARDED_ENV`: the tracking server, the data mirror and cache, DVC's and the object store's)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from metaland.launch import EXECUTORS, Executor, LaunchError, Wave, check_wave, resources_of
 from metaland.launch.worker import worker_command
 
+FORWARDED_ENV = ("METALAND_", "MLFLOW_", "DVC_", "AWS_", "GIT_")
+"""Prefixes of the head's environment variables every task runs with."""
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
 
 def _job(command: list[str], log: str) -> int:
+    import ray
+
     with open(log, "wb") as out:
+        out.write(f"metaland launch: ray task on node {ray.get_runtime_context().get_node_id()}\n".encode())
+        out.flush()
         return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
 
 
@@ -42,9 +58,12 @@ def _run_wave(wave: Wave, spec_of, launch, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     logs = {stage: str(folder / f"{stage.replace('@', '--')}.log") for stage in wave.stages}
     pending, codes = [], {}
+    runtime_env = {"env_vars": forwarded_env()}
     for stage in wave.stages:
         r = resources_of(launch, stage.split("@", 1)[0])
-        task = ray.remote(num_cpus=r.cpus, num_gpus=r.gpus, memory=int(r.mem_gb * 2**30), max_retries=0)(_job)
+        task = ray.remote(
+            num_cpus=r.cpus, num_gpus=r.gpus, memory=int(r.mem_gb * 2**30), max_retries=0, runtime_env=runtime_env
+        )(_job)
         pending.append((stage, task.remote(worker_command(spec_of(stage)), logs[stage])))
         while len(pending) >= launch.array_parallelism:
             stage_done, ref = pending.pop(0)

@@ -54,10 +54,18 @@ class WorkerSpec:
         return Path(self.workdir) / "done" / f"{self.stage.replace('@', '--')}.{self.commit[:12]}"
 
 
+def job_environment() -> dict[str, str]:
+    """The job's environment, with the folder of the interpreter that runs the job first on PATH: the stages'
+    commands (``python stages/….py``) then run in the same environment as the job, whatever PATH the scheduler
+    gave it (a Ray task starts with the PATH of ``ray start``)."""
+    path = os.environ.get("PATH", "")
+    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), path]), "PYTHONUNBUFFERED": "1"}
+
+
 def _run(args: list[str], cwd: Path, what: str) -> None:
     """Run a command with the job's stdout/stderr (the scheduler's log, written as it goes: unbuffered); fail
     with ``what`` if it fails."""
-    result = subprocess.run(args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(args, cwd=cwd, env=job_environment())
     if result.returncode != 0:
         raise LaunchError(f"{what}: `{' '.join(args)}` exited with status {result.returncode} in {cwd} (log above).")
 
