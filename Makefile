@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser repro test test-container bench lint ui doctor profile lock clean
+.PHONY: install ray browser repro test test-container bench lint ui doctor profile lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the pinned requirements
+
+RAY_VERSION ?= 2.60.0
+ray: $(STAMP) ## install the ray extra: `metaland launch --executor ray` and its test on a two-node Ray cluster
+	$(PY) -m pip install -q "ray==$(RAY_VERSION)"
 
 # Debian's Chromium and its WebDriver (no browser download) for tests/test_ui_browser.py, which
 # is skipped without them; fonts-liberation makes the screenshots legible. Needs root (CI is).

@@ -664,7 +664,8 @@ def profile(name: str | None, force: bool, write_long: bool) -> None:
     is_flag=True,
     flag_value=False,
     default=True,
-    help="Skip the head's closing `dvc repro` (restore every stage from the run-cache, aggregate, plot).",
+    help="Skip the head's closing `dvc repro` (restore every stage from the run-cache, aggregate, plot; with "
+    "--stages, just the launched stages).",
 )
 def launch(
     executor: str, select: str, dry_run: bool, workdir: Path, cache: str | None, remote: str | None, repo: str | None,

@@ -319,9 +319,87 @@ def assert_same_build(work: Path, local: Path) -> None:
     assert claims[0] == claims[1]
 
 
-def assert_the_head_ran_no_job_stage(launched: subprocess.CompletedProcess, work: Path, env: dict) -> None:
+def assert_the_head_ran_no_job_stage(
+    launched: subprocess.CompletedProcess, work: Path, env: dict, targets: tuple[str, ...] = ()
+) -> None:
+    """The head's closing `dvc repro` restored every job stage from the run-cache, and `dvc status` (of
+    ``targets``, or of everything) is clean."""
     assert "fetch/train/extract/probe (0 when" in launched.stdout and ", 0 of them" in launched.stdout
     head_ran = stages_run(launched.stdout)
     assert not [s for s in head_ran if s.split("@")[0] in ("fetch", "train", "extract", "probe")], head_ran
-    status = sh(["dvc", "status"], work, env)
+    status = sh(["dvc", "status", *targets], work, env)
     assert "up to date" in status, status
+
+
+# ----------------------------------------------------------------------------------------------
+# A real Ray cluster of two nodes on loopback
+# ----------------------------------------------------------------------------------------------
+
+RAY_NODE_IP = "127.0.0.2"
+"""The cluster's loopback address: Ray rewrites 127.0.0.1 in an address to the default route's interface address."""
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A Ray cluster of two nodes on loopback (``ray.cluster_utils.Cluster``), one CPU and one logical GPU each; its
+    address. Skipped, saying why, without the ray extra, unless METALAND_REQUIRE_RAY=1 (.ci/run)."""
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        why = "Ray is not installed (`make ray`, or pip install 'metaland[ray]')"
+        if os.environ.get("METALAND_REQUIRE_RAY") == "1":
+            pytest.fail(f"METALAND_REQUIRE_RAY=1 but {why}")
+        pytest.skip(why)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    node = {"num_cpus": 1, "num_gpus": 1, "node_ip_address": RAY_NODE_IP}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+RAY_STAGES = "probe@metaopt-*-lr-*"
+"""What the Ray test launches: the synthetic-task runs' probes, with their training and the datasets (7 jobs)."""
+
+
+@pytest.mark.ray
+def test_ray_builds_launched_stages_on_both_nodes_and_the_head_reruns_none(ray_address, ci_repo, tmp_path):
+    """The head is a clone of the launch tests' commit with a DVC cache of its own, so no job finds another test's
+    outputs in the run-cache; each job runs as a Ray task in its own clone, with the head's settings (the tracking
+    server) though the cluster was started without them. The head's `dvc repro` of the launched stages then runs
+    none, and their outputs equal a local `dvc repro` of the same stages."""
+    origin, env = ci_repo
+    work, local = tmp_path / "head", tmp_path / "local"
+    for clone in (work, local):
+        sh(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+    env = {**env, "RAY_ADDRESS": ray_address, "METALAND_RAY_NODE_IP": RAY_NODE_IP, "RAY_USAGE_STATS_ENABLED": "0"}
+    with mlflow_server(tmp_path, env) as url:
+        env["MLFLOW_TRACKING_URI"] = url
+        launched = metaland(
+            ["launch", "--executor", "ray", "--stages", RAY_STAGES, "--workdir", str(tmp_path / "jobs")], work, env
+        )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    config = load_params(work / "params.yaml")
+    runs = [r for r in config.runs if r.startswith("metaopt-") and "-lr-" in r]
+    # a probe stage depends on every dataset (cross-domain probes): every fetch comes too
+    jobs = {*(f"fetch@{d}" for d in config.datasets), *(f"train@{r}" for r in runs), *(f"probe@{r}" for r in runs)}
+    assert len(runs) == 2 and f"{len(jobs)} job(s) in 3 wave(s) on ray" in launched.stdout
+    folder = tmp_path / "jobs" / "logs"
+    logs = {p.stem.replace("--", "@"): p.read_text(errors="replace") for p in folder.glob("*.log")}
+    assert set(logs) == jobs
+    nodes = {re.search(r"ray task on node (\w+)", log).group(1) for log in logs.values()}
+    assert len(nodes) == 2, "the jobs ran on both nodes"
+    assert_the_head_ran_no_job_stage(launched, work, env, tuple(sorted(jobs)))
+
+    local_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    sh(["dvc", "repro", *sorted(jobs)], local, local_env)
+    head_lock, local_lock = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (work, local))
+    built = jobs | {f"extract@{r}" for r in runs} | {"check-params"}
+    assert {s: head_lock[s] for s in built} == {s: local_lock[s] for s in built}
+    for run in runs:
+        for folder in ("probes", "checkpoints"):
+            files = sorted(p.relative_to(work) for p in (work / folder / run).rglob("*") if p.is_file())
+            assert files and all((work / f).read_bytes() == (local / f).read_bytes() for f in files), run

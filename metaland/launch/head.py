@@ -4,7 +4,8 @@ Before anything is submitted: the checkout must be committed (workers clone the 
 edit would silently not be what runs), the workers must have one MLflow tracking server to log to (each clone
 would otherwise write its own mlflow.db, lost with it), and the head creates every experiment the stages log to
 (two workers creating the same one race). After the last wave: ``dvc repro`` (``--pull`` with a remote) in the
-head restores every job stage from the run-cache, runs aggregate and plot, and writes dvc.lock.
+head restores every job stage from the run-cache, runs aggregate and plot, and writes dvc.lock; after a launch
+of part of the DAG (``--stages``), it restores just the launched stages.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def launch(
     if dry_run or not final:
         return []
     print("metaland launch: every job succeeded; `dvc repro` in the head restores them from the run-cache")
-    args = [*DVC, "repro", *(["--pull"] if remote else [])]
+    # The whole DAG (aggregate and plot too) when every job stage was launched; else just the launched stages.
+    targets = [] if select == "*" else [stage for wave in waves for stage in wave.stages]
+    args = [*DVC, "repro", *(["--pull"] if remote else []), *targets]
     result = subprocess.run(args, cwd=root, capture_output=True, text=True)
     sys.stdout.write(result.stdout)
     if result.returncode != 0:

@@ -17,6 +17,11 @@ from pathlib import Path
 from metaland.launch import EXECUTORS, Executor, LaunchError, Wave, check_wave, resources_of
 from metaland.launch.worker import worker_command
 
+NODE_IP_ENV = "METALAND_RAY_NODE_IP"
+"""This machine's address as the Ray cluster knows it (its ``ray start --node-ip-address``), where Ray's own guess,
+the address of the default route's interface, is not it. Ray rewrites a ``RAY_ADDRESS`` of ``127.0.0.1`` or
+``localhost`` to that guess, so a cluster on loopback is one on another loopback address, e.g. 127.0.0.2."""
+
 FORWARDED_ENV = ("METALAND_", "MLFLOW_", "DVC_", "AWS_", "GIT_")
 """Prefixes of the head's environment variables every task runs with."""
 
@@ -54,7 +59,7 @@ def _run_wave(wave: Wave, spec_of, launch, folder: Path) -> None:
             "--executor slurm or local."
         ) from None
     if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+        ray.init(log_to_driver=False, _node_ip_address=os.environ.get(NODE_IP_ENV))
     folder.mkdir(parents=True, exist_ok=True)
     logs = {stage: str(folder / f"{stage.replace('@', '--')}.log") for stage in wave.stages}
     pending, codes = [], {}
