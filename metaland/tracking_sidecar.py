@@ -269,11 +269,39 @@ def log_model(
 
 
 def log_dataset(client, run_id: str, name: str, digest: str, source: str) -> None:
-    """The dataset a run trains on, as its MLflow input (the run page's Datasets column)."""
+    """The dataset a run trains on, as its MLflow input (the run page's Datasets column).
+
+    The store creates the experiment's dataset row on first use, and two runs logging the same dataset at once
+    (training jobs of `metaland launch`) may both try: the loser's insert breaks the row's unique key and the
+    whole call is rolled back. The row exists by then, so the call is repeated (:func:`lost_a_creation_race`)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     dataset = Dataset(name=name, digest=digest[:DATASET_DIGEST_CHARS], source_type="local", source=source)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    for attempt in range(1, CREATION_RACE_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if attempt == CREATION_RACE_ATTEMPTS or not lost_a_creation_race(error):
+                raise
+            time.sleep(0.2 * attempt)
+
+
+CREATION_RACE_ATTEMPTS = 5
+"""How often a call that lost a race to create a row (:func:`log_dataset`) is made in all."""
+
+UNIQUE_KEY_VIOLATIONS = (
+    "UNIQUE constraint failed",
+    "duplicate key value violates unique constraint",
+    "Duplicate entry",
+)
+"""How SQLite, PostgreSQL and MySQL word the violation of a unique key, in the store's error."""
+
+
+def lost_a_creation_race(error: Exception) -> bool:
+    return any(text in str(error) for text in UNIQUE_KEY_VIOLATIONS)
 
 
 DATASET_DIGEST_CHARS = 16

@@ -57,6 +57,50 @@ def test_a_training_run_samples_the_machine_and_names_its_dataset(store, monkeyp
     assert [(t.key, t.value) for t in given.tags] == [("mlflow.data.context", "training")]
 
 
+RACE_LOST = (
+    "RestException: BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+    "datasets.name, datasets.digest"
+)
+"""What an MLflow server answered a training job of `metaland launch` whose dataset row another job had just
+created (CI, 2026-12-06)."""
+
+
+class LosesTheFirstCall:
+    """A store client whose first ``log_inputs`` fails as ``error`` after another run has logged the same dataset
+    (the row now exists), then works: two runs' race to create a dataset row, replayed in order."""
+
+    def __init__(self, client: MlflowClient, rival_run: str, error: str):
+        self.client, self.rival_run, self.error, self.calls = client, rival_run, error, 0
+
+    def log_inputs(self, run_id, datasets):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls == 1:
+            self.client.log_inputs(self.rival_run, datasets=datasets)
+            raise MlflowException(self.error)
+        self.client.log_inputs(run_id, datasets=datasets)
+
+
+def test_a_run_that_loses_the_race_to_create_its_dataset_row_logs_its_input_anyway(store):
+    from mlflow.exceptions import MlflowException
+
+    from metaland.tracking_sidecar import log_dataset
+
+    experiment = store.create_experiment("race")
+    first, second = (store.create_run(experiment).info.run_id for _ in range(2))
+    racing = LosesTheFirstCall(store, first, RACE_LOST)
+    log_dataset(racing, second, "omniglot-small", "ab" * 32, "/data/omniglot-small")
+    assert racing.calls == 2
+    for run in (first, second):
+        (given,) = store.get_run(run).inputs.dataset_inputs
+        assert (given.dataset.name, given.dataset.digest) == ("omniglot-small", "ab" * 8)
+    other = LosesTheFirstCall(store, first, "RESOURCE_DOES_NOT_EXIST: Run 'x' not found")
+    with pytest.raises(MlflowException, match="not found"):
+        log_dataset(other, second, "omniglot-small", "ab" * 32, "/data/omniglot-small")
+    assert other.calls == 1, "any other error is the stage's failure, at once"
+
+
 def test_other_stages_log_no_system_metrics(store):
     with stage_run("probe", experiment="s", run_key="s-run") as run:
         run.log_metrics({"probe/acc": 0.5}, step=10)
