@@ -301,12 +301,12 @@ def local_build(ci_repo, tmp_path_factory) -> Path:
 def assert_same_build(work: Path, local: Path) -> None:
     """Every job stage's outputs have the same hashes (dvc.lock), and every result file the same bytes, but for
     the MLflow run ids claims.json links to (each store has its own)."""
-    head_lock, local_lock = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (work, local))
+    head_lock = lock_stages(work)
     jobs = sorted(s for s in head_lock if s.split("@")[0] in ("check-params", "fetch", "train", "extract", "probe"))
     config = load_params(work / "params.yaml")
     built = {f"{kind}@{run}" for run in config.runs for kind in ("train", "extract", "probe")}
     assert {"check-params", *(f"fetch@{d}" for d in config.datasets), *built} <= set(jobs)
-    assert {s: head_lock[s] for s in jobs} == {s: local_lock[s] for s in jobs}
+    assert_same_lock_entries(work, local, jobs)
     files = sorted(p.relative_to(work) for p in (work / "results").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(local) for p in (local / "results").rglob("*") if p.is_file())
     for path in files:
@@ -317,6 +317,16 @@ def assert_same_build(work: Path, local: Path) -> None:
         for claim in record["claims"]:
             claim.pop("mlflow")
     assert claims[0] == claims[1]
+
+
+def lock_stages(checkout: Path) -> dict:
+    return yaml.safe_load((checkout / "dvc.lock").read_text())["stages"]
+
+
+def assert_same_lock_entries(work: Path, local: Path, stages) -> None:
+    """The stages' dvc.lock entries (the hashes of their deps, params and outputs) are the same in both checkouts."""
+    head_lock, local_lock = lock_stages(work), lock_stages(local)
+    assert {s: head_lock[s] for s in stages} == {s: local_lock[s] for s in stages}
 
 
 def assert_the_head_ran_no_job_stage(
@@ -350,15 +360,16 @@ def ray_address() -> Iterator[str]:
         if os.environ.get("METALAND_REQUIRE_RAY") == "1":
             pytest.fail(f"METALAND_REQUIRE_RAY=1 but {why}")
         pytest.skip(why)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     node = {"num_cpus": 1, "num_gpus": 1, "node_ip_address": RAY_NODE_IP}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    try:
-        cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        yield cluster.address
-    finally:
-        cluster.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        try:
+            cluster.add_node(**node)
+            cluster.wait_for_nodes()
+            yield cluster.address
+        finally:
+            cluster.shutdown()
 
 
 RAY_STAGES = "probe@metaopt-*-lr-*"
@@ -396,9 +407,7 @@ def test_ray_builds_launched_stages_on_both_nodes_and_the_head_reruns_none(ray_a
 
     local_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
     sh(["dvc", "repro", *sorted(jobs)], local, local_env)
-    head_lock, local_lock = (yaml.safe_load((d / "dvc.lock").read_text())["stages"] for d in (work, local))
-    built = jobs | {f"extract@{r}" for r in runs} | {"check-params"}
-    assert {s: head_lock[s] for s in built} == {s: local_lock[s] for s in built}
+    assert_same_lock_entries(work, local, jobs | {f"extract@{r}" for r in runs} | {"check-params"})
     for run in runs:
         for folder in ("probes", "checkpoints"):
             files = sorted(p.relative_to(work) for p in (work / folder / run).rglob("*") if p.is_file())
