@@ -1,7 +1,9 @@
 """`metaland launch` (issue 24): the waves it plans from DVC's DAG, the sbatch options it derives from the
 params, the checks before it submits, and, on a real one-node SLURM cluster on loopback
 (cluster/slurm.sh), the whole ci profile built by job arrays in worker clones with one training job
-requeued mid-way, after which the head's `dvc repro` reruns no job stage and equals a local build.
+requeued mid-way, after which the head's `dvc repro` reruns no job stage and equals a local build; the same
+on a Ray cluster of two nodes, with one training task killed mid-way. Both cluster tests share one local
+build (xdist group ``launch``).
 
 The cluster test needs root and Debian's slurmctld/slurmd/munge (cluster/slurm.sh installs them); it is
 skipped, saying why, where that is impossible, and METALAND_REQUIRE_SLURM=1 (set by .ci/run) makes that
@@ -99,7 +101,7 @@ def test_sbatch_options_come_from_the_launch_params_of_each_job_kind():
 
 
 def test_worker_spec_round_trips_and_names_its_clone_and_marker():
-    spec = WorkerSpec("/repo", "a" * 40, "train@x-s0", "/work", "/cache", None)
+    spec = WorkerSpec("/repo", "a" * 40, "train@x-s0", "/work", "/cache", None, 2)
     assert WorkerSpec.from_json(spec.to_json()) == spec
     assert spec.clone == Path("/work/clones/train--x-s0")
     assert spec.done == Path(f"/work/done/train--x-s0.{'a' * 12}")
@@ -123,6 +125,16 @@ def test_a_job_runs_its_stages_with_its_own_interpreter_and_a_ray_task_gets_the_
         and forwarded["METALAND_DATA_MIRROR"] == "/shared/datasets"
     )
     assert "UNRELATED_SETTING" not in forwarded and "PATH" not in forwarded
+
+
+def test_a_jobs_stages_run_with_as_many_torch_threads_as_the_job_has_cpus():
+    """A stage's floats depend on its thread count: every executor gives a job its kind's `cpus` threads."""
+    from metaland.launch.worker import job_environment
+
+    code = "import torch; print(torch.get_num_threads())"
+    ran = subprocess.run([sys.executable, "-c", code], env=job_environment(1), capture_output=True, text=True)
+    assert ran.stdout.strip() == "1", ran.stderr
+    assert job_environment(None).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")  # none: left as is
 
 
 @pytest.fixture(scope="module")
@@ -229,26 +241,28 @@ def slurm_cluster():
     subprocess.run(["sh", str(SLURM_SCRIPT), "stop"], capture_output=True, timeout=60)
 
 
+def _training_mid_way(clones: Path) -> Iterator[str]:
+    """Runs whose training job's clone holds a checkpoint after the initial one but no finished run."""
+    for clone in sorted(clones.glob("train--*")):
+        run = clone.name.split("--", 1)[1]
+        checkpoints = (clone / ".metaland" / "train" / run).glob("**/step-*.safetensors")
+        if any(p.stem != "step-00000000" for p in checkpoints) and not (clone / "runs" / run).exists():
+            yield run
+
+
 def _requeue_a_training_job_mid_way(work: Path, env: dict, done: threading.Event) -> list[str]:
-    """Wait for a training job whose clone holds a checkpoint after the initial one but no finished run; requeue
-    it (SLURM kills it and starts it again). Returns the stages requeued."""
+    """Wait for a training job mid-way; requeue it (SLURM kills it and starts it again). Returns the stages
+    requeued."""
     clones = work / ".metaland" / "launch" / "clones"
     deadline = time.monotonic() + 900
     while not done.is_set() and time.monotonic() < deadline:
-        for clone in sorted(clones.glob("train--*")):
-            run = clone.name.split("--", 1)[1]
-            partial = [
-                p
-                for p in (clone / ".metaland" / "train" / run).glob("**/step-*.safetensors")
-                if p.stem != "step-00000000"
-            ]
-            if partial and not (clone / "runs" / run).exists():
-                queue = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True, text=True)
-                for line in queue.stdout.splitlines():
-                    job, name, state = line.split()
-                    if name == "metaland-train" and state == "RUNNING" and _job_builds(work, job, run):
-                        subprocess.run(["scontrol", "requeue", job], env=env, check=True)
-                        return [f"train@{run}"]
+        for run in _training_mid_way(clones):
+            queue = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=env, capture_output=True, text=True)
+            for line in queue.stdout.splitlines():
+                job, name, state = line.split()
+                if name == "metaland-train" and state == "RUNNING" and _job_builds(work, job, run):
+                    subprocess.run(["scontrol", "requeue", job], env=env, check=True)
+                    return [f"train@{run}"]
         time.sleep(0.2)
     return []
 
@@ -259,6 +273,7 @@ def _job_builds(work: Path, job: str, run: str) -> bool:
 
 
 @pytest.mark.slurm
+@pytest.mark.xdist_group("launch")
 def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job_stage(
     slurm_cluster, ci_repo, local_build, tmp_path
 ):
@@ -290,11 +305,16 @@ def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job
 
 @pytest.fixture(scope="module")
 def local_build(ci_repo, tmp_path_factory) -> Path:
-    """The launch tests' commit built locally by one `dvc repro`: what every executor's build must equal."""
+    """The launch tests' commit built locally by one `dvc repro`: what every executor's build must equal. With as
+    many CPU threads as the ci profile gives every job (its `cpus`, the same for each kind): a stage's floats
+    depend on its thread count."""
     work, env = ci_repo
+    launch = load_params(work / "params.yaml").launch
+    threads = {launch.fetch.cpus, launch.train.cpus, launch.probe.cpus}
+    assert len(threads) == 1, "the ci profile gives every kind of job the same cpus"
     local = tmp_path_factory.mktemp("local") / "repo"
     sh(["git", "clone", "-q", str(work), str(local)], local.parent, env)
-    sh(["dvc", "repro"], local, env, timeout=BUILD_TIMEOUT_S)
+    sh(["dvc", "repro"], local, {**env, "OMP_NUM_THREADS": str(threads.pop())}, timeout=BUILD_TIMEOUT_S)
     return local
 
 
@@ -372,43 +392,67 @@ def ray_address() -> Iterator[str]:
             cluster.shutdown()
 
 
-RAY_STAGES = "probe@metaopt-*-lr-*"
-"""What the Ray test launches: the synthetic-task runs' probes, with their training and the datasets (7 jobs)."""
+def _kill_a_ray_training_task_mid_way(jobs: Path, done: threading.Event) -> list[str]:
+    """Wait for a training job mid-way; kill its Ray worker process and every process under it at once, as the
+    loss of its node would (Ray then runs the task again). Returns the stages killed."""
+    import psutil
+
+    deadline = time.monotonic() + 900
+    while not done.is_set() and time.monotonic() < deadline:
+        for run in _training_mid_way(jobs / "clones"):
+            spec = f'"stage": "train@{run}"'
+            for process in psutil.process_iter(["cmdline"]):
+                command = process.info["cmdline"] or []
+                if "launch-worker" in command and spec in command[-1]:
+                    worker = process.parent()
+                    tree = [worker, *worker.children(recursive=True)]
+                    for act in ("suspend", "kill"):  # frozen first: no process of the job outlives another
+                        for victim in tree:
+                            with contextlib.suppress(psutil.NoSuchProcess):
+                                getattr(victim, act)()
+                    return [f"train@{run}"]
+        time.sleep(0.2)
+    return []
 
 
 @pytest.mark.ray
-def test_ray_builds_launched_stages_on_both_nodes_and_the_head_reruns_none(ray_address, ci_repo, tmp_path):
+@pytest.mark.xdist_group("launch")
+def test_ray_builds_the_ci_profile_on_both_nodes_and_the_head_reruns_no_job_stage(
+    ray_address, ci_repo, local_build, tmp_path
+):
     """The head is a clone of the launch tests' commit with a DVC cache of its own, so no job finds another test's
     outputs in the run-cache; each job runs as a Ray task in its own clone, with the head's settings (the tracking
-    server) though the cluster was started without them. The head's `dvc repro` of the launched stages then runs
-    none, and their outputs equal a local `dvc repro` of the same stages."""
+    server) though the cluster was started without them. One training task is killed mid-way with its worker
+    process: Ray runs it again, and it resumes in its clone. The head's `dvc repro` then runs no job stage, and
+    the build equals a local `dvc repro` of the same commit."""
     origin, env = ci_repo
-    work, local = tmp_path / "head", tmp_path / "local"
-    for clone in (work, local):
-        sh(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+    work, jobs = tmp_path / "head", tmp_path / "jobs"
+    sh(["git", "clone", "-q", str(origin), str(work)], tmp_path, env)
     env = {**env, "RAY_ADDRESS": ray_address, "METALAND_RAY_NODE_IP": RAY_NODE_IP, "RAY_USAGE_STATS_ENABLED": "0"}
     with mlflow_server(tmp_path, env) as url:
         env["MLFLOW_TRACKING_URI"] = url
-        launched = metaland(
-            ["launch", "--executor", "ray", "--stages", RAY_STAGES, "--workdir", str(tmp_path / "jobs")], work, env
-        )
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
-    config = load_params(work / "params.yaml")
-    runs = [r for r in config.runs if r.startswith("metaopt-") and "-lr-" in r]
-    # a probe stage depends on every dataset (cross-domain probes): every fetch comes too
-    jobs = {*(f"fetch@{d}" for d in config.datasets), *(f"train@{r}" for r in runs), *(f"probe@{r}" for r in runs)}
-    assert len(runs) == 2 and f"{len(jobs)} job(s) in 3 wave(s) on ray" in launched.stdout
-    folder = tmp_path / "jobs" / "logs"
-    logs = {p.stem.replace("--", "@"): p.read_text(errors="replace") for p in folder.glob("*.log")}
-    assert set(logs) == jobs
-    nodes = {re.search(r"ray task on node (\w+)", log).group(1) for log in logs.values()}
-    assert len(nodes) == 2, "the jobs ran on both nodes"
-    assert_the_head_ran_no_job_stage(launched, work, env, tuple(sorted(jobs)))
+        done = threading.Event()
+        result: dict = {}
 
-    local_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
-    sh(["dvc", "repro", *sorted(jobs)], local, local_env)
-    assert_same_lock_entries(work, local, jobs | {f"extract@{r}" for r in runs} | {"check-params"})
-    for run in runs:
-        for folder in ("probes", "checkpoints"):
-            files = sorted(p.relative_to(work) for p in (work / folder / run).rglob("*") if p.is_file())
-            assert files and all((work / f).read_bytes() == (local / f).read_bytes() for f in files), run
+        def head():
+            result["run"] = metaland(["launch", "--executor", "ray", "--workdir", str(jobs)], work, env, timeout=3000)
+            done.set()
+
+        thread = threading.Thread(target=head)
+        thread.start()
+        killed = _kill_a_ray_training_task_mid_way(jobs, done)
+        thread.join()
+    launched = result["run"]
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert killed, "no training task was caught mid-way to kill"
+    config = load_params(work / "params.yaml")
+    count = len(config.datasets) + 2 * len(config.runs)
+    assert f"{count} job(s) in 3 wave(s) on ray" in launched.stdout
+    logs = {p.stem.replace("--", "@"): p.read_text(errors="replace") for p in (jobs / "logs").glob("*.log")}
+    assert len(logs) == count
+    nodes = {node for log in logs.values() for node in re.findall(r"ray task on node (\w+)", log)}
+    assert len(nodes) == 2, "the jobs ran on both nodes"
+    retried = logs[killed[0]]
+    assert retried.count("ray task on node") == 2 and "resumed from step" in retried, retried[-3000:]
+    assert_the_head_ran_no_job_stage(launched, work, env)
+    assert_same_build(work, local_build)

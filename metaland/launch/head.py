@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from metaland.config import load_params
-from metaland.launch import EXECUTORS, LaunchError, plan_waves, read_dag
+from metaland.launch import EXECUTORS, LaunchError, kind_of, plan_waves, read_dag, resources_of
 from metaland.launch.worker import DVC, WorkerSpec
 
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -105,7 +105,8 @@ def launch(
     workdir = workdir.resolve()
 
     def spec_of(stage: str) -> WorkerSpec:
-        return WorkerSpec(repo or str(root.resolve()), commit, stage, str(workdir), shared, remote)
+        threads = resources_of(config.launch, kind_of(stage)).cpus
+        return WorkerSpec(repo or str(root.resolve()), commit, stage, str(workdir), shared, remote, threads)
 
     if not dry_run:  # markers of an earlier launch of the same commit must not pass for this one's
         for wave in waves:

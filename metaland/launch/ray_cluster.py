@@ -4,6 +4,10 @@ for the job kind's resources (``num_cpus``, ``num_gpus``, ``memory``) and runs t
 as a SLURM job; at most ``array_parallelism`` tasks are in flight, and a wave starts after the previous
 one succeeded. The head connects to the cluster at ``RAY_ADDRESS`` (``ray.init``'s rule).
 
+A task whose worker process or node died (a preempted spot machine, the OOM killer) is run again by Ray, up
+to :data:`MAX_RETRIES` times, in the same clone (a shared filesystem): the stage resumes there, training
+from its newest checkpoint, as a requeued SLURM job does. A job that exits non-zero failed and is not retried.
+
 A SLURM job inherits the environment it was submitted from (``sbatch --export=ALL``); a Ray task inherits the
 environment ``ray start`` ran in, so the head hands each task its own settings of the variables a job reads
 (:data:`FORWARDED_ENV`: the tracking server, the data mirror and cache, DVC's and the object store's)."""
@@ -26,6 +30,10 @@ FORWARDED_ENV = ("METALAND_", "MLFLOW_", "DVC_", "AWS_", "GIT_")
 """Prefixes of the head's environment variables every task runs with."""
 
 
+MAX_RETRIES = 3
+"""Times Ray runs a job again after its worker process or node died (Ray's ``max_retries``)."""
+
+
 def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
@@ -33,7 +41,7 @@ def forwarded_env() -> dict[str, str]:
 def _job(command: list[str], log: str) -> int:
     import ray
 
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:  # a retried task appends to the log of the attempt it follows
         out.write(f"metaland launch: ray task on node {ray.get_runtime_context().get_node_id()}\n".encode())
         out.flush()
         return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
@@ -67,15 +75,33 @@ def _run_wave(wave: Wave, spec_of, launch, folder: Path) -> None:
     for stage in wave.stages:
         r = resources_of(launch, stage.split("@", 1)[0])
         task = ray.remote(
-            num_cpus=r.cpus, num_gpus=r.gpus, memory=int(r.mem_gb * 2**30), max_retries=0, runtime_env=runtime_env
+            num_cpus=r.cpus,
+            num_gpus=r.gpus,
+            memory=int(r.mem_gb * 2**30),
+            max_retries=MAX_RETRIES,
+            runtime_env=runtime_env,
         )(_job)
         pending.append((stage, task.remote(worker_command(spec_of(stage)), logs[stage])))
         while len(pending) >= launch.array_parallelism:
             stage_done, ref = pending.pop(0)
-            codes[stage_done] = ray.get(ref)
+            codes[stage_done] = _exit_status(ref, logs[stage_done])
     for stage_done, ref in pending:
-        codes[stage_done] = ray.get(ref)
+        codes[stage_done] = _exit_status(ref, logs[stage_done])
     check_wave(wave, codes, logs)
+
+
+def _exit_status(ref, log: str) -> int:
+    """The job's exit status; -1, said in its log, when Ray lost the task (its worker or node died once more
+    than :data:`MAX_RETRIES` allows, or the task could not start)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as err:
+        with open(log, "a") as out:
+            out.write(f"metaland launch: Ray lost the task ({type(err).__name__}: {err}); one whose worker or node "
+                      f"died was run again at most {MAX_RETRIES} times\n")  # fmt: skip
+        return -1
 
 
 EXECUTORS.register("ray", Executor("ray", "ray.remote tasks on a Ray cluster (the ray extra)", submit))

@@ -35,6 +35,7 @@ class WorkerSpec:
     workdir: str  # the launch's work folder: the job's clone and its success marker live there
     cache: str | None = None  # the shared DVC cache dir; None with a remote
     remote: str | None = None  # a DVC remote (not HTTP: run-cache push/pull refuses it); None with a cache
+    threads: int | None = None  # CPU threads of the job's stages (OMP_NUM_THREADS): its kind's cpus; None: unset
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -54,18 +55,24 @@ class WorkerSpec:
         return Path(self.workdir) / "done" / f"{self.stage.replace('@', '--')}.{self.commit[:12]}"
 
 
-def job_environment() -> dict[str, str]:
+def job_environment(threads: int | None = None) -> dict[str, str]:
     """The job's environment, with the folder of the interpreter that runs the job first on PATH: the stages'
     commands (``python stages/….py``) then run in the same environment as the job, whatever PATH the scheduler
-    gave it (a Ray task starts with the PATH of ``ray start``)."""
+    gave it (a Ray task starts with the PATH of ``ray start``); and ``threads`` CPU threads (``OMP_NUM_THREADS``,
+    which PyTorch reads): the CPUs the job asked for, so jobs sharing a node do not oversubscribe it, and a
+    stage's numbers, which depend on its thread count (the order of a kernel's partial sums), are the same on
+    every executor (a Ray task gets its ``num_cpus`` already; SLURM and local jobs get nothing)."""
     path = os.environ.get("PATH", "")
-    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), path]), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), path]), "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
-def _run(args: list[str], cwd: Path, what: str) -> None:
-    """Run a command with the job's stdout/stderr (the scheduler's log, written as it goes: unbuffered); fail
-    with ``what`` if it fails."""
-    result = subprocess.run(args, cwd=cwd, env=job_environment())
+def _run(args: list[str], cwd: Path, what: str, threads: int | None = None) -> None:
+    """Run a command with the job's stdout/stderr (the scheduler's log, written as it goes: unbuffered) and
+    ``threads`` CPU threads; fail with ``what`` if it fails."""
+    result = subprocess.run(args, cwd=cwd, env=job_environment(threads))
     if result.returncode != 0:
         raise LaunchError(f"{what}: `{' '.join(args)}` exited with status {result.returncode} in {cwd} (log above).")
 
@@ -99,7 +106,7 @@ def run_worker(spec: WorkerSpec) -> None:
     clone = prepare_clone(spec)
     print(f"metaland launch: job {spec.stage} in {clone} at {spec.commit[:12]}", flush=True)
     pull = ["--pull"] if spec.remote else []
-    _run([*DVC, "repro", *pull, spec.stage], clone, f"stage {spec.stage}")
+    _run([*DVC, "repro", *pull, spec.stage], clone, f"stage {spec.stage}", spec.threads)
     if spec.remote:
         _run([*DVC, "push", "--run-cache", "-r", spec.remote], clone, f"push of {spec.stage}")
     write_text(spec.done, f"{spec.stage} built at {spec.commit}\n")
