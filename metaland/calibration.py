@@ -17,6 +17,13 @@ direction):
 * ``trend``: per run a slope ~ N(effect, 1) over the checkpoints plus a random walk (checkpoints of a
   run are autocorrelated): at the null every run trends, in a random direction.
 * ``association``: x a random walk; y = β x + a random walk, β ~ N(effect, 1) per run.
+* ``no-trend``: band ±0.3 on the mean per-run Spearman ρ(step, value), its units the band's third (0.1,
+  the between-seed s.d. of the runs' correlation); per run values with a correlation r ~ N(c, 0.1) with the
+  step on independent noise (the design's noise does not enter: the checkpoints' count sets the within-run
+  error), c set by bisection on 20,000 simulated runs so that the mean ρ is 0.3 · (1 − effect / 3): at
+  effect 0 on the band's upper edge, at effect 3 at 0.
+* ``association-gap``: y a random walk; x = (β + effect) y and versus = β y, each plus a random walk of its
+  own, β ~ N(0, 1) per run: at the null x and versus are exchangeable (a gap of 0 exactly).
 * ``peak``: a hump of height ~ N(effect, 1) per run (a valley when negative) plus a random walk.
 * ``after-peak``: the reference peaks mid-run and degrades by 3 in every run; from the peak to the end
   the value falls by ~ N(effect, 1), plus a random walk.
@@ -40,6 +47,8 @@ PARAMS = {
     "equivalence": {"name": "simulated mean", "low": -3.0, "high": 3.0},
     "trend": {"metric": "simulated", "direction": 1},
     "association": {"x": "x", "y": "y", "sign": 1, "method": "spearman"},
+    "no-trend": {"metric": "simulated", "margin": 0.3, "fails": "outside"},
+    "association-gap": {"x": "x", "versus": "versus", "y": "y", "method": "spearman"},
     "peak": {"metric": "simulated", "skip_initial": False},
     "after-peak": {"metric": "simulated", "peak_of": "reference", "skip_initial": False},
     "across-runs": {"x": "x", "y": "y", "sign": 1, "min_runs": 4},
@@ -67,6 +76,37 @@ def _frame(columns: dict, studies: int, per_study: int) -> pd.DataFrame:
 
 def _walks(rng: np.random.Generator, shape: tuple[int, ...], sd: float) -> np.ndarray:
     return np.cumsum(rng.normal(0, sd, shape), axis=-1)
+
+
+def _spearman_rows(values: np.ndarray) -> np.ndarray:
+    """Spearman ρ of each row of ``values`` with its position (no ties: continuous draws)."""
+    ranks = values.argsort(axis=-1).argsort(axis=-1).astype(float)
+    m = values.shape[-1]
+    position = np.arange(m) - (m - 1) / 2
+    return (ranks - (m - 1) / 2) @ position / (position @ position)
+
+
+def _trending_runs(centre: float, shape: tuple[int, ...], m: int, rng: np.random.Generator) -> np.ndarray:
+    """Runs of ``m`` checkpoints whose values correlate with the step at a per-run r ~ N(centre, 0.1)
+    (clipped to ±0.95), on independent Gaussian noise (a Gaussian copula: the per-run ρ also varies by
+    the sampling error of ``m`` points)."""
+    step = (np.arange(m) - (m - 1) / 2) / np.sqrt((m**2 - 1) / 12)
+    r = np.clip(rng.normal(centre, 0.1, (*shape, 1)), -0.95, 0.95)
+    return r * step + np.sqrt(1 - r**2) * rng.normal(0, 1.0, (*shape, m))
+
+
+def _centre_for_mean_rho(target: float, m: int, rng: np.random.Generator, runs: int = 20_000) -> float:
+    """The centre of :func:`_trending_runs`'s per-run r at which the mean per-run Spearman ρ(step, value)
+    is ``target``: bisection on common random numbers (ρ grows with r)."""
+    common = int(rng.integers(2**62))  # the same draws at every centre tried
+    low, high = -1.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        if _spearman_rows(_trending_runs(mid, (runs,), m, np.random.default_rng(common))).mean() < target:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
 
 
 def simulate(family: str, effect: float, design: Design, studies: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -107,6 +147,16 @@ def simulate(family: str, effect: float, design: Design, studies: int, rng: np.r
         x = _walks(rng, (studies, k, m), 1.0)
         y = rng.normal(effect, 1.0, (studies, k, 1)) * x + _walks(rng, (studies, k, m), sd * 3)
         return _frame(curve | {"x": x.reshape(-1), "y": y.reshape(-1)}, studies, k * m)
+    if family == "no-trend":
+        centre = _centre_for_mean_rho(PARAMS["no-trend"]["margin"] * (1 - effect / 3), m, rng)
+        values = _trending_runs(centre, (studies, k), m, rng)
+        return _frame(curve | {"value": values.reshape(-1)}, studies, k * m)
+    if family == "association-gap":
+        y = _walks(rng, (studies, k, m), 1.0)
+        beta = rng.normal(0.0, 1.0, (studies, k, 1))
+        x = (beta + effect) * y + _walks(rng, (studies, k, m), sd * 3)
+        versus = beta * y + _walks(rng, (studies, k, m), sd * 3)
+        return _frame(curve | {"x": x.reshape(-1), "versus": versus.reshape(-1), "y": y.reshape(-1)}, studies, k * m)
     if family == "peak":
         bump = 1.0 - (2 * steps - 1) ** 2
         values = rng.normal(effect, 1.0, (studies, k, 1)) * bump + _walks(rng, (studies, k, m), sd)

@@ -221,29 +221,42 @@ def decide_equivalence(rows: pd.DataFrame, params: dict, cfg: AggregateConfig) -
     significantly outside the band (the smaller one-sided p, doubled)."""
     if rows.empty:
         return []
-    low, high = params["low"], params["high"]
     per_seed = _by_key(rows.set_index([*KEYS, "seed"])["value"].groupby(level=[0, 1, 2]).mean())
     conventions = _conventions(rows.set_index(KEYS)["value"], cfg.confidence)
-    parts = []
-    for key in sorted(per_seed):
-        values = list(per_seed[key].values())
-        base = _part(*key, params.get("name", "mean"), per_seed[key], cfg)
-        above, below = across_seeds(values, null=high).p_greater, across_seeds(values, null=low).p_less
-        outside = min(1.0, 2 * min(above, below)) if math.isfinite(above) else math.nan
-        extra = {"band": [low, high], "convention": conventions[key]}
-        parts.append(
-            Part(*key, base.name, base.per_seed, base.inference, equivalence_p(values, low, high), outside, base.note,
-                 extra)
-        )  # fmt: skip
-    return parts
+    return [
+        _band_part(key, params.get("name", "mean"), per_seed[key], params["low"], params["high"], cfg,
+                   extra={"convention": conventions[key]})
+        for key in sorted(per_seed)
+    ]  # fmt: skip
 
 
-# --- curves over meta-training: trend, association, peak, after-peak --------------------------
+def _band_part(key, name, per_seed, low, high, cfg, *, fails: str = "outside", extra=None) -> Part:
+    """A part whose claim is "the mean of the per-seed values lies inside (low, high)": TOST for holds; for
+    fails, the mean lies significantly outside the band (``outside``: the smaller one-sided p, doubled) or,
+    with ``fails="above"``, significantly above ``high`` only (a fall below ``low`` then decides nothing)."""
+    values = list(per_seed.values())
+    base = _part(*key, name, per_seed, cfg)
+    above, below = across_seeds(values, null=high).p_greater, across_seeds(values, null=low).p_less
+    outside = min(1.0, 2 * min(above, below)) if math.isfinite(above) else math.nan
+    if fails == "above":  # only a significant rise beyond the band opposes the claim
+        outside = above
+    extra = {"band": [low, high], **(extra or {})}
+    return Part(*key, base.name, base.per_seed, base.inference, equivalence_p(values, low, high), outside, base.note,
+                extra)  # fmt: skip
+
+
+# --- curves over meta-training: trend, association, no-trend, association-gap, peak, after-peak -------
 
 
 def _per_run_correlation(rows: pd.DataFrame, x: str, y: str, ranks: bool) -> dict[tuple[str, str], dict[int, float]]:
     """Per (component, stratum, seed): the mean over its runs of each run's Pearson r (of ranks: Spearman ρ)
     of ``x`` and ``y`` over its checkpoints; runs with fewer than MIN_CHECKPOINTS finite pairs give none."""
+    return _by_key(_run_correlations(rows, x, y, ranks).groupby(level=[0, 1, 2]).mean())
+
+
+def _run_correlations(rows: pd.DataFrame, x: str, y: str, ranks: bool) -> pd.Series:
+    """Each run's Pearson r (of ranks: Spearman ρ) of ``x`` and ``y`` over its checkpoints, indexed by
+    (component, stratum, seed, run); runs with fewer than MIN_CHECKPOINTS finite pairs, or no spread, give none."""
     keys = [*KEYS, "seed", "run"]
     frame = rows[np.isfinite(rows[x].to_numpy(float)) & np.isfinite(rows[y].to_numpy(float))][[*keys, x, y]]
     frame = frame.rename(columns={x: "_x", y: "_y"})
@@ -256,8 +269,7 @@ def _per_run_correlation(rows: pd.DataFrame, x: str, y: str, ranks: bool) -> dic
     count = groups.size()
     with np.errstate(invalid="ignore", divide="ignore"):
         r = sums["xy"] / np.sqrt(sums["xx"] * sums["yy"])
-    r = r[(count >= MIN_CHECKPOINTS) & (sums["xx"] > 0) & (sums["yy"] > 0)]
-    return _by_key(r.groupby(level=[0, 1, 2]).mean())
+    return r[(count >= MIN_CHECKPOINTS) & (sums["xx"] > 0) & (sums["yy"] > 0)]
 
 
 def _correlation_parts(rows, x, y, ranks, name, direction, cfg) -> list[Part]:
@@ -277,6 +289,38 @@ def decide_association(rows: pd.DataFrame, params: dict, cfg: AggregateConfig) -
     """Per run, the correlation of x and y over its checkpoints; t over seeds that it has ``sign``."""
     method = params.get("method", "spearman")
     return _correlation_parts(rows, "x", "y", method == "spearman", f"{method} r(x, y) per run", params["sign"], cfg)
+
+
+def decide_no_trend(rows: pd.DataFrame, params: dict, cfg: AggregateConfig) -> list[Part]:
+    """Per run, Spearman ρ(step, value) over its checkpoints (as :func:`decide_trend`); holds if TOST over
+    seeds puts the mean ρ inside ±``margin`` (no more than a weak monotone trend either way); fails if it
+    lies significantly above ``margin`` (``fails="above"``: the value grows) or outside the band."""
+    if rows.empty:
+        return []
+    margin = params["margin"]
+    per_seed = _per_run_correlation(rows, "step", "value", True)
+    return [
+        _band_part(key, "Spearman ρ(step, value) per run", per_seed.get(key, {}), -margin, margin, cfg,
+                   fails=params.get("fails", "outside"))
+        for key in _groups(rows)
+    ]  # fmt: skip
+
+
+def decide_association_gap(rows: pd.DataFrame, params: dict, cfg: AggregateConfig) -> list[Part]:
+    """Per run, the correlation of x and y minus that of ``versus`` and y over the same checkpoints (those
+    where all three are finite); t over seeds that the gap is positive (x tracks y better than versus)."""
+    if rows.empty:
+        return []
+    method = params.get("method", "spearman")
+    frame = rows[np.isfinite(rows[["x", "versus", "y"]].to_numpy(float)).all(axis=1)]
+    per_seed = {}
+    if not frame.empty:
+        gap = _run_correlations(frame, "x", "y", method == "spearman") - _run_correlations(
+            frame, "versus", "y", method == "spearman"
+        )
+        per_seed = _by_key(gap.dropna().groupby(level=[0, 1, 2]).mean())
+    name = f"{method} r(x, y) − {method} r(versus, y) per run"
+    return [_part(*key, name, per_seed.get(key, {}), cfg) for key in _groups(rows)]
 
 
 def _curves(rows: pd.DataFrame, column: str, skip_initial: bool) -> dict[tuple[str, str], pd.DataFrame]:
@@ -442,6 +486,18 @@ for _family in (
     Family("equivalence", "mean per seed inside a band, TOST over seeds", ("unit", "value"), decide_equivalence),
     Family("trend", "Spearman ρ(step, value) per run, t over seeds", ("step", "value"), decide_trend),
     Family("association", "correlation of x and y per run, t over seeds", ("step", "x", "y"), decide_association),
+    Family(
+        "no-trend",
+        "Spearman ρ(step, value) per run, TOST over seeds inside ±margin",
+        ("step", "value"),
+        decide_no_trend,
+    ),
+    Family(
+        "association-gap",
+        "correlation of x and y minus that of versus and y per run, t over seeds",
+        ("step", "x", "versus", "y"),
+        decide_association_gap,
+    ),
     Family("peak", "held-out peak: rise and fall per seed, t over seeds", ("step", "value"), decide_peak),
     Family(
         "after-peak",
@@ -951,6 +1007,27 @@ def association(
     """``x`` and ``y`` move together over meta-training (``sign``): their correlation over each run's
     checkpoints, t over seeds."""
     return Rule("association", {"x": x, "y": y, "sign": sign, "method": method}, _curve({"x": x, "y": y}, scope))
+
+
+def no_trend(
+    metric: str, margin: float, *, scope: Scope = every_run, fails: Literal["outside", "above"] = "outside"
+) -> Rule:
+    """``metric`` neither rises nor falls over meta-training: Spearman ρ(step, metric) of each run, TOST over
+    seeds that the mean ρ lies inside ±``margin`` (:func:`decide_no_trend`); ``fails="above"`` lets only a
+    significant rise beyond ``margin`` fail the claim ("does not grow")."""
+    return Rule("no-trend", {"metric": metric, "margin": margin, "fails": fails}, _curve({"value": metric}, scope))
+
+
+def tracks_better(
+    x: str, versus: str, y: str, *, scope: Scope = every_run, method: Literal["pearson", "spearman"] = "spearman"
+) -> Rule:
+    """``x`` moves with ``y`` over meta-training more than ``versus`` does: per run, r(x, y) − r(versus, y)
+    over its checkpoints, t over seeds that the gap is positive (:func:`decide_association_gap`)."""
+    return Rule(
+        "association-gap",
+        {"x": x, "versus": versus, "y": y, "method": method},
+        _curve({"x": x, "versus": versus, "y": y}, scope),
+    )
 
 
 def peak_then_fall(metric: str, *, scope: Scope = every_run, skip_initial: bool = True) -> Rule:

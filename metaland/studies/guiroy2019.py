@@ -30,8 +30,10 @@ from metaland.claims import (
     association,
     falls_after_peak_of,
     improves_on,
+    no_trend,
     peak_then_fall,
     register,
+    tracks_better,
     trend,
     where,
     within,
@@ -46,7 +48,7 @@ from metaland.plots import (
     save,
     suptitle,
 )
-from metaland.results import StudyTables
+from metaland.results import STRATUM_KNOBS, StudyTables
 from metaland.stats import mean_ci
 from metaland.studies import STUDIES, Figure, StudySpec
 
@@ -59,6 +61,10 @@ def _multi_step(steps: pd.Series) -> pd.Series:
     return steps > 1
 
 
+def _after_initialisation(steps: pd.Series) -> pd.Series:
+    return steps > 0
+
+
 MULTI_STEP = where(algorithm=META_LEARNERS, inner_steps=_multi_step)
 """The main runs: MAML / FOMAML meta-trained with T > 1 inner steps (T = 5 in the thesis)."""
 ONE_STEP = where(algorithm=META_LEARNERS, inner_steps=1)
@@ -69,6 +75,26 @@ OVERFIT = where(algorithm="fomaml", ways=5, shots=1, inner_steps=_multi_step, lo
 REGULARISED = where(algorithm="regmaml")
 MAML_BASELINE = where(algorithm="maml", inner_steps=_multi_step)
 ADAPTING = where(algorithm=(*META_LEARNERS, "regmaml"))
+FINETUNE_TRAINED = where(algorithm="finetune", step=_after_initialisation)
+"""Finetune checkpoints after the initialisation (the thesis measures after each pre-training epoch)."""
+
+
+def _beside_finetune(scope, varies: tuple[str, ...] = ()):
+    """The rows of ``scope`` in a stratum (less ``varies``) that also has finetune runs: a comparison with
+    finetune reads only the settings finetune was run in, so a MAML setting without a finetune run (every
+    Omniglot setting of the paper profile) leaves the claim untouched instead of making it undecidable."""
+
+    def select(frame: pd.DataFrame) -> pd.DataFrame:
+        rows = scope(frame)
+        if rows.empty:
+            return rows
+        knobs = [k for k in STRATUM_KNOBS if k not in varies and k in rows.columns]
+        finetune = FINETUNE(frame)[knobs].astype(str).drop_duplicates()
+        keys = pd.MultiIndex.from_frame(rows[knobs].astype(str))
+        return rows[keys.isin(pd.MultiIndex.from_frame(finetune))]
+
+    return select
+
 
 # --------------------------------------------------------------------------------------------
 # Claims (rules fixed before any data; the statistics in metaland.claims)
@@ -80,6 +106,14 @@ CHANCE_MARGIN = 0.02
 THESIS_REGULARISER_GAIN = 0.9538 - 0.9405
 """§2.6: the regulariser's gain in target accuracy (Omniglot 20-way 1-shot, 5 runs × 600 tasks)."""
 ACROSS_SEEDS = "per stratum (dataset, backbone, ways, shots, inner steps and lr), t over seeds"
+BESIDE_FINETUNE = (
+    "per stratum (dataset, backbone, ways, shots, queries, inner steps and lr, augmentation: finetune is adapted "
+    "with MAML's inner loop, so the two share it) that has finetune runs"
+)
+FINETUNE_NORM_TREND_MARGIN = 0.3
+"""§2.5.3: how flat "does not grow" must be shown to be (TOST): the mean over seeds of each finetune run's
+Spearman ρ(step, trajectory norm) within ±0.3, at most a weak monotone trend (ρ = 0.3 is Cohen's "medium"
+correlation); MAML's norm, which the thesis says grows, is tested for ρ > 0 by ``trajectory-norm-grows``."""
 
 
 def _claim(slug: str, section: str, claim: str, rule: str, test, **extra) -> None:
@@ -124,6 +158,16 @@ _claim(
     trend("support_loss", 1, scope=FINETUNE),
 )
 _claim(
+    "finetune-curvature-rises",
+    "§2.1, §2.5.1, Fig. 2.4c",
+    "For the finetune baseline the opposite occurs: meta-test solutions become sharper, the curvature "
+    "E[‖H(D_i; θ̃_i)‖_σ] rises over pre-training.",
+    "checkpoints after the initialisation (the thesis measures after each epoch); each finetune run gives Spearman "
+    f"ρ(step, ‖H‖_σ) over them; holds if, {ACROSS_SEEDS}, the mean ρ is significantly above 0 in every stratum; "
+    "fails if it is significantly below 0 in any.",
+    trend("hessian_spectral_norm", 1, scope=FINETUNE_TRAINED),
+)
+_claim(
     "curvature-rises-then-falls",
     "§2.5.1, Fig. 2.2",
     "The curvature of meta-test solutions, E[‖H(D_i; θ̃_i)‖_σ], first rises to a peak, then decreases as "
@@ -166,21 +210,60 @@ _claim(
     association("gradient_coherence", "query_accuracy", sign=1, scope=ONE_STEP),
 )
 _claim(
+    "gradient-inner-product-beats-cosine",
+    "§2.4.3",
+    "The average inner product between meta-test gradients E[g_iᵀg_j], and not just their direction (the mean "
+    "cosine), is more correlated with the average target accuracy.",
+    "the runs meta-trained and tested with T = 1 (as gradient-coherence-tracks-accuracy); each run gives "
+    "Spearman ρ(gradient inner product, target accuracy) − Spearman ρ(gradient cosine, target accuracy) over its "
+    f"checkpoints; holds if, {ACROSS_SEEDS}, the mean difference is significantly above 0 in every stratum "
+    "meta-trained with T = 1; fails if it is significantly below 0 in any.",
+    tracks_better("gradient_coherence", "gradient_cosine", "query_accuracy", scope=ONE_STEP),
+)
+_claim(
     "finetune-trajectory-coherence-near-zero",
     "§2.5.2, Fig. 2.6a",
     "For the finetune baseline, trajectory coherence stays much closer to zero than for MAML: adaptation "
     "directions are roughly orthogonal, like random high-dimensional vectors.",
     "each run gives its mean |trajectory coherence| over its checkpoints after the initialisation; holds if, per "
-    "stratum (dataset, backbone, ways, shots), the paired difference MAML − finetune of the same seed is "
-    "significantly above 0 over seeds; fails if it is significantly below 0.",
+    "stratum (dataset, backbone, ways, shots) that has finetune runs, the paired difference MAML − finetune of the "
+    "same seed is significantly above 0 over seeds; fails if it is significantly below 0.",
     improves_on(
         "trajectory_coherence",
         FINETUNE,
-        where(algorithm="maml", inner_steps=_multi_step),
+        _beside_finetune(MAML_BASELINE, varies=("inner_steps", "inner_lr")),
         better="lower",
         source="run_means",
         absolute=True,
         varies=("inner_steps", "inner_lr"),
+    ),
+)
+_claim(
+    "finetune-accuracy-below-maml",
+    "§2.5.2",
+    "The finetune baseline reaches much lower meta-test target accuracy than MAML.",
+    "each seed gives its mean paired difference (MAML − finetune of the same seed) in target accuracy over the same "
+    f"fixed test tasks at each run's final checkpoint; holds if, {BESIDE_FINETUNE}, t over seeds shows the mean "
+    "significantly above 0; fails if it is significantly below 0. Only the direction is tested: the thesis gives "
+    'no number for "much".',
+    improves_on("query_accuracy", _beside_finetune(MAML_BASELINE), FINETUNE),
+)
+_claim(
+    "finetune-gradient-coherence-low",
+    "§2.5.3, Fig. 2.6b",
+    "For the finetune baseline, the coherence between meta-test gradients E[g_iᵀg_j] at θ^s is very low: much "
+    "closer to zero than MAML's.",
+    'a raw inner product has no scale-free "low", so "very low" is read against MAML of the same seed: each '
+    "run gives its mean |gradient coherence| over its checkpoints after the initialisation; holds if, "
+    f"{BESIDE_FINETUNE}, the paired difference MAML − finetune of the same seed is significantly above 0 over "
+    "seeds; fails if it is significantly below 0.",
+    improves_on(
+        "gradient_coherence",
+        FINETUNE,
+        _beside_finetune(MAML_BASELINE),
+        better="lower",
+        source="run_means",
+        absolute=True,
     ),
 )
 _claim(
@@ -190,6 +273,18 @@ _claim(
     f"each run gives Spearman ρ(step, trajectory norm); holds if, {ACROSS_SEEDS}, the mean ρ is significantly above 0 "
     "in every MAML/FOMAML stratum with T > 1; fails if it is significantly below 0 in any.",
     trend("trajectory_norm", 1, scope=MULTI_STEP),
+)
+_claim(
+    "finetune-trajectory-norm-flat",
+    "§2.5.3, Figs. 2.6c-d",
+    "As opposed to MAML, the meta-test trajectory norm E[‖θ̃_i − θ^s‖₂] (T = 5) of the finetune baseline does not "
+    "grow over pre-training.",
+    "each finetune run gives Spearman ρ(step, trajectory norm) over its checkpoints (as trajectory-norm-grows); "
+    f"holds if, {ACROSS_SEEDS}, TOST shows the mean ρ inside ±{FINETUNE_NORM_TREND_MARGIN} "
+    "(FINETUNE_NORM_TREND_MARGIN: at most a weak monotone trend) in every stratum; fails if it is significantly "
+    f"above +{FINETUNE_NORM_TREND_MARGIN} in any (the norm grows); inconclusive otherwise, also when it falls "
+    f"significantly below −{FINETUNE_NORM_TREND_MARGIN} (not flat, but not growing either).",
+    no_trend("trajectory_norm", FINETUNE_NORM_TREND_MARGIN, scope=FINETUNE, fails="above"),
 )
 _claim(
     "regulariser-raises-accuracy",
