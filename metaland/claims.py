@@ -43,7 +43,7 @@ import pandas as pd
 
 from metaland.config import AggregateConfig
 from metaland.registry import Registry
-from metaland.results import INITIAL, StudyTables, stratum_of
+from metaland.results import INITIAL, STRATUM_KNOBS, StudyTables, stratum_of
 from metaland.stats import (
     SeedInference,
     across_seeds,
@@ -768,6 +768,23 @@ def where(*, longest: bool = False, **columns: object) -> Scope:
         if longest and not frame.empty:
             frame = frame[frame["iterations"] == frame["iterations"].max()]
         return frame
+
+    return select
+
+
+def beside(scope: Scope, present: Scope, varies: tuple[str, ...] = ()) -> Scope:
+    """The rows of ``scope`` in a stratum (less the knobs in ``varies``) that also has rows of ``present``: a
+    baseline compared with runs that a profile has in some of its settings only (finetune beside MAML; Table 5's
+    ablations beside MAML) is read in those settings, so a setting with the baseline alone leaves the claim
+    untouched instead of making it undecidable."""
+
+    def select(frame: pd.DataFrame) -> pd.DataFrame:
+        rows = scope(frame)
+        if rows.empty:
+            return rows
+        knobs = [k for k in STRATUM_KNOBS if k not in varies and k in rows.columns]
+        wanted = pd.MultiIndex.from_frame(present(frame)[knobs].astype(str).drop_duplicates())
+        return rows[pd.MultiIndex.from_frame(rows[knobs].astype(str)).isin(wanted)]
 
     return select
 

@@ -133,7 +133,9 @@ def test_cub_runs_show_table_2s_cub_column_and_resnet12_runs_make_table_4():
     assert resnet.loc[("miniimagenet 5-way 5-shot", "maml+lil"), "paper_gain_over_baseline"] == pytest.approx(
         (72.50 - 71.32) / 100
     )
-    (improves,) = (r for r in evaluate_study(claims_of("lil2022"), tables, CFG) if r.claim.id.endswith("improves-maml"))
+    (improves,) = (
+        r for r in evaluate_study(claims_of("lil2022"), tables, CFG) if r.claim.id == "lil2022-lil-improves-maml"
+    )
     assert len(improves.outcome.parts) == 4 * 2  # (dataset, backbone) × shots: each paired with itself
     for part in improves.outcome.parts:
         rows = improves.rows[improves.rows["stratum"] == part.stratum]
@@ -335,3 +337,122 @@ def test_written_tables_show_every_published_cell_run_or_not():
     tiered = cross[cross["paper_target"] == "tieredimagenet"]
     assert (tiered["status"] == NOT_RUN).all() and len(tiered) == 2 * 16
     assert written["init"]["status"].eq(NOT_RUN).all() and len(written["init"]) == 6 * 4
+
+
+def both_shots(**gains: float) -> dict[tuple[str, int], float]:
+    """A shift of each named variant's accuracy (``maml_lil_phase`` = ``maml+lil-phase``) at 1 and 5 shots."""
+    names = {key: key.replace("_lil_", "+lil-").replace("_lil", "+lil") for key in gains}
+    return {(names[key], shots): gain for key, gain in gains.items() for shots in (1, 5)}
+
+
+ABLATION_VARIANTS = ("maml", "maml+lil-phase", "maml+lil-amplitude")
+
+
+@pytest.mark.parametrize(
+    ("mini", "cars", "phase", "amplitude"),
+    [
+        ({"maml_lil_phase": 0.04, "maml_lil_amplitude": 0.03}, None, "holds", "holds"),
+        ({"maml_lil_phase": 0.04}, None, "holds", "not holds"),  # the pseudo-amplitude loss alone does nothing
+        ({"maml_lil_phase": -0.04, "maml_lil_amplitude": 0.03}, None, "fails", "holds"),
+        # the phase loss helps on miniImageNet and hurts on Cars: not "effective" in every setting
+        ({"maml_lil_phase": 0.04, "maml_lil_amplitude": 0.03}, {"maml_lil_phase": -0.04}, "fails", "not holds"),
+    ],
+)
+def test_table_5_each_lil_term_against_maml(mini, cars, phase, amplitude):
+    """Table 5: + PC and + AC each against MAML of the same seed on the same tasks, per dataset and shots; CUB has
+    MAML (and MAML + LIL) runs but no ablation runs, as in the paper profile, and leaves the claims decidable."""
+    cars = mini if cars is None else cars
+    frames = (
+        final_tasks(both_shots(**mini), dataset="miniimagenet", variants=ABLATION_VARIANTS, seeds=4),
+        final_tasks(both_shots(**cars), dataset="cars", variants=ABLATION_VARIANTS, seeds=4),
+        final_tasks({}, dataset="cub", variants=("maml", "maml+lil"), seeds=4),
+    )
+    found = verdicts(StudyTables("lil2022", pd.DataFrame(), pd.concat(frames, ignore_index=True), pd.DataFrame()))
+    for claim, verdict in (("lil-phase-improves-maml", phase), ("lil-amplitude-improves-maml", amplitude)):
+        if verdict == "not holds":
+            assert found[f"lil2022-{claim}"] != "holds", claim
+        else:
+            assert found[f"lil2022-{claim}"] == verdict, claim
+
+
+def test_table_5_claims_are_inconclusive_without_ablation_runs():
+    """The default profile has MAML runs but no + PC / + AC runs: nothing to compare, even with a large gap."""
+    frame = final_tasks(both_shots(maml_lil=0.05), dataset="omniglot-small", variants=("maml", "maml+lil"), seeds=4)
+    found = verdicts(StudyTables("lil2022", pd.DataFrame(), frame, pd.DataFrame()))
+    assert found["lil2022-lil-phase-improves-maml"] == "inconclusive"
+    assert found["lil2022-lil-amplitude-improves-maml"] == "inconclusive"
+    assert found["lil2022-lil-improves-maml"] == "holds"
+
+
+GAP_VARIANTS = tuple(variant for base in ("maml", "fomaml", "anil", "boil") for variant in (base, LIL_OF[base]))
+LARGER_FOR_MAML = {"maml_lil": 0.05, "fomaml_lil_pretrain": 0.03, "anil_lil_phase": 0.01, "boil_lil_phase": 0.0}
+EQUAL_GAINS = {"maml_lil": 0.02, "fomaml_lil_pretrain": 0.02, "anil_lil_phase": 0.02, "boil_lil_phase": 0.02}
+LARGER_FOR_ANIL = {"maml_lil": 0.0, "fomaml_lil_pretrain": 0.01, "anil_lil_phase": 0.03, "boil_lil_phase": 0.05}
+GAIN_GAP = "lil2022-lil-gain-larger-maml-fomaml-than-anil-boil"
+
+
+def gap_tables(*datasets: tuple[str, dict[str, float]], variants=GAP_VARIANTS, extra=()) -> StudyTables:
+    frames = [final_tasks(both_shots(**gains), dataset=d, variants=variants, seeds=4) for d, gains in datasets]
+    return StudyTables("lil2022", pd.DataFrame(), pd.concat([*frames, *extra], ignore_index=True), pd.DataFrame())
+
+
+@pytest.mark.parametrize(
+    ("datasets", "verdict"),
+    [
+        ((("miniimagenet", LARGER_FOR_MAML), ("cars", LARGER_FOR_MAML)), "holds"),
+        ((("miniimagenet", EQUAL_GAINS), ("cars", EQUAL_GAINS)), "not holds"),  # every baseline gains alike
+        ((("miniimagenet", LARGER_FOR_ANIL), ("cars", LARGER_FOR_ANIL)), "fails"),
+        ((("miniimagenet", LARGER_FOR_MAML), ("cars", LARGER_FOR_ANIL)), "fails"),  # datasets are never pooled
+    ],
+)
+def test_the_lil_gain_of_maml_and_fomaml_against_anil_and_boil(datasets, verdict):
+    """A difference of differences paired on seed and task in each (dataset, shots) stratum: ½ (MAML's + FOMAML's
+    gain) − ½ (ANIL's + BOIL's gain); gains that are large for every baseline alike are no gap."""
+    tables = gap_tables(*datasets)
+    found = verdicts(tables)
+    if verdict == "not holds":
+        assert found[GAIN_GAP] != "holds"
+    else:
+        assert found[GAIN_GAP] == verdict
+    (result,) = (r for r in evaluate_study(claims_of("lil2022"), tables, CFG) if r.claim.id == GAIN_GAP)
+    assert len(result.outcome.parts) == 2 * 2 and all(p.inference.n == 4 for p in result.outcome.parts)
+    expected = {name: 0.5 * (g["maml_lil"] + g["fomaml_lil_pretrain"] - g["anil_lil_phase"] - g["boil_lil_phase"])
+                for name, g in datasets}  # fmt: skip
+    for part in result.outcome.parts:
+        dataset = part.stratum.split()[0].removeprefix("dataset=")
+        assert part.inference.estimate == pytest.approx(expected[dataset], abs=0.003), part.stratum
+
+
+def test_the_lil_gain_gap_reads_4conv_runs_and_needs_all_eight_arms():
+    """ResNet-12 runs (MAML ± LIL only) stay out of the gap; a profile without ANIL / BOIL runs (the default one)
+    cannot decide it, however large MAML's gain."""
+    resnet = final_tasks(
+        both_shots(maml_lil=-0.05), dataset="miniimagenet", backbone="ResNet12", variants=("maml", "maml+lil"), seeds=4
+    )
+    assert verdicts(gap_tables(("miniimagenet", LARGER_FOR_MAML), extra=(resnet,)))[GAIN_GAP] == "holds"
+    no_anil = gap_tables(("omniglot-small", LARGER_FOR_MAML), variants=GAP_VARIANTS[:4])
+    assert verdicts(no_anil)[GAIN_GAP] == "inconclusive"
+
+
+@pytest.mark.parametrize(("conv4", "resnet12", "verdict"), [(-0.04, 0.04, "holds"), (0.04, -0.04, "fails")])
+def test_resnet12_has_a_verdict_of_its_own(conv4, resnet12, verdict):
+    """Table 4: MAML + LIL against MAML with ResNet-12, paired within the ResNet-12 runs only; the 4-conv runs of the
+    same dataset, with the opposite effect, do not move it (and `lil-improves-maml` reads both backbones apart)."""
+    frames = (
+        final_tasks(both_shots(maml_lil=conv4), dataset="miniimagenet", variants=("maml", "maml+lil"), seeds=4),
+        final_tasks(
+            both_shots(maml_lil=resnet12),
+            dataset="miniimagenet",
+            backbone="ResNet12",
+            variants=("maml", "maml+lil"),
+            seeds=4,
+        ),
+    )
+    tables = StudyTables("lil2022", pd.DataFrame(), pd.concat(frames, ignore_index=True), pd.DataFrame())
+    results = {r.claim.id: r for r in evaluate_study(claims_of("lil2022"), tables, CFG)}
+    resnet = results["lil2022-lil-improves-maml-resnet12"]
+    assert resnet.verdict == verdict
+    assert results["lil2022-lil-improves-maml"].verdict == "fails"  # one backbone's strata go the wrong way
+    assert len(resnet.outcome.parts) == 2 and set(resnet.rows["run"].str.split("-").str[0]) == {"ResNet12"}
+    conv4_only = StudyTables("lil2022", pd.DataFrame(), frames[0], pd.DataFrame())
+    assert verdicts(conv4_only)["lil2022-lil-improves-maml-resnet12"] == "inconclusive"

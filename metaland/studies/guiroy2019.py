@@ -28,6 +28,7 @@ import pandas as pd
 from metaland.claims import (
     Claim,
     association,
+    beside,
     falls_after_peak_of,
     improves_on,
     no_trend,
@@ -48,7 +49,7 @@ from metaland.plots import (
     save,
     suptitle,
 )
-from metaland.results import STRATUM_KNOBS, StudyTables
+from metaland.results import StudyTables
 from metaland.stats import mean_ci
 from metaland.studies import STUDIES, Figure, StudySpec
 
@@ -77,23 +78,6 @@ MAML_BASELINE = where(algorithm="maml", inner_steps=_multi_step)
 ADAPTING = where(algorithm=(*META_LEARNERS, "regmaml"))
 FINETUNE_TRAINED = where(algorithm="finetune", step=_after_initialisation)
 """Finetune checkpoints after the initialisation (the thesis measures after each pre-training epoch)."""
-
-
-def _beside_finetune(scope, varies: tuple[str, ...] = ()):
-    """The rows of ``scope`` in a stratum (less ``varies``) that also has finetune runs: a comparison with
-    finetune reads only the settings finetune was run in, so a MAML setting without a finetune run (every
-    Omniglot setting of the paper profile) leaves the claim untouched instead of making it undecidable."""
-
-    def select(frame: pd.DataFrame) -> pd.DataFrame:
-        rows = scope(frame)
-        if rows.empty:
-            return rows
-        knobs = [k for k in STRATUM_KNOBS if k not in varies and k in rows.columns]
-        finetune = FINETUNE(frame)[knobs].astype(str).drop_duplicates()
-        keys = pd.MultiIndex.from_frame(rows[knobs].astype(str))
-        return rows[keys.isin(pd.MultiIndex.from_frame(finetune))]
-
-    return select
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +215,7 @@ _claim(
     improves_on(
         "trajectory_coherence",
         FINETUNE,
-        _beside_finetune(MAML_BASELINE, varies=("inner_steps", "inner_lr")),
+        beside(MAML_BASELINE, FINETUNE, varies=("inner_steps", "inner_lr")),
         better="lower",
         source="run_means",
         absolute=True,
@@ -246,7 +230,7 @@ _claim(
     f"fixed test tasks at each run's final checkpoint; holds if, {BESIDE_FINETUNE}, t over seeds shows the mean "
     "significantly above 0; fails if it is significantly below 0. Only the direction is tested: the thesis gives "
     'no number for "much".',
-    improves_on("query_accuracy", _beside_finetune(MAML_BASELINE), FINETUNE),
+    improves_on("query_accuracy", beside(MAML_BASELINE, FINETUNE), FINETUNE),
 )
 _claim(
     "finetune-gradient-coherence-low",
@@ -260,7 +244,7 @@ _claim(
     improves_on(
         "gradient_coherence",
         FINETUNE,
-        _beside_finetune(MAML_BASELINE),
+        beside(MAML_BASELINE, FINETUNE),
         better="lower",
         source="run_means",
         absolute=True,
