@@ -475,15 +475,17 @@ _claim(
 )
 
 
-def _across_runs(x: str, sign: int) -> Rule:
+def _across_runs(x: str, sign: int, *, augmented_only: bool = False) -> Rule:
     """Pearson r across MAML runs (backbone × augmentation × seed pooled, as Tables 3-4 do, the ResNets' 224-px
     variant of a dataset with its 84-px runs; never across datasets) between ``x`` on meta-train tasks and meta-test
-    accuracy."""
+    accuracy; ``augmented_only``: the augmented runs alone (Table 4), backbones and seeds pooled."""
     x_column, y_column = metric(x, "train"), metric("query_accuracy", "test")
 
     def select(tables: StudyTables) -> pd.DataFrame:
         points = run_points(tables)
         points = points[points["variant"] == MAML] if not points.empty else points
+        if augmented_only and not points.empty:
+            points = points[points["augment"] != "none"]
         if points.empty or x_column not in points or y_column not in points:
             return pd.DataFrame()
         return pd.DataFrame(
@@ -496,7 +498,8 @@ def _across_runs(x: str, sign: int) -> Rule:
             }
         )
 
-    return Rule("across-runs", {"x": x_column, "y": y_column, "sign": sign, "min_runs": 4}, select)
+    params = {"x": x_column, "y": y_column, "sign": sign, "min_runs": 4}
+    return Rule("across-runs", params | ({"runs": "augmented only"} if augmented_only else {}), select)
 
 
 for _x, _what, _paper in (
@@ -513,6 +516,336 @@ for _x, _what, _paper in (
         "significant (Holm over the study's findings) in every dataset; fails if it is significantly positive in "
         "any; inconclusive otherwise (also below 4 runs)",
         _across_runs(_x, -1),
+    )
+
+
+# --- Table 2's findings, sharpness across backbones and splits, the remaining surfaces (issue 22) -------------
+
+AUGMENTED, UNAUGMENTED = ("chen",), ("none",)
+RESNETS = ("ResNet10", "ResNet18")
+
+
+def _thesis_dataset_is(name: str) -> Callable[[pd.Series], pd.Series]:
+    """A vectorised test for :func:`where`: the run's dataset is the thesis's ``name``, its 224-px variant (the
+    ResNets' runs) included. The dataset key stays a stratum knob, so a pair never crosses it."""
+    return lambda datasets: datasets.map(thesis_dataset) == name
+
+
+CUB, MINIIMAGENET = _thesis_dataset_is("cub"), _thesis_dataset_is("miniimagenet")
+PAPER_ONLY = "(paper profile only: the default profile trains neither MiniImageNet, CUB nor the ResNets)"
+BACKBONE_POSITION = {backbone: i + 1 for i, backbone in enumerate(BACKBONES)}
+"""Fig. 13's x-axis: Conv4, Conv6, ResNet10, ResNet18 at equal steps. "From Conv4 to ResNet18 the sharpness value
+decreases overall" is read as a negative Pearson r across runs between this position and the run's sharpness: a
+linear trend over the ordered backbones, not a strictly monotone one ("overall")."""
+SHARPNESS_GAP_MIN_RATIO = 2.0
+"""§4.4, Table 8 (CUB, no augmentation): the ResNets' "striking decrease in sharpness in the meta-training set,
+accompanied by a considerable increase in the meta-test set" read as: mean meta-test sharpness at least twice the
+mean meta-train sharpness of the same run (scale-free; Table 8 prints 15× and 19× for the ResNets, 1.2× and 1.4×
+for the ConvNets, which the thesis calls "relatively consistent")."""
+TRANSFER_CONVEX_MIN_FRACTION = 0.8
+"""§4.3.2, Fig. 9: transfer learning's "smooth, convex loss landscape" read as: at least 80% of the interior grid
+points of the pre-training loss surface have a positive semi-definite finite-difference Hessian
+(``metaland.stats.convex_fraction``). The thesis judges by eye; the 20% allow a rim where the loss levels off."""
+CONVERGED_MAX_CENTRE_POSITION = 0.1
+"""§4.3.1, Figs. 4-5: "all the backbones have converged to a local minimum within the target update numbers" read
+as: on the support-loss surface after the target number of inner steps (5 on a meta-train task, 10 on a meta-test
+one), the centre (θ*'s own adaptation) lies in the lowest tenth of the surface's range,
+(F_k(0, 0) − min F_k) / (max F_k − min F_k) ≤ 0.1: no start in the plane reaches a much lower loss in k steps. A
+surface still on a slope (the 0-step tilted plane) puts the centre near 0.5."""
+
+
+def _accuracy_gain(treatment: dict, baseline: dict, *, varies: tuple[str, ...] = ()) -> Rule:
+    return improves_on("query_accuracy", where(**treatment), where(**baseline), varies=varies)
+
+
+_claim(
+    "augmentation-raises-accuracy",
+    "Abstract, §4.2.1, §4.2.2, Table 2, Fig. 3",
+    "Data augmentation raises the meta-test accuracy of both MAML and transfer learning, across backbones and "
+    "datasets (Table 2: higher in 15 of its 16 method × backbone × dataset cells).",
+    "for MAML and for transfer learning apart, each seed gives its mean paired difference aug − no aug in meta-test "
+    "accuracy over the same fixed tasks (same method, dataset, backbone and seed); per stratum, t over seeds: holds "
+    "if it is significantly above 0 for both methods in every stratum (the abstract's 'consistently'; §4.2.1's "
+    "'almost all' has no number, and Table 2 prints a fall for MAML Conv4 on MiniImageNet); fails if significantly "
+    "below 0 in any; inconclusive otherwise",
+    all_of(
+        {
+            METHOD_NAMES[v]: _accuracy_gain(
+                {"variant": v, "augment": AUGMENTED}, {"variant": v, "augment": UNAUGMENTED}, varies=("augment",)
+            )
+            for v in (MAML, TL)
+        }
+    ),
+)
+_claim(
+    "maml-beats-transfer-cub-aug",
+    "§4.2.1, §4.2.2, Table 2, Fig. 3",
+    "On CUB, MAML outperforms transfer learning with every backbone when both are trained with data augmentation "
+    "(Table 2: 56.36 vs 46.69, 66.51 vs 53.16, 69.80 vs 60.6, 70.42 vs 63.79).",
+    "CUB runs with augmentation (Conv4 / Conv6 at 84 px and the ResNets at 224 px, each its own stratum); each seed "
+    "gives its mean paired difference MAML − transfer learning of the same seed in meta-test accuracy over the same "
+    "fixed tasks; per stratum, t over seeds: holds if it is significantly above 0 in every stratum; fails if "
+    f"significantly below 0 in any; inconclusive otherwise {PAPER_ONLY}. Without augmentation Table 2 prints "
+    "transfer learning above MAML for both ResNets, so the no-aug runs are not tested",
+    _accuracy_gain(
+        {"variant": MAML, "dataset": CUB, "augment": AUGMENTED}, {"variant": TL, "dataset": CUB, "augment": AUGMENTED}
+    ),
+)
+_claim(
+    "resnet18-below-resnet10-miniimagenet",
+    "§4.2.2, Fig. 3, Table 2",
+    "On MiniImageNet, both MAML and transfer learning reach a lower meta-test accuracy with ResNet18 than with "
+    "ResNet10 (a pattern the thesis does not see on CUB).",
+    "MiniImageNet runs (224 px), MAML and transfer learning apart; each seed gives its mean paired difference "
+    "ResNet10 − ResNet18 of the same seed and augmentation in meta-test accuracy over the same fixed tasks; per "
+    "stratum (with and without augmentation apart), t over seeds: holds if it is significantly above 0 for both "
+    "methods in every stratum; fails if significantly below 0 in any; inconclusive otherwise "
+    f"{PAPER_ONLY}. Table 2 prints the opposite for transfer learning with augmentation (55.26 vs 54.76)",
+    all_of(
+        {
+            METHOD_NAMES[v]: _accuracy_gain(
+                {"variant": v, "dataset": MINIIMAGENET, "backbone": "ResNet10"},
+                {"variant": v, "dataset": MINIIMAGENET, "backbone": "ResNet18"},
+                varies=("backbone",),
+            )
+            for v in (MAML, TL)
+        }
+    ),
+)
+
+
+def _run_means(tables: StudyTables, scope, columns: list[str]) -> pd.DataFrame:
+    """One row per run in ``scope`` (its metadata, indexed by run) with its mean of ``columns`` over the fixed
+    tasks; empty if a column was not probed."""
+    final = tables.final_tasks
+    if final.empty or any(c not in final for c in columns):
+        return pd.DataFrame()
+    rows = scope(final)
+    if rows.empty:
+        return pd.DataFrame()
+    runs = rows.drop_duplicates("run").set_index("run").drop(columns=columns)
+    return runs.join(rows.groupby("run")[columns].mean())
+
+
+def _depth_points(split: str) -> Callable[[StudyTables], pd.DataFrame]:
+    """Across-runs rows: per MAML run on MiniImageNet, its backbone's position (x) and mean sharpness on ``split``
+    (y); the 84-px ConvNets and 224-px ResNets pooled per thesis dataset, as Tables 3-4 pool them; every other
+    knob (augmentation above all) apart."""
+    column = metric("sam_sharpness", split)
+
+    def select(tables: StudyTables) -> pd.DataFrame:
+        scope = where(variant=MAML, dataset=MINIIMAGENET, backbone=tuple(BACKBONE_POSITION))
+        runs = _run_means(tables, scope, [column])
+        if runs.empty:
+            return pd.DataFrame()
+        pooled = "dataset=" + runs["dataset"].map(thesis_dataset) + " "
+        return pd.DataFrame(
+            {
+                "stratum": pooled + stratum_of(runs, varies=("dataset", "backbone")),
+                "seed": runs["seed"],
+                "run": runs.index,
+                "x": runs["backbone"].map(BACKBONE_POSITION),
+                "y": runs[column],
+            }
+        ).reset_index(drop=True)
+
+    return select
+
+
+_claim(
+    "sharpness-falls-with-depth",
+    "§4.4, Table 7, Fig. 13",
+    "On MiniImageNet, MAML's sharpness decreases overall from Conv4 to ResNet18 (Table 7, × 10⁻¹: 2.524 → 1.530 on "
+    "meta-train tasks and 2.916 → 1.955 on meta-test tasks without augmentation).",
+    "MiniImageNet MAML runs (the 84-px ConvNets with the 224-px ResNets, as Tables 3-4 pool them), each split and "
+    "augmentation setting apart: one point per run, its backbone's position on Fig. 13's axis (Conv4 1, Conv6 2, "
+    "ResNet10 3, ResNet18 4: BACKBONE_POSITION) against its mean SAM sharpness over the fixed tasks; holds if "
+    "Pearson r is negative with a significant one-sided exact permutation p in every split × augmentation stratum; "
+    "fails if significantly positive in any; inconclusive otherwise (also below 4 runs or with one backbone) "
+    f"{PAPER_ONLY}. On CUB, Table 8's meta-test sharpness rises with depth, so CUB is not tested",
+    all_of(
+        {
+            SPLIT_NAMES[split]: Rule(
+                "across-runs",
+                {
+                    "x": "backbone position (Conv4 1 … ResNet18 4)",
+                    "y": metric("sam_sharpness", split),
+                    "sign": -1,
+                    "min_runs": 4,
+                },
+                _depth_points(split),
+            )
+            for split in SPLIT_SUFFIX
+        }
+    ),
+)
+
+
+def _sharpness_ratios(tables: StudyTables, scope) -> pd.DataFrame:
+    """Per run in ``scope``: mean meta-test sharpness / mean meta-train sharpness (``ratio``), finite ones only."""
+    test, train = metric("sam_sharpness", "test"), metric("sam_sharpness", "train")
+    runs = _run_means(tables, scope, [test, train])
+    if runs.empty:
+        return runs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = runs[test] / runs[train].where(runs[train] > 0)
+    runs = runs.assign(ratio=ratio)
+    return runs[np.isfinite(runs["ratio"].to_numpy(float))]
+
+
+CUB_RESNETS = where(variant=MAML, dataset=CUB, backbone=RESNETS)
+
+
+def _gap_rows(tables: StudyTables) -> pd.DataFrame:
+    runs = _sharpness_ratios(tables, CUB_RESNETS)
+    runs = runs[runs["augment"].isin(UNAUGMENTED)] if not runs.empty else runs
+    if runs.empty:
+        return pd.DataFrame()
+    return pd.DataFrame(
+        {"stratum": stratum_of(runs), "seed": runs["seed"], "run": runs.index, "unit": "run", "value": runs["ratio"]}
+    ).reset_index(drop=True)
+
+
+def _narrowing_rows(tables: StudyTables) -> pd.DataFrame:
+    runs = _sharpness_ratios(tables, CUB_RESNETS)
+    runs = runs[runs["augment"].isin(UNAUGMENTED + AUGMENTED)] if not runs.empty else runs
+    if runs.empty:
+        return pd.DataFrame()
+    unaugmented = runs["augment"].isin(UNAUGMENTED)
+    return pd.DataFrame(
+        {
+            "stratum": stratum_of(runs, varies=("augment",)),
+            "seed": runs["seed"],
+            "run": runs.index,
+            "arm": np.where(unaugmented, "no aug", "aug"),
+            "weight": np.where(unaugmented, 1.0, -1.0),
+            "arms": 2,
+            "unit": "run",
+            "value": np.log(runs["ratio"].to_numpy(float)),
+        }
+    ).reset_index(drop=True)
+
+
+_claim(
+    "cub-resnet-sharpness-gap",
+    "§4.4, Table 8",
+    "On CUB without data augmentation, the ResNets' sharpness is far lower on meta-train tasks than on meta-test "
+    "tasks (Table 8, × 10⁻¹: 0.279 vs 4.189 for ResNet10, 0.299 vs 5.798 for ResNet18).",
+    "CUB MAML runs of ResNet10 and ResNet18 without augmentation; each run gives its mean meta-test SAM sharpness "
+    f"over its mean meta-train SAM sharpness; per stratum, t over seeds: holds if the mean ratio is significantly "
+    f"above {SHARPNESS_GAP_MIN_RATIO:g} (SHARPNESS_GAP_MIN_RATIO: 'striking' and 'considerable', scale-free) in "
+    f"every stratum; fails if significantly below it in any; inconclusive otherwise {PAPER_ONLY}",
+    Rule(
+        "level",
+        {
+            "name": f"meta-test / meta-train sharpness per run ≥ {SHARPNESS_GAP_MIN_RATIO:g}",
+            "threshold": SHARPNESS_GAP_MIN_RATIO,
+            "direction": 1,
+        },
+        _gap_rows,
+    ),
+)
+_claim(
+    "augmentation-narrows-cub-resnet-gap",
+    "§4.4, Table 8",
+    "On CUB, data augmentation brings the ResNets' meta-train and meta-test sharpness closer together (Table 8, "
+    "meta-test / meta-train: 15.0 → 3.9 for ResNet10, 19.4 → 4.1 for ResNet18).",
+    "CUB MAML runs of ResNet10 and ResNet18; each run gives log(mean meta-test / mean meta-train SAM sharpness); "
+    "each seed its paired difference no aug − aug (same backbone and seed); per stratum, t over seeds: holds if it "
+    "is significantly above 0 in every stratum; fails if significantly below 0 in any; inconclusive otherwise "
+    f"{PAPER_ONLY}",
+    Rule(
+        "contrast",
+        {
+            "name": "log(meta-test / meta-train sharpness), no aug − aug of the same seed",
+            "arms": {"no aug": 1.0, "aug": -1.0},
+        },
+        _narrowing_rows,
+    ),
+)
+
+
+def _pretraining_convexity(grids: pd.DataFrame, run: str) -> float | None:
+    surface = surface_of(grids, run, "pretraining")
+    return convex_fraction(surface[2]) if surface is not None else None
+
+
+def _centre_position(name: str) -> Callable[[pd.DataFrame, str], float | None]:
+    """(F(centre) − min F) / (max F − min F) of surface ``name``: 0 when the centre is the surface's minimum."""
+
+    def measure(grids: pd.DataFrame, run: str) -> float | None:
+        surface = surface_of(grids, run, name)
+        if surface is None or np.ptp(surface[2]) == 0:
+            return None
+        z = surface[2]
+        return float((z[len(z) // 2, len(z) // 2] - z.min()) / np.ptp(z))
+
+    return measure
+
+
+_claim(
+    "transfer-landscape-convex",
+    "§4.3.2, Fig. 9",
+    "With transfer learning's supervised pre-training, the training-loss landscape around the best weights is "
+    "smooth and convex.",
+    f"transfer-learning runs, {LANDSCAPE_SEEDS}: each run gives the share of interior grid points of its "
+    "pre-training loss surface (fixed meta-train images) with a positive semi-definite finite-difference Hessian; "
+    f"holds if the mean is significantly above {TRANSFER_CONVEX_MIN_FRACTION:g} (TRANSFER_CONVEX_MIN_FRACTION: "
+    "'convex' judged by eye) in every stratum; fails if significantly below it in any; inconclusive otherwise. "
+    "'Smooth' is not tested: roughness has no scale-free threshold, and the thesis allows only a qualitative "
+    "comparison with MAML's surfaces. The default profile has one transfer seed per stratum (inconclusive)",
+    _landscape(
+        "convex fraction of the pre-training surface",
+        _pretraining_convexity,
+        TRANSFER_CONVEX_MIN_FRACTION,
+        above=True,
+    ),
+)
+_claim(
+    "inner-loop-converges",
+    "§4.3.1, Figs. 4-5",
+    "Every backbone's inner loop converges to a local minimum within the target number of updates: 5 on a "
+    "meta-train task, 10 on a meta-test task.",
+    f"MAML landscape runs, {LANDSCAPE_SEEDS}: each run gives the position of the centre (θ*'s own adaptation) in "
+    "the range of the support-loss surface after 5 steps on its meta-train task and after 10 on its meta-test "
+    f"task, (F(0, 0) − min F) / (max F − min F); holds if the mean is significantly below "
+    f"{CONVERGED_MAX_CENTRE_POSITION:g} (CONVERGED_MAX_CENTRE_POSITION: θ* adapts to the bottom of its basin) on "
+    "both splits in every stratum; fails if significantly above it in any; inconclusive otherwise. Only the seed-5 "
+    "runs carry these surfaces in both profiles (the thesis draws seed 5), so the verdict is inconclusive until "
+    "more seeds are drawn",
+    all_of(
+        {
+            "meta-train, 5 steps": _landscape(
+                "centre's position in the 5-step surface's range",
+                _centre_position("inner_5/train"),
+                CONVERGED_MAX_CENTRE_POSITION,
+                above=False,
+            ),
+            "meta-test, 10 steps": _landscape(
+                "centre's position in the 10-step surface's range",
+                _centre_position("inner_10"),
+                CONVERGED_MAX_CENTRE_POSITION,
+                above=False,
+            ),
+        }
+    ),
+)
+for _x, _what, _paper in (
+    ("sam_sharpness", "flatter", "−0.78 MiniImageNet, −0.89 CUB"),
+    ("query_loss", "lower-loss", "−0.95 MiniImageNet, −0.95 CUB"),
+):
+    _pooled = f"{NAME}-{'sharpness' if _x == 'sam_sharpness' else 'loss'}-vs-accuracy"
+    _claim(
+        f"{'sharpness' if _x == 'sam_sharpness' else 'loss'}-vs-accuracy-aug",
+        "§4.4, Table 4, §5",
+        f"Among MAML runs trained with data augmentation, those with a {_what} meta-training landscape reach a higher "
+        f"meta-test accuracy (Table 4, Pearson r of meta-train {'sharpness' if _x == 'sam_sharpness' else 'loss'} "
+        f"with meta-test accuracy: {_paper}); the thesis concludes from this augmented-only version.",
+        f"as {_pooled} (Table 3's pooled version, kept beside it), on the augmented runs alone: one point per MAML "
+        "run with augmentation (its mean over the fixed tasks), backbones and seeds pooled, per dataset: holds if "
+        "Pearson r is negative with a one-sided exact permutation p significant (Holm over the study's findings) in "
+        "every dataset; fails if it is significantly positive in any; inconclusive otherwise (also below 4 runs)",
+        _across_runs(_x, -1, augmented_only=True),
     )
 
 
