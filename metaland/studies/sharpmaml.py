@@ -17,16 +17,17 @@ See docs/studies/sharpmaml.md for the choices the poster leaves open.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from metaland.claims import Claim, all_of, improves_on, register, rule_parts, where, within
+from metaland.claims import Claim, Rule, all_of, improves_on, register, rule_parts, where, within
 from metaland.config import AggregateConfig
 from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, no_data, save, suptitle
 from metaland.results import StudyTables, stratum_of
-from metaland.stats import seed_level, seed_summary
+from metaland.stats import seed_level, seed_summary, surface_roughness
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "sharpmaml"
@@ -185,6 +186,77 @@ for _suffix, (_metric, _what, _source) in FLATTER.items():
         )
     )
 
+SURFACE = "meta_loss"
+"""The surface probe's 2-D meta-loss surface (``tables.grids``): what ``fig_surfaces`` draws and the smoothness
+claim reads."""
+
+
+def final_surfaces(grids: pd.DataFrame) -> pd.DataFrame:
+    """The grid rows of each run's meta-loss surface at its last probed checkpoint."""
+    if grids.empty:
+        return grids
+    grids = grids[grids["grid"] == SURFACE]
+    return grids[grids["step"] == grids.groupby("run")["step"].transform("max")]
+
+
+def log_roughness(surface: pd.DataFrame) -> float:
+    """log of the surface's roughness (``metaland.stats.surface_roughness``: the mean |discrete Laplacian| over the
+    interior grid points, the surface's own curvature plus any spikes) from one run's grid rows; −inf for a
+    perfectly flat surface, NaN without a full grid. A paired difference of logs is the log of the ratio of the two
+    roughnesses: free of the loss's units and of the grid step, which both arms of a pair share."""
+    z = surface.pivot(index="x", columns="y", values="value").to_numpy(float)
+    if min(z.shape) < 3 or not np.isfinite(z).all():
+        return math.nan
+    roughness = surface_roughness(z)
+    return math.log(roughness) if roughness > 0 else -math.inf
+
+
+SMOOTHER_COLUMNS = ["stratum", "seed", "run", "arm", "weight", "arms", "unit", "value"]
+
+
+def smoother_than_maml(name: str) -> Rule:
+    """Variant ``name``'s final meta-loss surface is smoother than MAML's of the same stratum and seed: per seed,
+    log roughness(MAML) − log roughness(variant) (the contrast family: one unit per run, arms paired by seed)."""
+
+    def select(tables: StudyTables) -> pd.DataFrame:
+        surfaces = final_surfaces(tables.grids)
+        rows = []
+        for arm, variant, weight in (("treatment", name, -1.0), ("baseline", BASELINE, 1.0)):
+            mine = _variant(variant)(surfaces)
+            for run, surface in mine.groupby("run", sort=True) if not mine.empty else []:
+                rows.append(
+                    {"stratum": stratum_of(surface).iloc[0], "seed": int(surface["seed"].iloc[0]), "run": run}
+                    | {"arm": arm, "weight": weight, "arms": 2, "unit": SURFACE, "value": log_roughness(surface)}
+                )
+        return pd.DataFrame(rows, columns=SMOOTHER_COLUMNS)
+
+    label = "mean paired difference in log roughness of the final meta-loss surface (MAML − variant), per seed"
+    params = {
+        "name": label,
+        "metric": f"log surface_roughness({SURFACE})",
+        "arms": {"treatment": -1.0, "baseline": 1.0},
+    }
+    return Rule("contrast", params | {"source": "final meta-loss surfaces (grids)"}, select)
+
+
+register(
+    Claim(
+        id=f"{NAME}-smoother-meta-loss-surface",
+        study=NAME,
+        seed=SEED,
+        section="Sharp-MAML improves the landscape of MAML",
+        claim="Sharp-MAML seeks out landscapes that are smoother than MAML's: every variant's 2-D meta-loss surface "
+        "around its final θ is less rough than MAML's.",
+        rule="for each of _low, _up and _both, each seed gives log(R_MAML / R_variant), R the roughness of the run's "
+        "2-D meta-loss surface at its final checkpoint (the mean |discrete Laplacian| over the interior grid points, "
+        "metaland.stats.surface_roughness; filter-normalised directions of the same draw for every variant, the "
+        "surfaces of figures/sharpmaml/surfaces.png), against MAML of the same seed; per stratum (dataset, backbone, "
+        "ways, shots, inner steps and lr), t over seeds: holds if it is significantly above 0 for all three; fails "
+        "if significantly below 0 for any; inconclusive otherwise. A ratio, so free of the loss's units and the grid "
+        "step; no threshold: the poster gives no size",
+        test=all_of({SHORT[name]: smoother_than_maml(name) for name in SHARP}),
+    )
+)
 
 # --------------------------------------------------------------------------------------------
 # Tables
@@ -419,7 +491,7 @@ def fig_surfaces(tables: StudyTables, path: Path) -> None:
         no_data(axes[0], "meta-loss surfaces", "surface probe")
         save(fig, path)
         return
-    grids = grids[(grids["grid"] == "meta_loss") & (grids["step"] == grids.groupby("run")["step"].transform("max"))]
+    grids = final_surfaces(grids)
     grids = grids.assign(stratum=stratum_of(grids))
     shown = []
     for stratum in sorted(set(grids["stratum"])):
