@@ -236,10 +236,12 @@ def _band_part(key, name, per_seed, low, high, cfg, *, fails: str = "outside", e
     with ``fails="above"``, significantly above ``high`` only (a fall below ``low`` then decides nothing)."""
     values = list(per_seed.values())
     base = _part(*key, name, per_seed, cfg)
-    above, below = across_seeds(values, null=high).p_greater, across_seeds(values, null=low).p_less
-    outside = min(1.0, 2 * min(above, below)) if math.isfinite(above) else math.nan
+    above = across_seeds(values, null=high).p_greater
     if fails == "above":  # only a significant rise beyond the band opposes the claim
         outside = above
+    else:
+        below = across_seeds(values, null=low).p_less
+        outside = min(1.0, 2 * min(above, below)) if math.isfinite(above) else math.nan
     extra = {"band": [low, high], **(extra or {})}
     return Part(*key, base.name, base.per_seed, base.inference, equivalence_p(values, low, high), outside, base.note,
                 extra)  # fmt: skip
