@@ -7,6 +7,8 @@
     milestone_tasks.csv  run × task at the initial checkpoint (milestone ``initial``) and at the
                       algorithm's milestones (``AlgorithmSpec.milestones``): per-task probe values
     train_log.csv     run × log step: meta-training query loss / accuracy
+    validation.csv    run × checkpoint: the validation metrics training recorded with it (``val/`` in the
+                      checkpoint's sidecar: adapted query loss / accuracy on the run's fixed validation tasks)
     grids.csv         run × checkpoint × surface × grid point: 2-D loss surfaces (surface probes)
 
 Aggregate writes them; claims, plots and the report read them back with :func:`load_tables`.
@@ -19,13 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from metaland.checkpoints import list_checkpoints
 from metaland.config import Run
 from metaland.errors import MetalandError
 from metaland.io import write_text
 from metaland.meta import ALGORITHMS
 from metaland.models import MODELS
 
-TABLES = ("checkpoints", "final_tasks", "train_log", "grids", "milestone_tasks")
+TABLES = ("checkpoints", "final_tasks", "train_log", "grids", "milestone_tasks", "validation")
 INITIAL = "initial"
 """The milestone name of step 0, the initialisation."""
 STRATUM_KNOBS = ("dataset", "backbone", "ways", "shots", "queries", "inner_steps", "inner_lr", "augment")
@@ -41,6 +44,7 @@ class StudyTables:
     train_log: pd.DataFrame
     grids: pd.DataFrame = field(default_factory=pd.DataFrame)
     milestone_tasks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def run_metadata(run: Run) -> dict:
@@ -74,7 +78,7 @@ def stratum_of(frame: pd.DataFrame, varies: tuple[str, ...] = ()) -> pd.Series:
 
 def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) -> StudyTables:
     """Join every run's probe tables and training log with its metadata."""
-    checkpoints, final_tasks, train_log, grids, milestone_tasks = [], [], [], [], []
+    checkpoints, final_tasks, train_log, grids, milestone_tasks, validation = [], [], [], [], [], []
     for run in runs:
         meta = run_metadata(run)
         checkpoints.append(_with_meta(_read(Path(probes_dir) / run.key / "checkpoints.csv", run.key), meta))
@@ -91,8 +95,29 @@ def build_tables(study: str, runs: list[Run], probes_dir: Path, runs_dir: Path) 
         surfaces = Path(probes_dir) / run.key / "grids.csv"
         if surfaces.is_file():
             grids.append(_with_meta(pd.read_csv(surfaces), meta))
-    parts = (checkpoints, final_tasks, train_log, grids, milestone_tasks)
+        validated = validation_rows(Path(runs_dir) / run.key / "ckpt")
+        if not validated.empty:
+            validation.append(_with_meta(validated, meta))
+    parts = (checkpoints, final_tasks, train_log, grids, milestone_tasks, validation)
     return StudyTables(study, *(_concat(frames) for frames in parts))
+
+
+VALIDATION_PREFIX = "val/"
+"""How training (``metaland.meta.train``) prefixes the validation metrics it records in a checkpoint's sidecar."""
+
+
+def validation_rows(checkpoint_dir: Path) -> pd.DataFrame:
+    """One row per checkpoint of a run: its step and the validation metrics recorded with it, unprefixed."""
+    rows = [
+        {"step": c.step}
+        | {
+            k.removeprefix(VALIDATION_PREFIX): v
+            for k, v in c.sidecar["metrics"].items()
+            if k.startswith(VALIDATION_PREFIX)
+        }
+        for c in list_checkpoints(checkpoint_dir)
+    ]
+    return pd.DataFrame(rows)
 
 
 def write_tables(tables: StudyTables, out_dir: Path) -> None:

@@ -83,3 +83,20 @@ def test_a_huge_safetensors_header_is_refused_not_allocated(tmp_path):
     ckpt.sidecar_path.write_text(json.dumps(sidecar))
     with pytest.raises(CheckpointError, match=r"step-00000001\.safetensors is not a readable safetensors file.*Fix:"):
         load_groups(list_checkpoints(tmp_path)[0])
+
+
+def test_the_validation_table_has_each_checkpoints_validation_metrics_unprefixed(tmp_path):
+    """results' ``validation`` table (seed 001 Figs. 19-20 draw it) reads the sidecars training wrote: one row per
+    checkpoint, by step, the ``val/`` metrics only, without the prefix."""
+    from metaland.results import validation_rows
+
+    for step, accuracy in ((20, 0.75), (0, 0.25), (10, 0.5)):
+        metrics = {"val/query_accuracy": accuracy, "val/query_loss": 2 * accuracy, "train/seconds": 3.0}
+        save_checkpoint(tmp_path, step, {"params": params(0.0)}, params_hash="h", metrics=metrics)
+    rows = validation_rows(tmp_path)
+    assert rows.to_dict("list") == {
+        "step": [0, 10, 20],
+        "query_accuracy": [0.25, 0.5, 0.75],
+        "query_loss": [0.5, 1.0, 1.5],
+    }
+    assert validation_rows(tmp_path / "absent").empty

@@ -133,14 +133,17 @@ def test_direction_restricted_to_the_head_or_the_features():
 
 
 @pytest.mark.parametrize("engine", ["vmap", "hybrid"])
-@pytest.mark.parametrize(("loss", "steps", "part"), [("query", None, "all"), ("support", 0, "head")])
-def test_surface_matches_point_by_point_brute_force(loss, steps, part, engine):
-    """Eq. 8 at every grid point, by hand; under the hybrid engine each chunk of points × tasks is one
-    grouped network (point_chunk 4 of 25 points leaves a partial last chunk)."""
+@pytest.mark.parametrize(
+    ("loss", "steps", "part", "first"), [("query", None, "all", 0), ("support", 0, "head", 0), ("support", 0, "all", 1)]
+)
+def test_surface_matches_point_by_point_brute_force(loss, steps, part, first, engine):
+    """Eq. 8 at every grid point, by hand, averaged over fixed tasks ``first`` … ``first`` + 2; under the hybrid
+    engine each chunk of points × tasks is one grouped network (point_chunk 4 of 25 points leaves a partial last
+    chunk)."""
     module, forward, params = tiny_model()
     batch = make_tasks(N_TASKS)
     spec = PROBES.get("surface")
-    surface = {"loss": loss, "inner_steps": steps, "tasks": 3, "part": part}
+    surface = {"loss": loss, "inner_steps": steps, "tasks": 3, "part": part, "first_task": first}
     options = spec.options_model(span=0.5, resolution=5, point_chunk=4, surfaces={"s": surface})
     context = _context(module, forward, params, batch)
     if engine == "hybrid":
@@ -155,7 +158,7 @@ def test_surface_matches_point_by_point_brute_force(loss, steps, part, engine):
         a, b = grid.x[i].item(), grid.y[j].item()
         start = {n: params[n] + a * delta[n] + b * eta[n] for n in params}
         values = []
-        for t in range(3):
+        for t in range(first, first + 3):
             sx, sy, qx, qy = (x[t] for x in batch.tensors())
             adapted = reference_adapt(start, sx, sy, steps=k)
             values.append(reference_loss(adapted, *((qx, qy) if loss == "query" else (sx, sy))).item())
@@ -173,6 +176,14 @@ def test_surface_options_refuse_an_even_resolution_and_too_many_tasks():
     options = spec.options_model(surfaces={"big": {"tasks": 50}})
     message = spec.check(options, ProbeConfig(tasks=20))
     assert "big" in message and "20 fixed probe tasks" in message and "Fix:" in message
+    past_the_end = spec.options_model(surfaces={"second": {"tasks": 1, "first_task": 20}})
+    assert "second" in spec.check(past_the_end, ProbeConfig(tasks=20))
+    assert (
+        spec.check(spec.options_model(surfaces={"second": {"tasks": 1, "first_task": 19}}), ProbeConfig(tasks=20))
+        is None
+    )
+    with pytest.raises(ValueError, match=r"first_task picks fixed tasks.*Fix:"):
+        spec.options_model(surfaces={"drawn": {"tasks": 4, "first_task": 1, "resample": True}})
     sharpness = PROBES.get("sharpness")
     assert "Fix:" in sharpness.check(sharpness.options_model(tasks=30), ProbeConfig(tasks=20))
 

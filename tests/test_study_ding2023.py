@@ -411,3 +411,128 @@ def test_the_rows_file_recomputes_the_claims_with_their_own_rows(tmp_path):
         assert [(p.component, p.stratum, p.p_holds) for p in again] == [
             (p.component, p.stratum, pytest.approx(p.p_holds, nan_ok=True)) for p in found.outcome.parts
         ], found.claim.id
+
+
+# --------------------------------------------------------------------------------------------
+# Figures per dataset (issue 22): Figs. 11-12 draw each dataset apart, name it, and add the thesis's own levels
+# --------------------------------------------------------------------------------------------
+
+
+def _drawn(draw, tables: StudyTables, monkeypatch, tmp_path):
+    """The matplotlib figure ``draw`` builds, caught before it is saved and closed."""
+    import metaland.studies.ding2023 as ding
+
+    caught = []
+    monkeypatch.setattr(ding, "save", lambda fig, path: caught.append(fig))
+    draw(tables, tmp_path / "figure.png")
+    return caught[0]
+
+
+def test_low_loss_regions_draw_every_dataset_apart_with_the_thesis_levels(monkeypatch, tmp_path):
+    from matplotlib.contour import ContourSet
+
+    from metaland.studies.ding2023 import fig_meta_loss_regions
+
+    a = np.linspace(-1, 1, 9)
+    aa, bb = np.meshgrid(a, a, indexing="ij")
+    bowl = 0.5 + aa**2 + bb**2  # from 0.5 to 2.5: reaches every level of the thesis
+    rows = []
+    for dataset, offset in (("miniimagenet", 0.0), ("cub", 0.0), ("omniglot-small", 0.0), ("tieredimagenet", 5.0)):
+        for augment in ("none", "chen"):
+            surfaces = {"meta_many": bowl + offset, "meta_many/train": bowl + offset}
+            meta = {"dataset": dataset, "augment": augment}
+            rows += [{**row, **meta} for row in _grid_rows(f"ding2023-{dataset}-{augment}", 5, surfaces)]
+    fig = _drawn(
+        fig_meta_loss_regions, StudyTables("ding2023", *[pd.DataFrame()] * 3, pd.DataFrame(rows)), monkeypatch, tmp_path
+    )
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(panels) == 4 * 4  # a row per dataset (one backbone each), never one row of pooled datasets
+    for ax in panels:
+        dataset = ax.get_title().split(":")[0]
+        dashed = sorted(
+            level for c in ax.collections if isinstance(c, ContourSet) and c.get_linestyle()[0][1] for level in c.levels
+        )
+        split = "train" if "meta-train" in ax.get_title() else "test"
+        expected = {
+            ("miniimagenet", "train"): [0.61, 0.81],
+            ("miniimagenet", "test"): [1.21, 1.41],
+            ("cub", "train"): [0.21, 0.81, 1.01, 1.41],
+            ("cub", "test"): [0.21, 0.81, 1.01, 1.41],
+        }.get((dataset, split), [])
+        reached = [level for level in expected if level > 0.5]  # 0.21 lies below this bowl's minimum
+        assert dashed == pytest.approx(reached), ax.get_title()
+        if dataset == "cub":
+            assert "thesis 0.21 below every point" in ax.get_title()
+    assert {ax.get_title().split(":")[0] for ax in panels} == {
+        "miniimagenet",
+        "cub",
+        "omniglot-small",
+        "tieredimagenet",
+    }
+
+
+def test_table2_and_fig13_panels_show_the_thesis_numbers_of_their_own_dataset(monkeypatch, tmp_path):
+    from matplotlib.collections import PathCollection
+
+    from metaland.studies.ding2023 import PAPER_ACCURACY, fig_accuracy, fig_sharpness
+
+    final = pd.concat(
+        [
+            _final_tasks().assign(dataset=dataset, run=lambda f, d=dataset: f["run"] + d)
+            for dataset in ("cub", "omniglot-small")
+        ],
+        ignore_index=True,
+    )
+    tables = _tables(final)
+    fig = _drawn(fig_accuracy, tables, monkeypatch, tmp_path)
+    bars = {
+        ax.get_title().split(":")[0].removeprefix("(b) "): ax for ax in fig.axes if ax.get_title().startswith("(b)")
+    }
+
+    def dashes(ax):
+        return sorted(
+            np.round(
+                np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)] + [[]]),
+                4,
+            )
+        )
+
+    cub_dashes = dashes(bars["cub"])
+    expected = sorted(
+        round(PAPER_ACCURACY[("fomaml", b, aug)][1] / 100, 4) for b in ("Conv4", "Conv6") for aug in ("none", "chen")
+    )
+    assert cub_dashes == expected  # CUB's column of Table 2, not MiniImageNet's
+    assert dashes(bars["omniglot-small"]) == []
+    assert "the thesis has no omniglot-small numbers" in bars["omniglot-small"].get_title()
+    fig = _drawn(fig_sharpness, tables, monkeypatch, tmp_path)
+    thesis_titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("(b) thesis")]
+    assert thesis_titles == [
+        "(b) thesis, CUB (Table 8 / 10)",
+        "(b) thesis, MiniImageNet (Table 7 / 10); no omniglot-small numbers, MiniImageNet's shown",
+    ]
+
+
+def test_overfitting_curves_are_per_dataset_and_augmentation_means_over_seeds(monkeypatch, tmp_path):
+    from metaland.studies.ding2023 import fig_overfitting
+
+    meta = {"variant": "fomaml", "ways": 5, "shots": 1, "queries": 15, "inner_steps": 5, "inner_lr": 0.01}
+    validation, final = [], []
+    for dataset in ("cub", "miniimagenet"):
+        for augment in ("none", "chen"):
+            for seed in (5, 6, 7):
+                run = f"ding2023-{dataset}-{augment}-s{seed}"
+                cell = meta | {"run": run, "dataset": dataset, "backbone": "Conv4", "augment": augment, "seed": seed}
+                offset = (0.1 if dataset == "cub" else 0.0) + (0.05 if augment == "chen" else 0.0)
+                validation += [cell | {"step": s, "query_accuracy": offset + s / 100 + seed / 100} for s in (0, 10, 20)]
+                final.append(cell | {"task": 0, "query_accuracy": 0.5})
+    tables = StudyTables(
+        "ding2023", pd.DataFrame(), pd.DataFrame(final), pd.DataFrame(), validation=pd.DataFrame(validation)
+    )
+    fig = _drawn(fig_overfitting, tables, monkeypatch, tmp_path)
+    panels = {ax.get_title().split(":")[0]: ax for ax in fig.axes if ax.get_visible() and ax.lines}
+    assert set(panels) == {"cub, no aug", "cub, aug", "miniimagenet, no aug", "miniimagenet, aug"}
+    for title, ax in panels.items():
+        offset = (0.1 if title.startswith("cub") else 0.0) + (0.0 if "no aug" in title else 0.05)
+        (line,) = [ln for ln in ax.lines if ln.get_label().endswith("validation (3 runs)")]
+        assert line.get_xdata().tolist() == [0, 10, 20]
+        assert line.get_ydata() == pytest.approx([offset + s / 100 + 0.06 for s in (0, 10, 20)])  # seeds 5-7: 0.06

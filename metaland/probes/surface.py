@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from metaland.data.tasks import TaskBatch, model_inputs
 from metaland.errors import ConfigError
@@ -54,6 +54,12 @@ class SurfaceSpec(Params):
         None, ge=0, description="K inner steps from each perturbed point; none = the run's T (seed 001: 0, 5, 10)."
     )
     tasks: int = Field(8, ge=1, description="First k fixed tasks averaged at every grid point (seed 001: 1, 4, 100).")
+    first_task: int = Field(
+        0,
+        ge=0,
+        description="Index of the first of the k fixed tasks: 0 takes tasks 0 … k − 1; 1 with k = 1 is a second "
+        "random task (seed 001 Figs. 15-18 repeat the inner-loop and decomposition landscapes on an additional task).",
+    )
     resample: bool = Field(
         False,
         description="Draw the k tasks afresh at every grid point, without replacement from the fixed probe tasks "
@@ -71,6 +77,12 @@ class SurfaceSpec(Params):
     part: Literal["all", "head", "features"] = Field(
         "all", description="Parameters the directions move: all, the classifier head only, or all but the head."
     )
+
+    @model_validator(mode="after")
+    def _fixed_tasks_only(self) -> SurfaceSpec:
+        if self.resample and self.first_task:
+            raise ValueError("first_task picks fixed tasks; a resampled surface draws from all of them. Fix: drop one")
+        return self
 
 
 class SurfaceOptions(Params):
@@ -161,11 +173,11 @@ def loss_surface(
         return map_leading(lambda *task: task_loss(start, *task), chunk=task_chunk)(*tasks).mean()
 
     if not spec.resample and context.batched_forward is not None and context.update is None:
-        fixed = pool.chunk(0, spec.tasks).tensors()
+        fixed = pool.chunk(spec.first_task, spec.first_task + spec.tasks).tensors()
         values = grouped_surface(context, theta, delta, eta, a_all, b_all, fixed, steps, spec.loss, point_chunk)
         return values.reshape(n, n)
     if not spec.resample:
-        fixed = pool.chunk(0, spec.tasks).tensors()
+        fixed = pool.chunk(spec.first_task, spec.first_task + spec.tasks).tensors()
         values = map_leading(lambda a, b: mean_over_tasks(a, b, *fixed), chunk=point_chunk)(a_all, b_all)
         return values.detach().reshape(n, n)
     picks = torch.stack([torch.randperm(len(pool), generator=resample_rng)[: spec.tasks] for _ in range(n * n)])
@@ -307,12 +319,12 @@ def check_surfaces(options: SurfaceOptions, probe_config) -> str | None:
     too_many = sorted(
         name
         for name, spec in options.surfaces.items()
-        if spec.loss != "pretraining" and spec.tasks > probe_config.tasks
+        if spec.loss != "pretraining" and spec.first_task + spec.tasks > probe_config.tasks
     )
     if too_many:
         return (
-            f"surfaces {', '.join(too_many)} average more tasks than the {probe_config.tasks} fixed probe tasks. "
-            "Fix: lower their tasks, or raise probe.tasks."
+            f"surfaces {', '.join(too_many)} need more tasks (first_task + tasks) than the {probe_config.tasks} fixed "
+            "probe tasks. Fix: lower their tasks or first_task, or raise probe.tasks."
         )
     return None
 

@@ -30,12 +30,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import cm
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from metaland.claims import Claim, Rule, all_of, improves_on, register, where
 from metaland.config import AggregateConfig
 from metaland.data.registry import registered_name
-from metaland.plots import grid, no_data, save, suptitle
+from metaland.plots import KNOB_LABELS, curve, grid, no_data, save, suptitle, varying_knobs
 from metaland.results import TABLES, StudyTables, stratum_of
 from metaland.stats import convex_fraction, pearson, seed_summary, spearman, surface_roughness
 from metaland.studies import STUDIES, Figure, StudySpec, Table
@@ -61,6 +62,15 @@ surfaces over the grid ≥ 0.8 (the thesis gives no number)."""
 REGION_DEPTHS = (0.2, 0.4)
 """Figs. 11-12 paint the area below fixed loss thresholds; the loss scale differs here, so the
 thresholds are re-derived per panel as minimum + 0.2 and + 0.4 (seed 001 spec §7)."""
+THESIS_REGION_LEVELS = {
+    "miniimagenet": {"train": (0.61, 0.81), "test": (1.21, 1.41)},
+    "cub": {"train": (0.21, 0.81, 1.01, 1.41), "test": (0.21, 0.81, 1.01, 1.41)},
+}
+"""The thesis's own absolute thresholds of Figs. 11 (MiniImageNet) and 12 (CUB), drawn beside the relative ones
+on panels of those datasets. Fig. 12's caption lists four levels without saying which split each belongs to,
+so CUB's panels draw all four on both splits."""
+THESIS_COLUMN = {"miniimagenet": 0, "cub": 1}
+"""Which of a ``PAPER_*`` pair is a thesis dataset's: (MiniImageNet, CUB)."""
 
 PAPER_ACCURACY = {
     # Table 2, 5-way 1-shot accuracy % (mean over 3 seeds of 1,000 tasks): (method, backbone, augment) -> (mini, CUB)
@@ -185,7 +195,14 @@ def landscape_runs(grids: pd.DataFrame) -> list[tuple[str, pd.Series]]:
 
 
 def _run_title(row: pd.Series) -> str:
-    return f"{row['backbone']}, {AUGMENT_NAMES.get(row['augment'], row['augment'])}, seed {int(row['seed'])}"
+    """A surface panel's run: dataset first (every figure draws each dataset apart), backbone, augmentation, seed."""
+    augment = AUGMENT_NAMES.get(row["augment"], row["augment"])
+    return f"{row['dataset']}: {row['backbone']}, {augment}, seed {int(row['seed'])}"
+
+
+def thesis_column(dataset: str) -> int | None:
+    """The index of ``dataset``'s numbers in a ``PAPER_*`` pair, or None for a dataset the thesis did not use."""
+    return THESIS_COLUMN.get(thesis_dataset(dataset))
 
 
 # --------------------------------------------------------------------------------------------
@@ -914,6 +931,7 @@ def _draw_accuracy(axes, tables: StudyTables, dataset: str) -> None:
     table = accuracy_table(tables, AggregateConfig())
     groups = list(dict.fromkeys(zip(table["method"], table["backbone"], strict=True)))
     position = {group: i for i, group in enumerate(groups)}
+    thesis = thesis_dataset(dataset) if thesis_column(dataset) is not None else None
     for offset, augment in ((-0.2, "none"), (0.2, "chen")):
         ours = table[table["augment"] == augment]
         if ours.empty:
@@ -928,13 +946,19 @@ def _draw_accuracy(axes, tables: StudyTables, dataset: str) -> None:
             color="black",
             capsize=3,
         )
-        axes[1].scatter(x, ours["paper_miniimagenet"], marker="_", s=160, color="black")
+        if thesis:
+            axes[1].scatter(x, ours[f"paper_{thesis}"], marker="_", s=160, color="black")
     labels = [f"{backbone}\n{'TL' if method == TL else 'MAML'}" for method, backbone in groups]
     axes[1].set_xticks(range(len(groups)), labels, fontsize=7)
-    axes[1].scatter([], [], marker="_", s=160, color="black", label="thesis (MiniImageNet)")
+    if thesis:
+        axes[1].scatter([], [], marker="_", s=160, color="black", label=f"thesis ({thesis})")
     axes[1].set_ylim(0, 1)
     axes[1].set_ylabel("meta-test accuracy (mean, 95% CI over seeds)")
-    axes[1].set_title(f"(b) {dataset}: Table 2, ours (bars) and the thesis's (dashes)")
+    axes[1].set_title(
+        f"(b) {dataset}: Table 2, ours (bars) and the thesis's (dashes)"
+        if thesis
+        else f"(b) {dataset}: Table 2, ours (the thesis has no {dataset} numbers)"
+    )
     axes[1].legend(fontsize=7)
 
 
@@ -1019,6 +1043,38 @@ def fig_decomposition(tables: StudyTables, path: Path) -> None:
     )
 
 
+SECOND_TASK = "_task2"
+"""Suffix of the surfaces measured on the second fixed task (``first_task: 1``): seed 001 Figs. 15-18."""
+
+
+def fig_inner_loop_second_task(tables: StudyTables, path: Path) -> None:
+    _surface_figure(
+        tables,
+        path,
+        [
+            (f"inner_0{SECOND_TASK}/train", "second meta-train task, 0 steps"),
+            (f"inner_5{SECOND_TASK}/train", "second meta-train task, 5 steps"),
+            (f"inner_0{SECOND_TASK}", "second meta-test task, 0 steps"),
+            (f"inner_10{SECOND_TASK}", "second meta-test task, 10 steps"),
+        ],
+        title="Inner-loop landscapes on an additional task: support loss after k steps (seed 001 Figs. 15-16)",
+    )
+
+
+def fig_decomposition_second_task(tables: StudyTables, path: Path) -> None:
+    _surface_figure(
+        tables,
+        path,
+        [
+            (f"inner_0{SECOND_TASK}", "perturb all"),
+            (f"head{SECOND_TASK}", "head only"),
+            (f"features{SECOND_TASK}", "feature layers only"),
+        ],
+        title="Decomposition at 0 steps on an additional meta-test task, one z-range per row (seed 001 Figs. 17-18)",
+        shared_z=True,
+    )
+
+
 def fig_meta_loss(tables: StudyTables, path: Path) -> None:
     _surface_figure(
         tables,
@@ -1073,46 +1129,77 @@ def fig_query_shots(tables: StudyTables, path: Path) -> None:
 
 
 def fig_meta_loss_regions(tables: StudyTables, path: Path) -> None:
-    """Figs. 11-12: low-loss regions of the many-task meta-loss, no aug vs aug, meta-train and meta-test."""
+    """Figs. 11-12: low-loss regions of the many-task meta-loss, no aug vs aug, meta-train and meta-test; one row
+    per dataset and backbone (Fig. 11 is MiniImageNet's, Fig. 12 CUB's: datasets are never pooled). Filled: the
+    regions within 0.2 and 0.4 of the panel's minimum; dashed: the thesis's own absolute levels for its datasets."""
     grids = final_grids(tables)
     runs = [(r, m) for r, m in landscape_runs(grids) if m["variant"] == MAML]
-    backbones = _backbone_order(pd.DataFrame([m for _, m in runs])) if runs else []
-    if not backbones:
+    if not runs:
         _empty(path, "Figs. 11-12: low-loss regions", "meta-loss surfaces")
         return
+    rows = [
+        (dataset, backbone)
+        for dataset in sorted({m["dataset"] for _, m in runs})
+        for backbone in _backbone_order(pd.DataFrame([m for _, m in runs if m["dataset"] == dataset]))
+    ]
     columns = [(split, augment) for split in ("train", "test") for augment in ("none", "chen")]
-    fig, axes = grid(len(columns) * len(backbones), columns=len(columns), width=3.2, height=3.0)
+    fig, axes = grid(len(columns) * len(rows), columns=len(columns), width=3.4, height=3.2)
     colors = {"train": ("#f5d142", "#66bb6a"), "test": ("#e53935", "#42a5f5")}
-    for i, backbone in enumerate(backbones):
+    for i, (dataset, backbone) in enumerate(rows):
         for j, (split, augment) in enumerate(columns):
-            ax = axes[i * len(columns) + j]
-            match = [(r, m) for r, m in runs if m["backbone"] == backbone and m["augment"] == augment]
+            match = [
+                (r, m) for r, m in runs if (m["dataset"], m["backbone"], m["augment"]) == (dataset, backbone, augment)
+            ]
             surface = surface_of(grids, match[0][0], f"meta_many{SPLIT_SUFFIX[split]}") if match else None
-            title = f"{backbone}, {SPLIT_NAMES[split]}, {AUGMENT_NAMES[augment]}"
+            title = f"{dataset}: {backbone}, {SPLIT_NAMES[split]}, {AUGMENT_NAMES[augment]}"
             if surface is None:
-                no_data(ax, title, "surface")
+                no_data(axes[i * len(columns) + j], title, "surface")
                 continue
-            a, b, z = surface
-            low = z.min()
-            bounds = [low - 1e-9, low + REGION_DEPTHS[0], low + REGION_DEPTHS[1]]
-            ax.contourf(a, b, z.T, levels=bounds, colors=colors[split])
-            ax.contour(a, b, z.T, levels=10, colors="grey", linewidths=0.4)
-            ax.set_title(f"{title}\nmin {low:.2f}; ≤ +0.2, ≤ +0.4", fontsize=8)
-            ax.set_xlabel("a (δ)")
-            ax.set_ylabel("b (η)")
-            ax.grid(False)
+            _draw_low_loss_regions(
+                axes[i * len(columns) + j], surface, colors[split], thesis_levels(dataset, split), title=title
+            )
     key = [
-        Patch(color=colors[split][k], label=f"{SPLIT_NAMES[split]}: {band} above the minimum")
+        Patch(color=colors[split][k], label=f"{SPLIT_NAMES[split]}: {band} above the panel's minimum")
         for split in ("train", "test")
         for k, band in enumerate((f"≤ {REGION_DEPTHS[0]:g}", f"{REGION_DEPTHS[0]:g} to {REGION_DEPTHS[1]:g}"))
     ]
-    fig.legend(handles=key, loc="lower center", ncol=len(key))
+    key.append(Line2D([], [], color="black", linestyle="--", label="the thesis's absolute levels (its datasets only)"))
+    fig.legend(handles=key, loc="lower center", ncol=3)
     suptitle(
         fig,
-        "Where the meta-loss (many tasks) is within 0.2 / 0.4 of its minimum: aug vs no aug (seed 001 Figs. 11-12; "
-        "thresholds relative to each panel's minimum)",
+        "Where the meta-loss (many tasks) is low: aug vs no aug, one row per dataset and backbone (seed 001 "
+        "Figs. 11-12). Filled: within 0.2 / 0.4 of each panel's minimum; dashed: the thesis's absolute levels",
     )
     save(fig, path)
+
+
+def thesis_levels(dataset: str, split: str) -> tuple[float, ...]:
+    """The thesis's absolute Fig. 11-12 thresholds for ``dataset``'s ``split`` panels; none for other datasets."""
+    return THESIS_REGION_LEVELS.get(thesis_dataset(dataset), {}).get(split, ())
+
+
+def _draw_low_loss_regions(ax, surface, colors: tuple[str, str], levels: tuple[float, ...], *, title: str) -> None:
+    """One Fig. 11-12 panel: the bands within ``REGION_DEPTHS`` of the minimum filled, grey contours, and the
+    thesis's absolute ``levels`` dashed where the surface reaches them (the title says where it does not)."""
+    a, b, z = surface
+    low, high = float(z.min()), float(z.max())
+    bounds = [low - 1e-9, low + REGION_DEPTHS[0], low + REGION_DEPTHS[1]]
+    ax.contourf(a, b, z.T, levels=bounds, colors=colors)
+    ax.contour(a, b, z.T, levels=10, colors="grey", linewidths=0.4)
+    inside = [level for level in levels if low < level < high]
+    if inside:
+        lines = ax.contour(a, b, z.T, levels=inside, colors="black", linestyles="dashed", linewidths=0.9)
+        ax.clabel(lines, fontsize=6, fmt="%.2f")
+    below, above = [f"{v:g}" for v in levels if v <= low], [f"{v:g}" for v in levels if v >= high]
+    outside = "".join(
+        f"; thesis {', '.join(values)} {where} every point"
+        for values, where in ((below, "below"), (above, "above"))
+        if values
+    )
+    ax.set_title(f"{title}\nmin {low:.2f}, max {high:.2f}{outside}", fontsize=8)
+    ax.set_xlabel("a (δ)")
+    ax.set_ylabel("b (η)")
+    ax.grid(False)
 
 
 def _draw_sharpness(axes, tables: StudyTables, dataset: str) -> None:
@@ -1123,6 +1210,7 @@ def _draw_sharpness(axes, tables: StudyTables, dataset: str) -> None:
         no_data(axes[0], f"(a) {dataset}", "sharpness probes")
         table = pd.DataFrame(columns=["augment", "split", "backbone"])
     order = _backbone_order(table)
+    column = thesis_column(dataset) or 0
     styles = {("none", "train"): ("#1f77b4", "-"), ("chen", "train"): ("#1f77b4", "--")}
     styles |= {("none", "test"): ("#d62728", "-"), ("chen", "test"): ("#d62728", "--")}
     for (augment, split), (color, line) in styles.items():
@@ -1142,14 +1230,16 @@ def _draw_sharpness(axes, tables: StudyTables, dataset: str) -> None:
             capsize=3,
             label=name,
         )
-        paper = [PAPER_SHARPNESS[(b, augment, split)][0] for b in BACKBONES]
+        paper = [PAPER_SHARPNESS[(b, augment, split)][column] for b in BACKBONES]
         axes[1].plot(range(len(BACKBONES)), paper, color=color, linestyle=line, marker="o", label=name)
     axes[0].set_xticks(range(len(order)), order)
     axes[0].set_ylabel("SAM sharpness (ρ = 0.05), 95% CI over seeds")
     axes[0].set_title(f"(a) ours, {dataset}")
     axes[0].legend(fontsize=7)
     axes[1].set_xticks(range(len(BACKBONES)), BACKBONES)
-    axes[1].set_title("(b) thesis, MiniImageNet (Table 7 / 10)")
+    source = "MiniImageNet (Table 7 / 10)" if column == 0 else "CUB (Table 8 / 10)"
+    own = "" if thesis_column(dataset) is not None else f"; no {dataset} numbers, MiniImageNet's shown"
+    axes[1].set_title(f"(b) thesis, {source}{own}")
     axes[1].legend(fontsize=7)
 
 
@@ -1193,6 +1283,50 @@ def fig_sharpness_loss_accuracy(tables: StudyTables, path: Path) -> None:
     )
 
 
+def _draw_overfitting(axes, tables: StudyTables, dataset: str) -> None:
+    """Figs. 19-20 for one dataset: MAML's accuracy over meta-training, no aug and aug apart; per backbone, the
+    validation tasks' accuracy at each checkpoint (solid: mean and 95% CI over seeds) and the meta-training
+    batches' (dashed), so a gap that opens with training shows over-fitting and a flat validation curve shows
+    that more steps would not change it."""
+    validation, train = (_method(MAML)(frame) for frame in (tables.validation, tables.train_log))
+    for ax, augment in zip(axes, ("none", "chen"), strict=True):
+        title = f"{dataset}, {AUGMENT_NAMES[augment]}: MAML's accuracy over meta-training"
+        shown = validation[validation["augment"] == augment] if not validation.empty else validation
+        if shown.empty:
+            no_data(ax, title, "validation curves")
+            continue
+        varying = [k for k in varying_knobs(shown) if k != "backbone"]  # e.g. two inner lrs of one backbone
+        for _, group in shown.groupby(stratum_of(shown), sort=True):
+            backbone = group["backbone"].iloc[0]
+            color = BACKBONE_COLORS.get(backbone, "#555555")
+            name = " ".join([backbone, *(KNOB_LABELS[k].format(group[k].iloc[0]) for k in varying)])
+            curve(ax, group, "query_accuracy", color=color, name=f"{name}: validation ({group['run'].nunique()} runs)")
+            batches = train[train["run"].isin(set(group["run"]))] if not train.empty else train
+            if not batches.empty and "query_accuracy" in batches:  # the mean over seeds only: no band, it is context
+                mean = batches.groupby("step", sort=True)["query_accuracy"].mean()
+                ax.plot(
+                    mean.index, mean.to_numpy(), color=color, linestyle="--", linewidth=0.9, label=f"{name}: batches"
+                )
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("meta-training step")
+        ax.set_ylabel("query accuracy after adaptation")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+
+
+def fig_overfitting(tables: StudyTables, path: Path) -> None:
+    """Figs. 19-20 (App. F, "Overfitting": MiniImageNet and CUB accuracy), one row per dataset."""
+    _per_dataset(
+        tables,
+        path,
+        2,
+        _draw_overfitting,
+        title="Accuracy over meta-training: validation tasks (solid) and meta-training batches (dashed) "
+        "(seed 001 Figs. 19-20)",
+        what="validation curves",
+    )
+
+
 STUDIES.register(
     NAME,
     StudySpec(
@@ -1217,6 +1351,17 @@ STUDIES.register(
                 "Fig. 14: loss vs sharpness coloured by accuracy.",
                 fig_sharpness_loss_accuracy,
             ),
+            Figure(
+                "inner_loop_task2",
+                "Figs. 15-16: the inner-loop landscapes on an additional random task.",
+                fig_inner_loop_second_task,
+            ),
+            Figure(
+                "decomposition_task2",
+                "Figs. 17-18: the decomposition on an additional random task.",
+                fig_decomposition_second_task,
+            ),
+            Figure("overfitting", "Figs. 19-20: accuracy over meta-training, validation vs batches.", fig_overfitting),
         ),
         tables=(
             Table("accuracy", "Table 2: accuracy ± 95% CI, ours beside the thesis's", accuracy_table),
