@@ -296,3 +296,37 @@ def test_the_rows_file_recomputes_the_new_claims(tmp_path, slug, study):
         (p.stratum, pytest.approx(p.per_seed), pytest.approx(p.p_holds)) for p in found.outcome.parts
     ]
     assert sorted(read["seed"].unique()) == list(SEEDS)
+
+
+# --------------------------------------------------------------------------------------------
+# §2.6: the MAML baseline lands near the thesis's 94.05% (a check, paper profile only)
+# --------------------------------------------------------------------------------------------
+
+
+def baseline_levels(level: float, dataset: str = "omniglot", seed: int = 0) -> StudyTables:
+    """Second-order MAML 20-way 1-shot runs on ``dataset`` whose mean accuracy over 600 tasks is ``level``, with
+    seed-to-seed spread; beside them 5-way runs far below (another stratum, never read)."""
+    g = np.random.default_rng(seed)
+    final = []
+    for s in SEEDS:
+        final += task_rows(
+            meta("maml", s, dataset=dataset, ways=20), level + g.normal(0, 0.004) + g.normal(0, 0.05, 600)
+        )
+        final += task_rows(meta("maml", s, dataset=dataset), np.full(600, 0.5))
+    return tables([], final)
+
+
+@pytest.mark.parametrize("level, expected", [(0.9405, "holds"), (0.945, "holds"), (0.90, "fails"), (0.985, "fails")])
+def test_maml_baseline_near_thesis_is_a_tost_around_94_percent_on_the_full_omniglot(level, expected):
+    outcome = result("maml-baseline-near-thesis", baseline_levels(level))
+    assert claim("maml-baseline-near-thesis").category == "check"
+    assert outcome.verdict == expected
+    (part,) = outcome.outcome.parts
+    assert "ways=20" in part.stratum
+    assert np.mean(list(part.per_seed.values())) == pytest.approx(level - 0.9405, abs=0.01)
+
+
+def test_maml_baseline_near_thesis_reads_no_omniglot_subset():
+    """The default profile's subset of Omniglot is another dataset: its level is not compared with the thesis's."""
+    outcome = result("maml-baseline-near-thesis", baseline_levels(0.9405, dataset="omniglot-small-alphabets"))
+    assert outcome.verdict == "inconclusive" and not outcome.outcome.parts
