@@ -456,3 +456,34 @@ def test_resnet12_has_a_verdict_of_its_own(conv4, resnet12, verdict):
     assert len(resnet.outcome.parts) == 2 and set(resnet.rows["run"].str.split("-").str[0]) == {"ResNet12"}
     conv4_only = StudyTables("lil2022", pd.DataFrame(), frames[0], pd.DataFrame())
     assert verdicts(conv4_only)["lil2022-lil-improves-maml-resnet12"] == "inconclusive"
+
+
+# --------------------------------------------------------------------------------------------
+# App. C: the tuned MAML beats Finn et al.'s 63.11 % (5-shot); ANIL / BOIL after LIL pretraining beside their baselines
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level, verdict", [(0.66, "holds"), (0.60, "fails"), (0.6311, "inconclusive")])
+def test_maml_beats_finn_reads_the_5shot_miniimagenet_4conv_runs(level, verdict):
+    frame = final_tasks({}, dataset="miniimagenet", variants=("maml",), seeds=4)
+    frame["query_accuracy"] = level + (frame["query_accuracy"] - frame["query_accuracy"].mean()) * 0.1
+    frame.loc[frame["shots"] == 1, "query_accuracy"] = 0.3  # 1-shot: another stratum, never read
+    resnet = frame.assign(backbone="ResNet12", run=frame["run"] + "-resnet", query_accuracy=0.2)
+    tables = StudyTables("lil2022", pd.DataFrame(), pd.concat([frame, resnet], ignore_index=True), pd.DataFrame())
+    assert verdicts(tables)["lil2022-maml-beats-finn-5shot"] == verdict
+    on_omniglot = StudyTables("lil2022", pd.DataFrame(), frame.assign(dataset="omniglot-small"), pd.DataFrame())
+    assert verdicts(on_omniglot)["lil2022-maml-beats-finn-5shot"] == "inconclusive"
+
+
+def test_anil_and_boil_after_lil_pretraining_sit_beside_their_baselines_without_a_paper_number():
+    variants = ("anil", "anil+lil-pretrain", "boil", "boil+lil-pretrain")
+    shift = {("anil+lil-pretrain", 1): 0.04, ("boil+lil-pretrain", 5): -0.02}
+    tables = StudyTables("lil2022", pd.DataFrame(), final_tasks(shift, variants=variants), pd.DataFrame())
+    table = accuracy_table(tables, CFG).set_index(["setting", "variant"])
+    assert table.loc[("d 5-way 1-shot", "anil+lil-pretrain"), "baseline"] == "anil"
+    assert table.loc[("d 5-way 1-shot", "anil+lil-pretrain"), "gain_over_baseline"] == pytest.approx(0.04, abs=0.005)
+    assert table.loc[("d 5-way 5-shot", "boil+lil-pretrain"), "baseline"] == "boil"
+    assert table.loc[("d 5-way 5-shot", "boil+lil-pretrain"), "gain_over_baseline"] == pytest.approx(-0.02, abs=0.005)
+    assert np.isnan(table.loc[("d 5-way 1-shot", "anil+lil-pretrain"), "paper_accuracy"])
+    found = verdicts(tables)
+    assert found["lil2022-lil-improves-anil"] == "inconclusive"  # the paper's ANIL + LIL is the phase regulariser
