@@ -1,10 +1,10 @@
 """A checkpoint as a model MLflow loads: meta-test on one task, with the run's own adaptation.
 
 Each checkpoint the extract stage publishes is logged as an MLflow *models-from-code* pyfunc
-(:data:`MODEL_CODE`): no pickle anywhere. Its artifacts are the checkpoint itself (safetensors
-weights + sidecar, verified on load) and ``model.json`` (:func:`model_spec`: the resolved run, the
-input shape and the head's width), from which :func:`load_meta_test_model` rebuilds the functional
-model exactly as training and the probes build it.
+(``metaland.model_package`` writes it, without PyTorch): no pickle anywhere. Its artifacts are the
+checkpoint itself (safetensors weights + sidecar, verified on load) and ``model.json``
+(:func:`model_spec`: the resolved run, the input shape and the head's width), from which
+:func:`load_meta_test_model` rebuilds the functional model exactly as training and the probes build it.
 
 Prediction is meta-testing one task (seed 000 §2.4): θ^s is adapted to the support set with the
 run's inner loop — its T steps of α on the parameters it adapts, with its learned update where it
@@ -20,10 +20,7 @@ Loading needs ``metaland`` importable (the commit in the model's ``metaland_comm
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,15 +33,8 @@ from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS
 from metaland.meta.evaluate import meta_test_adaptation
 from metaland.meta.inner import InnerStep, adapted_names
+from metaland.model_package import INPUTS
 from metaland.models import Forward, ParamDict, build_for_run, head_names, initial_params, make_forward
-
-SPEC_FILE = "model.json"
-MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-"""The models-from-code file MLflow stores with each logged checkpoint and runs on load."""
-INPUTS = ("support_images", "support_labels", "query_images")
-OUTPUT = "query_logits"
-EXAMPLE_SEED = 0
-"""Seed of the input example's pixels: a format example, not a real task."""
 
 
 def model_spec(run: Run, input_shape: tuple[int, ...], checkpoint: Checkpoint) -> dict[str, Any]:
@@ -131,63 +121,3 @@ def task_tensors(model: MetaTestModel, task: dict[str, np.ndarray]) -> tuple[tor
             f"got {support_y.tolist()}. Fix: number the task's {model.ways} classes 0 … {model.ways - 1}."
         )
     return support_x, support_y, query_x
-
-
-def input_example(spec: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A task in the model's input format (seeded noise, one support image per class)."""
-    rng = np.random.default_rng(EXAMPLE_SEED)
-    ways, shape = spec["run"]["ways"], spec["input_shape"]
-    return {
-        "support_images": rng.standard_normal((ways, *shape), dtype=np.float32),
-        "support_labels": np.arange(ways, dtype=np.int64),
-        "query_images": rng.standard_normal((ways, *shape), dtype=np.float32),
-    }
-
-
-def signature(spec: dict[str, Any]):
-    """The MLflow signature: the three named input tensors, the query logits out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    shape = (-1, *spec["input_shape"])
-    inputs = Schema(
-        [
-            TensorSpec(np.dtype(np.float32), shape, "support_images"),
-            TensorSpec(np.dtype(np.int64), (-1,), "support_labels"),
-            TensorSpec(np.dtype(np.float32), shape, "query_images"),
-        ]
-    )
-    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, spec["run"]["ways"]), OUTPUT)])
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def save_pyfunc(folder: Path, spec: dict[str, Any], checkpoint: Checkpoint, metadata: dict[str, str]) -> None:
-    """Write the MLflow model (MLmodel, the code file, the checkpoint and ``model.json``) to ``folder``."""
-    import mlflow.pyfunc
-
-    with tempfile.TemporaryDirectory() as scratch:
-        spec_file = Path(scratch) / SPEC_FILE
-        spec_file.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
-        mlflow.pyfunc.save_model(
-            str(folder),
-            python_model=str(MODEL_CODE),
-            artifacts={
-                "checkpoint": str(checkpoint.path),
-                "sidecar": str(checkpoint.sidecar_path),
-                "spec": str(spec_file),
-            },
-            signature=signature(spec),
-            input_example=input_example(spec),
-            pip_requirements=requirements(),
-            metadata=metadata,
-        )
-
-
-RUNTIME_PACKAGES = ("torch", "numpy", "safetensors", "pydantic", "pyyaml", "mlflow")
-"""What ``metaland`` needs to load and run a model, pinned in its requirements at the versions here."""
-
-
-def requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]

@@ -238,13 +238,13 @@ def log_model(
     params: Mapping[str, str],
     tags: Mapping[str, str],
 ) -> None:
-    """Log a checkpoint as one MLflow pyfunc model of the run (models-from-code, ``metaland.serving``)."""
+    """Log a checkpoint as one MLflow pyfunc model of the run (models-from-code, ``metaland.serving``), without
+    importing PyTorch (``metaland.model_package``): its stage waits for this at its close."""
     from mlflow.entities import LoggedModelStatus, Metric
 
     from metaland import __version__
-    from metaland.checkpoints import Checkpoint
     from metaland.io import read_json
-    from metaland.serving import save_pyfunc
+    from metaland.model_package import save_pyfunc
 
     weights = Path(checkpoint)
     model = client.create_logged_model(
@@ -256,13 +256,13 @@ def log_model(
         model_type="pyfunc",
     )
     metadata = {"metaland_version": __version__, "metaland_commit": git_state()["commit"], "run": spec["run"]["key"]}
-    saved = Checkpoint(weights, read_json(weights.with_suffix(".json")))
+    sidecar = read_json(weights.with_suffix(".json"))
     with tempfile.TemporaryDirectory() as folder:
-        save_pyfunc(Path(folder) / "model", spec, saved, metadata)
+        save_pyfunc(Path(folder) / "model", spec, weights, metadata)
         client.log_model_artifacts(model.model_id, str(Path(folder) / "model"))
     validation = [
-        Metric(key, float(value), int(time.time() * 1000), saved.step, model_id=model.model_id)
-        for key, value in sorted(saved.sidecar["metrics"].items())
+        Metric(key, float(value), int(time.time() * 1000), int(sidecar["step"]), model_id=model.model_id)
+        for key, value in sorted(sidecar["metrics"].items())
     ]
     client.log_batch(run_id, metrics=validation)  # the model page's metrics: the checkpoint's validation
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)

@@ -55,7 +55,7 @@ def test_a_logged_checkpoint_loads_and_meta_tests_as_the_probe_measured(tracking
     from metaland.config import load_params
     from metaland.data.layout import load_split
     from metaland.data.tasks import load_task_set, materialise
-    from metaland.serving import INPUTS, OUTPUT
+    from metaland.model_package import INPUTS, OUTPUT
 
     work, client = tracking
     config = load_params(work / "params.yaml")
@@ -93,7 +93,7 @@ def test_the_input_example_is_a_task_the_model_predicts(tracking):
     import mlflow.pyfunc
     from mlflow.models import Model
 
-    from metaland.serving import OUTPUT
+    from metaland.model_package import OUTPUT
 
     _, client = tracking
     uri = f"models:/{final_model(client, RUNS[0]).model_id}"
@@ -121,3 +121,28 @@ def test_a_wrong_task_is_refused_with_its_fix(tracking):
         task_tensors(model, {**good, "query_images": np.zeros((3, 3, 28, 28), np.float32)})
     with pytest.raises(ConfigError, match=r"support_labels must be one label in 0 … 4 per support image \(5\)"):
         task_tensors(model, {**good, "support_labels": np.array([0, 1, 2, 3, 5])})
+
+
+def test_packaging_a_checkpoint_imports_no_pytorch(tmp_path):
+    """The tracking sidecar writes each model while its stage goes on and the stage waits for it at its close:
+    the package (MLmodel, requirements, signature, input example, artifacts) is written without PyTorch."""
+    import subprocess
+    import sys
+
+    script = """
+import json, sys
+from pathlib import Path
+from metaland.model_package import SPEC_FILE, save_pyfunc
+folder = Path(sys.argv[1])
+weights = folder / "step-00000010.safetensors"
+weights.write_bytes(b"weights")
+weights.with_suffix(".json").write_text(json.dumps({"step": 10, "metrics": {}}))
+spec = {"run": {"key": "r", "ways": 5}, "input_shape": [1, 28, 28], "classes": 5, "step": 10}
+save_pyfunc(folder / "model", spec, weights, {"run": "r"})
+files = sorted(p.name for p in (folder / "model").rglob("*") if p.is_file())
+assert "MLmodel" in files and SPEC_FILE in files and weights.name in files, files
+assert "torch" not in sys.modules, "torch was imported"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
