@@ -327,3 +327,41 @@ def test_last_conv_claim_reads_each_depth_apart():
     }
     columns[four]["layerwise_freeze_conv4_accuracy"] = 0.2
     assert verdicts(final_tasks({two: 0.6, four: 0.6}, columns))["last-conv-carries-adaptation"].verdict == "holds"
+
+
+def test_cnn_training_figure_draws_training_beside_test_accuracy_per_setting(monkeypatch, tmp_path):
+    """Figs. A.2-A.3: per setting, the meta-training batches' accuracy (train_log) beside the test tasks'
+    (checkpoints), each method's curve the mean over its seeds."""
+    import metaland.studies.metaopt as metaopt
+
+    def rows(value, steps, dataset):
+        return [
+            {"run": f"{key(a, 'cnn2')}-{dataset}-s{seed}", "algorithm": a, "dataset": dataset, "step": step}
+            | {"setting": f"{dataset} 10-way 5-shot", "seed": seed, "query_accuracy": value(a, step) + seed / 100}
+            for a in ("maml", "kfc")
+            for seed in range(3)
+            for step in steps
+        ]
+
+    def test(a, step):
+        return 0.5 + step / 1000
+
+    def train(a, step):
+        return 0.9 if a == "kfc" else 0.8
+
+    checkpoints = pd.DataFrame(rows(test, (0, 50, 100), "omniglot") + rows(test, (0, 50, 100), "cifar-fs"))
+    train_log = pd.DataFrame(rows(train, (10, 20), "omniglot") + rows(train, (10, 20), "cifar-fs"))
+    caught = []
+    monkeypatch.setattr(metaopt, "save", lambda fig, path: caught.append(fig))
+    metaopt.fig_cnn_training(StudyTables("metaopt", checkpoints, pd.DataFrame(), train_log), tmp_path / "f.png")
+    titles = [ax.get_title() for ax in caught[0].axes if ax.get_visible()]
+    assert titles == [
+        "cifar-fs 10-way 5-shot: training accuracy (meta-training batches)",
+        "cifar-fs 10-way 5-shot: test accuracy (fixed test tasks)",
+        "omniglot 10-way 5-shot: training accuracy (meta-training batches)",
+        "omniglot 10-way 5-shot: test accuracy (fixed test tasks)",
+    ]
+    training = {line.get_label(): line.get_ydata().tolist() for line in caught[0].axes[0].lines}
+    assert training == {"CNN-2 w/ KFC": pytest.approx([0.91, 0.91]), "CNN-2 w/ MAML": pytest.approx([0.81, 0.81])}
+    test_curve = {line.get_label(): line.get_ydata().tolist() for line in caught[0].axes[1].lines}
+    assert test_curve["CNN-2 w/ MAML"] == pytest.approx([0.51, 0.56, 0.61])

@@ -807,20 +807,39 @@ def fig_linear(tables: StudyTables, path: Path) -> None:
     save(fig, path)
 
 
-def _training_panels(tables: StudyTables, path: Path, *, cnn: bool, title: str) -> None:
-    checkpoints = annotate(tables.checkpoints)
-    rows = checkpoints[checkpoints["depth"].notna() == cnn] if not checkpoints.empty else checkpoints
-    settings = list(rows["setting"].unique()) if not rows.empty else []
-    fig, panels = _panels(settings, "accuracy over training", "probed checkpoints")
+TRAINING_CURVES = {
+    "checkpoints": ("post-adaptation test accuracy", "test accuracy (fixed test tasks)"),
+    "train_log": ("post-adaptation accuracy, meta-training batches", "training accuracy (meta-training batches)"),
+}
+"""The two panels of Figs. A.2-A.3 per setting: the table each is read from, its y label and its title."""
+
+
+def _training_panels(tables: StudyTables, path: Path, *, cnn: bool, title: str, sources: tuple[str, ...]) -> None:
+    """One row per setting, one panel per source (:data:`TRAINING_CURVES`): each method's accuracy over
+    meta-training, the mean and 95% CI over its runs (seeds)."""
+    frames = {name: annotate(getattr(tables, name)) for name in sources}
+    frames = {
+        name: frame[frame["depth"].notna() == cnn] if not frame.empty else frame for name, frame in frames.items()
+    }
+    settings = sorted({setting for frame in frames.values() if not frame.empty for setting in frame["setting"]})
+    fig, axes = grid(max(1, len(settings) * len(sources)), columns=len(sources), width=5.0, height=3.6)
+    if not settings:
+        no_data(axes[0], "accuracy over training", "probed checkpoints")
     palette = [*COLORS.values(), "#8c564b", "#e377c2", "#7f7f7f"]
-    for ax, setting in panels:
-        here = rows[rows["setting"] == setting]
-        for i, (method, group) in enumerate(here.groupby("method")):
-            curve(ax, group, "query_accuracy", color=palette[i % len(palette)], name=method)
-        ax.set_xlabel("meta-iteration")
-        ax.set_ylabel("post-adaptation test accuracy")
-        ax.set_title(setting)
-        ax.legend()
+    for i, setting in enumerate(settings):
+        for j, name in enumerate(sources):
+            ax, frame = axes[i * len(sources) + j], frames[name]
+            ylabel, what = TRAINING_CURVES[name]
+            here = frame[frame["setting"] == setting] if not frame.empty else frame
+            if here.empty or "query_accuracy" not in here:
+                no_data(ax, f"{setting}: {what}", what)
+                continue
+            for k, (method, group) in enumerate(here.groupby("method")):
+                curve(ax, group, "query_accuracy", color=palette[k % len(palette)], name=method)
+            ax.set_xlabel("meta-iteration")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{setting}: {what}" if len(sources) > 1 else setting)
+            ax.legend()
     suptitle(fig, title)
     save(fig, path)
 
@@ -828,13 +847,24 @@ def _training_panels(tables: StudyTables, path: Path, *, cnn: bool, title: str) 
 def fig_linear_training(tables: StudyTables, path: Path) -> None:
     """Fig. A.1: test accuracy of the linear models over meta-training."""
     _training_panels(
-        tables, path, cnn=False, title="Linear models: test accuracy during meta-training (seed 003 Fig. A.1)"
+        tables,
+        path,
+        cnn=False,
+        title="Linear models: test accuracy during meta-training (seed 003 Fig. A.1)",
+        sources=("checkpoints",),
     )
 
 
 def fig_cnn_training(tables: StudyTables, path: Path) -> None:
-    """Fig. A.2: test accuracy of the CNNs over meta-training."""
-    _training_panels(tables, path, cnn=True, title="CNNs: test accuracy during meta-training (seed 003 Fig. A.2)")
+    """Figs. A.2 (Omniglot) and A.3 (miniImageNet): training accuracy (left) and test accuracy (right) of the CNNs
+    over meta-training, one row per setting."""
+    _training_panels(
+        tables,
+        path,
+        cnn=True,
+        title="CNNs: training (left) and test (right) accuracy during meta-training (seed 003 Figs. A.2-A.3)",
+        sources=("train_log", "checkpoints"),
+    )
 
 
 def _paper_families(table: pd.DataFrame, wanted: tuple[str, ...]) -> list[str]:
@@ -956,7 +986,11 @@ STUDIES.register(
             Figure("scnn", "Table 2: the 2-layer CNN with MAML, Meta-SGD, Meta-Curvature, KLin, KFC.", fig_cnn),
             Figure("depth", "Fig. 3 / Table A1: accuracy against the number of conv layers.", fig_depth),
             Figure("layerwise", "Fig. 2: adapting only / freezing only each layer at meta-test.", fig_layerwise),
-            Figure("cnn-training", "Fig. A.2: test accuracy of the CNNs over meta-training.", fig_cnn_training),
+            Figure(
+                "cnn-training",
+                "Figs. A.2-A.3: training and test accuracy of the CNNs over meta-training.",
+                fig_cnn_training,
+            ),
         ),
         tables=(
             Table(
