@@ -333,3 +333,40 @@ def test_layerwise_probe_adapts_only_or_all_but_each_layer():
         chosen = adapted_names(names, head_names(module), pattern)
         metrics, _ = evaluate_tasks(forward, params, batch, steps=2, lr=ALPHA, chunk=4, inner_params=chosen)
         assert torch.equal(out.per_task[f"layerwise_{mode}_conv2_loss"], metrics["query_loss"])
+
+
+def test_layer_noise_adapts_from_theta_with_noise_of_relative_size_sigma_on_the_fc_layer():
+    """Fig. 2's right panel: per σ, the mean over draws of each task's accuracy and loss after adapting conv2 and fc
+    (conv1 frozen) from θ with W_fc + σ‖W_fc‖u/‖u‖; σ = 0 is the plain frozen-conv1 adaptation, every draw moves
+    the layer by exactly σ‖W‖ and nothing else, and a model without the layer gets no noise columns."""
+    from metaland.probes.layerwise import LayerNoiseOptions, noisy
+    from metaland.seeding import generator
+
+    module = build_model("cnn", CNNParams(blocks=2, filters=3), channels=1, image_size=8, ways=3, seed=0)
+    forward = make_forward(module)
+    params = initial_params(module)
+    g = torch.Generator().manual_seed(7)
+    y = torch.tensor([[0, 1, 2]] * 4)
+    batch = TaskBatch(torch.randn(4, 3, 1, 8, 8, generator=g), y, torch.randn(4, 3, 1, 8, 8, generator=g), y)
+    context = ProbeContext(forward, params, batch, 2, ALPHA, 4, 0, head_names(module))
+    noise = LayerNoiseOptions(layer="fc.*", frozen="conv1.*", scales=[0.0, 0.5], draws=2)
+    out = layerwise(context, LayerwiseOptions(noise=noise))
+    assert set(out.per_task) == {f"layerwise_noise_{s}_{k}" for s in ("0", "0.5") for k in ("accuracy", "loss")}
+    adapted = [n for n in params if not n.startswith("conv1.")]
+    plain, _ = evaluate_tasks(forward, params, batch, steps=2, lr=ALPHA, chunk=4, inner_params=adapted)
+    torch.testing.assert_close(out.per_task["layerwise_noise_0_loss"], plain["query_loss"])
+    losses = []
+    for draw in range(2):
+        start = noisy(params, frozenset({"fc.weight", "fc.bias"}), 0.5, generator(0, "layerwise-noise", 1, draw))
+        for name, value in start.items():
+            moved = (value - params[name]).norm().item()
+            assert moved == pytest.approx(0.5 * params[name].norm().item() if name.startswith("fc.") else 0.0)
+        metrics, _ = evaluate_tasks(forward, start, batch, steps=2, lr=ALPHA, chunk=4, inner_params=adapted)
+        losses.append(metrics["query_loss"])
+    torch.testing.assert_close(out.per_task["layerwise_noise_0.5_loss"], (losses[0] + losses[1]) / 2)
+    assert not torch.allclose(out.per_task["layerwise_noise_0.5_loss"], plain["query_loss"])
+    linear = build_model("linear", LinearParams(hidden=[4]), channels=1, image_size=8, ways=3, seed=0)
+    lacks = ProbeContext(make_forward(linear), initial_params(linear), batch, 2, ALPHA, 4, 0, head_names(linear))
+    assert layerwise(lacks, LayerwiseOptions(noise=LayerNoiseOptions(layer="conv9.*", scales=[1.0]))).per_task == {}
+    with pytest.raises(ValueError, match="≥ 0"):
+        LayerNoiseOptions(layer="fc.*", scales=[-1.0])

@@ -365,3 +365,61 @@ def test_cnn_training_figure_draws_training_beside_test_accuracy_per_setting(mon
     assert training == {"CNN-2 w/ KFC": pytest.approx([0.91, 0.91]), "CNN-2 w/ MAML": pytest.approx([0.81, 0.81])}
     test_curve = {line.get_label(): line.get_ydata().tolist() for line in caught[0].axes[1].lines}
     assert test_curve["CNN-2 w/ MAML"] == pytest.approx([0.51, 0.56, 0.61])
+
+
+def test_fc_noise_table_and_figure_give_each_cnn_its_curve_over_sigma(monkeypatch, tmp_path):
+    """Fig. 2 (right): per trained CNN, the accuracy at each noise strength σ is the mean over seeds of each seed's
+    mean over tasks; two datasets are two panels, never one pooled curve."""
+    import metaland.studies.metaopt as metaopt
+
+    rows = []
+    for dataset, level in (("omniglot", 0.9), ("cifar-fs", 0.6)):
+        for seed in range(3):
+            for task in range(4):
+                rows.append(
+                    {
+                        "run": f"{key('maml', 'cnn4')}-{dataset}-s{seed}",
+                        "algorithm": "maml",
+                        "dataset": dataset,
+                        "ways": 5,
+                    }
+                    | {"seed": seed, "task": task, "query_accuracy": level, "layerwise_noise_0_accuracy": level}
+                    | {
+                        "layerwise_noise_1_accuracy": level - 0.2 - seed / 100,
+                        "layerwise_noise_0.5_accuracy": level - 0.1,
+                    }
+                )
+    tables = StudyTables("metaopt", pd.DataFrame(rows), pd.DataFrame(rows), pd.DataFrame())
+    table = metaopt.noise_table(tables, CFG).set_index(["dataset", "sigma"])
+    assert table.loc[("omniglot", 1.0), "accuracy"] == pytest.approx(0.9 - 0.2 - 0.01)
+    assert table.loc[("cifar-fs", 0.5), "accuracy"] == pytest.approx(0.5)
+    assert list(table.loc["omniglot"].index) == [0.0, 0.5, 1.0] and set(table["runs"]) == {3}
+    caught = []
+    monkeypatch.setattr(metaopt, "save", lambda fig, path: caught.append(fig))
+    metaopt.fig_fc_noise(tables, tmp_path / "f.png")
+    panels = {ax.get_title().split(":")[0]: ax for ax in caught[0].axes if ax.get_visible() and ax.lines}
+    assert set(panels) == {"omniglot", "cifar-fs"}
+    (curve_,) = [line for line in panels["cifar-fs"].lines if line.get_label().startswith("CNN-4")]
+    assert curve_.get_ydata().tolist() == pytest.approx([0.6, 0.5, 0.6 - 0.21])
+
+
+@pytest.mark.parametrize("drop, verdict", [(0.2, "holds"), (-0.2, "fails"), (0.0, "inconclusive")])
+def test_fc_noise_degrades_contrasts_no_noise_with_the_strongest_per_maml_cnn(drop, verdict):
+    g = np.random.default_rng(0)
+    rows = []
+    for seed in range(4):
+        for task in range(20):
+            base = g.uniform(0.5, 0.9)
+            for algorithm, other in (("maml", drop), ("kfc", -drop)):  # KFC's opposite effect is never read
+                rows.append(
+                    {"run": f"{key(algorithm, 'cnn4')}-s{seed}", "algorithm": algorithm, "seed": seed, "task": task}
+                    | {"dataset": "omniglot", "backbone": "CNN-4", "ways": 10, "shots": 5, "query_accuracy": base}
+                    | {"layerwise_noise_0_accuracy": base, "layerwise_noise_0.5_accuracy": base - other / 2}
+                    | {"layerwise_noise_2_accuracy": base - other + g.normal(0, 0.01)}
+                )
+    tables = StudyTables("metaopt", pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame())
+    found = verdicts(tables)["fc-noise-degrades"]
+    assert found.verdict == verdict
+    if drop:
+        (part,) = found.outcome.parts
+        assert np.mean(list(part.per_seed.values())) == pytest.approx(drop, abs=0.01)

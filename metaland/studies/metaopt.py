@@ -418,6 +418,47 @@ register(
 )
 
 
+def _noise_free_and_strongest(tables: StudyTables) -> pd.DataFrame:
+    """Per fixed task of each MAML-trained CNN with the FC-noise probe: accuracy without noise (+1) and at the
+    strongest σ probed (−1), both with C1-C3 frozen (the layer-wise probe's ``noise`` panel)."""
+    rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).notna())(tables.final_tasks)
+    frames = []
+    for _, group in rows.groupby("run") if not rows.empty else []:
+        group = group.dropna(axis=1, how="all")
+        found = sorted((float(m.group(1)), c) for c in group.columns if (m := NOISE_COLUMN.fullmatch(c)))
+        if len(found) >= 2 and found[0][0] == 0.0:
+            rule = column_contrast({found[0][1]: 1.0, found[-1][1]: -1.0}, name="")
+            frames.append(rule.select(StudyTables(NAME, tables.checkpoints, group, tables.train_log)))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(arm=np.where(out["weight"] > 0, "no noise", "strongest noise"))
+
+
+register(
+    Claim(
+        id=f"{NAME}-fc-noise-degrades",
+        study=NAME,
+        seed=SEED,
+        section="§3.2, Fig. 2 (right)",
+        claim="With C1-C3 held fixed during adaptation, noise on the FC layer degrades post-adaptation accuracy "
+        "significantly when it is strong: C4 and FC work together.",
+        rule="each MAML-trained CNN (as the seed's Fig. 2) gives, per seed, its mean over the fixed test tasks of "
+        "(accuracy without noise − accuracy at the strongest noise probed), both with C1-C3 frozen; the strongest "
+        "is the largest of the layer-wise probe's noise scales σ: each FC tensor W moved by σ‖W‖ in a Gaussian "
+        "direction before adaptation, mean over draws. Per stratum (dataset and depth apart), t over seeds: holds "
+        "if it is significantly above 0 in every stratum; fails if significantly below 0 in any; inconclusive "
+        "otherwise. The seed quantifies neither 'strong' nor the noise family: the scales are a param "
+        "(`noise.scales`, σ up to 2 × ‖W‖)",
+        test=Rule(
+            "contrast",
+            {"name": "accuracy without noise − at the strongest FC noise, per seed"},
+            _noise_free_and_strongest,
+        ),
+    )
+)
+
+
 # --- Claims for the remaining comparative statements (issue 22) -----------------------------------------------
 
 SAME_LEVEL_MARGIN = 0.05
@@ -723,14 +764,19 @@ def published_cnn() -> pd.DataFrame:
     )
 
 
+def _trained_cnns(tables: StudyTables):
+    """((dataset, algorithm, depth), final-task rows) of each trained CNN, the columns no row fills dropped."""
+    final = annotate(tables.final_tasks)
+    cnn = final[final["depth"].notna()] if not final.empty else final
+    for key, group in cnn.groupby(["dataset", "algorithm", "depth"]) if not cnn.empty else []:
+        yield key, group.dropna(axis=1, how="all")
+
+
 def layerwise_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     """Fig. 2's numbers: per CNN (dataset, optimizer, depth) and layer, accuracy adapting only it and freezing
     only it (mean and CI over seeds), beside the accuracy adapting every layer."""
-    final = annotate(tables.final_tasks)
     rows = []
-    cnn = final[final["depth"].notna()] if not final.empty else final
-    for (dataset, algorithm, depth), group in cnn.groupby(["dataset", "algorithm", "depth"]) if not cnn.empty else []:
-        group = group.dropna(axis=1, how="all")
+    for (dataset, algorithm, depth), group in _trained_cnns(tables):
         every = seed_level(group, "query_accuracy", cfg.confidence).estimate
         for mode in ("only", "freeze"):
             for layer, column in layer_columns(group, mode).items():
@@ -749,6 +795,34 @@ def layerwise_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                         "all_layers_accuracy": every,
                     }
                 )
+    return pd.DataFrame(rows)
+
+
+NOISE_COLUMN = re.compile(r"layerwise_noise_(.+)_accuracy")
+"""The layer-wise probe's accuracy column at noise strength σ (Fig. 2's right panel)."""
+
+
+def noise_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Fig. 2's right panel: per CNN (dataset, optimizer, depth) and noise strength σ on the FC layer (C1-C3 frozen,
+    the rest adapting), accuracy after adaptation (mean and CI over seeds), beside adapting every layer noise-free."""
+    rows = []
+    for (dataset, algorithm, depth), group in _trained_cnns(tables):
+        found = sorted((float(m.group(1)), c) for c in group.columns if (m := NOISE_COLUMN.fullmatch(c)))
+        for sigma, column in found:
+            ci = seed_level(group, column, cfg.confidence)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "algorithm": algorithm,
+                    "layers": int(depth),
+                    "runs": group["run"].nunique(),
+                    "sigma": sigma,
+                    "accuracy": ci.estimate,
+                    "ci_low": ci.ci_low,
+                    "ci_high": ci.ci_high,
+                    "all_layers_accuracy": seed_level(group, "query_accuracy", cfg.confidence).estimate,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -970,6 +1044,33 @@ def fig_layerwise(tables: StudyTables, path: Path) -> None:
     save(fig, path)
 
 
+def fig_fc_noise(tables: StudyTables, path: Path) -> None:
+    """Fig. 2 (right): accuracy against the strength of noise on the FC layer, C1-C3 frozen, one panel per dataset,
+    one line per trained CNN (optimizer, depth; mean and 95% CI over seeds)."""
+    table = noise_table(tables, AggregateConfig())
+    datasets = list(dict.fromkeys(table["dataset"])) if not table.empty else []
+    fig, panels = _panels(datasets, "FC noise", "layerwise noise on CNN runs")
+    palette = [*COLORS.values(), "#8c564b", "#e377c2", "#7f7f7f"]
+    for ax, dataset in panels:
+        rows = table[table["dataset"] == dataset]
+        for i, ((algorithm, layers), group) in enumerate(rows.groupby(["algorithm", "layers"], sort=True)):
+            color = palette[i % len(palette)]
+            seeds = int(group["runs"].iloc[0])
+            name = (
+                f"CNN-{layers} w/ {OPTIMIZER_NAMES.get(algorithm, algorithm)} ({seeds} seed{'s' if seeds != 1 else ''})"
+            )
+            ax.plot(group["sigma"], group["accuracy"], marker="o", color=color, label=name)
+            ax.fill_between(group["sigma"], group["ci_low"], group["ci_high"], color=color, alpha=0.18, linewidth=0)
+        _chance_line(ax, tables, {dataset})
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("noise on FC, σ (relative to ‖W‖)")
+        ax.set_ylabel("post-adaptation test accuracy")
+        ax.set_title(f"{dataset}: C1-C3 frozen where the CNN has them, later layers adapting")
+        ax.legend(fontsize=7)
+    suptitle(fig, "Noise on the FC layer before adaptation (seed 003 §3.2, Fig. 2 right)")
+    save(fig, path)
+
+
 STUDIES.register(
     NAME,
     StudySpec(
@@ -986,6 +1087,7 @@ STUDIES.register(
             Figure("scnn", "Table 2: the 2-layer CNN with MAML, Meta-SGD, Meta-Curvature, KLin, KFC.", fig_cnn),
             Figure("depth", "Fig. 3 / Table A1: accuracy against the number of conv layers.", fig_depth),
             Figure("layerwise", "Fig. 2: adapting only / freezing only each layer at meta-test.", fig_layerwise),
+            Figure("fc-noise", "Fig. 2 (right): accuracy against noise on the FC layer, C1-C3 frozen.", fig_fc_noise),
             Figure(
                 "cnn-training",
                 "Figs. A.2-A.3: training and test accuracy of the CNNs over meta-training.",
@@ -1005,6 +1107,7 @@ STUDIES.register(
                 CNN_MATCH,
             ),
             Table("layerwise", "Fig. 2: layer-wise adaptation at meta-test", layerwise_table),
+            Table("fc_noise", "Fig. 2 (right): accuracy against noise on the FC layer", noise_table),
         ),
     ),
 )
