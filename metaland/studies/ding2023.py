@@ -1192,8 +1192,8 @@ def _draw_low_loss_regions(ax, surface, colors: tuple[str, str], levels: tuple[f
         ax.clabel(lines, fontsize=6, fmt="%.2f")
     below, above = [f"{v:g}" for v in levels if v <= low], [f"{v:g}" for v in levels if v >= high]
     outside = "".join(
-        f"; thesis {', '.join(values)} {where} every point"
-        for values, where in ((below, "below"), (above, "above"))
+        f"; thesis {', '.join(values)} {side} every point"
+        for values, side in ((below, "below"), (above, "above"))
         if values
     )
     ax.set_title(f"{title}\nmin {low:.2f}, max {high:.2f}{outside}", fontsize=8)
