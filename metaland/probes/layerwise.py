@@ -79,20 +79,27 @@ def layerwise(context: ProbeContext, options: LayerwiseOptions) -> ProbeOutput:
         for mode, adapted in (("only", members), ("freeze", frozenset(names) - members)):
             if not adapted:  # freezing the model's only layer adapts nothing
                 continue
-            metrics, _ = evaluate_tasks(
-                context.forward,
-                context.params,
-                context.batch,
-                steps=context.steps,
-                lr=context.lr,
-                chunk=context.chunk,
-                inner_params=adapted,
-                update=context.update,
-            )
+            metrics = adapted_metrics(context, context.params, adapted)
             per_task[f"layerwise_{mode}_{layer}_accuracy"] = metrics["query_accuracy"]
             per_task[f"layerwise_{mode}_{layer}_loss"] = metrics["query_loss"]
     per_task |= layer_noise(context, options.noise, names)
     return ProbeOutput(per_task, {name: values.mean().item() for name, values in per_task.items()})
+
+
+def adapted_metrics(context: ProbeContext, start: ParamDict, adapted: frozenset[str]) -> dict[str, torch.Tensor]:
+    """Each fixed task's post-adaptation query metrics, adapted from ``start`` by the run's inner loop moving only
+    the parameters ``adapted``."""
+    metrics, _ = evaluate_tasks(
+        context.forward,
+        start,
+        context.batch,
+        steps=context.steps,
+        lr=context.lr,
+        chunk=context.chunk,
+        inner_params=adapted,
+        update=context.update,
+    )
+    return metrics
 
 
 def noisy(params: ParamDict, members: frozenset[str], sigma: float, rng: torch.Generator) -> ParamDict:
@@ -117,17 +124,7 @@ def layer_noise(context: ProbeContext, options: LayerNoiseOptions, names: list[s
         draws = []
         for draw in range(options.draws):
             start = noisy(context.params, members, sigma, generator(context.seed, "layerwise-noise", i, draw))
-            metrics, _ = evaluate_tasks(
-                context.forward,
-                start,
-                context.batch,
-                steps=context.steps,
-                lr=context.lr,
-                chunk=context.chunk,
-                inner_params=adapted,
-                update=context.update,
-            )
-            draws.append(metrics)
+            draws.append(adapted_metrics(context, start, adapted))
         for metric in ("accuracy", "loss"):
             per_task[f"layerwise_noise_{sigma:g}_{metric}"] = torch.stack([m[f"query_{metric}"] for m in draws]).mean(0)
     return per_task

@@ -381,21 +381,36 @@ def layer_columns(frame: pd.DataFrame, mode: str) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: (item[0] == "fc", item[0])))
 
 
-def _first_and_last_frozen(tables: StudyTables) -> pd.DataFrame:
-    """Per fixed task of each MAML CNN with ≥ 2 layers: accuracy with conv1 frozen (+1) and with its
-    last conv frozen (−1), from the layer-wise probe."""
-    rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).fillna(0) >= 2)(tables.final_tasks)
+def _within_run_contrasts(
+    tables: StudyTables,
+    rows: pd.DataFrame,
+    columns_of: Callable[[str, pd.DataFrame], dict[str, float] | None],
+    arms: tuple[str, str],
+) -> pd.DataFrame:
+    """Per fixed task of each run of ``rows``: a weighted sum of two of its own probe columns, ``columns_of(run,
+    its rows without all-empty columns)`` ({column: +1 or −1}; None skips the run); ``arms`` names the + and − arm."""
     frames = []
     for run, group in rows.groupby("run") if not rows.empty else []:
-        columns = layer_columns(group.dropna(axis=1, how="all"), "freeze")
-        last = f"conv{depth_of(run)}"
-        if "conv1" in columns and last in columns:
-            rule = column_contrast({columns["conv1"]: 1.0, columns[last]: -1.0}, name="")
+        columns = columns_of(run, group.dropna(axis=1, how="all"))
+        if columns:
+            rule = column_contrast(columns, name="")
             frames.append(rule.select(StudyTables(NAME, tables.checkpoints, group, tables.train_log)))
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
-    return out.assign(arm=np.where(out["weight"] > 0, "conv1 frozen", "last conv frozen"))
+    return out.assign(arm=np.where(out["weight"] > 0, *arms))
+
+
+def _first_and_last_frozen(tables: StudyTables) -> pd.DataFrame:
+    """Per fixed task of each MAML CNN with ≥ 2 layers: accuracy with conv1 frozen (+1) and with its
+    last conv frozen (−1), from the layer-wise probe."""
+
+    def columns_of(run: str, group: pd.DataFrame) -> dict[str, float] | None:
+        columns, last = layer_columns(group, "freeze"), f"conv{depth_of(run)}"
+        return {columns["conv1"]: 1.0, columns[last]: -1.0} if "conv1" in columns and last in columns else None
+
+    rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).fillna(0) >= 2)(tables.final_tasks)
+    return _within_run_contrasts(tables, rows, columns_of, ("conv1 frozen", "last conv frozen"))
 
 
 register(
@@ -421,18 +436,13 @@ register(
 def _noise_free_and_strongest(tables: StudyTables) -> pd.DataFrame:
     """Per fixed task of each MAML-trained CNN with the FC-noise probe: accuracy without noise (+1) and at the
     strongest σ probed (−1), both with C1-C3 frozen (the layer-wise probe's ``noise`` panel)."""
-    rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).notna())(tables.final_tasks)
-    frames = []
-    for _, group in rows.groupby("run") if not rows.empty else []:
-        group = group.dropna(axis=1, how="all")
+
+    def columns_of(run: str, group: pd.DataFrame) -> dict[str, float] | None:
         found = sorted((float(m.group(1)), c) for c in group.columns if (m := NOISE_COLUMN.fullmatch(c)))
-        if len(found) >= 2 and found[0][0] == 0.0:
-            rule = column_contrast({found[0][1]: 1.0, found[-1][1]: -1.0}, name="")
-            frames.append(rule.select(StudyTables(NAME, tables.checkpoints, group, tables.train_log)))
-    if not frames:
-        return pd.DataFrame()
-    out = pd.concat(frames, ignore_index=True)
-    return out.assign(arm=np.where(out["weight"] > 0, "no noise", "strongest noise"))
+        return {found[0][1]: 1.0, found[-1][1]: -1.0} if len(found) >= 2 and found[0][0] == 0.0 else None
+
+    rows = where(algorithm="maml", run=lambda runs: runs.map(depth_of).notna())(tables.final_tasks)
+    return _within_run_contrasts(tables, rows, columns_of, ("no noise", "strongest noise"))
 
 
 register(
