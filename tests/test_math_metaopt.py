@@ -315,16 +315,21 @@ def test_forward_ignores_the_learned_update_parameters():
     assert torch.equal(forward(full, x), forward(params, x))
 
 
-def test_layerwise_probe_adapts_only_or_all_but_each_layer():
-    """ "Adapting only" conv2 equals the run's inner loop on conv2.* alone; "freezing only" conv2 equals it
-    on conv1.* and fc.*; a layer the model lacks (conv3) is skipped (seed 003 §3.2, Fig. 2)."""
+def two_layer_cnn_probe():
+    """A 2-layer CNN at its initialisation, 4 fixed 3-way tasks and the probe context of a 2-step inner loop."""
     module = build_model("cnn", CNNParams(blocks=2, filters=3), channels=1, image_size=8, ways=3, seed=0)
     forward = make_forward(module)
     params = initial_params(module)
     g = torch.Generator().manual_seed(7)
     y = torch.tensor([[0, 1, 2]] * 4)
     batch = TaskBatch(torch.randn(4, 3, 1, 8, 8, generator=g), y, torch.randn(4, 3, 1, 8, 8, generator=g), y)
-    context = ProbeContext(forward, params, batch, 2, ALPHA, 4, 0, head_names(module))
+    return module, forward, params, batch, ProbeContext(forward, params, batch, 2, ALPHA, 4, 0, head_names(module))
+
+
+def test_layerwise_probe_adapts_only_or_all_but_each_layer():
+    """ "Adapting only" conv2 equals the run's inner loop on conv2.* alone; "freezing only" conv2 equals it
+    on conv1.* and fc.*; a layer the model lacks (conv3) is skipped (seed 003 §3.2, Fig. 2)."""
+    module, forward, params, batch, context = two_layer_cnn_probe()
     layers = {"conv2": "conv2.*", "conv3": "conv3.*"}
     out = layerwise(context, LayerwiseOptions(layers=layers))
     assert set(out.per_task) == {f"layerwise_{m}_conv2_{k}" for m in ("only", "freeze") for k in ("accuracy", "loss")}
@@ -342,13 +347,7 @@ def test_layer_noise_adapts_from_theta_with_noise_of_relative_size_sigma_on_the_
     from metaland.probes.layerwise import LayerNoiseOptions, noisy
     from metaland.seeding import generator
 
-    module = build_model("cnn", CNNParams(blocks=2, filters=3), channels=1, image_size=8, ways=3, seed=0)
-    forward = make_forward(module)
-    params = initial_params(module)
-    g = torch.Generator().manual_seed(7)
-    y = torch.tensor([[0, 1, 2]] * 4)
-    batch = TaskBatch(torch.randn(4, 3, 1, 8, 8, generator=g), y, torch.randn(4, 3, 1, 8, 8, generator=g), y)
-    context = ProbeContext(forward, params, batch, 2, ALPHA, 4, 0, head_names(module))
+    _, forward, params, batch, context = two_layer_cnn_probe()
     noise = LayerNoiseOptions(layer="fc.*", frozen="conv1.*", scales=[0.0, 0.5], draws=2)
     out = layerwise(context, LayerwiseOptions(noise=noise))
     assert set(out.per_task) == {f"layerwise_noise_{s}_{k}" for s in ("0", "0.5") for k in ("accuracy", "loss")}
