@@ -105,9 +105,12 @@ def _hybrid_part(
         first_order=first_order,
         moving=[k for k in theta if adapted is None or k in adapted],
     )
+    if offsets is not None:
+        fast = {k: v + offsets[k] for k, v in fast.items()}
+    per_task = {k: v.unbind(0) for k, v in fast.items()}  # one backward node per tensor, not one per task
     query_losses, accuracies = [], []
     for i in range(n):  # eq. 2.2, task by task
-        adapted_params = {k: v[i] if offsets is None else v[i] + offsets[k][i] for k, v in fast.items()}
+        adapted_params = {k: v[i] for k, v in per_task.items()}
         if batched_forward is None:
             logits = forward(adapted_params, query_x[i])
         else:  # a grouped network of one task is the plain network, and (unlike functional_call) thread-safe
