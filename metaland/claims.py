@@ -643,27 +643,47 @@ def verdict_of(outcome: Outcome, p_adjusted: float, cfg: AggregateConfig, adjust
     return "inconclusive", f"{adjusted_by} p = {shown} ≥ α = {cfg.alpha}"
 
 
-def power_of(outcome: Outcome, cfg: AggregateConfig, published_effect: float | None) -> dict:
-    """For the weakest decidable part: its seeds, the between-seed s.d., the minimal detectable effect
-    at α (one-sided, power 0.8) and the seeds that would detect the published (else observed) effect."""
-    decided = [p for p in outcome.parts if p.decidable and math.isfinite(p.inference.sd) and p.inference.sd > 0]
-    if not decided:
+def power_of(outcome: Outcome, cfg: AggregateConfig, published_effect: float | None, family_size: int = 1) -> dict:
+    """What would decide an inconclusive claim, for its weakest decidable part (the largest ``p_holds``):
+    its seeds, the between-seed s.d., the minimal detectable effect (one-sided t, power 0.8) and the seeds
+    that would detect the published (else observed) effect, never fewer than ``min_seeds``.
+
+    The level is α / (2m): a claim's p is twice its smaller one-sided p, and Holm multiplies the smallest
+    p of the study's m findings (``family_size``; 1 for a check) by m. A weakest part whose seeds all give
+    the same value has no t statistic; its exact sign-flip p is 2⁻ⁿ (:func:`~metaland.stats.across_seeds`),
+    which reaches the level only with n > log₂(1 / level) seeds, whatever the value."""
+    level = cfg.alpha / (2 * max(family_size, 1))
+    decidable = [p for p in outcome.parts if p.decidable and math.isfinite(p.p_holds)]
+    if not decidable:
         return {"note": f"needs ≥ {cfg.min_seeds} seeds with spread in every stratum", "seeds_needed": cfg.min_seeds}
-    weakest = max(decided, key=lambda p: p.p_holds)
+    weakest = max(decidable, key=lambda p: p.p_holds)
     n, sd = weakest.inference.n, weakest.inference.sd
+    if sd == 0:
+        needed = max(cfg.min_seeds, math.floor(math.log2(1 / level)) + 1)
+        return {
+            "part": _where(weakest),
+            "seeds": n,
+            "level": level,
+            "seeds_needed": needed,
+            "note": f"all {n} seeds of {_where(weakest)} give the same value, so there is no t statistic; the exact "
+            f"sign-flip p = 2^-{n} reaches the level α / (2 × {max(family_size, 1)}) = {level:.3g} only with "
+            f"≥ {needed} seeds",
+        }
     observed = weakest.direction * (weakest.inference.estimate - weakest.null)
     if "band" in weakest.extra:  # equivalence: the distance to the nearer edge is what must be shown
         low, high = weakest.extra["band"]
         observed = min(weakest.inference.estimate - low, high - weakest.inference.estimate)
     effect, source = (published_effect, "published") if published_effect is not None else (observed, "observed")
+    needed = seeds_to_detect(effect, sd, level, POWER) if effect and effect > 0 else math.inf
     return {
         "part": _where(weakest),
         "seeds": n,
+        "level": level,
         "sd_between_seeds": sd,
-        "minimal_detectable_effect": minimal_detectable_effect(n, sd, cfg.alpha, POWER),
+        "minimal_detectable_effect": minimal_detectable_effect(n, sd, level, POWER),
         "effect": effect,
         "effect_source": source,
-        "seeds_needed": seeds_to_detect(effect, sd, cfg.alpha, POWER) if effect and effect > 0 else math.inf,
+        "seeds_needed": max(float(cfg.min_seeds), needed) if math.isfinite(needed) else needed,
     }
 
 
@@ -726,7 +746,8 @@ def evaluate_study(claims: list[Claim], tables: StudyTables, cfg: AggregateConfi
         p_adj = adjusted.get(i, outcome.p_value)
         by = f"Holm-adjusted (over {len(findings)} findings)" if i in adjusted else "unadjusted (a check)"
         verdict, reason = verdict_of(outcome, p_adj, cfg, by)
-        power = power_of(outcome, cfg, claim.published_effect) if verdict == "inconclusive" else {}
+        family_size = len(findings) if i in adjusted else 1
+        power = power_of(outcome, cfg, claim.published_effect, family_size) if verdict == "inconclusive" else {}
         results.append(ClaimResult(claim, claim_rows_, outcome, p_adj, verdict, reason, _clean(power)))
     return results
 

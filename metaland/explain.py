@@ -125,11 +125,12 @@ def explain_claim(results_dir: Path, claim_id: str) -> tuple[list[str], bool]:
     if verdict == "inconclusive":
         recorded = record["power"]
         published = recorded.get("effect") if recorded.get("effect_source") == "published" else None
-        power = power_of(outcome, cfg, published)
+        power = power_of(outcome, cfg, published, len(family) if record["category"] == "finding" else 1)
         if "minimal_detectable_effect" in power:
             lines.append(
                 f"   power ({power['part']}): with {power['seeds']} seeds (s.d. {_number(power['sd_between_seeds'])})"
-                f" the smallest effect detected with probability 0.8 is {_number(power['minimal_detectable_effect'])}"
+                f" the smallest effect detected with probability 0.8 at level {_number(power['level'])}"
+                f" (α / (2 × findings)) is {_number(power['minimal_detectable_effect'])}"
                 f"; {_number(power['seeds_needed'])} seeds would detect the {power['effect_source']} effect "
                 f"{_number(power['effect'])}"
             )

@@ -226,7 +226,8 @@ def power_text(power: dict) -> str:
         return f" Power: {power.get('note', '')}."
     return (
         f" Power: with {power['seeds']} seeds (s.d. {fmt(power['sd_between_seeds'])} between seeds) the smallest "
-        f"effect detected with probability 0.8 is {fmt(power['minimal_detectable_effect'])}; "
+        f"effect detected with probability 0.8 at level {fmt(power['level'])} (α / (2 × findings)) is "
+        f"{fmt(power['minimal_detectable_effect'])}; "
         f"{fmt(power['seeds_needed'])} seeds would detect the {power['effect_source']} effect {fmt(power['effect'])}."
     )
 

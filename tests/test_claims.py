@@ -14,11 +14,13 @@ from metaland.claims import (
     CLAIMS,
     FAMILIES,
     Claim,
+    Part,
     all_of,
     association,
     claim_record,
     claim_rows,
     claims_of,
+    combine,
     decide,
     evaluate_study,
     falls_after_peak_of,
@@ -26,6 +28,7 @@ from metaland.claims import (
     level,
     method_of,
     peak_then_fall,
+    power_of,
     rows_csv,
     trend,
     where,
@@ -33,6 +36,7 @@ from metaland.claims import (
 )
 from metaland.config import AggregateConfig
 from metaland.results import StudyTables
+from metaland.stats import across_seeds, holm, minimal_detectable_effect, seeds_to_detect
 
 CFG = AggregateConfig()
 STEPS = np.arange(0, 110, 10)
@@ -123,6 +127,42 @@ def test_contrast_fails_on_the_opposite_and_is_inconclusive_below_min_seeds():
     few = one(improves_on("m", where(variant="new"), where(variant="maml")), paired_study(0.05, seeds=2))
     assert few.verdict == "inconclusive" and "2 seed(s) < aggregate.min_seeds = 3" in few.reason
     assert few.power["seeds_needed"] == 3
+
+
+def _agreeing_part(values) -> Part:
+    inference = across_seeds(values)
+    return Part("", "omniglot", "x", dict(enumerate(values)), inference, inference.p_greater, inference.p_less)
+
+
+@pytest.mark.parametrize("findings", [1, 5, 16])
+def test_power_of_seeds_that_all_agree_names_the_seeds_the_sign_flip_test_needs(findings):
+    """Three seeds giving ρ = 1 exactly: no t statistic, p = 2⁻³. The seeds the note names are the fewest
+    whose agreeing values reach a decision through the verdict's own path (claim p, Holm over the study's
+    findings, α), found by trying n = 1, 2, …; one fewer does not."""
+    outcome = combine([_agreeing_part([1.0, 1.0, 1.0])])
+    power = power_of(outcome, CFG, None, findings)
+
+    def decided(n: int) -> bool:
+        p = combine([_agreeing_part([1.0] * n)]).p_value
+        return holm([p] + [1.0] * (findings - 1))[0] < CFG.alpha
+
+    first = next(n for n in range(1, 64) if decided(n))
+    assert power["seeds_needed"] == max(first, CFG.min_seeds) and not decided(first - 1)
+    assert power["seeds"] == 3 and "no t statistic" in power["note"] and "minimal_detectable_effect" not in power
+
+
+def test_power_of_reports_the_weakest_part_and_never_fewer_seeds_than_min_seeds():
+    """A large, clear effect in one stratum and seeds that all agree in another: the agreeing stratum is what
+    keeps the claim undecided, so the note is about it, not about the stratum a t test already settles."""
+    clear = across_seeds([1.0, 1.01, 0.99])
+    clear_part = Part("", "cub", "x", {0: 1.0, 1: 1.01, 2: 0.99}, clear, clear.p_greater, clear.p_less)
+    power = power_of(combine([clear_part, _agreeing_part([0.5] * 3)]), CFG, None, 16)
+    assert power["part"] == "omniglot" and power["seeds_needed"] == 10
+    alone = power_of(combine([clear_part]), CFG, None, 1)  # a check: level α / 2
+    at_level = CFG.alpha / 2
+    assert alone["level"] == pytest.approx(at_level)
+    assert alone["minimal_detectable_effect"] == pytest.approx(minimal_detectable_effect(3, clear.sd, at_level))
+    assert seeds_to_detect(1.0, clear.sd, at_level) < CFG.min_seeds <= alone["seeds_needed"]
 
 
 @pytest.mark.parametrize("source", ["checkpoints", "run_means", "final_checkpoints"])
