@@ -76,8 +76,9 @@ def test_profiles_spell_out_every_training_knob(profile):
 
 
 def test_paper_profile_has_the_sharp_maml_setting():
-    """Seed 002's table: miniImageNet 5-way 1-shot, Conv-4-64; the four variants on the same seeds;
-    the official code's inner step 0.1, one inner step, meta-batch 25, 50 × 100 iterations."""
+    """Seed 002's table: miniImageNet 5-way 1-shot, Conv-4-64; the four variants on the same seeds, and
+    Sharp-MAML_both at five more radii; the official code's inner step 0.1, one inner step, meta-batch 25,
+    50 × 100 iterations."""
     config = load_params(REPO / "profiles" / "paper.yaml")
     runs = config.runs_of("sharpmaml")
     variants: dict[str, list[int]] = {}
@@ -87,7 +88,8 @@ def test_paper_profile_has_the_sharp_maml_setting():
         assert run.train.iterations == 5000
         name = ALGORITHMS.get(run.algorithm).variant_of(run.algorithm_options)
         variants.setdefault(name, []).append(run.seed)
-    assert variants == {v: [0, 1, 2] for v in ("maml", "sharpmaml-low", "sharpmaml-up", "sharpmaml-both")}
+    sweep = [f"sharpmaml-both@{r}" for r in (0.01, 0.02, 0.1, 0.2, 0.5)]  # SAM's grid of ρ, α_low = α_up
+    assert variants == {v: [0, 1, 2] for v in ("maml", "sharpmaml-low", "sharpmaml-up", "sharpmaml-both", *sweep)}
 
 
 def test_paper_profile_has_the_lil_setting():

@@ -9,7 +9,7 @@ import torch
 from metaland.errors import ConfigError
 from metaland.meta import ALGORITHMS, MetaProblem
 from metaland.meta.inner import cross_entropy
-from metaland.meta.sharp import SharpMAMLOptions, gradient_evaluations, sam_perturbation, variant_name
+from metaland.meta.sharp import SharpMAMLOptions, gradient_evaluations, radii_of, sam_perturbation, variant_name
 from metaland.schema import NoOptions
 from tests.reference import LR, leaves, make_tasks, reference_loss, tiny_model
 
@@ -186,6 +186,35 @@ def test_variant_names_follow_the_poster():
         assert variant_name(SharpMAMLOptions(alpha_low=low, alpha_up=up)) == name
         assert ALGORITHMS.get("sharpmaml").variant_of(SharpMAMLOptions(alpha_low=low, alpha_up=up)) == name
     assert ALGORITHMS.get("maml").variant_of(NoOptions()) == "maml"
+
+
+@pytest.mark.parametrize(
+    ("alpha_low", "alpha_up", "name"),
+    [(0.1, 0.1, "sharpmaml-both@0.1"), (0.2, 0.0, "sharpmaml-low@0.2"), (0.0, 0.01, "sharpmaml-up@0.01"),
+     (0.1, 0.05, "sharpmaml-both@0.1/0.05"), (0.05, 0.5, "sharpmaml-both@0.05/0.5"),
+     (0.123456789, 0.123456789, "sharpmaml-both@0.123456789")],
+)  # fmt: skip
+def test_radii_other_than_the_default_name_a_variant_of_their_own(alpha_low, alpha_up, name):
+    """A sweep's run is never one of the poster's four variants, and its name gives its radii back exactly."""
+    options = SharpMAMLOptions(alpha_low=alpha_low, alpha_up=alpha_up)
+    assert variant_name(options) == name
+    assert radii_of(name) == (alpha_low, alpha_up)
+    for low, up in [(0.0, 0.0), (0.05, 0.0), (0.0, 0.05), (0.05, 0.05)]:
+        assert radii_of(variant_name(SharpMAMLOptions(alpha_low=low, alpha_up=up))) == (low, up)
+    with pytest.raises(ValueError, match="is not a sharpmaml variant"):
+        radii_of("anil")
+
+
+@pytest.mark.parametrize(("alpha_low", "alpha_up"), [(0.0, 0.0), (ALPHA, 0.0), (0.0, ALPHA), (ALPHA, ALPHA)])
+def test_the_logged_gradient_norm_is_that_of_the_unperturbed_pass(alpha_low, alpha_up):
+    """``meta_gradient_sq_norm`` is ‖G‖² of steps 1-6 (θ unperturbed), whatever α_up does afterwards: the
+    poster's steps by hand with α_up = 0 give G."""
+    _, forward, params = tiny_model()
+    batch = make_tasks(N_TASKS)
+    first_pass = poster_meta_gradient(params, batch, steps=1, alpha_low=alpha_low, alpha_up=0.0)
+    _, metrics = _sharp(forward, params, batch, 1, alpha_low=alpha_low, alpha_up=alpha_up)
+    expected = sum(g.square().sum() for g in first_pass.values()).item()
+    assert metrics["meta_gradient_sq_norm"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_negative_radius_is_refused():

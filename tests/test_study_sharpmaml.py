@@ -1,6 +1,7 @@
 """The sharpmaml study's own claims: every profile measures what the flatness claims read, the poster-level
 check reads only runs of the poster's setting, and the surface-smoothness claim on simulated surfaces with a known
-effect (present, absent, reversed; per stratum; scale-free)."""
+effect (present, absent, reversed; per stratum; scale-free); the radius sweep's table against explicit pairing,
+apart from the claims; the running ‖∇F‖² against a per-iteration loop."""
 
 from __future__ import annotations
 
@@ -9,9 +10,20 @@ import pandas as pd
 import pytest
 
 from metaland.claims import CLAIMS, claim_rows
-from metaland.config import load_params
+from metaland.config import AggregateConfig, load_params
+from metaland.meta import ALGORITHMS
 from metaland.results import StudyTables
-from metaland.studies.sharpmaml import FLATTER, OTHER_RADII, TRAINED_RADIUS
+from metaland.studies.sharpmaml import (
+    FLATTER,
+    OTHER_RADII,
+    TRAINED_RADIUS,
+    VARIANTS,
+    convergence_table,
+    fig_convergence,
+    fig_radii,
+    radius_table,
+    sweep_radius,
+)
 
 
 @pytest.mark.parametrize("profile", ["ci", "default", "long", "paper"])
@@ -24,8 +36,12 @@ def test_every_profile_measures_what_the_flatness_claims_read(profile):
     assert probes["sharpness"]["radii"] == list(OTHER_RADII.values())
     assert {"curvature", "meta_loss_curvature", "surface"} <= set(probes)
     for run in config.runs_of("sharpmaml"):
+        variant = ALGORITHMS.get(run.algorithm).variant_of(run.algorithm_options)
         radii = run.train.algorithm_options
-        assert {radii["alpha_low"], radii["alpha_up"]} <= {0.0, TRAINED_RADIUS}, run.key
+        if variant in VARIANTS:  # the poster's four; the paper profile's radius sweep names its own variants
+            assert {radii["alpha_low"], radii["alpha_up"]} <= {0.0, TRAINED_RADIUS}, run.key
+        else:
+            assert sweep_radius(variant) == radii["alpha_low"] == radii["alpha_up"] != TRAINED_RADIUS, run.key
     assert {metric for metric, _, _ in FLATTER.values()} >= {"sam_sharpness_rho0.01", "meta_hessian_spectral_norm"}
 
 
@@ -150,3 +166,80 @@ def test_the_surface_smoothness_claim_is_scale_free_and_pairs_within_seed_and_st
     )
     apart = StudyTables("sharpmaml", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), grids)
     assert _smoother_verdict(apart) == "inconclusive"  # MAML on one dataset, Sharp-MAML on the other: nothing to pair
+
+
+# --- the radius sweep (paper profile) and the convergence curve ----------------------------------------------------
+
+SWEEP = {"maml": 0.0, "sharpmaml-both": 0.05, "sharpmaml-both@0.1": 0.1, "sharpmaml-both@0.2": 0.2}
+
+
+def _sweep_study(sweep: dict[str, float], *, datasets=("miniimagenet",), seeds: int = 3, tasks: int = 5) -> StudyTables:
+    """Final test tasks of each variant and seed: accuracy 0.45 + 0.1·α + a seed effect + a task effect, so the
+    gain over MAML of a seed is 0.1·α exactly and the radius-0.1 run is better than the poster's _both."""
+    g = np.random.default_rng(3)
+    rows = []
+    for dataset in datasets:
+        for seed in range(seeds):
+            seed_effect = g.normal(0, 0.02)
+            task_effect = g.normal(0, 0.05, tasks)
+            for variant, alpha in sweep.items():
+                for task in range(tasks):
+                    rows.append({
+                        "run": f"{variant}-{dataset}-s{seed}", "variant": variant, "dataset": dataset, "seed": seed,
+                        "step": 300, "task": task,
+                        "query_accuracy": 0.45 + 0.1 * alpha + seed_effect + task_effect[task],
+                        "hessian_spectral_norm": 2.0 - alpha + 0.1 * seed, **STRATUM, "augment": "none",
+                    })  # fmt: skip
+    return StudyTables("sharpmaml", pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame())
+
+
+def test_the_radius_table_pairs_each_radius_with_maml_of_the_same_seed(tmp_path):
+    tables = _sweep_study(SWEEP)
+    table = radius_table(tables, AggregateConfig())
+    assert list(table["alpha"]) == [0.0, 0.05, 0.1, 0.2] and list(table["variant"]) == list(SWEEP)
+    final = tables.final_tasks
+    for row in table.itertuples():
+        mine = final[final["variant"] == row.variant]
+        assert row.accuracy == pytest.approx(mine.groupby("seed")["query_accuracy"].mean().mean())
+        assert row.gain_over_maml == pytest.approx(0.1 * row.alpha, abs=1e-12)  # explicit: 0.1·α in every seed
+        assert row.hessian_spectral_norm == pytest.approx(2.0 - row.alpha + 0.1)
+    fig_radii(tables, tmp_path / "radii.png")
+    assert (tmp_path / "radii.png").stat().st_size > 0
+
+
+def test_a_sweep_is_kept_apart_from_the_posters_variants():
+    """The radius-0.1 and 0.2 runs are better than MAML by more than the poster's _both; the claims about _both
+    read the α = 0.05 runs only, and a stratum with the poster's variants alone has no sweep rows."""
+    tables = _sweep_study(SWEEP)
+    read = claim_rows(CLAIMS.get("sharpmaml-both-beats-maml"), tables)
+    assert set(read["run"]) == {f"{v}-miniimagenet-s{seed}" for v in ("maml", "sharpmaml-both") for seed in range(3)}
+    poster_only = _sweep_study({"maml": 0.0, "sharpmaml-both": 0.05, "sharpmaml-up@0.1": 0.1})
+    assert radius_table(poster_only, AggregateConfig()).empty
+    assert sweep_radius("sharpmaml-up@0.1") is None and sweep_radius("sharpmaml-low") is None
+
+
+def test_the_running_gradient_norm_is_the_mean_over_every_iteration_so_far(tmp_path):
+    """The log keeps window means (every 25 iterations, a shorter last window); the table's running mean at t
+    equals (1/t) Σ_{s ≤ t} of the per-iteration values, computed by a loop, averaged over seeds; the sweep's
+    variant is left out."""
+    g = np.random.default_rng(8)
+    iterations, every, rows, truth = 110, 25, [], {}
+    for variant in ("maml", "sharpmaml-both", "sharpmaml-both@0.1"):
+        for seed in range(3):
+            values = 1.0 / np.sqrt(np.arange(1, iterations + 1)) * g.uniform(0.5, 2.0, iterations)
+            for end in [*range(every, iterations + 1, every), iterations]:
+                start = (end - 1) // every * every if end % every else end - every
+                rows.append({"run": f"{variant}-s{seed}", "variant": variant, "seed": seed, "step": end,
+                             "meta_gradient_sq_norm": values[start:end].mean(), "dataset": "omniglot-small",
+                             "augment": "none", **STRATUM})  # fmt: skip
+                truth.setdefault((variant, end), []).append(sum(values[s] for s in range(end)) / end)
+    log = pd.DataFrame(rows).drop_duplicates(["run", "step"])
+    tables = StudyTables("sharpmaml", pd.DataFrame(), pd.DataFrame(), log)
+    table = convergence_table(tables, AggregateConfig())
+    assert set(table["variant"]) == {"maml", "sharpmaml-both"}
+    assert sorted(set(table["step"])) == [25, 50, 75, 100, 110]
+    for row in table.itertuples():
+        assert row.running_sq_norm == pytest.approx(np.mean(truth[(row.variant, row.step)]), rel=1e-12)
+        assert row.seeds == 3 and row.ci_low < row.running_sq_norm < row.ci_high
+    fig_convergence(tables, tmp_path / "convergence.png")
+    assert (tmp_path / "convergence.png").stat().st_size > 0

@@ -46,16 +46,25 @@ from metaland.meta.inner import LossFn, accuracy, sgd_step
 from metaland.models import ParamDict
 from metaland.schema import Params
 
+DEFAULT_RADIUS = 0.05
+"""α_low and α_up unless a run sets them: the official code's ``--alpha`` (the poster gives none)."""
+_VARIANTS = {
+    (False, False): "maml",
+    (True, False): "sharpmaml-low",
+    (False, True): "sharpmaml-up",
+    (True, True): "sharpmaml-both",
+}
+
 
 class SharpMAMLOptions(Params):
     alpha_low: float = Field(
-        0.05,
+        DEFAULT_RADIUS,
         ge=0,
         description="α_low: radius of the per-task SAM perturbation ε_m of the inner step (poster step 3); "
         "0 switches it off (Sharp-MAML_up). The poster gives no value; the official code uses 0.05.",
     )
     alpha_up: float = Field(
-        0.05,
+        DEFAULT_RADIUS,
         ge=0,
         description="α_up: radius of the perturbation ε of θ along the meta-gradient (poster step 7); "
         "0 switches it off (Sharp-MAML_low). The poster gives no value; the official code uses 0.05.",
@@ -76,11 +85,30 @@ class SharpMAMLOptions(Params):
 
 
 def variant_name(options: SharpMAMLOptions) -> str:
-    """The poster's name for a pair of radii: maml, sharpmaml-low, sharpmaml-up or sharpmaml-both."""
-    low, up = options.alpha_low > 0, options.alpha_up > 0
-    return {(False, False): "maml", (True, False): "sharpmaml-low", (False, True): "sharpmaml-up"}.get(
-        (low, up), "sharpmaml-both"
-    )
+    """The poster's name for a pair of radii: maml, sharpmaml-low, sharpmaml-up or sharpmaml-both; a non-zero
+    radius other than :data:`DEFAULT_RADIUS` is appended (``sharpmaml-both@0.1``, or ``@α_low/α_up`` where
+    the two differ), so that a sweep's runs are never pooled with the poster's variants."""
+    low, up = options.alpha_low, options.alpha_up
+    name = _VARIANTS[(low > 0, up > 0)]
+    radii = [r for r in (low, up) if r > 0]
+    if all(r == DEFAULT_RADIUS for r in radii):
+        return name
+    return f"{name}@{radii[0]!r}" if len(set(radii)) == 1 else f"{name}@{low!r}/{up!r}"
+
+
+def radii_of(variant: str) -> tuple[float, float]:
+    """(α_low, α_up) of a name :func:`variant_name` gave (its inverse)."""
+    name, _, suffix = variant.partition("@")
+    on = {v: k for k, v in _VARIANTS.items()}.get(name)
+    if on is None:
+        raise ValueError(
+            f"{variant!r} is not a sharpmaml variant (one of {sorted(_VARIANTS.values())}, optionally @radii)"
+        )
+    values = [float(v) for v in suffix.split("/")] if suffix else []
+    if len(values) == 2:
+        return values[0], values[1]
+    radius = values[0] if values else DEFAULT_RADIUS
+    return (radius if on[0] else 0.0, radius if on[1] else 0.0)
 
 
 def sam_perturbation(grads: ParamDict, radius: float, norm: str) -> ParamDict:
@@ -212,8 +240,10 @@ def sharp_meta_gradient(
 ) -> tuple[ParamDict, dict[str, float]]:
     """The meta-gradient of step 9 (mean or sum over tasks) and training metrics.
 
-    Metrics are those of the first pass (θ̃¹, the unperturbed θ), comparable with MAML's, plus the
-    cost in gradient evaluations per task and, with α_up > 0, the query loss at θ + ε.
+    Metrics are those of the first pass (θ̃¹, the unperturbed θ), comparable with MAML's: among them
+    ``meta_gradient_sq_norm``, the squared norm of that pass's mean meta-gradient, the meta-batch's
+    estimate of ‖∇F(θ^t)‖² in the convergence theorem (biased up by the batch's variance); plus the cost in
+    gradient evaluations per task and, with α_up > 0, the query loss at θ + ε.
     """
     if problem.adapted is not None:
         raise ConfigError(
@@ -222,6 +252,7 @@ def sharp_meta_gradient(
         )
     grads, per_task, lower = _meta_gradient_pass(problem, options, params, batch, None, None)
     metrics = mean_metrics(per_task)
+    metrics["meta_gradient_sq_norm"] = sum(g.square().sum() for g in grads.values()).item()
     if options.alpha_up > 0:
         upper = _detached(sam_perturbation(grads, options.alpha_up, options.norm))
         # Step 8 reuses step 3's ε_m; a differentiated ε_m is recomputed at θ to carry ∂ε_m/∂θ.

@@ -25,9 +25,10 @@ import pandas as pd
 
 from metaland.claims import Claim, Rule, all_of, improves_on, register, rule_parts, where, within
 from metaland.config import AggregateConfig
+from metaland.meta.sharp import DEFAULT_RADIUS, radii_of
 from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, no_data, save, suptitle
 from metaland.results import StudyTables, stratum_of
-from metaland.stats import seed_level, seed_summary, surface_roughness
+from metaland.stats import across_seeds, seed_level, seed_summary, surface_roughness
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "sharpmaml"
@@ -45,7 +46,7 @@ POSTER_MARGIN = 0.0184
 """Half-width of the band around the poster's MAML accuracy within which our MAML counts as the poster's: the
 95% CI of MAML on miniImageNet 5-way 1-shot in Finn et al. (2017; 48.70 ± 1.84%), the row the poster's MAML
 reproduces; the poster gives no interval of its own."""
-TRAINED_RADIUS = 0.05
+TRAINED_RADIUS = DEFAULT_RADIUS
 """α_up of every profile: the radius _up and _both were trained to be flat at, and the sharpness probe's ρ."""
 OTHER_RADII = {"smaller": 0.01, "larger": 0.1}
 """Further radii the sharpness probe measures (its ``radii`` option in every profile): one fifth and twice α_up,
@@ -339,6 +340,94 @@ def cost_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "inner_steps", "gradient_evaluations", "relative_to_maml"])
 
 
+def sweep_radius(variant: str) -> float | None:
+    """α of a run on the radius sweep: Sharp-MAML_both with α_low = α_up = α (the official code's one
+    ``--alpha``; ``sharpmaml-both`` itself at the default 0.05), MAML at 0; None for any other variant."""
+    try:
+        low, up = radii_of(variant)
+    except ValueError:
+        return None
+    return low if low == up else None
+
+
+def radius_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """The radius sweep, per stratum that trains Sharp-MAML_both at two or more radii (the paper profile):
+    for each α, final meta-test accuracy (mean and CI over seeds), its gain over MAML of the same seed
+    (paired on the fixed tasks, CI over seeds) and the flatness of the final solutions. Strata with the
+    poster's variants only give no rows."""
+    final = tables.final_tasks
+    rows = []
+    for stratum, group in final.groupby(stratum_of(final)) if not final.empty else []:
+        swept = {v: r for v in sorted(set(group["variant"])) if (r := sweep_radius(v)) is not None}
+        if sum(r > 0 for r in swept.values()) < 2:
+            continue
+        for variant, radius in sorted(swept.items(), key=lambda item: item[1]):
+            mine = group[group["variant"] == variant]
+            gain = next(
+                (
+                    p
+                    for p in rule_parts(
+                        improves_on("query_accuracy", _variant(variant), _variant(BASELINE)), tables, cfg
+                    )
+                    if p.stratum == stratum
+                ),
+                None,
+            )
+            row = {
+                "stratum": stratum,
+                "variant": variant,
+                "alpha": radius,
+                **seed_summary(mine, "query_accuracy", cfg.confidence, "accuracy"),
+                "gain_over_maml": 0.0 if variant == BASELINE else (gain.inference.estimate if gain else np.nan),
+                "gain_ci_low": gain.inference.ci_low if gain and variant != BASELINE else np.nan,
+                "gain_ci_high": gain.inference.ci_high if gain and variant != BASELINE else np.nan,
+            }
+            for metric in FLATNESS:
+                if metric in mine:
+                    ci = seed_level(mine, metric, cfg.confidence)
+                    row |= {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+GRADIENT_NORM = "meta_gradient_sq_norm"
+"""The training log's meta-batch estimate of ‖∇F(θ^t)‖² (metaland.meta.sharp)."""
+
+
+def running_gradient_norm(log: pd.DataFrame) -> pd.DataFrame:
+    """Each run's training log with ``running_sq_norm``: (1/t) Σ_{s ≤ t} ‖∇F(θ^s)‖², the left-hand side of
+    the main theorem, from the logged window means (a row at step t covers the iterations since the row
+    before it). The poster's variants only, so a sweep's radii are never averaged into them."""
+    if log.empty or GRADIENT_NORM not in log:
+        return pd.DataFrame()
+    log = log[log["variant"].isin(VARIANTS)].sort_values(["run", "step"])
+    covered = log.groupby("run")["step"].diff().fillna(log["step"])
+    total = (log[GRADIENT_NORM] * covered).groupby(log["run"]).cumsum()
+    return log.assign(running_sq_norm=total / log["step"])
+
+
+def convergence_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
+    """Per stratum, variant and logged step t: the running mean (1/t) Σ ‖∇F(θ^s)‖² (:func:`running_gradient_norm`),
+    mean and CI over seeds, and t^½ times it (flat where the running mean falls as 1/√t, the theorem's rate)."""
+    frame = running_gradient_norm(tables.train_log)
+    rows = []
+    for (stratum, variant, step), group in frame.groupby([stratum_of(frame), "variant", "step"]) if len(frame) else []:
+        ci = across_seeds(group.groupby("seed")["running_sq_norm"].mean().to_numpy(), confidence=cfg.confidence)
+        rows.append(
+            {
+                "stratum": stratum,
+                "variant": variant,
+                "step": step,
+                "seeds": ci.n,
+                "running_sq_norm": ci.estimate,
+                "ci_low": ci.ci_low,
+                "ci_high": ci.ci_high,
+                "sqrt_t_times_running": ci.estimate * math.sqrt(step),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
     """Each run's last probed checkpoint."""
     if checkpoints.empty:
@@ -399,7 +488,7 @@ def fig_accuracy(tables: StudyTables, path: Path) -> None:
         )
         axes[3 * i].set_ylim(0, 1)
         axes[3 * i].set_xlabel(stratum, fontsize=6, wrap=True)
-        rows = log[stratum_of(log) == stratum] if not log.empty else log
+        rows = log[(stratum_of(log) == stratum) & log["variant"].isin(VARIANTS)] if not log.empty else log
         if rows.empty:
             no_data(axes[3 * i + 2], "(c) meta-training", "training logs")
         else:
@@ -515,6 +604,80 @@ def fig_surfaces(tables: StudyTables, path: Path) -> None:
     save(fig, path)
 
 
+def fig_radii(tables: StudyTables, path: Path) -> None:
+    """Per stratum with a radius sweep: (a) final meta-test accuracy against α, (b) the gain over MAML of the
+    same seed, (c) the support-loss curvature ‖H‖σ at θ̃ᵢ; MAML (α = 0) as a line with its band."""
+    table = radius_table(tables, AggregateConfig())
+    strata = _strata_of(table)
+    fig, axes = grid(3 * max(len(strata), 1), columns=3, width=4.2, height=3.4)
+    if not strata:
+        no_data(axes[0], "radius sweep", "Sharp-MAML_both runs at two or more radii (the paper profile)")
+        for ax in axes[1:3]:
+            ax.axis("off")
+    panels = (
+        ("accuracy", "ci_low", "ci_high", "final meta-test accuracy", "(a) accuracy"),
+        ("gain_over_maml", "gain_ci_low", "gain_ci_high", "gain over MAML, same seed", "(b) paired gain over MAML"),
+        (
+            "hessian_spectral_norm",
+            "hessian_spectral_norm_ci_low",
+            "hessian_spectral_norm_ci_high",
+            LABELS["hessian_spectral_norm"],
+            "(c) curvature",
+        ),
+    )
+    for i, stratum in enumerate(strata):
+        mine = table[table["stratum"] == stratum].sort_values("alpha")
+        swept, maml = mine[mine["alpha"] > 0], mine[mine["variant"] == BASELINE]
+        for j, (metric, low, high, ylabel, title) in enumerate(panels):
+            ax = axes[3 * i + j]
+            if metric not in mine:
+                no_data(ax, title, f"{metric} probe")
+                continue
+            ax.errorbar(swept["alpha"], swept[metric], yerr=[swept[metric] - swept[low], swept[high] - swept[metric]],
+                        color=ALGORITHM_COLORS.get("sharpmaml-both", "#555555"), marker="o", capsize=3,
+                        label="Sharp-MAML_both, α_low = α_up = α")  # fmt: skip
+            if not maml.empty and metric != "gain_over_maml":
+                row = maml.iloc[0]
+                ax.axhline(row[metric], color=ALGORITHM_COLORS.get(BASELINE, "#555555"), label="MAML (α = 0)")
+                if not pd.isna(row[low]):
+                    ax.axhspan(row[low], row[high], color=ALGORITHM_COLORS.get(BASELINE, "#555555"), alpha=0.15)
+            if metric == "gain_over_maml":
+                ax.axhline(0, color="black", linewidth=0.8, label="no gain")
+            ax.axvline(DEFAULT_RADIUS, color="grey", linestyle=":", label=f"α of the other runs ({DEFAULT_RADIUS:g})")
+            ax.set_xscale("log")
+            ax.set_xlabel(f"radius α (log scale)\n{stratum}", fontsize=7)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{title}\nmean, 95% CI over {int(mine['seeds'].max())} seed(s)")
+            ax.legend(fontsize=6)
+    suptitle(fig, "Sharp-MAML_both across radii (the official code's one --alpha; the poster gives none)")
+    save(fig, path)
+
+
+def fig_convergence(tables: StudyTables, path: Path) -> None:
+    """Per stratum: the running mean (1/t) Σ ‖∇F(θ^s)‖² of each variant over meta-training (log-log), mean and
+    CI over seeds, beside a line ∝ 1/√t (the main theorem's rate for Sharp-MAML and MAML alike)."""
+    frame = running_gradient_norm(tables.train_log)
+    strata = sorted(set(stratum_of(frame))) if len(frame) else []
+    fig, axes = grid(max(len(strata), 1), columns=2, width=5.0, height=3.8)
+    if not strata:
+        no_data(axes[0], "‖∇F(θ^t)‖² over meta-training", f"training logs with {GRADIENT_NORM}")
+    for ax, stratum in zip(axes, strata, strict=False):
+        rows = frame[stratum_of(frame) == stratum]
+        curves_by_algorithm(ax, rows, "running_sq_norm", key="variant", names=LEGEND,
+                            title=f"{stratum}\n(1/t) Σ ‖∇F(θˢ)‖², meta-batch estimates")  # fmt: skip
+        first = rows[rows["step"] == rows["step"].min()]
+        anchor, steps = first["running_sq_norm"].mean(), np.array(sorted(set(rows["step"])), dtype=float)
+        ax.plot(steps, anchor * np.sqrt(steps[0] / steps), color="black", linestyle="--", linewidth=0.9,
+                label="∝ 1/√t (the theorem's rate)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylabel("running mean of ‖∇F‖² (log scale)")
+        ax.set_xlabel("meta-iteration t (log scale)")
+        ax.legend(fontsize=6)
+    suptitle(fig, 'Convergence (seed 002, main theorem):\n"Sharp-MAML matches the convergence rate of MAML"')
+    save(fig, path)
+
+
 def fig_cost(tables: StudyTables, path: Path) -> None:
     """Gradient evaluations per task and meta-iteration, per variant."""
     fig, axes = grid(1, width=4.6, height=3.4)
@@ -549,6 +712,16 @@ STUDIES.register(
             ),
             Figure("surfaces", "2-D meta-loss surfaces around each variant's final θ on shared levels.", fig_surfaces),
             Figure("cost", "Gradient evaluations per task and meta-iteration.", fig_cost),
+            Figure(
+                "radii",
+                "Sharp-MAML_both across radii α_low = α_up = α: accuracy, paired gain over MAML, curvature.",
+                fig_radii,
+            ),
+            Figure(
+                "convergence",
+                "Running mean of the meta-batch ‖∇F(θ^t)‖² over meta-training, per variant, beside 1/√t.",
+                fig_convergence,
+            ),
         ),
         tables=(
             Table(
@@ -556,6 +729,8 @@ STUDIES.register(
             ),
             Table("flatness", "Flatness of the final solutions (lower is flatter)", flatness_table),
             Table("cost", "Cost per meta-iteration", cost_table),
+            Table("radii", "Radius sweep of Sharp-MAML_both (paper profile)", radius_table),
+            Table("convergence", "Running mean of ‖∇F(θ^t)‖² over meta-training", convergence_table),
         ),
     ),
 )
