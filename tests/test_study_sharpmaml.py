@@ -5,6 +5,8 @@ apart from the claims; the running ‖∇F‖² against a per-iteration loop."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -214,7 +216,9 @@ def test_a_sweep_is_kept_apart_from_the_posters_variants():
     read = claim_rows(CLAIMS.get("sharpmaml-both-beats-maml"), tables)
     assert set(read["run"]) == {f"{v}-miniimagenet-s{seed}" for v in ("maml", "sharpmaml-both") for seed in range(3)}
     poster_only = _sweep_study({"maml": 0.0, "sharpmaml-both": 0.05, "sharpmaml-up@0.1": 0.1})
-    assert radius_table(poster_only, AggregateConfig()).empty
+    for table in (radius_table, convergence_table):  # no rows, but a header the report can read back
+        frame = table(poster_only, AggregateConfig())
+        assert frame.empty and list(pd.read_csv(io.StringIO(frame.to_csv(index=False))).columns) == list(frame)
     assert sweep_radius("sharpmaml-up@0.1") is None and sweep_radius("sharpmaml-low") is None
 
 

@@ -387,7 +387,7 @@ def radius_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                     ci = seed_level(mine, metric, cfg.confidence)
                     row |= {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stratum", "variant", "alpha", "seeds", "accuracy"])
 
 
 GRADIENT_NORM = "meta_gradient_sq_norm"
@@ -404,6 +404,18 @@ def running_gradient_norm(log: pd.DataFrame) -> pd.DataFrame:
     covered = log.groupby("run")["step"].diff().fillna(log["step"])
     total = (log[GRADIENT_NORM] * covered).groupby(log["run"]).cumsum()
     return log.assign(running_sq_norm=total / log["step"])
+
+
+CONVERGENCE_COLUMNS = [
+    "stratum",
+    "variant",
+    "step",
+    "seeds",
+    "running_sq_norm",
+    "ci_low",
+    "ci_high",
+    "sqrt_t_times_running",
+]
 
 
 def convergence_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
@@ -425,7 +437,7 @@ def convergence_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame
                 "sqrt_t_times_running": ci.estimate * math.sqrt(step),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
 
 
 def final_checkpoints(checkpoints: pd.DataFrame) -> pd.DataFrame:
