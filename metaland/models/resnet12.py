@@ -1,11 +1,11 @@
 """ResNet-12 of Oreshkin et al. (2018, TADAM), the backbone of seed 004's Table 4.
 
-Seed 004 §6 / App. C: "ResNet-12: four blocks of which the first block starts with 64 channels"
-(Oreshkin et al. 2018). TADAM's ResNet-12 has widths 64-128-256-512. Each block is three
-3×3 convolutions (no bias) each followed by BatchNorm, with a leaky ReLU after the first two;
-a 1×1 convolution (no bias) → BatchNorm shortcut is added to the third BatchNorm's output, then a
-leaky ReLU and a 2×2 max-pool halve the resolution. Global average pooling → flatten → linear head
-with one logit per class, so the feature has ``widths[-1]`` = 512 entries.
+Seed 004 §6 ("Experiment setup"): "ResNet-12 consisting of four blocks of which the first block starts
+with 64 channels from Oreshkin et al. (2018)"; App. C gives only its learning rates. TADAM's ResNet-12
+has widths 64-128-256-512. Each block is three 3×3 convolutions (no bias) each followed by BatchNorm,
+with a leaky ReLU after the first two; a 1×1 convolution (no bias) → BatchNorm shortcut is added to the
+third BatchNorm's output, then a leaky ReLU and a 2×2 max-pool halve the resolution. Global average
+pooling → flatten → linear head with one logit per class, so the feature has ``widths[-1]`` = 512 entries.
 
 Choices the seed leaves open (named options, documented defaults): the leaky-ReLU slope (0.1,
 TADAM's code), the global average pooling (TADAM's), and no DropBlock (TADAM has none; MetaOptNet's
@@ -33,7 +33,7 @@ from metaland.schema import Params
 class ResNet12Params(Params):
     widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = Field(
         (64, 128, 256, 512),
-        description="Channels of the four residual blocks (seed 004 App. C: 'four blocks of which the first block "
+        description="Channels of the four residual blocks (seed 004 §6: 'four blocks of which the first block "
         "starts with 64 channels', Oreshkin et al. 2018; TADAM's 64-128-256-512).",
     )
     leaky_slope: float = Field(
