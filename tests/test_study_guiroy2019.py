@@ -330,3 +330,32 @@ def test_maml_baseline_near_thesis_reads_no_omniglot_subset():
     """The default profile's subset of Omniglot is another dataset: its level is not compared with the thesis's."""
     outcome = result("maml-baseline-near-thesis", baseline_levels(0.9405, dataset="omniglot-small-alphabets"))
     assert outcome.verdict == "inconclusive" and not outcome.outcome.parts
+
+
+def test_fig_2_6a_draws_the_band_random_directions_fall_in(monkeypatch, tmp_path):
+    """Finetune's trajectory coherence beside ±1.96 s.d. of the mean cosine of random directions (the probe's
+    ``trajectory_coherence_random_sd``, averaged over the finetune checkpoints): the thesis's "akin to random
+    vectors" made visible; no band without the column."""
+    import metaland.studies.guiroy2019 as guiroy
+
+    g = np.random.default_rng(2)
+    rows = []
+    for s in SEEDS:
+        coherence, spread = g.normal(0, 0.01, len(STEPS)), np.full(len(STEPS), 0.004 + 0.001 * s)
+        rows += curve_rows(
+            meta("finetune", s),
+            trajectory_coherence=coherence,
+            trajectory_coherence_random_sd=spread,
+            gradient_coherence=coherence,
+            trajectory_norm=1.0 + coherence,
+        )
+    caught = []
+    monkeypatch.setattr(guiroy, "save", lambda fig, path: caught.append(fig))
+    guiroy.fig_finetune_and_norms(tables(rows), tmp_path / "fig.png")
+    bare = [{k: v for k, v in r.items() if k != "trajectory_coherence_random_sd"} for r in rows]
+    guiroy.fig_finetune_and_norms(tables(bare), tmp_path / "fig.png")
+    with_band, without = (fig.axes[0] for fig in caught)
+    (band,) = [p for p in with_band.patches if p.get_label().startswith("random directions")]
+    low, high = band.get_path().get_extents().transformed(band.get_transform() - with_band.transData).intervaly
+    assert high == pytest.approx(1.96 * 0.006) and low == pytest.approx(-1.96 * 0.006)
+    assert not [p for p in without.patches if p.get_label().startswith("random directions")]

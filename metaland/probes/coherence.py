@@ -7,9 +7,15 @@
 
 Pairs are unordered with i ≠ j (including i = j would add 1/n-weighted self terms). Computed in
 O(d) memory per chunk by mean_{i≠j} v_iᵀ v_j = (‖Σ_i v_i‖² − Σ_i ‖v_i‖²) / (n (n − 1)), in float64.
+
+Beside trajectory coherence, the spread the same mean would have for random directions (§2.5.2: finetune's
+directions are "akin to random vectors in high dimension"): :func:`random_cosine_sd` of the n tasks in the
+d coordinates adaptation moved.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.func import grad
@@ -40,8 +46,25 @@ def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
     return mean_pairwise_inner_product(vectors / norms.clamp_min(torch.finfo(vectors.dtype).tiny))
 
 
+def random_cosine_sd(n: int, d: int) -> float:
+    """Standard deviation of the mean pairwise cosine of n independent isotropic random directions in d
+    dimensions (its mean is 0): each pair's cosine has variance 1/d, and the n (n − 1) / 2 pairs are
+    uncorrelated (E[(uᵀv)(uᵀw)] = 0 for independent v, w), so the mean's variance is 2 / (d n (n − 1))."""
+    if n < 2 or d < 1:
+        raise ValueError(f"a random baseline needs n ≥ 2 directions in d ≥ 1 dimensions, got n = {n}, d = {d}")
+    return math.sqrt(2.0 / (d * n * (n - 1)))
+
+
 def trajectory_coherence(context: ProbeContext, options: Params) -> ProbeOutput:
-    return ProbeOutput({}, {"trajectory_coherence": mean_pairwise_cosine(context.displacements())})
+    displacements = context.displacements()
+    moved = int((displacements != 0).any(dim=0).sum())  # ANIL / BOIL adapt a subset of the coordinates
+    return ProbeOutput(
+        {},
+        {
+            "trajectory_coherence": mean_pairwise_cosine(displacements),
+            "trajectory_coherence_random_sd": random_cosine_sd(displacements.shape[0], max(moved, 1)),
+        },
+    )
 
 
 def meta_test_gradients(context: ProbeContext) -> torch.Tensor:

@@ -415,9 +415,14 @@ def fig_trajectory_coherence_all(tables: StudyTables, path: Path) -> None:
     )
 
 
+RANDOM_SD = "trajectory_coherence_random_sd"
+"""The s.d. of the mean pairwise cosine of random directions in the adapted dimensions (metaland.probes.coherence)."""
+
+
 def fig_finetune_and_norms(tables: StudyTables, path: Path) -> None:
-    """Fig. 2.6: finetune trajectory (a) and gradient (b) coherence; trajectory norms, 1-shot (c)
-    and 5-shot (d), for every algorithm with T > 1 and finetune."""
+    """Fig. 2.6: finetune trajectory (a) and gradient (b) coherence, (a) with the band random directions of
+    the same number and dimension would fall in; trajectory norms, 1-shot (c) and 5-shot (d), for every
+    algorithm with T > 1 and finetune."""
     finetune = FINETUNE(tables.checkpoints)
     norms = pd.concat([MULTI_STEP(tables.checkpoints), finetune])  # the thesis: MAML, FOMAML (T > 1), finetune
     fig, axes = grid(4, columns=2, width=4.6)
@@ -427,6 +432,11 @@ def fig_finetune_and_norms(tables: StudyTables, path: Path) -> None:
             no_data(ax, title, "finetune runs")
         else:
             curves_by_algorithm(ax, finetune, metric, title=title)
+    if not finetune.empty and RANDOM_SD in finetune:  # §2.5.2: "akin to random vectors in high dimension"
+        band = 1.96 * finetune[RANDOM_SD].mean()
+        axes[0].axhspan(-band, band, color="grey", alpha=0.25, label=f"random directions, 95%: ±{band:.1e}")
+        axes[0].axhline(0, color="grey", linewidth=0.6)
+        axes[0].legend(fontsize=6)
     for ax, shots, letter in ((axes[2], 1, "c"), (axes[3], 5, "d")):
         rows = where(shots=shots)(norms)
         title = f"({letter}) l2 norm of trajectories ({shots}-shot)"
