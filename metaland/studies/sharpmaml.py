@@ -28,7 +28,7 @@ from metaland.config import AggregateConfig
 from metaland.meta.sharp import DEFAULT_RADIUS, radii_of
 from metaland.plots import ALGORITHM_COLORS, curves_by_algorithm, grid, no_data, save, suptitle
 from metaland.results import StudyTables, stratum_of
-from metaland.stats import across_seeds, seed_level, seed_summary, surface_roughness
+from metaland.stats import seed_level, seed_summary, surface_roughness
 from metaland.studies import STUDIES, Figure, StudySpec, Table
 
 NAME = "sharpmaml"
@@ -300,6 +300,14 @@ def accuracy_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _seed_cells(frame: pd.DataFrame, metric: str, cfg: AggregateConfig) -> dict:
+    """``metric``'s mean over seeds and its CI as table cells (none where ``frame`` lacks the column)."""
+    if metric not in frame:
+        return {}
+    ci = seed_level(frame, metric, cfg.confidence)
+    return {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
+
+
 def flatness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     """Per stratum and variant at the final checkpoints: SAM sharpness at α_up and at the other radii, the
     support-loss curvature at θ̃ᵢ, the meta-loss curvature at θ, and the 2-D meta-loss surface's centre value
@@ -312,9 +320,7 @@ def flatness_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
         for name in _present(group):
             row: dict = {"stratum": stratum, "variant": name}
             for metric, frame in [*((m, group) for m in FLATNESS), *((m, surfaces) for m in CHECKPOINT_FLATNESS)]:
-                if metric in frame:
-                    ci = seed_level(frame[frame["variant"] == name], metric, cfg.confidence)
-                    row |= {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
+                row |= _seed_cells(frame[frame["variant"] == name], metric, cfg) if metric in frame else {}
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -356,23 +362,23 @@ def radius_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
     (paired on the fixed tasks, CI over seeds) and the flatness of the final solutions. Strata with the
     poster's variants only give no rows."""
     final = tables.final_tasks
+    radii = {v: r for v in set(final["variant"]) if (r := sweep_radius(v)) is not None} if not final.empty else {}
+    gains = {  # per variant on the sweep, its paired gain over MAML in every stratum (one rule evaluation each)
+        name: {
+            p.stratum: p
+            for p in rule_parts(improves_on("query_accuracy", _variant(name), _variant(BASELINE)), tables, cfg)
+        }
+        for name, radius in radii.items()
+        if radius > 0
+    }
     rows = []
     for stratum, group in final.groupby(stratum_of(final)) if not final.empty else []:
-        swept = {v: r for v in sorted(set(group["variant"])) if (r := sweep_radius(v)) is not None}
+        swept = {v: radii[v] for v in set(group["variant"]) if v in radii}
         if sum(r > 0 for r in swept.values()) < 2:
             continue
         for variant, radius in sorted(swept.items(), key=lambda item: item[1]):
             mine = group[group["variant"] == variant]
-            gain = next(
-                (
-                    p
-                    for p in rule_parts(
-                        improves_on("query_accuracy", _variant(variant), _variant(BASELINE)), tables, cfg
-                    )
-                    if p.stratum == stratum
-                ),
-                None,
-            )
+            gain = gains.get(variant, {}).get(stratum)
             row = {
                 "stratum": stratum,
                 "variant": variant,
@@ -383,9 +389,7 @@ def radius_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame:
                 "gain_ci_high": gain.inference.ci_high if gain and variant != BASELINE else np.nan,
             }
             for metric in FLATNESS:
-                if metric in mine:
-                    ci = seed_level(mine, metric, cfg.confidence)
-                    row |= {metric: ci.estimate, f"{metric}_ci_low": ci.ci_low, f"{metric}_ci_high": ci.ci_high}
+                row |= _seed_cells(mine, metric, cfg)
             rows.append(row)
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stratum", "variant", "alpha", "seeds", "accuracy"])
 
@@ -424,7 +428,7 @@ def convergence_table(tables: StudyTables, cfg: AggregateConfig) -> pd.DataFrame
     frame = running_gradient_norm(tables.train_log)
     rows = []
     for (stratum, variant, step), group in frame.groupby([stratum_of(frame), "variant", "step"]) if len(frame) else []:
-        ci = across_seeds(group.groupby("seed")["running_sq_norm"].mean().to_numpy(), confidence=cfg.confidence)
+        ci = seed_level(group, "running_sq_norm", cfg.confidence)
         rows.append(
             {
                 "stratum": stratum,
