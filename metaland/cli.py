@@ -403,6 +403,46 @@ def train(run_key: str, params_path: Path, data_dir: Path, runs_dir: Path, resum
     click.echo(f"trained {run.key}: {len(result.checkpoints)} checkpoints in {runs_dir / run.key}{resumed}")
 
 
+def _publish_checkpoints(
+    config, run, params_path: Path, runs_dir: Path, checkpoints_dir: Path, tracking, *, wait: bool = True
+) -> dict:
+    """Select ``run``'s checkpoints to probe, verify them, publish them to checkpoints/<run>/ and log each
+    as an MLflow model (an ``extract`` run written by the sidecar ``tracking``); return the manifest.
+    Without ``wait`` the sidecar packages the models while the caller goes on (``tracking.finished()``)."""
+    from metaland.checkpoints import list_checkpoints
+    from metaland.data.registry import spec_of
+    from metaland.extract import extract as extract_run
+    from metaland.serving import model_spec
+    from metaland.tracking import stage_run
+
+    rule = config.studies[run.study].extract
+    out_dir = checkpoints_dir / run.key
+    with stage_run(
+        "extract", experiment=run.study, run_key=run.key, params=rule.model_dump(), started=tracking, wait=wait
+    ) as tracker:
+        manifest = extract_run(
+            run, rule, runs_dir / run.key, out_dir, params_hash=run.trajectory_hash(config.datasets[run.dataset])
+        )
+        input_shape = spec_of(run.dataset).shape_of(config.datasets[run.dataset])
+        for checkpoint in list_checkpoints(out_dir):
+            tracker.log_model(
+                f"{run.key}-step{checkpoint.step:08d}",
+                checkpoint.path,
+                model_spec(run, input_shape, checkpoint),
+                params={"step": checkpoint.step, "reasons": ",".join(checkpoint.sidecar["reasons"])},
+                tags={"metaland.run_key": run.key},
+            )
+        tracker.log_artifact(out_dir / "manifest.json")
+        _still_reads(
+            params_path,
+            config,
+            f"extract@{run.key}",
+            lambda c: (c.runs[run.key], c.datasets[run.dataset], c.studies[run.study].extract),
+        )
+    click.echo(f"extracted {len(manifest['checkpoints'])} checkpoints of {run.key} -> {out_dir}")
+    return manifest
+
+
 @cli.command()
 @click.argument("run_key", metavar="RUN")
 @PARAMS
@@ -414,51 +454,37 @@ def extract(run_key: str, params_path: Path, runs_dir: Path, checkpoints_dir: Pa
     The checkpoints must have been trained for the params params.yaml gives now. Each selected
     checkpoint is also logged to MLflow as a model that `mlflow.pyfunc.load_model` loads and
     meta-tests with: given a task's support set it adapts as the run does and predicts the query set.
+    The DVC stage probe@RUN does this first (`metaland probe --extract`); run it alone to inspect
+    or serve checkpoints without probing them.
     """
-    from metaland.tracking import stage_run
-
     with _stage(params_path) as (tracking, config):
-        from metaland.checkpoints import list_checkpoints
-        from metaland.data.registry import spec_of
-        from metaland.extract import extract as extract_run
-        from metaland.serving import model_spec
-
-        run = _run(config, run_key)
-        rule = config.studies[run.study].extract
-        params_hash = run.trajectory_hash(config.datasets[run.dataset])
-        out_dir = checkpoints_dir / run.key
-        with stage_run(
-            "extract", experiment=run.study, run_key=run.key, params=rule.model_dump(), started=tracking
-        ) as tracker:
-            manifest = extract_run(run, rule, runs_dir / run.key, out_dir, params_hash=params_hash)
-            input_shape = spec_of(run.dataset).shape_of(config.datasets[run.dataset])
-            for checkpoint in list_checkpoints(out_dir):
-                tracker.log_model(
-                    f"{run.key}-step{checkpoint.step:08d}",
-                    checkpoint.path,
-                    model_spec(run, input_shape, checkpoint),
-                    params={"step": checkpoint.step, "reasons": ",".join(checkpoint.sidecar["reasons"])},
-                    tags={"metaland.run_key": run.key},
-                )
-            tracker.log_artifact(out_dir / "manifest.json")
-            _still_reads(
-                params_path,
-                config,
-                f"extract@{run.key}",
-                lambda c: (c.runs[run.key], c.datasets[run.dataset], c.studies[run.study].extract),
-            )
-    click.echo(f"extracted {len(manifest['checkpoints'])} checkpoints of {run.key} -> {out_dir}")
+        _publish_checkpoints(config, _run(config, run_key), params_path, runs_dir, checkpoints_dir, tracking)
 
 
 @cli.command()
 @click.argument("run_key", metavar="RUN")
 @PARAMS
+@click.option(
+    "--extract",
+    "extract_first",
+    is_flag=True,
+    help="First select and publish RUN's checkpoints, exactly as `metaland extract RUN` does (its own MLflow "
+    "run). The DVC stage probe@RUN runs with this flag: one process instead of two saves a stage's start-up.",
+)
+@RUNS_DIR
 @DATA_DIR
 @CKPT_DIR
 @PROBES_DIR
 @_dir("cache", ".metaland/probe-cache", "Per-checkpoint probe results kept for resuming (not a DVC output).")
 def probe(
-    run_key: str, params_path: Path, data_dir: Path, checkpoints_dir: Path, probes_dir: Path, cache_dir: Path
+    run_key: str,
+    params_path: Path,
+    extract_first: bool,
+    runs_dir: Path,
+    data_dir: Path,
+    checkpoints_dir: Path,
+    probes_dir: Path,
+    cache_dir: Path,
 ) -> None:
     """Run the study's probes (studies.<study>.probe) on every extracted checkpoint of RUN.
 
@@ -467,12 +493,16 @@ def probe(
     checkpoint's summary is logged to MLflow with step = meta-iteration. Each checkpoint's results
     are kept in the cache folder as soon as they exist, so a killed sweep restarts where it stopped.
     """
-    from metaland.tracking import stage_run
+    from metaland.tracking import StageRun, stage_run
 
-    with _stage(params_path) as (tracking, config):
+    # Both sidecars start before PyTorch is imported, so that their MLflow imports overlap with it.
+    extract_sidecar = StageRun() if extract_first else contextlib.nullcontext()
+    with extract_sidecar as extract_tracking, _stage(params_path) as (tracking, config):
         from metaland.probes.runner import probe_run
 
         run = _run(config, run_key)
+        if extract_tracking is not None:  # its models are packaged while the probes run
+            _publish_checkpoints(config, run, params_path, runs_dir, checkpoints_dir, extract_tracking, wait=False)
         study = config.studies[run.study]
         device = _device(config)
         dataset_dir = _dataset_dir(data_dir, run.dataset, config)
@@ -497,6 +527,8 @@ def probe(
                 f"probe@{run.key}",
                 lambda c: (c.runs[run.key], c.datasets[run.dataset], c.studies[run.study].probe),
             )
+        if extract_tracking is not None:
+            extract_tracking.finished()
     click.echo(f"probed {len(rows)} checkpoints of {run.key} -> {probes_dir / run.key}")
 
 
@@ -689,9 +721,9 @@ def launch(
         repo=repo, final=final,
     )  # fmt: skip
     if final and not dry_run:
-        jobs = [stage for stage in ran if stage.split("@", 1)[0] in ("fetch", "train", "extract", "probe")]
+        jobs = [stage for stage in ran if stage.split("@", 1)[0] in ("fetch", "train", "probe")]
         click.echo(f"metaland launch: done; the head's `dvc repro` ran {len(ran)} stage(s), {len(jobs)} of them "
-                   "fetch/train/extract/probe (0 when every job's result came back from the run-cache)")  # fmt: skip
+                   "fetch/train/probe (0 when every job's result came back from the run-cache)")  # fmt: skip
 
 
 @cli.command(name="launch-worker", hidden=True)

@@ -261,7 +261,7 @@ class LaunchConfig(Params):
         StageResources(cpus=2, mem_gb=8, time_min=120), description="A train@<run> job (meta-training)."
     )
     probe: StageResources = Field(
-        StageResources(cpus=2, mem_gb=8, time_min=60), description="A probe@<run> job (extract@<run> and its probes)."
+        StageResources(cpus=2, mem_gb=8, time_min=60), description="A probe@<run> job (extract, then probes)."
     )
     array_parallelism: int = Field(
         32, ge=1, le=100_000, description="Jobs of one wave running at once (SLURM's %N of --array; Ray: in flight)."

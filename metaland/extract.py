@@ -128,7 +128,10 @@ def read_manifest(directory: Path, *, run_key: str, params_hash: str, data_sha25
     """The manifest of ``checkpoints/<run>``, checked to hold checkpoints of this run trained for
     these params (``params_hash``) and this dataset (``data_sha256``, its manifest's digest)."""
     path = Path(directory) / "manifest.json"
-    fix = f"run `dvc repro extract@{run_key}` (`dvc repro --force train@{run_key}` first if training is stale)"
+    fix = (
+        f"run `dvc repro probe@{run_key}`, which extracts them "
+        f"(`dvc repro --force train@{run_key}` first if training is stale)"
+    )
     if not path.is_file():
         raise CheckpointError(f"{path} is missing. Fix: {fix}.")
     manifest = read_json(path)

@@ -396,8 +396,7 @@ class StageRun:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
-        if not self._closed_by_caller:
-            self.close(_status_of(error))
+        self.close(_status_of(error))  # waits for the sidecar, also after a close without waiting
 
     def open(self, **command: Any) -> None:
         self._opened = True
@@ -440,24 +439,30 @@ class StageRun:
             tags=dict(tags),
         )
 
-    def close(self, status: str) -> str | None:
-        """End the run with ``status`` once every call is carried out; return the store error, if any."""
-        if self._closed_by_caller:
-            return self._error
-        self._closed_by_caller = True
-        if not self._opened:  # nothing sent, nothing to log: the sidecar need not finish importing MLflow
-            self._sidecar.kill()
-            self._sidecar.wait()
+    def close(self, status: str, *, wait: bool = True) -> str | None:
+        """End the run with ``status`` once every call is carried out; return the store error, if any.
+
+        Without ``wait`` the sidecar finishes on its own while the caller goes on (the store error is
+        then None until a later ``close`` waits for it: :meth:`finished`). A later ``close`` keeps the
+        first status."""
+        if not self._closed_by_caller:
+            self._closed_by_caller = True
+            if not self._opened:  # nothing sent, nothing to log: the sidecar need not finish importing MLflow
+                self._sidecar.kill()
+            else:
+                self._send("close", status=status, check=False)
             self._sidecar.stdin.close()
+        if wait and not self._replies.closed:
+            while self._opened and not self._closed and self._receive() is not None:
+                pass
+            self._sidecar.wait()
             self._replies.close()
-            return None
-        self._send("close", status=status, check=False)
-        self._sidecar.stdin.close()
-        while not self._closed and self._receive() is not None:
-            pass
-        self._sidecar.wait()
-        self._replies.close()
         return self._error
+
+    def finished(self) -> None:
+        """Wait until a run closed without ``wait`` is written; raise :class:`TrackingError` if that failed."""
+        self.close("FINISHED")
+        self._raise_if_failed()
 
     def _send(self, op: str, *, check: bool = True, **fields: Any) -> None:
         if check:
@@ -527,6 +532,7 @@ def stage_run(
     started: StageRun | None = None,
     system_metrics: bool = False,
     dataset: Mapping[str, str] | None = None,
+    wait: bool = True,
 ) -> Iterator[StageRun]:
     """Open an MLflow run for a stage execution; mark it FINISHED, FAILED (an error) or KILLED (a
     signal, Ctrl-C) on exit.
@@ -539,7 +545,9 @@ def stage_run(
     fails it. ``system_metrics``: MLflow's host monitor (CPU, memory, disk, network, GPUs) samples
     the machine into ``system/*`` metrics while the run is open (every
     ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds, default 10). ``dataset`` (``name``,
-    ``digest``, ``source``) is logged as the run's training input.
+    ``digest``, ``source``) is logged as the run's training input. Without ``wait`` a block that
+    succeeds does not wait for the sidecar to finish writing: the caller goes on, and calls
+    :meth:`StageRun.finished` before it reports success (a block that fails still waits).
     """
     run = started or StageRun()
     run.open(
@@ -559,7 +567,7 @@ def stage_run(
         if error is not None:
             logging.getLogger(__name__).warning(_failure_message(error))
         raise
-    error = run.close("FINISHED")
+    error = run.close("FINISHED", wait=wait)
     if error is not None:
         raise TrackingError(_failure_message(error))
 

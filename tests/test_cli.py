@@ -148,7 +148,7 @@ def test_missing_checkpoints_for_probe(capsys, ci_params, tiny_dataset, tmp_path
         "--checkpoints-dir",
         str(tmp_path / "ckpts"),
     )
-    assert_user_error(code, err, "manifest.json is missing", f"dvc repro extract@{RUN}", status=EXIT_CHECKPOINT)
+    assert_user_error(code, err, "manifest.json is missing", f"dvc repro probe@{RUN}", status=EXIT_CHECKPOINT)
 
 
 @pytest.mark.parametrize(

@@ -39,8 +39,8 @@ DOT = """strict digraph  {
 "fetch@d";
 "train@a";
 "train@b";
-"extract@a";
-"extract@b";
+"prepare@a";
+"prepare@b";
 "probe@a";
 "probe@b";
 "aggregate";
@@ -48,10 +48,10 @@ DOT = """strict digraph  {
 "check-params" -> "train@a";
 "fetch@d" -> "train@a";
 "fetch@d" -> "train@b";
-"train@a" -> "extract@a";
-"train@b" -> "extract@b";
-"extract@a" -> "probe@a";
-"extract@b" -> "probe@b";
+"train@a" -> "prepare@a";
+"train@b" -> "prepare@b";
+"prepare@a" -> "probe@a";
+"prepare@b" -> "probe@b";
 "fetch@d" -> "probe@a";
 "probe@a" -> "aggregate";
 "probe@b" -> "aggregate";
@@ -59,9 +59,9 @@ DOT = """strict digraph  {
 """
 
 
-def test_waves_are_fetch_then_train_then_probe_and_extract_is_built_inside_its_probe_job():
+def test_waves_are_fetch_then_train_then_probe_and_a_non_job_stage_is_built_inside_its_job():
     upstream = parse_dot(DOT)
-    assert upstream["probe@a"] == {"extract@a", "fetch@d"} and upstream["check-params"] == set()
+    assert upstream["probe@a"] == {"prepare@a", "fetch@d"} and upstream["check-params"] == set()
     assert plan_waves(upstream) == [
         Wave(0, ("fetch@d",)),
         Wave(1, ("train@a", "train@b")),
@@ -322,9 +322,9 @@ def assert_same_build(work: Path, local: Path) -> None:
     """Every job stage's outputs have the same hashes (dvc.lock), and every result file the same bytes, but for
     the MLflow run ids claims.json links to (each store has its own)."""
     head_lock = lock_stages(work)
-    jobs = sorted(s for s in head_lock if s.split("@")[0] in ("check-params", "fetch", "train", "extract", "probe"))
+    jobs = sorted(s for s in head_lock if s.split("@")[0] in ("check-params", "fetch", "train", "probe"))
     config = load_params(work / "params.yaml")
-    built = {f"{kind}@{run}" for run in config.runs for kind in ("train", "extract", "probe")}
+    built = {f"{kind}@{run}" for run in config.runs for kind in ("train", "probe")}
     assert {"check-params", *(f"fetch@{d}" for d in config.datasets), *built} <= set(jobs)
     assert_same_lock_entries(work, local, jobs)
     files = sorted(p.relative_to(work) for p in (work / "results").rglob("*") if p.is_file())
@@ -354,9 +354,9 @@ def assert_the_head_ran_no_job_stage(
 ) -> None:
     """The head's closing `dvc repro` restored every job stage from the run-cache, and `dvc status` (of
     ``targets``, or of everything) is clean."""
-    assert "fetch/train/extract/probe (0 when" in launched.stdout and ", 0 of them" in launched.stdout
+    assert "fetch/train/probe (0 when" in launched.stdout and ", 0 of them" in launched.stdout
     head_ran = stages_run(launched.stdout)
-    assert not [s for s in head_ran if s.split("@")[0] in ("fetch", "train", "extract", "probe")], head_ran
+    assert not [s for s in head_ran if s.split("@")[0] in ("fetch", "train", "probe")], head_ran
     status = sh(["dvc", "status", *targets], work, env)
     assert "up to date" in status, status
 

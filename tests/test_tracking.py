@@ -13,7 +13,15 @@ import torch
 from mlflow import MlflowClient
 
 from metaland.errors import TrackingError
-from metaland.tracking import OUTPUTS_TAG, describe_store, ensure_store, flatten_params, producer_run_id, stage_run
+from metaland.tracking import (
+    OUTPUTS_TAG,
+    StageRun,
+    describe_store,
+    ensure_store,
+    flatten_params,
+    producer_run_id,
+    stage_run,
+)
 
 
 @pytest.fixture()
@@ -238,6 +246,22 @@ def test_a_store_error_fails_the_stage_and_its_run(store, tmp_path):
             while time.monotonic() < deadline:
                 run.log_metrics({"x": 1.0}, step=0)
                 time.sleep(0.1)
+
+
+def test_a_run_closed_without_waiting_is_written_while_the_stage_goes_on(store, tmp_path):
+    """`metaland probe --extract`: the extract run's sidecar finishes while the probes run; `finished`
+    waits for it, and a store error met meanwhile fails the stage then."""
+    with StageRun() as tracking:
+        with stage_run("extract", experiment="s", run_key="k", started=tracking, wait=False) as run:
+            run.log_metrics({"x": 1.0}, step=0)
+        tracking.finished()
+    logged = store.get_run(run.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.metrics == {"x": 1.0}
+    with StageRun() as tracking:
+        with stage_run("extract", experiment="s", run_key="k", started=tracking, wait=False) as run:
+            run.log_artifact(tmp_path / "missing.txt")  # reported after the block has ended
+        with pytest.raises(TrackingError, match=r"missing\.txt.* Fix: `python -m metaland doctor`"):
+            tracking.finished()
 
 
 def test_an_unusable_store_fails_the_stage_with_its_reason(tmp_path, monkeypatch):

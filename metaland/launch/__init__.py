@@ -4,8 +4,8 @@ DVC runs one stage at a time and has no multi-machine executor, so the head plan
 lets DVC's run-cache join the results:
 
 * **Plan.** The DAG comes from DVC (``dvc dag --dot``). A *job stage* is one of :data:`JOB_KINDS`
-  (``fetch@*``, ``train@*``, ``probe@*``); every other stage is built inside the job that needs it
-  (``extract@<run>`` inside ``probe@<run>``, ``check-params`` everywhere: it is cheap and run-cached) or by
+  (``fetch@*``, ``train@*``, ``probe@*``, which extracts its run's checkpoints first); every other stage is
+  built inside the job that needs it (``check-params`` everywhere: it is cheap and run-cached) or by
   the head (``aggregate``, ``plot``). A job's wave is one more than the latest wave of the job stages
   upstream of it, so fetch@* → train@* → probe@*, each wave starting only after the previous one
   succeeded (SLURM ``afterok``): no two jobs ever build the same upstream job stage.
