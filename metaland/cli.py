@@ -79,8 +79,9 @@ def cli(verbose: bool) -> None:
     """metaland: rebuild the loss-landscape studies of gradient-based meta-learning.
 
     \b
-    The pipeline (each command is one DVC stage; `dvc repro` runs them all):
-      check-params    validate the whole params file, first          -> .metaland/params-checked
+    The pipeline (each command is one DVC stage, but extract runs in the stage probe@RUN;
+    `dvc repro` runs them all):
+      check-params    validate the whole params file, first          -> .metaland/params-checked/
       fetch DATASET   download, verify and normalise a dataset       -> data/<dataset>/
       train RUN       meta-train one run, resumable                  -> runs/<run>/
       extract RUN     select and verify the checkpoints to probe     -> checkpoints/<run>/
@@ -277,34 +278,36 @@ def _first_difference(old: Any, new: Any, key: str = "") -> str:
 
 
 PARAMS_CHECKED = Path(".metaland/params-checked")
-"""The output of the `check-params` stage, on which every other stage depends."""
+"""The output of the `check-params` stage: one file per stage of the keys it reads (``metaland.stage_params``)."""
 
 
 @cli.command(name="check-params")
 @PARAMS
 @click.option(
-    "--marker",
+    "--out",
     default=PARAMS_CHECKED,
     show_default=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Written once the file is valid: the same bytes for every valid file.",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Written once the file is valid: <stage>.json for every stage, and `valid`.",
 )
-def check_params(params_path: Path, marker: Path) -> None:
-    """Validate every block of the params file, whatever changed since the last build.
+def check_params(params_path: Path, out: Path) -> None:
+    """Validate every block of the params file, whatever changed since the last build; write what each
+    stage reads of it.
 
-    DVC reruns a stage only when a key that stage tracks changes, so a misspelt block (`run:` for
-    `runs:`) would otherwise never be read. The `check-params` stage tracks the whole file and runs
-    first on any edit; its output (the marker) never changes, so a valid edit reruns only the stages
-    whose own keys changed, and an invalid one stops `dvc repro` before any stage runs.
+    A misspelt block (`run:` for `runs:`) would otherwise never be read: the `check-params` stage depends
+    on the whole file and runs first on any edit, and an invalid one stops `dvc repro` before any stage
+    runs. Each other stage depends on its own file OUT/<stage>.json, the keys it reads, so a valid edit
+    reruns only the stages whose keys changed (as DVC's `params:` would, with a far smaller dvc.lock).
     """
     from metaland.config import load_params
-    from metaland.io import write_text
+    from metaland.params_file import load_yaml, read_params_text
+    from metaland.stage_params import write_stage_params
 
     config = load_params(params_path)
-    write_text(marker, "params valid\n")
+    stages = write_stage_params(load_yaml(read_params_text(params_path), str(params_path)), out)
     click.echo(
         f"{params_path}: valid (profile {config.profile!r}: {len(config.datasets)} datasets, "
-        f"{len(config.studies)} studies, {len(config.runs)} runs)"
+        f"{len(config.studies)} studies, {len(config.runs)} runs); the keys of {stages} stages -> {out}"
     )
 
 

@@ -58,21 +58,24 @@ def test_version(capsys):
     assert (code, out) == (0, f"metaland {metaland.__version__}\n")
 
 
-def test_check_params_writes_the_same_marker_for_every_valid_file_and_none_for_a_typo(capsys, ci_params, tmp_path):
-    marker = tmp_path / "checked"
-    code, out, _ = run_cli(capsys, "check-params", "--params", str(ci_params), "--marker", str(marker))
-    assert code == 0 and out.startswith(f"{ci_params}: valid (profile 'ci': ")
-    first = marker.read_bytes()
+def test_check_params_writes_what_each_stage_reads_and_nothing_for_a_typo(capsys, ci_params, tmp_path):
+    out = tmp_path / "checked"
+    code, printed, _ = run_cli(capsys, "check-params", "--params", str(ci_params), "--out", str(out))
+    assert code == 0 and printed.startswith(f"{ci_params}: valid (profile 'ci': ")
+    first = {path.name: path.read_bytes() for path in out.iterdir()}
     raw = yaml.safe_load(ci_params.read_text())
     raw["studies"]["guiroy2019"]["probe"]["probes"]["curvature"]["max_iters"] = 12
     ci_params.write_text(yaml.safe_dump(raw))
-    assert run_cli(capsys, "check-params", "--params", str(ci_params), "--marker", str(marker))[0] == 0
-    assert marker.read_bytes() == first, "a valid edit must not invalidate the stages downstream"
-    marker.unlink()
+    assert run_cli(capsys, "check-params", "--params", str(ci_params), "--out", str(out))[0] == 0
+    changed = {path.name for path in out.iterdir() if path.read_bytes() != first.get(path.name)}
+    guiroy = {f"probe@{key}.json" for key, run in raw["runs"].items() if run["study"] == "guiroy2019"}
+    assert guiroy and changed == {*guiroy, "aggregate.json"}, "a valid edit reruns only the stages that read it"
     ci_params.write_text(ci_params.read_text() + "run:\n  seeds: 5\n")
-    code, _, err = run_cli(capsys, "check-params", "--params", str(ci_params), "--marker", str(marker))
+    code, _, err = run_cli(capsys, "check-params", "--params", str(ci_params), "--out", str(out))
     assert_user_error(code, err, "run is not a known parameter. Did you mean 'runs'?")
-    assert not marker.exists()
+    shutil.rmtree(out)
+    assert run_cli(capsys, "check-params", "--params", str(ci_params), "--out", str(out))[0] != 0
+    assert not out.exists()
 
 
 def test_bad_param_value(capsys, ci_params):
