@@ -48,12 +48,16 @@ def use_profile(name: str, profiles_dir: Path, params_path: Path, *, force: bool
 
 LONG_SEEDS = 3
 LONG_TASKS = 600
+LONG_EXTRACT_EVERY = 1
+"""Where the default probes checkpoints of the schedule (``extract.every`` ≥ 1), the long profile probes every
+one: the default thins them to keep within 20 minutes, the per-run trend statistics want them all."""
 LONG_HEADER = "\n".join(
     [
         "# Profile `long`: the default profile's runs with 3 training seeds each (the unit of replication of every",
-        "# claim, docs/claims.md: a stratum needs aggregate.min_seeds = 3 before a claim can hold or fail), and the",
+        "# claim, docs/claims.md: a stratum needs aggregate.min_seeds = 3 before a claim can hold or fail), the",
         "# fixed probe task sets of 600 tasks (the field's convention for accuracy; the costly probes keep their",
-        "# own task counts). Everything else is the default profile's. Same data, same models, same iterations.",
+        "# own task counts), and every checkpoint of a study's schedule probed. Everything else is the default",
+        "# profile's. Same data, same models, same iterations.",
         "# Generated from profiles/default.yaml by `python -m metaland profile --write-long`: edit the default.",
         "# Every knob is listed; `python -m metaland params` explains each one. Switch scale with",
         "# `python -m metaland profile <ci|default|long|paper>`.",
@@ -64,8 +68,9 @@ _RUN_LINE = re.compile(r"^  ([a-z0-9][a-z0-9._\-]*)-s(\d+): (\{.*\})$")
 
 def long_profile(default_text: str) -> str:
     """The ``long`` profile's text from the ``default`` profile's: every run family (a run key without its
-    ``-s<seed>``) in :data:`LONG_SEEDS` consecutive seeds from its lowest, and every study's probe task set
-    of :data:`LONG_TASKS` tasks; the default's other lines unchanged."""
+    ``-s<seed>``) in :data:`LONG_SEEDS` consecutive seeds from its lowest, every study's probe task set
+    of :data:`LONG_TASKS` tasks, and ``extract.every`` of :data:`LONG_EXTRACT_EVERY` where the default's is
+    not 0; the default's other lines unchanged."""
     lines = default_text.splitlines()
     body = lines[next(i for i, line in enumerate(lines) if not line.startswith("#")) :]
     out, families, in_runs = LONG_HEADER.splitlines(), set(), False
@@ -75,6 +80,8 @@ def long_profile(default_text: str) -> str:
             out.append("profile: long")
         elif re.fullmatch(r"      tasks: \d+", line):
             out.append(f"      tasks: {LONG_TASKS}")
+        elif re.match(r"    extract: \{every: [1-9]\d*,", line):
+            out.append(re.sub(r"every: \d+", f"every: {LONG_EXTRACT_EVERY}", line, count=1))
         elif match:
             stem, seed, entry = match.group(1), int(match.group(2)), match.group(3)
             if stem not in families:  # the family's other seeds in the default are covered by this one

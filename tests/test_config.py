@@ -41,8 +41,9 @@ def test_every_profile_resolves(profile):
 
 
 def test_the_long_profile_is_the_default_with_three_seeds_and_600_tasks():
-    """Every run family of the default profile in three seeds, nothing else changed but the task sets; and the
-    file is what `metaland profile --write-long` makes of the default (edited by hand, it would drift)."""
+    """Every run family of the default profile in three seeds, nothing else changed but the task sets and the
+    checkpoints probed (every one of the schedule where the default thins them); and the file is what
+    `metaland profile --write-long` makes of the default (edited by hand, it would drift)."""
     from metaland.profiles import long_profile
 
     text = (REPO / "profiles" / "default.yaml").read_text()
@@ -58,9 +59,15 @@ def test_the_long_profile_is_the_default_with_three_seeds_and_600_tasks():
         assert seeds == list(range(seeds[0], seeds[0] + 3)), stem
     for name, study in long.studies.items():
         assert study.probe.tasks == 600 and study.aggregate.min_seeds == 3
+        thinned = default.studies[name].extract.every
+        assert study.extract.every == min(thinned, 1), name
+        assert study.extract.model_dump(exclude={"every"}) == default.studies[name].extract.model_dump(
+            exclude={"every"}
+        )
         assert study.probe.model_copy(update={"tasks": 0}) == default.studies[name].probe.model_copy(
             update={"tasks": 0}
         )
+    assert default.studies["guiroy2019"].extract.every == 2, "the default probes every 2nd checkpoint of guiroy2019"
 
 
 def test_params_yaml_is_the_default_profile():

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.dag, pytest.mark.xdist_group("dag")]
 
 
 def outputs(work: Path, env: dict) -> list[Path]:
-    """Every output (folders, and the check-params marker) of the pipeline's stages, as dvc.lock lists
+    """Every output (folders, check-params' among them) of the pipeline's stages, as dvc.lock lists
     them. (dvc.lock also keeps the entries of stages another profile defines: the committed one is the
     default profile's, and `dvc repro` on the ci profile adds its own stages without dropping those.)"""
     stages = set(sh(["dvc", "stage", "list", "--name-only"], work, env).split())

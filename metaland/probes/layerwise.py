@@ -114,7 +114,8 @@ def noisy(params: ParamDict, members: frozenset[str], sigma: float, rng: torch.G
 
 def layer_noise(context: ProbeContext, options: LayerNoiseOptions, names: list[str]) -> dict[str, torch.Tensor]:
     """Per σ, each task's post-adaptation query accuracy and loss from θ with noise on ``options.layer`` (mean over
-    ``options.draws`` draws), the ``options.frozen`` layers held fixed; nothing for a model that lacks the layer."""
+    ``options.draws`` draws; σ = 0 adapts once, every draw being θ itself), the ``options.frozen`` layers held
+    fixed; nothing for a model that lacks the layer."""
     members = layer_members(names, options.layer) if options.layer else frozenset()
     if not members or not options.scales:
         return {}
@@ -122,7 +123,7 @@ def layer_noise(context: ProbeContext, options: LayerNoiseOptions, names: list[s
     per_task = {}
     for i, sigma in enumerate(options.scales):
         draws = []
-        for draw in range(options.draws):
+        for draw in range(options.draws if sigma else 1):
             start = noisy(context.params, members, sigma, generator(context.seed, "layerwise-noise", i, draw))
             draws.append(adapted_metrics(context, start, adapted))
         for metric in ("accuracy", "loss"):
