@@ -299,12 +299,12 @@ def check_params(params_path: Path, out: Path) -> None:
     runs. Each other stage depends on its own file OUT/<stage>.json, the keys it reads, so a valid edit
     reruns only the stages whose keys changed (as DVC's `params:` would, with a far smaller dvc.lock).
     """
-    from metaland.config import load_params
-    from metaland.params_file import load_yaml, read_params_text
+    from metaland.config import read_raw_params, resolve
     from metaland.stage_params import write_stage_params
 
-    config = load_params(params_path)
-    stages = write_stage_params(load_yaml(read_params_text(params_path), str(params_path)), out)
+    raw = read_raw_params(params_path)
+    config = resolve(raw, source=str(params_path))
+    stages = write_stage_params(raw, out)
     click.echo(
         f"{params_path}: valid (profile {config.profile!r}: {len(config.datasets)} datasets, "
         f"{len(config.studies)} studies, {len(config.runs)} runs); the keys of {stages} stages -> {out}"

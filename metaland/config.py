@@ -441,15 +441,20 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
-def load_params(path: Path | str = "params.yaml") -> Config:
-    """Read, validate and resolve a params file; raise :class:`ConfigError` on any problem."""
+def read_raw_params(path: Path | str = "params.yaml") -> Any:
+    """A params file as parsed (:mod:`metaland.params_file`), before validation."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
             f"{path} does not exist. Fix: run from the repository root, or create it from a profile "
             "with `python -m metaland profile default`."
         )
-    return resolve(load_yaml(read_params_text(path), str(path)), source=str(path))
+    return load_yaml(read_params_text(path), str(path))
+
+
+def load_params(path: Path | str = "params.yaml") -> Config:
+    """Read, validate and resolve a params file; raise :class:`ConfigError` on any problem."""
+    return resolve(read_raw_params(path), source=str(path))
 
 
 def resolve(raw: Any, *, source: str = "params.yaml") -> Config:
