@@ -7,7 +7,9 @@ with start-up (docs/performance.md). So the `check-params` stage, which runs fir
 params.yaml, writes the keys each stage reads into ``<stage>.json`` (canonical JSON of the file's own
 values), and each stage depends on that one file: four lines of dvc.lock instead of up to 75. A stage
 reruns exactly when one of its keys changes, as with ``params:``; the stage itself still reads
-params.yaml (and fails if the file changes while it runs: ``metaland.cli._still_reads``).
+params.yaml (and fails if the file changes while it runs: ``metaland.cli._still_reads``). The price: right
+after an edit, ``dvc status`` lists only check-params, whose files are not yet rewritten
+(``dvc repro check-params && dvc status`` lists the stages the edit reruns).
 """
 
 from __future__ import annotations
