@@ -57,6 +57,7 @@ from metaland.models.grouped import task_batched_forward
 from metaland.probes import PROBES, ProbeContext
 from metaland.probes.hessian import CurvatureOptions, lanczos_starts, tasks_extreme_eigenvalues
 from metaland.probes.surface import SurfaceOptions, SurfaceSpec, filter_normalised_direction, loss_surface
+from metaland.runtime import tune_allocator
 from metaland.schema import NoOptions
 from metaland.seeding import generator
 
@@ -677,10 +678,19 @@ def gemm_gflops(device: torch.device, size: int = 2048, rounds: int = 5) -> floa
     type=click.Choice(["meta", "hessian", "surface", "probe", "stage", "scaling"]),
     help="Rows to run.",
 )
-def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, ...]):
+@click.option(
+    "--malloc",
+    default="tuned",
+    show_default=True,
+    type=click.Choice(["tuned", "default"]),
+    help="tuned: glibc malloc as metaland's stages set it (metaland.runtime.tune_allocator), for both sides of "
+    "every row (one process); default: glibc's own settings.",
+)
+def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, ...], malloc: str):
     """Time metaland against reference implementations; print medians, ratios and agreement.
 
     Each row is printed as soon as it is measured (the whole run takes tens of minutes on 2 cores)."""
+    tuned = malloc == "tuned" and tune_allocator()
     torch.set_num_threads(threads)
     device = torch.device(device)
     rounds = 2 if quick else rounds
@@ -692,7 +702,8 @@ def main(quick: bool, rounds: int, threads: int, device: str, only: tuple[str, .
     click.echo(f"metaland benchmarks on {where}; torch {torch.__version__}; medians of {rounds} interleaved rounds")
     click.echo(
         f"CPU: {cpu_model()}, {psutil.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()} intra-op, "
-        f"{torch.get_num_interop_threads()} inter-op; fp32 GEMM {gemm_gflops(device):.0f} GFLOP/s (2048², measured now)"
+        f"{torch.get_num_interop_threads()} inter-op; fp32 GEMM {gemm_gflops(device):.0f} GFLOP/s (2048², measured "
+        "now); " + ("malloc tuned as in metaland's stages" if tuned else "malloc as the C library sets it")
     )
     click.echo(
         f"Idle check: a round is redone (up to {RETRIES} times) when other processes took more than "

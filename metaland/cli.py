@@ -228,9 +228,10 @@ def _run(config, key: str):
 
 
 def _device(config):
-    from metaland.runtime import make_deterministic, select_device
+    from metaland.runtime import make_deterministic, select_device, tune_allocator
 
     make_deterministic()
+    tune_allocator()
     return select_device(config.device)
 
 

@@ -169,6 +169,22 @@ def test_surface_matches_point_by_point_brute_force(loss, steps, part, first, en
     torch.testing.assert_close(grid.x, torch.linspace(-0.5, 0.5, 5, dtype=torch.float64))
 
 
+def test_hybrid_surface_gives_the_same_bytes_with_any_number_of_worker_threads():
+    """Under the hybrid engine the chunks of grid points run in worker threads (one per intra-op
+    thread of the caller), each with one intra-op thread: the values do not depend on the count."""
+    module, forward, params = tiny_model()
+    spec = PROBES.get("surface")
+    options = spec.options_model(span=0.5, resolution=5, point_chunk=4, surfaces={"s": {"loss": "query", "tasks": 3}})
+    context = _context(module, forward, params, make_tasks(N_TASKS))
+    context.batched_forward = task_batched_forward(module)
+    grids = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        grids.append(spec.run(context, options).grids["s"].values)
+        assert torch.get_num_threads() == threads
+    assert all(torch.equal(grids[0], grid) for grid in grids[1:])
+
+
 def test_surface_options_refuse_an_even_resolution_and_too_many_tasks():
     spec = PROBES.get("surface")
     with pytest.raises(ValueError, match="odd"):

@@ -11,7 +11,7 @@ from metaland.meta.evaluate import evaluate_tasks
 from metaland.meta.inner import cross_entropy
 from metaland.models import head_names
 from metaland.probes import PROBES, ProbeContext
-from metaland.vectorise import map_leading
+from metaland.vectorise import map_in_threads, map_leading
 from tests.reference import LR, STEPS, make_tasks, tiny_model
 
 
@@ -24,6 +24,34 @@ def test_loop_stacks_like_vmap_with_unmapped_arguments_and_tree_outputs():
     for chunk in (1, 2, 0):
         got = map_leading(f, chunk=chunk, in_dims=(0, None, 0))(x, w, table)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_worker_threads_keep_the_order_run_one_intra_op_thread_each_and_restore_the_count():
+    """map_in_threads = the list comprehension, with PyTorch at one intra-op thread inside every item
+    whatever the worker count, and the caller's thread count back afterwards, after an error too."""
+    import threading
+
+    torch.set_num_threads(2)
+    seen = []
+
+    def item(i: int) -> tuple[int, int]:
+        seen.append(threading.current_thread().name)
+        return i * i, torch.get_num_threads()
+
+    for workers in (1, 2, 5):
+        assert map_in_threads(item, range(7), workers=workers) == [(i * i, 1) for i in range(7)]
+        assert torch.get_num_threads() == 2
+    assert any(name.startswith("metaland-worker") for name in seen)
+
+    def failing(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3")
+        return i
+
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="item 3"):
+            map_in_threads(failing, range(5), workers=workers)
+        assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml"])

@@ -25,8 +25,6 @@ bytes): ``hybrid`` on a CPU when the inner step is plain gradient descent, ``vma
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 from torch.func import vmap
@@ -36,6 +34,7 @@ from metaland.errors import ConfigError
 from metaland.meta import MetaProblem
 from metaland.meta.inner import InnerStep, accuracy, grouped_inner_loop
 from metaland.models import ParamDict
+from metaland.vectorise import map_in_threads
 
 
 def resolve_engine(requested: str, *, device: torch.device, update: InnerStep | None) -> str:
@@ -71,17 +70,12 @@ def hybrid_query_gradients(
         return _hybrid_part(problem, params, batch, first_order, offsets)
     bounds = [(n * w // workers, n * (w + 1) // workers) for w in range(workers)]
 
-    def part(start: int, stop: int):
+    def part(bound: tuple[int, int]):
+        start, stop = bound
         offset = None if offsets is None else {k: v[start:stop] for k, v in offsets.items()}
         return _hybrid_part(problem, params, batch.chunk(start, stop), first_order, offset)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metaland-task") as pool:
-            results = [future.result() for future in [pool.submit(part, *b) for b in bounds]]
-    finally:
-        torch.set_num_threads(threads)
+    results = map_in_threads(part, bounds, workers=workers)
     grads = results[0][0]
     for result in results[1:]:
         grads = {k: g + result[0][k] for k, g in grads.items()}

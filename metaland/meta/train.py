@@ -80,6 +80,7 @@ TRAINING_CODE = (
     "data/tasks.py",
     "meta",
     "models",
+    "vectorise.py",
 )
 """The package sources a training depends on: the train stage's code dependencies in dvc.yaml
 (tested to agree), so DVC reruns train exactly when the code a checkpoint records changes."""

@@ -20,7 +20,8 @@ training landscape around θ as trained, with its all-class head (Fig. 9; no ada
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
 chunks of grid points, or looped over both with ``point_chunk: 1`` (``metaland.vectorise``; on a
 CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md). Under
-the hybrid engine a chunk of points × tasks is one grouped network under plain autograd instead.
+the hybrid engine a chunk of points × tasks is one grouped network under plain autograd instead,
+and the chunks run in worker threads (``metaland.vectorise.map_in_threads``).
 Summaries per surface: the value at the centre and the mean rise of the surface above it over the
 grid (a filter-normalised average sharpness).
 """
@@ -40,7 +41,7 @@ from metaland.models import ParamDict
 from metaland.probes import PROBES, Grid, ProbeContext, ProbeOutput, ProbeSpec
 from metaland.schema import Params
 from metaland.seeding import generator
-from metaland.vectorise import map_leading
+from metaland.vectorise import map_in_threads, map_leading
 
 
 class SurfaceSpec(Params):
@@ -206,12 +207,15 @@ def grouped_surface(
 ) -> torch.Tensor:
     """f(a, b) at every point of (``a_all``, ``b_all``) for the fixed ``tasks``, [points]: each chunk of
     points × tasks is one grouped network (the hybrid engine, ``metaland.models.grouped``) adapted
-    under plain autograd (eq. 2.1 from θ + a δ + b η, first order: no graph to the start is needed)."""
+    under plain autograd (eq. 2.1 from θ + a δ + b η, first order: no graph to the start is needed).
+    The chunks run in worker threads with one intra-op thread each (``map_in_threads``), so the
+    values do not depend on the number of threads."""
     support_x, support_y, query_x, query_y = tasks
     k = support_x.shape[0]
     moving = [name for name in theta if context.adapted is None or name in context.adapted]
-    values = []
-    for start in range(0, len(a_all), point_chunk):
+    x, y = (query_x, query_y) if loss == "query" else (support_x, support_y)
+
+    def chunk_values(start: int) -> torch.Tensor:
         a, b = a_all[start : start + point_chunk], b_all[start : start + point_chunk]
         starts = {}
         for name, value in theta.items():
@@ -229,12 +233,13 @@ def grouped_surface(
             first_order=True,
             moving=moving,
         )
-        x, y = (query_x, query_y) if loss == "query" else (support_x, support_y)
         with torch.no_grad():
             logits = context.batched_forward({name: v.detach() for name, v in adapted.items()}, tiled(x, points))
             per_task = F.cross_entropy(logits.flatten(0, 1), tiled(y, points).flatten(), reduction="none")
-            values.append(per_task.reshape(points, k, -1).mean(dim=(1, 2)))
-    return torch.cat(values)
+            return per_task.reshape(points, k, -1).mean(dim=(1, 2))
+
+    chunks = range(0, len(a_all), point_chunk)
+    return torch.cat(map_in_threads(chunk_values, chunks, workers=torch.get_num_threads()))
 
 
 def tiled(tensor: torch.Tensor, points: int) -> torch.Tensor:
