@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
 import torch
 
@@ -28,9 +29,18 @@ CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
 def make_deterministic() -> None:
-    """Same params, same numbers on the same machine (DESIGN.md, Determinism)."""
+    """Same params, same numbers on the same machine (DESIGN.md, Determinism).
+
+    PyTorch's deterministic-algorithms flag is set as ``torch.use_deterministic_algorithms(True,
+    warn_only=True)`` sets it, but without importing TorchInductor when nothing has yet: that function
+    also sets ``torch._inductor.config.deterministic``, and the import (TorchDynamo with it) took 3 s of
+    a core in every training stage (docs/performance.md), for a compiler no stage uses. With TorchInductor
+    loaded already (``torch.func`` loads it), the public function runs as it is."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
 
 

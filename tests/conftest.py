@@ -95,11 +95,18 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def ci_pipeline(tmp_path_factory, omniglot_mirror) -> tuple[Path, dict, str]:
     """The whole DAG on the ci profile, built once per worker by `dvc repro` in a fresh checkout:
     (checkout, environment, log of the build). Tests that use it belong to xdist group "dag", so
-    they share one build; each leaves the checkout as it found it (built and up to date)."""
-    from tests.pipeline import BUILD_TIMEOUT_S, ci_checkout, sh
+    they share one build; each leaves the checkout as it found it (built and up to date).
 
-    work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror)
-    log = sh(["dvc", "repro"], work, env, timeout=BUILD_TIMEOUT_S)
+    Unless another worker is building it now, the build is also kept as the session's reference ci build
+    (tests/pipeline.py::ci_reference), which the cluster tests' builds must equal."""
+    from tests.pipeline import BUILD_TIMEOUT_S, ci_checkout, keep_reference, reference_lock, sh, shared_folder
+
+    shared = shared_folder(tmp_path_factory)
+    with reference_lock(shared, wait=False) as keeps:
+        work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror)
+        log = sh(["dvc", "repro"], work, env, timeout=BUILD_TIMEOUT_S)
+        if keeps:
+            keep_reference(work, shared)
     return work, env, log
 
 

@@ -9,6 +9,7 @@ the session fixture that builds the whole ci pipeline once is ``ci_pipeline`` in
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,12 @@ def ci_checkout(work: Path, mirror: Path) -> tuple[Path, dict]:
     All but the committed dvc.lock, which records the default profile's stages: DVC parses and rewrites
     the whole lock file after every stage it runs (about 7 s per stage with the default's 120 stages
     kept beside the ci profile's 76, on 2 cores), so a ci build starts from no lock, as on a project
-    that was never built."""
+    that was never built.
+
+    Every such checkout of one working tree has the same commit (fixed author and dates: the report records
+    the commit), and its stages run with the CPU threads the ci profile gives every `metaland launch` job
+    (``OMP_NUM_THREADS``: a kernel's partial sums, so a stage's floats, depend on the thread count): so any
+    two ci builds of this session, local or launched, must agree byte for byte (:func:`ci_reference`)."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
     ).stdout.decode()
@@ -79,12 +85,88 @@ def ci_checkout(work: Path, mirror: Path) -> tuple[Path, dict]:
         GIT_AUTHOR_EMAIL="t@t",
         GIT_COMMITTER_NAME="t",
         GIT_COMMITTER_EMAIL="t@t",
+        GIT_AUTHOR_DATE=CI_COMMIT_DATE,
+        GIT_COMMITTER_DATE=CI_COMMIT_DATE,
     )
     sh(["git", "init", "-q"], work, env)
     sh([sys.executable, "-m", "metaland", "profile", "ci"], work, env)
+    env["OMP_NUM_THREADS"] = str(ci_job_threads(work))
     sh(["git", "add", "-A"], work, env)
     sh(["git", "commit", "-qm", "ci profile"], work, env)
     return work, env
+
+
+CI_COMMIT_DATE = "2026-01-01T00:00:00+0000"
+
+
+def ci_job_threads(work: Path) -> int:
+    """The CPUs the ci profile gives every kind of `metaland launch` job (the same for each kind)."""
+    from metaland.config import load_params
+
+    launch = load_params(work / "params.yaml").launch
+    threads = {launch.fetch.cpus, launch.train.cpus, launch.probe.cpus}
+    assert len(threads) == 1, "the ci profile gives every kind of job the same cpus"
+    return threads.pop()
+
+
+# --- one reference build of the ci profile, shared by the test workers ---------------------------
+
+REFERENCE = "ci-reference"
+"""The folder, in :func:`shared_folder`, that holds the first ci build's dvc.lock and results/."""
+
+
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the parent of the workers' base temps)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def reference_lock(shared: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of the reference build (an exclusive ``flock``, released if the holder dies); yields
+    whether it was taken (always, with ``wait``)."""
+    with (shared / f"{REFERENCE}.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def head_commit(checkout: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def keep_reference(built: Path, shared: Path) -> Path:
+    """Keep a freshly built ci checkout's dvc.lock and results/ (and its commit) as the session's reference,
+    unless one is kept already (call it holding :func:`reference_lock`); the reference folder."""
+    reference = shared / REFERENCE
+    if not reference.is_dir():
+        partial = shared / f"{REFERENCE}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        shutil.copy2(built / "dvc.lock", partial / "dvc.lock")
+        shutil.copytree(built / "results", partial / "results")
+        (partial / "commit").write_text(head_commit(built))
+        partial.rename(reference)
+    return reference
+
+
+def ci_reference(shared: Path, commit: str, build: Callable[[], Path]) -> Path:
+    """The session's reference ci build of ``commit``: the one the first built ci checkout kept (the
+    ``ci_pipeline`` fixture keeps its build before any test changes it), waiting while one is being built;
+    else, or where that one has another commit (a file the tests left in the repository), ``build()``'s."""
+    with reference_lock(shared):
+        reference = shared / REFERENCE
+        if not reference.is_dir():
+            return keep_reference(build(), shared)
+        return reference if (reference / "commit").read_text() == commit else build()
 
 
 def free_port() -> int:

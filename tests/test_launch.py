@@ -2,8 +2,9 @@
 params, the checks before it submits, and, on a real one-node SLURM cluster on loopback
 (cluster/slurm.sh), the whole ci profile built by job arrays in worker clones with one training job
 requeued mid-way, after which the head's `dvc repro` reruns no job stage and equals a local build; the same
-on a Ray cluster of two nodes, with one training task killed mid-way. Both cluster tests share one local
-build (xdist group ``launch``).
+on a Ray cluster of two nodes, with one training task killed mid-way. Both cluster tests (xdist group
+``launch``) compare with the session's one reference ci build (tests/pipeline.py::ci_reference), which the
+DAG tests' build usually provides.
 
 The cluster test needs root and Debian's slurmctld/slurmd/munge (cluster/slurm.sh installs them); it is
 skipped, saying why, where that is impossible, and METALAND_REQUIRE_SLURM=1 (set by .ci/run) makes that
@@ -13,6 +14,7 @@ skip a failure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,18 @@ from metaland.errors import EXIT_LAUNCH
 from metaland.launch import Wave, parse_dot, plan_waves
 from metaland.launch.slurm import sbatch_header, sbatch_parameters
 from metaland.launch.worker import WorkerSpec
-from tests.pipeline import BUILD_TIMEOUT_S, REPO, ci_checkout, free_port, serving, sh, stages_run
+from tests.pipeline import (
+    BUILD_TIMEOUT_S,
+    REPO,
+    ci_checkout,
+    ci_reference,
+    free_port,
+    head_commit,
+    serving,
+    sh,
+    shared_folder,
+    stages_run,
+)
 
 DOT = """strict digraph  {
 "check-params";
@@ -275,7 +288,7 @@ def _job_builds(work: Path, job: str, run: str) -> bool:
 @pytest.mark.slurm
 @pytest.mark.xdist_group("launch")
 def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job_stage(
-    slurm_cluster, ci_repo, local_build, tmp_path
+    slurm_cluster, ci_repo, reference_build, tmp_path
 ):
     work, env = ci_repo
     env = {**env, "SLURM_CONF": slurm_cluster}
@@ -300,27 +313,30 @@ def test_slurm_builds_the_ci_profile_in_worker_clones_and_the_head_reruns_no_job
     text = "\n".join(p.read_text(errors="replace") for p in logs)
     assert f"trained {run}" in text and f"{run}: " in text and "resumed from step" in text
     assert_the_head_ran_no_job_stage(launched, work, env)
-    assert_same_build(work, local_build)
+    assert_same_build(work, reference_build())
 
 
 @pytest.fixture(scope="module")
-def local_build(ci_repo, tmp_path_factory) -> Path:
-    """The launch tests' commit built locally by one `dvc repro`: what every executor's build must equal. With as
-    many CPU threads as the ci profile gives every job (its `cpus`, the same for each kind): a stage's floats
-    depend on its thread count."""
+def reference_build(ci_repo, tmp_path_factory) -> Callable[[], Path]:
+    """The session's reference ci build (dvc.lock and results/), which every executor's build must equal: the one
+    the ``ci_pipeline`` fixture kept (same commit, same threads: tests/pipeline.py::ci_checkout), or, where no
+    worker built it, a `dvc repro` of a clone of the launch tests' commit. Called once the cluster has built."""
     work, env = ci_repo
-    launch = load_params(work / "params.yaml").launch
-    threads = {launch.fetch.cpus, launch.train.cpus, launch.probe.cpus}
-    assert len(threads) == 1, "the ci profile gives every kind of job the same cpus"
-    local = tmp_path_factory.mktemp("local") / "repo"
-    sh(["git", "clone", "-q", str(work), str(local)], local.parent, env)
-    sh(["dvc", "repro"], local, {**env, "OMP_NUM_THREADS": str(threads.pop())}, timeout=BUILD_TIMEOUT_S)
-    return local
+
+    @functools.cache
+    def build() -> Path:
+        local = tmp_path_factory.mktemp("local") / "repo"
+        sh(["git", "clone", "-q", str(work), str(local)], local.parent, env)
+        sh(["dvc", "repro"], local, env, timeout=BUILD_TIMEOUT_S)
+        return local
+
+    return lambda: ci_reference(shared_folder(tmp_path_factory), head_commit(work), build)
 
 
 def assert_same_build(work: Path, local: Path) -> None:
-    """Every job stage's outputs have the same hashes (dvc.lock), and every result file the same bytes, but for
-    the MLflow run ids claims.json links to (each store has its own)."""
+    """Every job stage's outputs have the same hashes (dvc.lock), and every result file the same bytes, as in
+    ``local`` (a build's dvc.lock and results/), but for the MLflow run ids claims.json links to (each store has
+    its own)."""
     head_lock = lock_stages(work)
     jobs = sorted(s for s in head_lock if s.split("@")[0] in ("check-params", "fetch", "train", "probe"))
     config = load_params(work / "params.yaml")
@@ -418,7 +434,7 @@ def _kill_a_ray_training_task_mid_way(jobs: Path, done: threading.Event) -> list
 @pytest.mark.ray
 @pytest.mark.xdist_group("launch")
 def test_ray_builds_the_ci_profile_on_both_nodes_and_the_head_reruns_no_job_stage(
-    ray_address, ci_repo, local_build, tmp_path
+    ray_address, ci_repo, reference_build, tmp_path
 ):
     """The head is a clone of the launch tests' commit with a DVC cache of its own, so no job finds another test's
     outputs in the run-cache; each job runs as a Ray task in its own clone, with the head's settings (the tracking
@@ -455,4 +471,4 @@ def test_ray_builds_the_ci_profile_on_both_nodes_and_the_head_reruns_no_job_stag
     retried = logs[killed[0]]
     assert retried.count("ray task on node") == 2 and "resumed from step" in retried, retried[-3000:]
     assert_the_head_ran_no_job_stage(launched, work, env)
-    assert_same_build(work, local_build)
+    assert_same_build(work, reference_build())

@@ -1,4 +1,5 @@
-"""Execution settings: the malloc tuning of compute stages (speed only, same bytes)."""
+"""Execution settings: deterministic kernels without loading TorchInductor, and the malloc tuning of compute
+stages (speed only, same bytes)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,27 @@ def test_a_tuned_allocator_keeps_the_bytes_of_a_meta_gradient():
     tuned, default = _python(META_GRADIENT), _python(META_GRADIENT, GLIBC_TUNABLES="glibc.malloc.perturb=0")
     assert tuned[0] == "True" and default[0] == "False"
     assert tuned[1] == default[1]
+
+
+DETERMINISTIC = """
+import sys, torch
+{before}
+from metaland.runtime import make_deterministic
+make_deterministic()
+import torch._inductor.config as inductor
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+      inductor.deterministic)
+"""
+
+
+@pytest.mark.parametrize(
+    ("before", "inductor_flag"),
+    [("", "False"), ("import torch._inductor.config", "True")],
+    ids=["inductor-not-loaded", "inductor-loaded"],
+)
+def test_deterministic_kernels_are_on_and_inductor_is_told_only_where_it_is_loaded(before, inductor_flag):
+    """PyTorch's deterministic flag (warnings only) is set either way; TorchInductor's own flag, which
+    `torch.use_deterministic_algorithms` sets by importing it, is set where a stage loaded it already."""
+    code = DETERMINISTIC.format(before=before)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.split() == ["True", "True", inductor_flag]

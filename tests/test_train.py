@@ -225,13 +225,18 @@ def test_training_under_each_engine_reaches_the_same_validation_numbers(tiny_dat
 
 
 def test_a_hybrid_training_process_never_imports_dynamo(tiny_dataset, tmp_path):
-    """`torch.func.grad`'s first call imports torch._dynamo (1.2 s of a stage's start-up,
-    docs/performance.md); the hybrid engine's plain autograd, grouped validation and checkpoints need
-    none of it, so a training stage on a CPU does not pay it."""
+    """`torch.func.grad`'s first call imports torch._dynamo and TorchInductor (3 s of a stage's start-up,
+    docs/performance.md), as `torch.use_deterministic_algorithms` does; the hybrid engine's plain autograd,
+    grouped validation and checkpoints need none of it, nor does the stage's deterministic set-up, so a
+    training stage on a CPU does not pay it."""
     code = (
         "import sys, pathlib, torch\n"
         "from metaland.meta.train import train\n"
+        "from metaland.runtime import make_deterministic\n"
         "from tests.helpers import DATASET_PARAMS, make_run\n"
+        "make_deterministic()\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
         "train(make_run(engine=sys.argv[3], iterations=4), DATASET_PARAMS, pathlib.Path(sys.argv[1]),\n"
         "      pathlib.Path(sys.argv[2]), device=torch.device('cpu'))\n"
         "print('torch._dynamo' in sys.modules)\n"
