@@ -97,13 +97,14 @@ def ci_pipeline(tmp_path_factory, omniglot_mirror) -> tuple[Path, dict, str]:
     (checkout, environment, log of the build). Tests that use it belong to xdist group "dag", so
     they share one build; each leaves the checkout as it found it (built and up to date).
 
-    Unless another worker is building it now, the build is also kept as the session's reference ci build
-    (tests/pipeline.py::ci_reference), which the cluster tests' builds must equal."""
+    Its stages run with the ci profile's job threads, and unless another worker is building it now, the build
+    is also kept as the session's reference ci build (tests/pipeline.py::ci_reference), which the cluster
+    tests' builds must equal."""
     from tests.pipeline import BUILD_TIMEOUT_S, ci_checkout, keep_reference, reference_lock, sh, shared_folder
 
     shared = shared_folder(tmp_path_factory)
     with reference_lock(shared, wait=False) as keeps:
-        work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror)
+        work, env = ci_checkout(tmp_path_factory.mktemp("dag") / "repo", omniglot_mirror, job_threads=True)
         log = sh(["dvc", "repro"], work, env, timeout=BUILD_TIMEOUT_S)
         if keeps:
             keep_reference(work, shared)

@@ -54,7 +54,7 @@ def stages_run(log: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", log)
 
 
-def ci_checkout(work: Path, mirror: Path) -> tuple[Path, dict]:
+def ci_checkout(work: Path, mirror: Path, *, job_threads: bool = False) -> tuple[Path, dict]:
     """A fresh git repository at ``work`` holding what a clone would (tracked and untracked,
     not ignored, files), switched to the ci profile and committed; and the environment to run it.
 
@@ -64,9 +64,9 @@ def ci_checkout(work: Path, mirror: Path) -> tuple[Path, dict]:
     that was never built.
 
     Every such checkout of one working tree has the same commit (fixed author and dates: the report records
-    the commit), and its stages run with the CPU threads the ci profile gives every `metaland launch` job
-    (``OMP_NUM_THREADS``: a kernel's partial sums, so a stage's floats, depend on the thread count): so any
-    two ci builds of this session, local or launched, must agree byte for byte (:func:`ci_reference`)."""
+    the commit). With ``job_threads`` its stages run with the CPU threads the ci profile gives every `metaland
+    launch` job (``OMP_NUM_THREADS``: a kernel's partial sums, so a stage's floats, depend on the thread
+    count), so that its build and a launched one must agree byte for byte (:func:`ci_reference`)."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
     ).stdout.decode()
@@ -90,7 +90,8 @@ def ci_checkout(work: Path, mirror: Path) -> tuple[Path, dict]:
     )
     sh(["git", "init", "-q"], work, env)
     sh([sys.executable, "-m", "metaland", "profile", "ci"], work, env)
-    env["OMP_NUM_THREADS"] = str(ci_job_threads(work))
+    if job_threads:
+        env["OMP_NUM_THREADS"] = str(ci_job_threads(work))
     sh(["git", "add", "-A"], work, env)
     sh(["git", "commit", "-qm", "ci profile"], work, env)
     return work, env

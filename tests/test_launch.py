@@ -152,7 +152,7 @@ def test_a_jobs_stages_run_with_as_many_torch_threads_as_the_job_has_cpus():
 
 @pytest.fixture(scope="module")
 def ci_repo(tmp_path_factory, omniglot_mirror):
-    return ci_checkout(tmp_path_factory.mktemp("launch") / "repo", omniglot_mirror)
+    return ci_checkout(tmp_path_factory.mktemp("launch") / "repo", omniglot_mirror, job_threads=True)
 
 
 def metaland(args: list[str], cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
