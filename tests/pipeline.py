@@ -54,6 +54,20 @@ def stages_run(log: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", log)
 
 
+CI_COMMIT_DATE = "2026-01-01T00:00:00+0000"
+"""Author and committer date of every ci checkout's commit: one working tree, one commit id."""
+
+
+def ci_job_threads(work: Path) -> int:
+    """The CPUs the ci profile gives every kind of `metaland launch` job (the same for each kind)."""
+    from metaland.config import load_params
+
+    launch = load_params(work / "params.yaml").launch
+    threads = {launch.fetch.cpus, launch.train.cpus, launch.probe.cpus}
+    assert len(threads) == 1, "the ci profile gives every kind of job the same cpus"
+    return threads.pop()
+
+
 def ci_checkout(work: Path, mirror: Path, *, job_threads: bool = False) -> tuple[Path, dict]:
     """A fresh git repository at ``work`` holding what a clone would (tracked and untracked,
     not ignored, files), switched to the ci profile and committed; and the environment to run it.
@@ -95,19 +109,6 @@ def ci_checkout(work: Path, mirror: Path, *, job_threads: bool = False) -> tuple
     sh(["git", "add", "-A"], work, env)
     sh(["git", "commit", "-qm", "ci profile"], work, env)
     return work, env
-
-
-CI_COMMIT_DATE = "2026-01-01T00:00:00+0000"
-
-
-def ci_job_threads(work: Path) -> int:
-    """The CPUs the ci profile gives every kind of `metaland launch` job (the same for each kind)."""
-    from metaland.config import load_params
-
-    launch = load_params(work / "params.yaml").launch
-    threads = {launch.fetch.cpus, launch.train.cpus, launch.probe.cpus}
-    assert len(threads) == 1, "the ci profile gives every kind of job the same cpus"
-    return threads.pop()
 
 
 # --- one reference build of the ci profile, shared by the test workers ---------------------------
