@@ -140,9 +140,7 @@ def reference_lock(shared: Path, wait: bool = True) -> Iterator[bool]:
 
 
 def head_commit(checkout: Path) -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return sh(["git", "rev-parse", "HEAD"], checkout, dict(os.environ)).strip()
 
 
 def keep_reference(built: Path, shared: Path) -> Path:
