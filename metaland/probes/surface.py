@@ -20,14 +20,17 @@ training landscape around θ as trained, with its all-class head (Fig. 9; no ada
 Every grid point and task is adapted independently, vectorised with ``vmap`` over tasks and over
 chunks of grid points, or looped over both with ``point_chunk: 1`` (``metaland.vectorise``; on a
 CPU, chunks of a few points beat the loop and large ones lose to it, docs/performance.md). Under
-the hybrid engine a chunk of points × tasks is one grouped network under plain autograd instead,
-and the chunks run in worker threads (``metaland.vectorise.map_in_threads``).
+the hybrid engine a chunk of points × tasks is one grouped network under plain autograd instead, in
+which the points share their tasks' images and the query pass runs channels last
+(``metaland.models.grouped``), and the chunks run in worker threads
+(``metaland.vectorise.map_in_threads``).
 Summaries per surface: the value at the centre and the mean rise of the surface above it over the
 grid (a filter-normalised average sharpness).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -95,9 +98,8 @@ class SurfaceOptions(Params):
         8,
         ge=1,
         description="Grid points vectorised together; 1 = a plain loop over points and tasks. On a CPU keep a "
-        "chunk's activations within the last-level cache: 8 points of 4 Conv4-16 tasks beat the loop 2x, 32 "
-        "points lose to it (benchmarks/bounds.py). "
-        "Changes speed and memory only.",
+        "chunk's activations within the last-level cache: 8 points of 4 Conv4-16 tasks are the fastest chunk, "
+        "12 or more run 1.5x slower (docs/performance.md). Changes speed and memory only.",
     )
     surfaces: dict[str, SurfaceSpec] = Field(
         default_factory=lambda: {"meta_loss": SurfaceSpec()},
@@ -208,43 +210,43 @@ def grouped_surface(
     """f(a, b) at every point of (``a_all``, ``b_all``) for the fixed ``tasks``, [points]: each chunk of
     points × tasks is one grouped network (the hybrid engine, ``metaland.models.grouped``) adapted
     under plain autograd (eq. 2.1 from θ + a δ + b η, first order: no graph to the start is needed).
-    The chunks run in worker threads with one intra-op thread each (``map_in_threads``), so the
-    values do not depend on the number of threads."""
+    The grid points share their tasks' images (the parameter sets are task-major: row i·points + p is
+    task i at point p), and the query pass, without autograd, runs channels last. The chunks run in
+    worker threads with one intra-op thread each (``map_in_threads``), so the values do not depend on
+    the number of threads."""
     support_x, support_y, query_x, query_y = tasks
     k = support_x.shape[0]
+    query_pass = partial(context.batched_forward, channels_last=True)
     moving = [name for name in theta if context.adapted is None or name in context.adapted]
     x, y = (query_x, query_y) if loss == "query" else (support_x, support_y)
 
     def chunk_values(start: int) -> torch.Tensor:
         a, b = a_all[start : start + point_chunk], b_all[start : start + point_chunk]
+        points = len(a)
         starts = {}
         for name, value in theta.items():
             along = (-1,) + (1,) * value.dim()
             point = value + a.reshape(along) * delta[name] + b.reshape(along) * eta[name]  # eq. 8, [points, ...]
-            starts[name] = point.repeat_interleave(k, dim=0)  # [points · tasks, ...], point-major
-        points = len(a)
+            starts[name] = point.repeat(k, *(1,) * value.dim())  # [tasks · points, ...], task-major
         adapted = grouped_inner_loop(
             context.batched_forward,
             starts,
-            tiled(support_x, points),
-            tiled(support_y, points),
+            support_x,
+            support_y.repeat_interleave(points, dim=0),
             steps=steps,
             lr=context.lr,
             first_order=True,
             moving=moving,
         )
         with torch.no_grad():
-            logits = context.batched_forward({name: v.detach() for name, v in adapted.items()}, tiled(x, points))
-            per_task = F.cross_entropy(logits.flatten(0, 1), tiled(y, points).flatten(), reduction="none")
-            return per_task.reshape(points, k, -1).mean(dim=(1, 2))
+            logits = query_pass({name: v.detach() for name, v in adapted.items()}, x)
+            per_task = F.cross_entropy(
+                logits.flatten(0, 1), y.repeat_interleave(points, dim=0).flatten(), reduction="none"
+            )
+            return per_task.reshape(k, points, -1).mean(dim=(0, 2))
 
     chunks = range(0, len(a_all), point_chunk)
     return torch.cat(map_in_threads(chunk_values, chunks, workers=torch.get_num_threads()))
-
-
-def tiled(tensor: torch.Tensor, points: int) -> torch.Tensor:
-    """The tasks [k, ...] repeated for ``points`` grid points: row p·k + i is task i of point p."""
-    return tensor.repeat(points, *(1,) * (tensor.dim() - 1))
 
 
 def shifted(theta: ParamDict, delta: ParamDict, eta: ParamDict, a: torch.Tensor, b: torch.Tensor) -> ParamDict:
