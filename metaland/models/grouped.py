@@ -20,7 +20,7 @@ Three choices change speed only, never the maths:
 
 * ``channels_last``: the activations are laid out channels last ([b, H, W, n·C] in memory), where
   oneDNN runs a CPU's grouped convolutions without reordering them to its own layout and back
-  (1.3× faster for the forward pass of a surface's chunk of grid points), and BatchNorm takes the
+  (1.2-1.3× faster for the forward pass of a surface's chunk of grid points), and BatchNorm takes the
   statistics in two passes over [b·H·W, n·C] rows (:func:`channels_last_batch_norm`). The second-order
   meta-gradient's double backward runs slower in it (docs/performance.md), so the caller chooses.
 * Shared images: params may hold r consecutive parameter sets per task ({name: [n·r, ...]}, x
@@ -120,7 +120,7 @@ def channels_last_batch_norm(
 
     The statistics take two passes over the rows of h's [b·H·W, C] view, the mean and then the
     deviations from it, which keeps them as accurate as PyTorch's kernel for the default layout;
-    PyTorch's channels-last kernel is faster but loses 10-40× more to float32 rounding
+    PyTorch's channels-last kernel is 3× faster but loses 10-25× more to float32 rounding
     (docs/performance.md). Without autograd the deviations are squared in place."""
     b, channels, height, width = h.shape
     rows = h.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when h is channels last
