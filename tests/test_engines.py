@@ -24,7 +24,7 @@ from metaland.meta.inner import adapt_tasks, cross_entropy
 from metaland.meta.regularised import CoherenceRegularisedOptions
 from metaland.models import build_model, initial_params, make_forward
 from metaland.models.convnet import ConvNetParams
-from metaland.models.grouped import channels_last_batch_norm, task_batched_forward
+from metaland.models.grouped import channels_last_batch_norm, task_batched_forward, unfolded_convolution
 from metaland.schema import NoOptions
 from tests.reference import leaves, make_tasks, reference_adapt, reference_loss, tiny_model
 
@@ -165,6 +165,32 @@ def test_the_grouped_network_is_the_per_task_network(
     for row in range(sets):
         expected = forward({k: v[row] for k, v in params.items()}, x[row // sets_per_task])
         assert_close(logits[row], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sets_per_task", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 3, 0, 1), (3, 1, 2, 2)])
+def test_the_first_convolution_as_a_matrix_product_is_the_grouped_convolution(
+    kernel, stride, padding, dilation, bias, sets_per_task
+):
+    """The image convolution as patches × weights equals PyTorch's grouped convolution (one group per
+    task, r parameter sets each), with and without a bias, for strides, paddings and dilations."""
+    layer = nn.Conv2d(2, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    g = torch.Generator().manual_seed(2)
+    tasks, images = 3, 5
+    weight = torch.randn(tasks * sets_per_task, 4, 2, kernel, kernel, generator=g, dtype=torch.float64)
+    biases = torch.randn(tasks * sets_per_task, 4, generator=g, dtype=torch.float64) if bias else None
+    x = torch.randn(images, tasks * 2, 9, 11, generator=g, dtype=torch.float64)
+    expected = F.conv2d(
+        x,
+        weight.reshape(-1, 2, kernel, kernel),
+        None if biases is None else biases.reshape(-1),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=tasks,
+    )
+    assert_close(unfolded_convolution(x, weight, biases, layer, tasks), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("grad", [True, False])

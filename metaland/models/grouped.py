@@ -8,7 +8,8 @@ x [n, b, C, H, W] run as one grouped network:
 * a convolution is one grouped convolution (``groups = n``) over the tasks' channels side by side,
   x [b, n·C, H, W] and weights [n·O, C, k, k];
 * BatchNorm over [b, n·C, H, W] normalises each (task, channel) pair by its own mean and variance
-  over (b, H, W): exactly the per-task BatchNorm of the per-task forward;
+  over (b, H, W): exactly the per-task BatchNorm of the per-task forward (PyTorch's kernels, with the
+  hand-derived second derivative of ``metaland.models.batch_norm``);
 * the linear head is a batched matrix product, logits [n, b, ways].
 
 This is what ``vmap`` builds for the same network, written out, so it runs under plain autograd
@@ -16,8 +17,12 @@ and from several threads at once (``vmap``'s transform stack is not safe to ente
 threads). Models of other shapes have no such forward (:func:`task_batched_forward` gives None) and
 the meta-gradient engines fall back to ``vmap`` for them.
 
-Three choices change speed only, never the maths:
+Four choices change speed only, never the maths:
 
+* The first convolution, over the images, is a matrix product of each task's weights with its
+  images' patches (:func:`unfolded_convolution`): in the default layout oneDNN's grouped kernel is
+  slow on the 1-3 input channels of images, and its second derivative computes a gradient for the
+  images too.
 * ``channels_last``: the activations are laid out channels last ([b, H, W, n·C] in memory), where
   oneDNN runs a CPU's grouped convolutions without reordering them to its own layout and back
   (1.2-1.3× faster for the forward pass of a surface's chunk of grid points), and BatchNorm takes the
@@ -25,7 +30,7 @@ Three choices change speed only, never the maths:
   meta-gradient's double backward runs slower in it (docs/performance.md), so the caller chooses.
 * Shared images: params may hold r consecutive parameter sets per task ({name: [n·r, ...]}, x
   [n, b, ...]), as the grid points of a loss surface share their tasks; the first convolution then
-  runs once over the n tasks' images (``groups = n``, r·O filters each) instead of over r copies.
+  runs once over the n tasks' images (r·O filters each) instead of over r copies.
 * Without autograd (``torch.no_grad``) a ReLU overwrites the fresh activation it follows instead of
   allocating another one.
 """
@@ -39,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaland.models import ParamDict
+from metaland.models.batch_norm import batch_norm
 
 
 class BatchedForward(Protocol):
@@ -80,15 +86,18 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
             if isinstance(layer, nn.Conv2d):
                 weight = params[f"{name}.weight"]
                 bias = params.get(f"{name}.bias")
-                h = F.conv2d(
-                    h,
-                    weight.reshape(-1, *weight.shape[2:]),
-                    None if bias is None else bias.reshape(-1),
-                    stride=layer.stride,
-                    padding=layer.padding,
-                    dilation=layer.dilation,
-                    groups=groups,
-                )
+                if position == 0 and not channels_last and not isinstance(layer.padding, str):
+                    h = unfolded_convolution(h, weight, bias, layer, groups)
+                else:
+                    h = F.conv2d(
+                        h,
+                        weight.reshape(-1, *weight.shape[2:]),
+                        None if bias is None else bias.reshape(-1),
+                        stride=layer.stride,
+                        padding=layer.padding,
+                        dilation=layer.dilation,
+                        groups=groups,
+                    )
                 groups = weight.shape[0]
             elif isinstance(layer, nn.BatchNorm2d):
                 weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
@@ -97,7 +106,7 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
                 if channels_last:
                     h = channels_last_batch_norm(h, weight, bias, layer.eps)
                 else:
-                    h = F.batch_norm(h, None, None, weight, bias, training=True, eps=layer.eps)
+                    h = batch_norm(h, weight, bias, layer.eps)
             elif isinstance(layer, nn.Flatten):
                 h = h.reshape(b, groups, -1).transpose(0, 1)  # [n, b, features]
             elif isinstance(layer, nn.Linear):
@@ -109,6 +118,40 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
         return h
 
     return forward
+
+
+def unfolded_convolution(
+    images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: nn.Conv2d, tasks: int
+) -> torch.Tensor:
+    """The grouped network's first convolution, of the tasks' images side by side [b, n·C, H, W], with
+    r parameter sets per task (weight [n·r, O, C, k, k]), as matrix products over the images' patches:
+    a task's [r·O, C·k²] weights times each of its images' [C·k², H'·W'] patches, giving
+    [b, n·r·O, H', W'].
+    The same convolution as ``F.conv2d(..., groups=n)``; oneDNN's grouped kernel runs 1.1-2.2× slower
+    on the few input channels of images (1 for Omniglot), and its second derivative also computes a
+    gradient for the images, which nothing needs (docs/performance.md)."""
+    b, height, width = images.shape[0], *images.shape[2:]
+    patches = F.unfold(
+        images.reshape(b * tasks, -1, height, width),
+        layer.kernel_size,
+        dilation=layer.dilation,
+        padding=layer.padding,
+        stride=layer.stride,
+    )
+    weights = weight.reshape(tasks, -1, patches.shape[1])  # [n, r·O, C·k²]
+    weights = weights.expand(b, *weights.shape).reshape(-1, *weights.shape[1:])  # every image: its task's
+    if bias is None:
+        out = torch.bmm(weights, patches)  # [b·n, r·O, H'·W']
+    else:  # the bias added inside the matrix product, not in another pass over the output
+        biases = bias.reshape(1, tasks, -1, 1).expand(b, -1, -1, -1).reshape(len(weights), -1, 1)
+        out = torch.baddbmm(biases, weights, patches)
+    size = [
+        (extent + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+        for extent, pad, dilation, kernel, stride in zip(
+            (height, width), layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True
+        )
+    ]
+    return out.reshape(b, -1, *size)
 
 
 def channels_last_batch_norm(
