@@ -87,5 +87,5 @@ def test_a_third_derivative_is_refused():
     (gx,) = torch.autograd.grad(y.sin().sum(), x, create_graph=True)
     torch.autograd.grad(gx.square().sum(), x)  # the second derivative alone is fine
     (gx,) = torch.autograd.grad(batch_norm(x, w, b, 1e-5).sin().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="third derivative through BatchNorm .* Fix: set train.engine to vmap"):
+    with pytest.raises(RuntimeError, match=r"third derivative through BatchNorm .* Fix: set train\.engine to vmap"):
         torch.autograd.grad(gx.square().sum(), x, create_graph=True)
