@@ -167,9 +167,11 @@ def convnet(filters: int, size: int, device: torch.device, ways: int = 5):
     return module, params
 
 
-def omniglot_like_tasks(n: int, size: int, queries: int, device: torch.device, ways: int = 5) -> TaskBatch:
+def omniglot_like_tasks(
+    n: int, size: int, queries: int, device: torch.device, ways: int = 5, seed: int = 0
+) -> TaskBatch:
     """Tasks whose classes are noisy prototypes (learnable, so gradients and curvature are typical)."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(n, ways, 1, size, size, generator=g)
 
     def draw(per_class: int):
