@@ -89,3 +89,24 @@ def test_a_third_derivative_is_refused():
     (gx,) = torch.autograd.grad(batch_norm(x, w, b, 1e-5).sin().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"third derivative through BatchNorm .* Fix: set train\.engine to vmap"):
         torch.autograd.grad(gx.square().sum(), x, create_graph=True)
+
+
+def test_float32_second_derivative_is_as_accurate_as_pytorch_s_for_a_large_mean():
+    """After a convolution's bias the activations' mean can be large against their spread, where
+    uncentred sums lose float32 digits: at mean 30 and spread 0.5 the second-order quantities stay
+    within 5e-5 (relative to the largest entry) of float64 (measured: 4.7e-6 and 5.7e-6, PyTorch's own
+    double backward 4.6e-6 for both)."""
+    g = torch.Generator().manual_seed(0)
+    x = 30 + 0.5 * torch.randn(5, 16, 14, 14, generator=g, dtype=torch.float64)
+    w = torch.rand(16, generator=g, dtype=torch.float64) + 0.5
+    b = torch.randn(16, generator=g, dtype=torch.float64)
+    mix = torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+    def second_order(dtype):
+        inputs = [t.to(dtype).requires_grad_() for t in (x, w, b)]
+        y = batch_norm(*inputs, 1e-5)
+        inner = torch.autograd.grad((y.sin() * mix.to(dtype)).sum(), inputs, create_graph=True)
+        return torch.autograd.grad(sum((d.square() * (1 + k)).sum() for k, d in enumerate(inner)), inputs[:2])
+
+    for single, exact in zip(second_order(torch.float32), second_order(torch.float64), strict=True):
+        assert (single.double() - exact).abs().max() / exact.abs().max() < 5e-5
