@@ -7,8 +7,9 @@ about twenty elementwise passes and reductions written for every case. :func:`ba
 PyTorch's fused forward and backward kernels and replaces only that second derivative by the formula
 below, in three channel reductions and two fused outputs: forward, backward and double backward of
 a [5, 1024, 14, 14] activation take 12 ms instead of 48-56 ms on one CPU thread
-(docs/performance.md). The values are the same derivatives to float rounding (tests/test_models_batch_norm.py
-checks them against PyTorch's in float64).
+(docs/performance.md). The derivatives are the same to float rounding: tests/test_models_batch_norm.py
+checks the values and first derivatives against PyTorch's, and the second against finite differences
+and against autograd through BatchNorm written in elementary operations, in float64.
 
 Per channel, over its N values: μ, r = 1/√(σ² + ε) (σ² biased), x̂ = (x − μ)·r, y = γ·x̂ + β, and M(·)
 the mean over the N values. The backward of an upstream gradient g is
