@@ -10,8 +10,9 @@ Three measurements, each in one process and one run (docs/performance.md, "What 
 2. the convolutions of that meta-iteration and of a loss surface, run as ``vmap`` runs them (one
    grouped convolution over all tasks or grid points, whose weights differ) and as a loop runs
    them (one plain convolution each), forward and backward;
-3. how the vectorised surface's time depends on the grid points per ``vmap`` call (``point_chunk``):
-   the activations of a chunk must stay within the last-level cache.
+3. how the surface's time depends on the grid points evaluated together (``point_chunk``) under the
+   engine ``auto`` picks on a CPU (``hybrid``: one grouped network per chunk): the activations of a
+   chunk must stay within the last-level cache.
 
 Usage: ``python benchmarks/bounds.py`` (``--rounds N``; needs the ``bench`` extra for ``higher``).
 """
@@ -28,7 +29,10 @@ import torch.nn.functional as F
 from run import SurfaceProblem, median_seconds, meta_gradients, timed_rounds  # benchmarks/run.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
+from metaland.meta.engines import resolve_engine
+
 CPU = torch.device("cpu")
+SURFACE_ENGINE = resolve_engine("auto", device=CPU, update=None)
 
 
 def gemm_rate(rounds: int, size: int = 2048) -> float:
@@ -88,9 +92,11 @@ CONVOLUTIONS = (
 
 
 def surface_chunks(rounds: int, resolution: int, chunks: tuple[int, ...]) -> list[tuple[str, float]]:
-    """Seconds of a 2-D surface (Conv4-16, 4 tasks, T = 1) per ``point_chunk``."""
+    """Seconds of a 2-D surface (Conv4-16, 4 tasks, T = 1) per ``point_chunk``, under the engine
+    ``auto`` picks on a CPU."""
     problem = SurfaceProblem.build(CPU, filters=16, tasks=4, resolution=resolution, steps=1)
-    times = timed_rounds({str(c): partial(problem.metaland, c) for c in chunks}, rounds, CPU)["times"]
+    chunk_surfaces = {str(c): partial(problem.metaland, c, SURFACE_ENGINE) for c in chunks}
+    times = timed_rounds(chunk_surfaces, rounds, CPU)["times"]
     return [(chunk, median(t)) for chunk, t in times.items()]
 
 
@@ -117,9 +123,9 @@ def main(rounds: int, threads: int):
     for what, *shape in CONVOLUTIONS:
         ms = kernel_times(*shape, rounds)
         click.echo(f"| {what} | " + " | ".join(f"{m:.1f}" for m in ms) + " |")
-    click.echo("\n| 2-D surface 21×21, Conv4-16, 4 tasks, T = 1: point_chunk | s |")
+    click.echo(f"\n| 2-D surface 21×21, Conv4-16, 4 tasks, T = 1, engine {SURFACE_ENGINE}: point_chunk | s |")
     click.echo("|---:|---:|")
-    for chunk, seconds in surface_chunks(max(1, rounds // 2), 21, (1, 2, 4, 8, 16, 32)):
+    for chunk, seconds in surface_chunks(max(1, rounds // 2), 21, (1, 2, 3, 4, 6, 8, 16, 32)):
         click.echo(f"| {chunk} | {seconds:.2f} |")
 
 

@@ -95,11 +95,12 @@ class SurfaceOptions(Params):
         11, ge=3, le=201, description="Grid points per axis, odd so the centre is on the grid (seed 001's code: 51)."
     )
     point_chunk: int = Field(
-        8,
+        4,
         ge=1,
         description="Grid points vectorised together; 1 = a plain loop over points and tasks. On a CPU keep a "
-        "chunk's activations within the last-level cache: 8 points of 4 Conv4-16 tasks are the fastest chunk, "
-        "12 or more run 1.5x slower (docs/performance.md). Changes speed and memory only.",
+        "chunk's activations within the last-level cache: under the hybrid engine 3-4 points of 4 Conv4-16 tasks "
+        "are the fastest chunk (Intel Xeon: 1.3x faster than 8; AMD EPYC: within the spread of 8), 12 or more run 1.5x "
+        "slower (docs/performance.md, python benchmarks/bounds.py). Changes speed and memory only.",
     )
     surfaces: dict[str, SurfaceSpec] = Field(
         default_factory=lambda: {"meta_loss": SurfaceSpec()},
