@@ -17,7 +17,7 @@ and from several threads at once (``vmap``'s transform stack is not safe to ente
 threads). Models of other shapes have no such forward (:func:`task_batched_forward` gives None) and
 the meta-gradient engines fall back to ``vmap`` for them.
 
-Four choices change speed only, never the maths:
+Five choices change speed only, never the maths:
 
 * The first convolution, over the images, is a matrix product of each task's weights with its
   images' patches (:func:`unfolded_convolution`): in the default layout oneDNN's grouped kernel is
@@ -32,7 +32,9 @@ Four choices change speed only, never the maths:
   [n, b, ...]), as the grid points of a loss surface share their tasks; the first convolution then
   runs once over the n tasks' images (r·O filters each) instead of over r copies.
 * Without autograd (``torch.no_grad``) a ReLU overwrites the fresh activation it follows instead of
-  allocating another one.
+  allocating another one, and a BatchNorm right after the first convolution is folded into it
+  (:func:`normalised_image_convolution`: its statistics are those of the images' patches, so the
+  activation is neither reduced nor normalised).
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
         return None
     if any(isinstance(layer, nn.BatchNorm2d) and layer.track_running_stats for _, layer in layers):
         return None
+    first, second = layers[0][1], layers[1][1]
+    folds_first_norm = (
+        isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d) and not isinstance(first.padding, str)
+    )
 
     def forward(params: ParamDict, x: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
         sets = next(iter(params.values())).shape[0]
@@ -82,11 +88,18 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
         h = x.transpose(0, 1).reshape(b, groups * x.shape[2], *x.shape[3:])  # [b, n·C, H, W]
         if channels_last:  # the convolutions keep the layout they are given
             h = h.contiguous(memory_format=torch.channels_last)
+        fold = folds_first_norm and not torch.is_grad_enabled()  # forward only: see normalised_image_convolution
         for position, (name, layer) in enumerate(layers):
+            if position == 1 and fold:  # done with the convolution before it
+                continue
             if isinstance(layer, nn.Conv2d):
                 weight = params[f"{name}.weight"]
                 bias = params.get(f"{name}.bias")
-                if position == 0 and not channels_last and not isinstance(layer.padding, str):
+                if position == 0 and fold:
+                    norm_name, norm = layers[1]
+                    affine = params.get(f"{norm_name}.weight"), params.get(f"{norm_name}.bias")
+                    h = normalised_image_convolution(h, weight, *affine, layer, norm.eps, groups, channels_last)
+                elif position == 0 and not channels_last and not isinstance(layer.padding, str):
                     h = unfolded_convolution(h, weight, bias, layer, groups)
                 else:
                     h = F.conv2d(
@@ -130,25 +143,104 @@ def unfolded_convolution(
     The same convolution as ``F.conv2d(..., groups=n)``; oneDNN's grouped kernel runs 1.1-2.2× slower
     on the few input channels of images (1 for Omniglot), and its second derivative also computes a
     gradient for the images, which nothing needs (docs/performance.md)."""
+    patches = image_patches(images, layer, tasks)
+    weights = weight.reshape(tasks, -1, patches.shape[1])  # [n, r·O, C·k²]
+    return patch_products(patches, weights, None if bias is None else bias.reshape(tasks, -1), images, layer)
+
+
+def normalised_image_convolution(
+    images: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    layer: nn.Conv2d,
+    eps: float,
+    tasks: int,
+    channels_last: bool,
+) -> torch.Tensor:
+    """BatchNorm with batch statistics of the first convolution's output, as one convolution, for a
+    forward pass without autograd.
+
+    The convolution is linear in the images' patches p (C·k² values each): a channel's output is
+    y = w·p + c, so its mean over the batch and positions is w·μ + c and its variance wᵀΣw, with μ and
+    Σ the mean and (biased) covariance of the task's patches. BatchNorm's γ (y − E y) / √(Var y + ε) + β
+    is then s w·(p − μ) + β with s = γ / √(wᵀΣw + ε): the same numbers, with no pass over the activation
+    for its statistics or its normalisation. The conv bias c cancels, as in BatchNorm. μ, Σ and the
+    variances are taken in float64, which costs nothing at C·k² values per patch (Σ of neighbouring
+    pixels is nearly singular). In the default layout the patches are centred before
+    the matrix products; channels last it runs oneDNN's grouped kernel on the images with the weights
+    s w and the bias β − s w·μ. Either way the float32 output is as accurate as BatchNorm's own.
+
+    Not under autograd: the weights' gradient through s w would take a large component along w out of
+    Σ g·(p − μ) after the sum (BatchNorm's backward takes it out element by element); a float32 surface
+    whose inner step ran through it was off float64 by 5.9e-5 at its worst point, against 8.5e-6 with
+    BatchNorm (docs/performance.md).
+
+    images [b, n·C, H, W], weight [n·r, O, C, k, k], norm_weight / norm_bias [n·r, O] or None
+    -> [b, n·r·O, H', W']."""
+    patches = image_patches(images, layer, tasks)
+    mean, covariance = patch_moments(patches, images.shape[0], tasks)
+    weights = weight.reshape(tasks, -1, patches.shape[1])  # [n, r·O, C·k²]
+    exact = weights.double()
+    scale = torch.rsqrt(torch.einsum("tok,tkj,toj->to", exact, covariance, exact) + eps)  # [n, r·O]
+    if norm_weight is not None:
+        scale = scale * norm_weight.reshape(tasks, -1)
+    shift = torch.zeros_like(scale) if norm_bias is None else norm_bias.reshape(tasks, -1).double()
+    folded = weights * scale.to(weights.dtype).unsqueeze(-1)
+    if channels_last:
+        shift = shift - (exact @ mean.unsqueeze(-1)).squeeze(-1) * scale  # β − s w·μ
+        return F.conv2d(
+            images,
+            folded.reshape(-1, *weight.shape[2:]),
+            shift.to(weights.dtype).reshape(-1),
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=tasks,
+        )
+    b = images.shape[0]
+    centred = patches.reshape(b, tasks, *patches.shape[1:]) - mean.to(patches.dtype).unsqueeze(-1)
+    return patch_products(centred.reshape(patches.shape), folded, shift.to(weights.dtype), images, layer)
+
+
+def image_patches(images: torch.Tensor, layer: nn.Conv2d, tasks: int) -> torch.Tensor:
+    """The convolution's patches of every image of every task, [b·n, C·k², H'·W'] (image-major)."""
     b, height, width = images.shape[0], *images.shape[2:]
-    patches = F.unfold(
+    return F.unfold(
         images.reshape(b * tasks, -1, height, width),
         layer.kernel_size,
         dilation=layer.dilation,
         padding=layer.padding,
         stride=layer.stride,
     )
-    weights = weight.reshape(tasks, -1, patches.shape[1])  # [n, r·O, C·k²]
+
+
+def patch_moments(patches: torch.Tensor, images: int, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per task, the mean [n, K] and the biased covariance [n, K, K] of its patches over its images and
+    positions, in float64."""
+    exact = patches.reshape(images, tasks, *patches.shape[1:]).double()  # [b, n, K, L]
+    mean = exact.mean(dim=(0, 3))
+    centred = exact - mean.unsqueeze(-1)
+    covariance = torch.einsum("bnkl,bnjl->nkj", centred, centred) / (images * patches.shape[-1])
+    return mean, covariance
+
+
+def patch_products(
+    patches: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor | None, images: torch.Tensor, layer: nn.Conv2d
+) -> torch.Tensor:
+    """Every image's patches [C·k², H'·W'] times its task's weights [r·O, C·k²] (weights [n, r·O, C·k²]),
+    plus its task's biases [n, r·O] inside the matrix product: [b, n·r·O, H', W']."""
+    b, tasks = images.shape[0], weights.shape[0]
     weights = weights.expand(b, *weights.shape).reshape(-1, *weights.shape[1:])  # every image: its task's
-    if bias is None:
+    if biases is None:
         out = torch.bmm(weights, patches)  # [b·n, r·O, H'·W']
     else:  # the bias added inside the matrix product, not in another pass over the output
-        biases = bias.reshape(1, tasks, -1, 1).expand(b, -1, -1, -1).reshape(len(weights), -1, 1)
+        biases = biases.reshape(1, tasks, -1, 1).expand(b, -1, -1, -1).reshape(len(weights), -1, 1)
         out = torch.baddbmm(biases, weights, patches)
     size = [
         (extent + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
         for extent, pad, dilation, kernel, stride in zip(
-            (height, width), layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True
+            images.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True
         )
     ]
     return out.reshape(b, -1, *size)
