@@ -61,6 +61,22 @@ def engine_problem(forward, module, engine: str, chunk: int, *, steps=3, lr=0.4,
     )
 
 
+def parameter_sets(module: nn.Module, count: int, g: torch.Generator) -> dict:
+    """``count`` float64 parameter sets of ``module`` near its initial ones, {name: [count, ...]}."""
+    return {
+        k: v.double() + 0.3 * torch.randn(count, *v.shape, generator=g, dtype=torch.float64)
+        for k, v in initial_params(module).items()
+    }
+
+
+def assert_rows_are_per_task_forwards(logits, forward, params: dict, x: torch.Tensor, *, rtol: float) -> None:
+    """Row i·r + j of grouped logits is the per-task forward of parameter set i·r + j on task i's images."""
+    sets_per_task = len(logits) // len(x)
+    for row in range(len(logits)):
+        expected = forward({k: v[row] for k, v in params.items()}, x[row // sets_per_task])
+        assert_close(logits[row], expected, rtol=rtol, atol=1e-12)
+
+
 def assert_all_close(actual: dict, expected: dict) -> None:
     assert set(actual) == set(expected)
     for name in expected:
@@ -157,19 +173,14 @@ def test_the_grouped_network_is_the_per_task_network(
     forward, grouped = make_forward(module), task_batched_forward(module)
     g = torch.Generator().manual_seed(0)
     sets = 3 * sets_per_task
-    params = {
-        k: v.double() + 0.3 * torch.randn(sets, *v.shape, generator=g, dtype=torch.float64)
-        for k, v in initial_params(module).items()
-    }
+    params = parameter_sets(module, sets, g)
     x = torch.randn(3, 6, 3, 20, 20, generator=g, dtype=torch.float64)
     images = x.clone()
     with torch.set_grad_enabled(grad):
         logits = grouped(params, x, channels_last=channels_last)
     assert logits.shape == (sets, 6, 4)
     assert torch.equal(x, images)
-    for row in range(sets):
-        expected = forward({k: v[row] for k, v in params.items()}, x[row // sets_per_task])
-        assert_close(logits[row], expected, rtol=1e-12, atol=1e-12)
+    assert_rows_are_per_task_forwards(logits, forward, params, x, rtol=1e-12)
 
 
 @pytest.mark.parametrize("sets_per_task", [1, 3])
@@ -272,18 +283,14 @@ def test_the_grouped_forward_without_autograd_folds_the_first_batch_norm_into_th
     ).double()
     forward, grouped = make_forward(module), task_batched_forward(module)
     g = torch.Generator().manual_seed(4)
-    params = {
-        k: v + 0.3 * torch.randn(4, *v.shape, generator=g, dtype=v.dtype) for k, v in initial_params(module).items()
-    }
+    params = parameter_sets(module, 4, g)
     x = torch.rand(2, 6, 1, 12, 12, generator=g, dtype=torch.float64)
     with torch.no_grad():
         folded = grouped(params, x, channels_last=channels_last)
     assert len(passes) == 1  # of two blocks' BatchNorms, the second
     assert_close(folded, grouped(params, x, channels_last=channels_last), rtol=1e-10, atol=1e-12)
     assert len(passes) == 3  # under autograd both
-    for row in range(4):
-        expected = forward({k: v[row] for k, v in params.items()}, x[row // 2])
-        assert_close(folded[row], expected, rtol=1e-10, atol=1e-12)
+    assert_rows_are_per_task_forwards(folded, forward, params, x, rtol=1e-10)
 
 
 @pytest.mark.parametrize("grad", [True, False])
@@ -319,13 +326,9 @@ def test_shared_images_reach_a_network_that_does_not_start_with_a_convolution():
     ).double()
     forward, grouped = make_forward(module), task_batched_forward(module)
     g = torch.Generator().manual_seed(1)
-    params = {
-        k: v + 0.3 * torch.randn(4, *v.shape, generator=g, dtype=v.dtype) for k, v in initial_params(module).items()
-    }
+    params = parameter_sets(module, 4, g)
     x = torch.randn(2, 5, 2, 4, 4, generator=g, dtype=torch.float64)
-    logits = grouped(params, x)
-    for row in range(4):
-        assert_close(logits[row], forward({k: v[row] for k, v in params.items()}, x[row // 2]), rtol=1e-12, atol=1e-12)
+    assert_rows_are_per_task_forwards(grouped(params, x), forward, params, x, rtol=1e-12)
     with pytest.raises(ValueError, match="4 parameter sets cannot share the images of 3 tasks evenly"):
         grouped(params, torch.randn(3, 5, 2, 4, 4, dtype=torch.float64))
 
