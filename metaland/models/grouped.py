@@ -102,15 +102,7 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
                 elif position == 0 and not channels_last and not isinstance(layer.padding, str):
                     h = unfolded_convolution(h, weight, bias, layer, groups)
                 else:
-                    h = F.conv2d(
-                        h,
-                        weight.reshape(-1, *weight.shape[2:]),
-                        None if bias is None else bias.reshape(-1),
-                        stride=layer.stride,
-                        padding=layer.padding,
-                        dilation=layer.dilation,
-                        groups=groups,
-                    )
+                    h = grouped_convolution(h, weight, bias, layer, groups)
                 groups = weight.shape[0]
             elif isinstance(layer, nn.BatchNorm2d):
                 weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
@@ -131,6 +123,22 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
         return h
 
     return forward
+
+
+def grouped_convolution(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: nn.Conv2d, groups: int
+) -> torch.Tensor:
+    """``layer``'s convolution with per-group weights [n·r, O, C, k, k] and biases [n·r, O] or None, over
+    the groups' channels side by side (``F.conv2d(..., groups=n)``, oneDNN's kernel)."""
+    return F.conv2d(
+        h,
+        weight.reshape(-1, *weight.shape[2:]),
+        None if bias is None else bias.reshape(-1),
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=groups,
+    )
 
 
 def unfolded_convolution(
@@ -189,15 +197,7 @@ def normalised_image_convolution(
     folded = weights * scale.to(weights.dtype).unsqueeze(-1)
     if channels_last:
         shift = shift - (exact @ mean.unsqueeze(-1)).squeeze(-1) * scale  # β − s w·μ
-        return F.conv2d(
-            images,
-            folded.reshape(-1, *weight.shape[2:]),
-            shift.to(weights.dtype).reshape(-1),
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=tasks,
-        )
+        return grouped_convolution(images, folded.reshape(weight.shape), shift.to(weights.dtype), layer, tasks)
     b = images.shape[0]
     centred = patches.reshape(b, tasks, *patches.shape[1:]) - mean.to(patches.dtype).unsqueeze(-1)
     return patch_products(centred.reshape(patches.shape), folded, shift.to(weights.dtype), images, layer)
