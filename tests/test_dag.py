@@ -26,7 +26,8 @@ from tests.pipeline import BUILD_TIMEOUT_S, CHECK_PARAMS, sh, stages_run
 REPO = Path(__file__).resolve().parents[1]
 CI_RUNS = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["runs"]
 RUNS = sorted(CI_RUNS)
-QUEUE_TIMEOUT_S = 900
+QUEUE_TIMEOUT_S = 600
+"""A queued experiment of the ci profile ends in about 130 s on 2 cores; past this, the test fails with its logs."""
 CI_STUDIES = yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["studies"]
 CI_DATASETS = sorted(yaml.safe_load((REPO / "profiles" / "ci.yaml").read_text())["datasets"])
 STUDIES_IN_CI = {study: sorted(r for r in RUNS if CI_RUNS[r]["study"] == study) for study in CI_STUDIES}
@@ -243,6 +244,37 @@ def test_an_experiment_reruns_only_what_its_change_touches_and_is_listed(pipelin
     assert stages_run(back) == [], "the build of the committed params comes back from DVC's run-cache"
 
 
+def start_queue(work: Path, env: dict) -> None:
+    """`dvc queue start`, its output to a file: the worker process it forks (dvc_task's ManagedProcess)
+    inherits its standard streams and holds them as long as it lives, so a pipe would not reach its end
+    before the worker exits, and the wait below could not report what the worker was doing."""
+    output = work / ".dvc" / "tmp" / "queue-start.log"
+    with output.open("w") as out:
+        started = subprocess.run(["dvc", "queue", "start"], cwd=work, env=env, stdout=out, stderr=out, timeout=120)
+    assert started.returncode == 0, output.read_text()
+
+
+def wait_for_experiment(work: Path, env: dict, name: str) -> str:
+    """`dvc queue status` once experiment ``name`` has ended; past :data:`QUEUE_TIMEOUT_S`, stop the queue
+    (its worker would hold a core for the rest of the session) and fail with the queue's status, the
+    experiment's log and the worker's log."""
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while not re.search(rf"{name}\s.*\b(Success|Failed)\b", status := sh(["dvc", "queue", "status"], work, env)):
+        if time.monotonic() > deadline:
+            logs = subprocess.run(["dvc", "queue", "logs", name], cwd=work, env=env, capture_output=True, text=True)
+            workers = "\n".join(
+                f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}"
+                for path in (work / ".dvc" / "tmp" / "exps" / "celery").glob("*.out")
+            )
+            subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=work, env=env, capture_output=True, timeout=120)
+            pytest.fail(
+                f"the queued experiment did not end in {QUEUE_TIMEOUT_S} s:\n{status}\n"
+                f"--- dvc queue logs {name}\n{(logs.stdout + logs.stderr)[-6000:]}\n{workers}"
+            )
+        time.sleep(5)
+    return status
+
+
 def test_a_queued_experiment_runs_in_the_background_and_logs_to_the_checkouts_store(pipeline):
     """`dvc exp run --queue -S` then `dvc queue start`: the experiment runs in a temporary copy of the
     committed workspace, where what its change does not touch comes back from DVC's run-cache; with
@@ -255,11 +287,8 @@ def test_a_queued_experiment_runs_in_the_background_and_logs_to_the_checkouts_st
     shared = {**env, "MLFLOW_TRACKING_URI": store}
     knob = "studies.guiroy2019.probe.probes.curvature.max_iters=16"  # no other test's value: no run-cache hit
     sh(["dvc", "exp", "run", "--queue", "-n", "queued-lanczos", "-S", knob], work, shared)
-    sh(["dvc", "queue", "start"], work, shared)
-    deadline = time.monotonic() + QUEUE_TIMEOUT_S
-    while not re.search(r"queued-lanczos\s.*\b(Success|Failed)\b", status := sh(["dvc", "queue", "status"], work, env)):
-        assert time.monotonic() < deadline, f"the queued experiment did not end in {QUEUE_TIMEOUT_S} s:\n{status}"
-        time.sleep(5)
+    start_queue(work, shared)
+    status = wait_for_experiment(work, env, "queued-lanczos")
     log = sh(["dvc", "queue", "logs", "queued-lanczos"], work, env)
     assert re.search(r"queued-lanczos\s.*\bSuccess\b", status), log[-4000:]
     assert sorted(stages_run(log)) == sorted([CHECK_PARAMS, *(f"probe@{r}" for r in GUIROY_RUNS), "aggregate", "plot"])
