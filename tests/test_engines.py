@@ -156,12 +156,13 @@ def test_worker_threads_split_the_tasks_and_give_the_same_bytes_every_time():
         assert torch.get_num_threads() == threads  # the intra-op thread count is restored
 
 
+@pytest.mark.parametrize("tasks", [1, 3])
 @pytest.mark.parametrize("sets_per_task", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("grad", [True, False])
 @pytest.mark.parametrize("downsample,blocks,downsampled", [("stride", 4, None), ("maxpool", 6, 4), ("maxpool", 2, 2)])
 def test_the_grouped_network_is_the_per_task_network(
-    downsample, blocks, downsampled, grad, channels_last, sets_per_task
+    downsample, blocks, downsampled, grad, channels_last, sets_per_task, tasks
 ):
     """One grouped pass over n tasks with their own weights = n per-task forward passes (BatchNorm
     over each task's own images), for the ConvNet's stride and max-pool forms (seed 000 §2.7.1,
@@ -172,9 +173,9 @@ def test_the_grouped_network_is_the_per_task_network(
     module = build_model("convnet", options, channels=3, image_size=20, ways=4, seed=0).double()
     forward, grouped = make_forward(module), task_batched_forward(module)
     g = torch.Generator().manual_seed(0)
-    sets = 3 * sets_per_task
+    sets = tasks * sets_per_task
     params = parameter_sets(module, sets, g)
-    x = torch.randn(3, 6, 3, 20, 20, generator=g, dtype=torch.float64)
+    x = torch.randn(tasks, 6, 3, 20, 20, generator=g, dtype=torch.float64)
     images = x.clone()
     with torch.set_grad_enabled(grad):
         logits = grouped(params, x, channels_last=channels_last)
@@ -183,22 +184,26 @@ def test_the_grouped_network_is_the_per_task_network(
     assert_rows_are_per_task_forwards(logits, forward, params, x, rtol=1e-12)
 
 
+@pytest.mark.parametrize("tasks", [1, 3])
 @pytest.mark.parametrize("sets_per_task", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 3, 0, 1), (3, 1, 2, 2)])
 def test_the_first_convolution_as_a_matrix_product_is_the_grouped_convolution(
-    kernel, stride, padding, dilation, bias, sets_per_task
+    kernel, stride, padding, dilation, bias, sets_per_task, tasks
 ):
     """The image convolution as patches × weights equals PyTorch's grouped convolution (one group per
-    task, r parameter sets each), with and without a bias, for strides, paddings and dilations."""
+    task, r parameter sets each), with and without a bias, for strides, paddings and dilations; for one
+    task its output comes out channels last (the layout the next convolution runs fastest in)."""
     layer = nn.Conv2d(2, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
     g = torch.Generator().manual_seed(2)
-    tasks, images = 3, 5
+    images = 5
     weight = torch.randn(tasks * sets_per_task, 4, 2, kernel, kernel, generator=g, dtype=torch.float64)
     biases = torch.randn(tasks * sets_per_task, 4, generator=g, dtype=torch.float64) if bias else None
     x = torch.randn(images, tasks * 2, 9, 11, generator=g, dtype=torch.float64)
     expected = reference_grouped_convolution(x, weight, biases, layer, tasks)
-    assert_close(unfolded_convolution(x, weight, biases, layer, tasks), expected, rtol=1e-12, atol=1e-12)
+    actual = unfolded_convolution(x, weight, biases, layer, tasks)
+    assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    assert actual.is_contiguous(memory_format=torch.channels_last if tasks == 1 else torch.contiguous_format)
 
 
 def reference_grouped_convolution(x, weight, biases, layer: nn.Conv2d, tasks: int) -> torch.Tensor:
@@ -216,13 +221,22 @@ def reference_grouped_convolution(x, weight, biases, layer: nn.Conv2d, tasks: in
 
 
 def folded_and_unfolded_batch_norm(
-    kernel: int, stride: int, padding: int, dilation: int, *, sets_per_task: int, affine: bool, bias: bool, g
+    kernel: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    *,
+    tasks: int,
+    sets_per_task: int,
+    affine: bool,
+    bias: bool,
+    g,
 ) -> tuple:
-    """Float64 inputs of the first convolution of 3 tasks with r parameter sets each (weights, conv
-    biases, γ, β: leaves that require grad; images [5, 3·2, 9, 11]), and a function of the layout that
+    """Float64 inputs of the first convolution of n tasks with r parameter sets each (weights, conv
+    biases, γ, β: leaves that require grad; images [5, n·2, 9, 11]), and a function of the layout that
     gives (F.batch_norm of F.conv2d, normalised_image_convolution) of them."""
     layer = nn.Conv2d(2, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
-    tasks, sets = 3, 3 * sets_per_task
+    sets = tasks * sets_per_task
     weight = torch.randn(sets, 4, 2, kernel, kernel, generator=g, dtype=torch.float64)
     biases = torch.randn(sets, 4, generator=g, dtype=torch.float64) if bias else None
     gamma, beta = (torch.rand(sets, 4, generator=g, dtype=torch.float64) + 0.5 for _ in range(2))
@@ -242,43 +256,47 @@ def folded_and_unfolded_batch_norm(
     return leaves, outputs
 
 
+@pytest.mark.parametrize("tasks", [1, 3])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("sets_per_task", [1, 3])
 @pytest.mark.parametrize("affine,bias", [(True, True), (False, False)])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 2, 1, 1), (2, 3, 0, 1), (3, 1, 2, 2)])
 def test_batch_norm_folded_into_the_image_convolution_is_batch_norm_of_it(
-    kernel, stride, padding, dilation, affine, bias, sets_per_task, channels_last
+    kernel, stride, padding, dilation, affine, bias, sets_per_task, channels_last, tasks
 ):
     """BatchNorm (batch statistics) of the first convolution, folded into one convolution from the
     patches' mean and covariance, equals F.batch_norm of F.conv2d (one group per task, r parameter
     sets each) in float64, in both layouts, with and without γ, β and the conv bias (which cancels)."""
     g = torch.Generator().manual_seed(3)
     _, outputs = folded_and_unfolded_batch_norm(
-        kernel, stride, padding, dilation, sets_per_task=sets_per_task, affine=affine, bias=bias, g=g
+        kernel, stride, padding, dilation, tasks=tasks, sets_per_task=sets_per_task, affine=affine, bias=bias, g=g
     )
     with torch.no_grad():
         expected, folded = outputs(channels_last)
     assert_close(folded, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("upstream_layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("tasks", [1, 3])
 @pytest.mark.parametrize("sets_per_task", [1, 3])
 @pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 2, 1, 1), (2, 3, 0, 1), (3, 1, 2, 2)])
 def test_the_folded_batch_norm_has_the_first_and_second_derivatives_of_batch_norm(
-    kernel, stride, padding, dilation, affine, bias, sets_per_task
+    kernel, stride, padding, dilation, affine, bias, sets_per_task, tasks, upstream_layout
 ):
     """Under autograd (default layout) the fold's hand-derived gradients of the conv weights, γ and β
     equal autograd's through F.batch_norm of F.conv2d, the conv bias's is zero, and so are the
-    derivatives of a gradient (the second order of MAML's inner loop), in float64."""
+    derivatives of a gradient (the second order of MAML's inner loop), in float64, for upstream gradients
+    in either layout (for one task the output is channels last, and so is the next convolution's gradient)."""
     g = torch.Generator().manual_seed(5)
     leaves, outputs = folded_and_unfolded_batch_norm(
-        kernel, stride, padding, dilation, sets_per_task=sets_per_task, affine=affine, bias=bias, g=g
+        kernel, stride, padding, dilation, tasks=tasks, sets_per_task=sets_per_task, affine=affine, bias=bias, g=g
     )
     expected, folded = outputs(channels_last=False)
-    upstream = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    upstream = torch.randn(expected.shape, generator=g, dtype=torch.float64).contiguous(memory_format=upstream_layout)
     probe = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in leaves]
     for output in (expected, folded):
-        grads = torch.autograd.grad((output * upstream).sum(), leaves, create_graph=True)
+        grads = torch.autograd.grad(output, leaves, upstream, create_graph=True)
         directional = sum((d * v).sum() for d, v in zip(grads, probe, strict=True))
         second = torch.autograd.grad(directional, leaves, allow_unused=True, materialize_grads=True)
         if output is expected:
@@ -353,6 +371,36 @@ def test_the_grouped_forward_folds_the_first_batch_norm_into_the_same_numbers(ch
     assert len(passes) == (3 if channels_last else 2)
     for logits in (folded, with_autograd):
         assert_rows_are_per_task_forwards(logits, forward, params, x, rtol=1e-10)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_tasks_second_convolution_runs_channels_last_and_batch_norm_gets_the_default_layout(grad, monkeypatch):
+    """For one task (the meta-iteration's query passes) the image convolution's output is channels last, so
+    the convolution after it runs oneDNN's channels-last kernels; every BatchNorm still gets a contiguous
+    activation (PyTorch's channels-last BatchNorm kernel loses float32 digits, docs/performance.md)."""
+    import metaland.models.grouped as grouped_module
+
+    layouts = {"convolution inputs": [], "batch norm inputs": []}
+    convolve, normalise = grouped_module.grouped_convolution, grouped_module.batch_norm
+
+    def recorded(kind: str, kernel):
+        def call(h, *args):
+            layouts[kind].append(h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous())
+            return kernel(h, *args)
+
+        return call
+
+    monkeypatch.setattr(grouped_module, "grouped_convolution", recorded("convolution inputs", convolve))
+    monkeypatch.setattr(grouped_module, "batch_norm", recorded("batch norm inputs", normalise))
+    module = build_model("convnet", ConvNetParams(blocks=3, filters=4), channels=1, image_size=12, ways=3, seed=0)
+    forward, grouped = make_forward(module.double()), task_batched_forward(module)
+    g = torch.Generator().manual_seed(6)
+    params = parameter_sets(module, 1, g)
+    x = torch.rand(1, 6, 1, 12, 12, generator=g, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        logits = grouped(params, x)
+    assert layouts == {"convolution inputs": [True, False], "batch norm inputs": [False, False]}
+    assert_rows_are_per_task_forwards(logits, forward, params, x, rtol=1e-10)
 
 
 @pytest.mark.parametrize("grad", [True, False])

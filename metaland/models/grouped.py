@@ -17,7 +17,7 @@ and from several threads at once (``vmap``'s transform stack is not safe to ente
 threads). Models of other shapes have no such forward (:func:`task_batched_forward` gives None) and
 the meta-gradient engines fall back to ``vmap`` for them.
 
-Five choices change speed only, never the maths:
+Six choices change speed only, never the maths:
 
 * The first convolution, over the images, is a matrix product of each task's weights with its
   images' patches (:func:`unfolded_convolution`): in the default layout oneDNN's grouped kernel is
@@ -36,6 +36,11 @@ Five choices change speed only, never the maths:
   normalised, forward or backward); channels last, only without autograd. Without autograd
   (``torch.no_grad``) a ReLU also overwrites the fresh activation it follows instead of allocating
   another one.
+* For one task (the meta-iteration's query passes), in the default layout, the image convolution's
+  matrix product gives its output channels last at no cost (:func:`patch_products`), so the second
+  convolution runs oneDNN's channels-last kernels, whose backward skips the NCHW kernels' copy of the
+  input (8% off a first-order meta-iteration, docs/performance.md); that convolution's output is made
+  contiguous again, for BatchNorm's accurate kernel.
 """
 
 from __future__ import annotations
@@ -102,8 +107,9 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
                     h = normalised_image_convolution(h, weight, bias, *affine, layer, norm.eps, groups, channels_last)
                 elif position == 0 and not channels_last and not isinstance(layer.padding, str):
                     h = unfolded_convolution(h, weight, bias, layer, groups)
-                else:
+                else:  # contiguous again after a channels-last input (patch_products), for BatchNorm
                     h = grouped_convolution(h, weight, bias, layer, groups)
+                    h = h if channels_last else h.contiguous()
                 groups = weight.shape[0]
             elif isinstance(layer, nn.BatchNorm2d):
                 weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
@@ -280,20 +286,31 @@ def patch_products(
     patches: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor | None, images: torch.Tensor, layer: nn.Conv2d
 ) -> torch.Tensor:
     """Every image's patches [C·k², H'·W'] times its task's weights [r·O, C·k²] (weights [n, r·O, C·k²]),
-    plus its task's biases [n, r·O] inside the matrix product: [b, n·r·O, H', W']."""
+    plus its task's biases [n, r·O] inside the matrix product: [b, n·r·O, H', W'].
+
+    For one task the product is taken as patchesᵀ times weightsᵀ, whose rows are the output's positions:
+    the output comes out channels last at no cost, and the convolution after it runs oneDNN's channels-last
+    kernels (the grouped network makes that convolution's output contiguous again, for BatchNorm)."""
     b, tasks = images.shape[0], weights.shape[0]
-    weights = weights.expand(b, *weights.shape).reshape(-1, *weights.shape[1:])  # every image: its task's
-    if biases is None:
-        out = torch.bmm(weights, patches)  # [b·n, r·O, H'·W']
-    else:  # the bias added inside the matrix product, not in another pass over the output
-        biases = biases.reshape(1, tasks, -1, 1).expand(b, -1, -1, -1).reshape(len(weights), -1, 1)
-        out = torch.baddbmm(biases, weights, patches)
     size = [
         (extent + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
         for extent, pad, dilation, kernel, stride in zip(
             images.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True
         )
     ]
+    if tasks == 1:  # [b, H'·W', r·O]: channels last
+        weights = weights.transpose(1, 2).expand(b, -1, -1)
+        if biases is None:
+            out = torch.bmm(patches.transpose(1, 2), weights)
+        else:
+            out = torch.baddbmm(biases.reshape(1, 1, -1).expand(b, -1, -1), patches.transpose(1, 2), weights)
+        return out.reshape(b, *size, -1).permute(0, 3, 1, 2)
+    weights = weights.expand(b, *weights.shape).reshape(-1, *weights.shape[1:])  # every image: its task's
+    if biases is None:
+        out = torch.bmm(weights, patches)  # [b·n, r·O, H'·W']
+    else:  # the bias added inside the matrix product, not in another pass over the output
+        biases = biases.reshape(1, tasks, -1, 1).expand(b, -1, -1, -1).reshape(len(weights), -1, 1)
+        out = torch.baddbmm(biases, weights, patches)
     return out.reshape(b, -1, *size)
 
 
