@@ -284,7 +284,7 @@ def patch_moments(patches: torch.Tensor, images: int, tasks: int) -> tuple[torch
     exact = patches.reshape(images, tasks, *patches.shape[1:]).double()  # [b, n, K, L]
     mean = exact.mean(dim=(0, 3))
     centred = exact - mean.unsqueeze(-1)
-    covariance = torch.einsum("bnkl,bnjl->nkj", centred, centred) / (images * patches.shape[-1])
+    covariance = (centred @ centred.transpose(-1, -2)).sum(0) / (images * patches.shape[-1])  # no copies, unlike einsum
     return mean, covariance, centred
 
 
