@@ -403,6 +403,33 @@ def test_one_tasks_second_convolution_runs_channels_last_and_batch_norm_gets_the
     assert_rows_are_per_task_forwards(logits, forward, params, x, rtol=1e-10)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_statistics_taken_once_give_the_same_bytes_and_refuse_other_images(channels_last):
+    """The folded first BatchNorm's statistics of the images, taken once (``for_images``, as a loss surface
+    does for all its chunks and an inner loop for all its steps), give the logits and gradients of taking
+    them in every call, to the byte; statistics of other images, even equal ones, are refused."""
+    options = ConvNetParams(blocks=2, filters=4)
+    module = build_model("convnet", options, channels=1, image_size=12, ways=3, seed=0).double()
+    grouped = task_batched_forward(module)
+    g = torch.Generator().manual_seed(7)
+    params = {k: v.requires_grad_() for k, v in parameter_sets(module, 4, g).items()}
+    x = torch.rand(2, 6, 1, 12, 12, generator=g, dtype=torch.float64)
+    once = grouped.for_images(x)
+    with torch.no_grad():
+        assert torch.equal(
+            once(params, x, channels_last=channels_last), grouped(params, x, channels_last=channels_last)
+        )
+    if not channels_last:  # the layout of passes under autograd
+        for a, b in zip(
+            torch.autograd.grad(once(params, x).square().sum(), list(params.values())),
+            torch.autograd.grad(grouped(params, x).square().sum(), list(params.values())),
+            strict=True,
+        ):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="taken of other images"):
+        once(params, x.clone(), channels_last=channels_last)
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_channels_last_batch_norm_keeps_float32_statistics_accurate(grad):
     """The two-pass statistics stay close to float64 BatchNorm for activations whose mean is large

@@ -192,7 +192,7 @@ def adapt_tasks(
 
 
 def grouped_inner_loop(
-    group: BatchedForward,
+    group: BatchedForward | Callable[..., torch.Tensor],
     stacked: ParamDict,
     support_x: torch.Tensor,
     support_y: torch.Tensor,
@@ -206,7 +206,10 @@ def grouped_inner_loop(
     ``group`` evaluates all tasks with their own parameters ([n, b, ...] -> logits [n, b, ways]).
     Tasks share no term of Σ_i L_i, so ∇ of the sum is each task's own gradient. Only ``moving``
     parameters step; with ``first_order`` each gradient is taken at detached parameters (∂θ̃/∂θ = I),
-    otherwise the steps stay differentiable (second order)."""
+    otherwise the steps stay differentiable (second order). A grouped network takes the support images'
+    statistics once for all steps (``BatchedForward.for_images``)."""
+    if isinstance(group, BatchedForward):
+        group = group.for_images(support_x)
     per_task = support_y.shape[1]
     fast = dict(stacked)
     with torch.enable_grad():  # the inner loop differentiates even where its caller measures without grad

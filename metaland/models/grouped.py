@@ -45,7 +45,10 @@ Six choices change speed only, never the maths:
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +58,18 @@ from metaland.models import ParamDict
 from metaland.models.batch_norm import batch_norm
 
 
-class BatchedForward(Protocol):
-    """(per-task params {name: [n·r, ...]}, images [n, b, C, H, W]) -> logits [n·r, b, classes]."""
+@dataclass(frozen=True)
+class ImageStatistics:
+    """What the folded first BatchNorm takes of the images alone, the same for every parameter set: per
+    task, the mean μ [n, K] and the biased covariance Σ [n, K, K] of the first convolution's patches p over
+    the task's images and positions (float64), and the rows of the folded matrix product, the centred
+    patches p − μ over a row of ones that carries β, [b·n, K + 1, H'·W'] in the images' dtype.
+    ``images`` is the tensor they were taken of."""
 
-    def __call__(self, params: ParamDict, x: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor: ...
+    images: torch.Tensor
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    rows: torch.Tensor
 
 
 _LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
@@ -79,22 +90,54 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
         return None
     if any(isinstance(layer, nn.BatchNorm2d) and layer.track_running_stats for _, layer in layers):
         return None
-    first, second = layers[0][1], layers[1][1]
-    folds_first_norm = (
-        isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d) and not isinstance(first.padding, str)
-    )
+    return BatchedForward(layers)
 
-    def forward(params: ParamDict, x: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+
+class BatchedForward:
+    """(per-task params {name: [n·r, ...]}, images [n, b, C, H, W]) -> logits [n·r, b, classes]: the
+    grouped network of a supported ``nn.Sequential`` (module docstring; :func:`task_batched_forward`)."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]]):
+        self.layers = layers
+        first, second = layers[0][1], layers[1][1]
+        self.folds_first_norm = (
+            isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d) and not isinstance(first.padding, str)
+        )
+
+    def image_statistics(self, x: torch.Tensor) -> ImageStatistics | None:
+        """The folded first BatchNorm's statistics of the images x [n, b, C, H, W] (None when the network
+        does not fold it)."""
+        if not self.folds_first_norm:
+            return None
+        statistics = image_statistics(side_by_side(x), self.layers[0][1], x.shape[0])
+        return dataclasses.replace(statistics, images=x)
+
+    def for_images(self, x: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """This forward with x's image statistics taken once, for many calls on the same images x (a loss
+        surface's chunks of grid points, an inner loop's steps); each call must pass x itself."""
+        return partial(self, statistics=self.image_statistics(x))
+
+    def __call__(
+        self,
+        params: ParamDict,
+        x: torch.Tensor,
+        *,
+        channels_last: bool = False,
+        statistics: ImageStatistics | None = None,
+    ) -> torch.Tensor:
+        layers = self.layers
         sets = next(iter(params.values())).shape[0]
         if sets % x.shape[0]:
             raise ValueError(f"{sets} parameter sets cannot share the images of {x.shape[0]} tasks evenly")
+        if statistics is not None and statistics.images is not x:
+            raise ValueError("the image statistics were taken of other images: pass the x they were taken of")
         if sets != x.shape[0] and not isinstance(layers[0][1], nn.Conv2d):  # no convolution to share them
             x = x.repeat_interleave(sets // x.shape[0], dim=0)
         groups, b = x.shape[:2]  # channel groups side by side: the tasks' images, then the parameter sets
-        h = x.transpose(0, 1).reshape(b, groups * x.shape[2], *x.shape[3:])  # [b, n·C, H, W]
-        if channels_last:  # the convolutions keep the layout they are given
-            h = h.contiguous(memory_format=torch.channels_last)
-        fold = folds_first_norm and not (channels_last and torch.is_grad_enabled())
+        images = side_by_side(x)
+        # the convolutions keep the layout they are given
+        h = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+        fold = self.folds_first_norm and not (channels_last and torch.is_grad_enabled())
         for position, (name, layer) in enumerate(layers):
             if position == 1 and fold:  # done with the convolution before it
                 continue
@@ -104,7 +147,11 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
                 if position == 0 and fold:
                     norm_name, norm = layers[1]
                     affine = params.get(f"{norm_name}.weight"), params.get(f"{norm_name}.bias")
-                    h = normalised_image_convolution(h, weight, bias, *affine, layer, norm.eps, groups, channels_last)
+                    if statistics is None:
+                        statistics = image_statistics(images, layer, groups)
+                    h = normalised_image_convolution(
+                        h, weight, bias, *affine, layer, norm.eps, groups, channels_last, statistics
+                    )
                 elif position == 0 and not channels_last and not isinstance(layer.padding, str):
                     h = unfolded_convolution(h, weight, bias, layer, groups)
                 else:  # contiguous again after a channels-last input (patch_products), for BatchNorm
@@ -129,7 +176,10 @@ def task_batched_forward(module: nn.Module) -> BatchedForward | None:
                 h = layer(h)
         return h
 
-    return forward
+
+def side_by_side(x: torch.Tensor) -> torch.Tensor:
+    """Images [n, b, C, H, W] as the grouped network's input: [b, n·C, H, W], each task's channels a group."""
+    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
 
 
 def grouped_convolution(
@@ -173,6 +223,7 @@ def normalised_image_convolution(
     eps: float,
     tasks: int,
     channels_last: bool,
+    statistics: ImageStatistics | None = None,
 ) -> torch.Tensor:
     """BatchNorm with batch statistics of the first convolution's output, as one convolution.
 
@@ -187,19 +238,21 @@ def normalised_image_convolution(
     pass without autograd only, it runs oneDNN's grouped kernel on the images with the weights s w and
     the bias β − s w·μ. Either way the float32 output is as accurate as BatchNorm's own.
 
+    The images' statistics (:func:`image_statistics`, taken here when not given) depend on the images
+    alone, so a caller that runs many parameter sets on the same images takes them once.
+
     images [b, n·C, H, W], weight [n·r, O, C, k, k], bias, norm_weight and norm_bias [n·r, O] or None
     -> [b, n·r·O, H', W']."""
-    patches = image_patches(images, layer, tasks)
-    mean, covariance, centred = patch_moments(patches, images.shape[0], tasks)
-    weights = weight.reshape(tasks, -1, patches.shape[1])  # [n, r·O, C·k²]
+    if statistics is None:
+        statistics = image_statistics(images, layer, tasks)
+    covariance = statistics.covariance
+    weights = weight.reshape(tasks, -1, covariance.shape[-1])  # [n, r·O, C·k²]
     gamma = None if norm_weight is None else norm_weight.reshape(tasks, -1)
     beta = None if norm_bias is None else norm_bias.reshape(tasks, -1)
-    if not channels_last:  # the centred patches, and a row of ones that carries β through the matrix product
-        rows = patches.new_ones(patches.shape[0], patches.shape[1] + (beta is not None), patches.shape[2])
-        rows[:, : patches.shape[1]] = centred.reshape(patches.shape)
-        return _FoldedBatchNorm.apply(weights, bias, gamma, beta, rows, covariance, eps, images, layer)
+    if not channels_last:
+        return _FoldedBatchNorm.apply(weights, bias, gamma, beta, statistics.rows, covariance, eps, images, layer)
     exact, _, _, scale = folded_scale(weights, gamma, covariance, eps)
-    shift = -(exact @ mean.unsqueeze(-1)).squeeze(-1) * scale  # β − s w·μ
+    shift = -(exact @ statistics.mean.unsqueeze(-1)).squeeze(-1) * scale  # β − s w·μ
     if beta is not None:
         shift = shift + beta
     folded = (exact * scale.unsqueeze(-1)).to(weights.dtype)
@@ -219,8 +272,8 @@ def folded_scale(
 
 
 class _FoldedBatchNorm(torch.autograd.Function):
-    """(w, c, γ, β) -> s w·(p − μ) + β over centred patches (with a row of ones for β, when there is one),
-    [b, n·R, H', W'], and its gradients.
+    """(w, c, γ, β) -> s w·(p − μ) + β over the rows of :class:`ImageStatistics` (the centred patches
+    over a row of ones for β), [b, n·R, H', W'], and its gradients.
 
     With G = Σ g·(p − μ) over a task's images and positions ([R, K], upstream gradient g) and
     u = w·G = Σ g·w(p − μ):
@@ -230,38 +283,37 @@ class _FoldedBatchNorm(torch.autograd.Function):
     G is one matrix product per image (the weight gradient of a convolution over centred patches), summed
     over the images in float64; its column for the row of ones is ∂β, as β's column of the folded weights
     adds β inside the forward's matrix product. What follows is [R, K]-sized and in float64 like the
-    forward's scale. No pass over the activation is made for BatchNorm's backward, nor for β. In float32 this is more accurate than
-    BatchNorm's backward, which subtracts the mean and the x̂ component element by element: a 21×21
-    float32 surface whose inner steps run through the fold is off float64 by 2e-7 at its worst point, against
-    8.5e-6 with BatchNorm (51×51: 4.3e-5 against 2.6e-3). Autograd through the folded forward, rejected
-    before, was off by 5.9e-5 (docs/performance.md). The backward is written in differentiable operations
-    of the saved inputs, so the second derivative (second-order MAML's inner loop) is autograd's own."""
+    forward's scale. No pass over the activation is made for BatchNorm's backward, nor for β. In float32
+    this is more accurate than BatchNorm's backward, which subtracts the mean and the x̂ component element
+    by element: a 21×21 float32 surface whose inner steps run through the fold is off float64 by 2e-7 at
+    its worst point, against 8.5e-6 with BatchNorm (51×51: 4.3e-5 against 2.6e-3). Autograd through the
+    folded forward, rejected before, was off by 5.9e-5 (docs/performance.md). The backward is written in
+    differentiable operations of the saved inputs, so the second derivative (second-order MAML's inner
+    loop) is autograd's own."""
 
     @staticmethod
-    def forward(ctx, weights, bias, gamma, beta, centred, covariance, eps, images, layer):
+    def forward(ctx, weights, bias, gamma, beta, rows, covariance, eps, images, layer):
         exact, _, _, scale = folded_scale(weights, gamma, covariance, eps)
-        ctx.save_for_backward(weights, bias, gamma, centred, covariance)
+        ctx.save_for_backward(weights, bias, gamma, rows, covariance)
         ctx.eps = eps
-        folded = (exact * scale.unsqueeze(-1)).to(weights.dtype)
-        if beta is not None:  # β times the patches' row of ones
-            folded = torch.cat([folded, beta.unsqueeze(-1)], dim=-1)
-        return patch_products(centred, folded, None, images, layer)
+        shift = weights.new_zeros(weights.shape[:2]) if beta is None else beta  # times the rows' row of ones
+        folded = torch.cat([(exact * scale.unsqueeze(-1)).to(weights.dtype), shift.unsqueeze(-1)], dim=-1)
+        return patch_products(rows, folded, None, images, layer)
 
     @staticmethod
     def backward(ctx, grad_output):
-        weights, bias, gamma, centred, covariance = ctx.saved_tensors
+        weights, bias, gamma, rows, covariance = ctx.saved_tensors
         exact, covariance_weights, inverse_std, scale = folded_scale(weights, gamma, covariance, ctx.eps)
         tasks, outputs, k = weights.shape
-        g = grad_output.reshape(-1, outputs, centred.shape[-1])  # [b·n, R, H'·W']
-        products = torch.bmm(g, centred.transpose(1, 2)).double().reshape(-1, tasks, outputs, centred.shape[1])
-        products = products.sum(0)  # [n, R, K], and ∂β in a last column when the patches have a row of ones
-        moments = products[..., :k]  # G
+        g = grad_output.reshape(-1, outputs, rows.shape[-1])  # [b·n, R, H'·W']
+        products = torch.bmm(g, rows.transpose(1, 2)).double().reshape(-1, tasks, outputs, k + 1).sum(0)
+        moments = products[..., :k]  # G; the last column, of the row of ones, is ∂β
         along = (exact * moments).sum(-1)  # u
         grad_weights = scale.unsqueeze(-1) * (
             moments - (along * inverse_std.square()).unsqueeze(-1) * covariance_weights
         )
         grad_gamma = None if gamma is None else (along * inverse_std).to(gamma.dtype)
-        grad_beta = products[..., k].to(grad_output.dtype) if centred.shape[1] > k else None
+        grad_beta = products[..., k].to(grad_output.dtype) if ctx.needs_input_grad[3] else None
         grad_bias = None if bias is None else torch.zeros_like(bias)
         return grad_weights.to(weights.dtype), grad_bias, grad_gamma, grad_beta, None, None, None, None, None
 
@@ -278,14 +330,17 @@ def image_patches(images: torch.Tensor, layer: nn.Conv2d, tasks: int) -> torch.T
     )
 
 
-def patch_moments(patches: torch.Tensor, images: int, tasks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per task, the mean [n, K] and the biased covariance [n, K, K] of its patches over its images and
-    positions, and the centred patches [b, n, K, L], in float64."""
-    exact = patches.reshape(images, tasks, *patches.shape[1:]).double()  # [b, n, K, L]
+def image_statistics(images: torch.Tensor, layer: nn.Conv2d, tasks: int) -> ImageStatistics:
+    """:class:`ImageStatistics` of the tasks' images side by side [b, n·C, H, W] under the convolution ``layer``."""
+    patches = image_patches(images, layer, tasks)  # [b·n, K, L]
+    exact = patches.reshape(images.shape[0], tasks, *patches.shape[1:]).double()  # [b, n, K, L]
     mean = exact.mean(dim=(0, 3))
     centred = exact - mean.unsqueeze(-1)
-    covariance = (centred @ centred.transpose(-1, -2)).sum(0) / (images * patches.shape[-1])  # no copies, unlike einsum
-    return mean, covariance, centred
+    # batched matrix products summed over the images: einsum copied both operands
+    covariance = (centred @ centred.transpose(-1, -2)).sum(0) / (exact.shape[0] * exact.shape[-1])
+    rows = patches.new_ones(patches.shape[0], patches.shape[1] + 1, patches.shape[2])
+    rows[:, :-1] = centred.reshape(patches.shape)
+    return ImageStatistics(images, mean, covariance, rows)
 
 
 def patch_products(

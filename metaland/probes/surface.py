@@ -212,14 +212,16 @@ def grouped_surface(
     points × tasks is one grouped network (the hybrid engine, ``metaland.models.grouped``) adapted
     under plain autograd (eq. 2.1 from θ + a δ + b η, first order: no graph to the start is needed).
     The grid points share their tasks' images (the parameter sets are task-major: row i·points + p is
-    task i at point p), and the query pass, without autograd, runs channels last. The chunks run in
+    task i at point p), whose statistics for the folded first BatchNorm are taken once per surface, and
+    the query pass, without autograd, runs channels last. The chunks run in
     worker threads with one intra-op thread each (``map_in_threads``), so the values do not depend on
     the number of threads."""
     support_x, support_y, query_x, query_y = tasks
     k = support_x.shape[0]
-    query_pass = partial(context.batched_forward, channels_last=True)
-    moving = [name for name in theta if context.adapted is None or name in context.adapted]
     x, y = (query_x, query_y) if loss == "query" else (support_x, support_y)
+    support_pass = context.batched_forward.for_images(support_x)
+    query_pass = partial(context.batched_forward.for_images(x), channels_last=True)
+    moving = [name for name in theta if context.adapted is None or name in context.adapted]
 
     def chunk_values(start: int) -> torch.Tensor:
         a, b = a_all[start : start + point_chunk], b_all[start : start + point_chunk]
@@ -230,7 +232,7 @@ def grouped_surface(
             point = value + a.reshape(along) * delta[name] + b.reshape(along) * eta[name]  # eq. 8, [points, ...]
             starts[name] = point.repeat(k, *(1,) * value.dim())  # [tasks · points, ...], task-major
         adapted = grouped_inner_loop(
-            context.batched_forward,
+            support_pass,
             starts,
             support_x,
             support_y.repeat_interleave(points, dim=0),
