@@ -33,13 +33,15 @@ Six choices change speed only, never the maths:
   runs once over the n tasks' images (r·O filters each) instead of over r copies.
 * A BatchNorm right after the first convolution is folded into it (:func:`normalised_image_convolution`:
   its statistics are those of the images' patches, so the activation is neither reduced nor
-  normalised, forward or backward); channels last, only without autograd. Without autograd
-  (``torch.no_grad``) a ReLU also overwrites the fresh activation it follows instead of allocating
-  another one.
+  normalised, forward or backward); channels last, only without autograd. Those statistics depend on
+  the images alone: a caller that runs many parameter sets on the same images takes them once
+  (:meth:`BatchedForward.for_images`: a loss surface for all its chunks, an inner loop for all its
+  steps). Without autograd (``torch.no_grad``) a ReLU also overwrites the fresh activation it follows
+  instead of allocating another one.
 * For one task (the meta-iteration's query passes), in the default layout, the image convolution's
   matrix product gives its output channels last at no cost (:func:`patch_products`), so the second
   convolution runs oneDNN's channels-last kernels, whose backward skips the NCHW kernels' copy of the
-  input (8% off a first-order meta-iteration, docs/performance.md); that convolution's output is made
+  input (7-8% off a meta-iteration, docs/performance.md); that convolution's output is made
   contiguous again, for BatchNorm's accurate kernel.
 """
 
